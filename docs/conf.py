@@ -1,0 +1,9 @@
+project = "txapns"
+author = "txapns developers"
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.intersphinx"]
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+nitpicky = False
+html_theme = "alabaster"
+exclude_patterns = ["_build"]
+intersphinx_mapping: dict[str, tuple[str, None]] = {}

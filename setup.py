@@ -1,0 +1,46 @@
+"""Packaging for txapns.
+
+``twisted/plugins/txapns_plugin.py`` is shipped as a module of the ``twisted.plugins``
+namespace without an ``__init__.py``: shipping one would shadow Twisted's own plugin package.
+"""
+
+from setuptools import setup
+
+setup(
+    name="txapns",
+    version="0.1.0",
+    description="Twisted-native Apple Push Notification service provider (binary and HTTP/2)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=["txapns", "txapns.core", "txapns.testing", "twisted.plugins"],
+    package_data={"txapns": ["py.typed"], "twisted.plugins": ["txapns_plugin.py"]},
+    install_requires=[
+        "twisted>=23.10",
+        "pyopenssl>=23.2",
+        "service-identity>=23.1",
+        "cryptography>=41",
+        "h2>=4.1",
+        "hpack>=4.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100", "build", "wheel"],
+        "dev": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "build",
+            "wheel",
+            "mypy>=1.10",
+            "mypy-zope",
+            "ruff>=0.5",
+            "types-pyOpenSSL",
+            "sphinx>=7",
+        ],
+    },
+    entry_points={"console_scripts": ["txapns = txapns.cli:main"]},
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: Communications",
+    ],
+)

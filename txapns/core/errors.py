@@ -1,0 +1,86 @@
+"""One exception tree for everything txapns raises.
+
+Input errors are raised *before* anything is written to the network, so a caller can tell a
+bug in its own data from a delivery problem. Delivery outcomes are never exceptions: they are
+:class:`txapns.core.result.Result` values.
+"""
+
+from __future__ import annotations
+
+
+class APNsError(Exception):
+    """Base class of every txapns exception."""
+
+
+# --- bad input: raised before sending -------------------------------------------------------
+
+
+class ValidationError(APNsError, ValueError):
+    """A notification (or a part of one) breaks a rule of APNs; nothing was sent."""
+
+
+class InvalidTokenError(ValidationError):
+    """The device token is not hex, or has the wrong length."""
+
+
+class PayloadError(ValidationError):
+    """The payload is not a JSON object, or uses a key wrongly."""
+
+
+class PayloadTooLargeError(PayloadError):
+    """The encoded payload exceeds the protocol's limit."""
+
+    def __init__(self, size: int, limit: int, protocol: str) -> None:
+        super().__init__(
+            f"payload is {size} bytes; the {protocol} limit is {limit} bytes "
+            f"({size - limit} bytes too many)"
+        )
+        self.size = size
+        self.limit = limit
+        self.protocol = protocol
+
+
+class InvalidPriorityError(ValidationError):
+    """Priority is not one APNs accepts for this notification."""
+
+
+class MissingTopicError(ValidationError):
+    """HTTP/2 with token auth needs a topic (the app's bundle id)."""
+
+
+class InvalidFieldError(ValidationError):
+    """Another field (expiry, collapse id, apns-id, push type…) is out of range."""
+
+
+# --- the peer said something we cannot parse -------------------------------------------------
+
+
+class ProtocolError(APNsError):
+    """The other side sent bytes that break the protocol; the connection is unusable."""
+
+
+# --- the client cannot take or send the notification ----------------------------------------
+
+
+class QueueFullError(APNsError):
+    """The client's pending queue is at its bound; ``send`` refuses instead of growing."""
+
+
+class ClientStoppedError(APNsError):
+    """The client was stopped; it takes no new notifications."""
+
+
+class ConnectionFailedError(APNsError):
+    """A connection to APNs could not be made or was lost."""
+
+
+class TLSFailureError(ConnectionFailedError):
+    """TLS handshake or certificate verification failed; retrying will not help."""
+
+
+class CredentialError(APNsError):
+    """A certificate, key or token-signing key is missing, unreadable or wrong."""
+
+
+class CircuitOpenError(APNsError):
+    """APNs rejected this credential; sends fail fast until an operator fixes it."""

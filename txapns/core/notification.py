@@ -1,0 +1,239 @@
+"""The immutable notification shared by both protocols, and its validation.
+
+:func:`Notification.create` checks what holds for every protocol; the protocol-specific
+rules (payload limits, priority/push-type combinations, auth-dependent push types) live in
+:func:`validate_binary` and :func:`validate_http2`, which clients call before anything is
+written.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import (
+    InvalidFieldError,
+    InvalidPriorityError,
+    InvalidTokenError,
+    MissingTopicError,
+    PayloadError,
+    PayloadTooLargeError,
+)
+from .payload import encode_payload
+
+#: Apple documents 32-byte tokens; its 2018 binary page allowed up to 100.
+MIN_TOKEN_BYTES = 32
+MAX_TOKEN_BYTES = 100
+BINARY_PAYLOAD_LIMIT = 2048
+HTTP2_PAYLOAD_LIMIT = 4096
+HTTP2_VOIP_PAYLOAD_LIMIT = 5120
+COLLAPSE_ID_LIMIT = 64
+MAX_UINT32 = 0xFFFFFFFF
+
+
+class PushType(enum.Enum):
+    """``apns-push-type`` values, each with the topic suffix Apple requires."""
+
+    ALERT = "alert"
+    BACKGROUND = "background"
+    VOIP = "voip"
+    COMPLICATION = "complication"
+    FILEPROVIDER = "fileprovider"
+    LOCATION = "location"
+    LIVEACTIVITY = "liveactivity"
+    PUSHTOTALK = "pushtotalk"
+    WIDGETS = "widgets"
+    CONTROLS = "controls"
+    MDM = "mdm"
+
+    @property
+    def topic_suffix(self) -> str:
+        return _TOPIC_SUFFIX.get(self, "")
+
+    def topic_for(self, bundle_id: str) -> str:
+        """The ``apns-topic`` for this push type given the app's bundle id."""
+        suffix = self.topic_suffix
+        return bundle_id if not suffix or bundle_id.endswith(suffix) else bundle_id + suffix
+
+
+_TOPIC_SUFFIX = {
+    PushType.VOIP: ".voip",
+    PushType.COMPLICATION: ".complication",
+    PushType.FILEPROVIDER: ".pushkit.fileprovider",
+    PushType.LOCATION: ".location-query",
+    PushType.LIVEACTIVITY: ".push-type.liveactivity",
+    PushType.PUSHTOTALK: ".voip-ptt",
+    PushType.WIDGETS: ".push-type.widgets",
+    PushType.CONTROLS: ".push-type.controls",
+}
+
+_HEX = re.compile(r"\A[0-9a-fA-F]+\Z")
+
+
+def parse_token(token: str | bytes) -> bytes:
+    """Device token as bytes, from hex text (spaces and ``<>`` tolerated) or raw bytes."""
+    if isinstance(token, (bytes, bytearray, memoryview)):
+        raw = bytes(token)
+    elif isinstance(token, str):
+        text = token.strip().strip("<>").replace(" ", "")
+        if not text or not _HEX.match(text) or len(text) % 2:
+            raise InvalidTokenError(
+                f"device token must be an even number of hex digits, got {shorten(text)!r}"
+            )
+        raw = bytes.fromhex(text)
+    else:
+        raise InvalidTokenError(f"device token must be str or bytes, not {type(token).__name__}")
+    if not MIN_TOKEN_BYTES <= len(raw) <= MAX_TOKEN_BYTES:
+        raise InvalidTokenError(
+            f"device token is {len(raw)} bytes; APNs tokens are {MIN_TOKEN_BYTES}"
+            f"–{MAX_TOKEN_BYTES} bytes ({2 * MIN_TOKEN_BYTES}+ hex digits)"
+        )
+    return raw
+
+
+def shorten(token: str | bytes, keep: int = 8) -> str:
+    """A device token safe for logs: the first ``keep`` hex digits and an ellipsis."""
+    text = token.hex() if isinstance(token, (bytes, bytearray)) else str(token)
+    return text if len(text) <= keep else text[:keep] + "…"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Notification:
+    """One push notification to one device. Build it with :meth:`create`."""
+
+    token: bytes
+    payload: bytes
+    #: UNIX seconds after which APNs may drop it; 0 = try once; ``None`` = not set.
+    expiry: int | None = None
+    #: 10 (now), 5 (power-conserving), 1 (HTTP/2 only, lowest); ``None`` = APNs default (10).
+    priority: int | None = None
+    topic: str | None = None
+    push_type: PushType | None = None
+    collapse_id: str | None = None
+    #: Canonical UUID text; HTTP/2 sends it as ``apns-id``.
+    apns_id: str | None = None
+
+    @classmethod
+    def create(
+        cls,
+        token: str | bytes,
+        payload: Mapping[str, Any] | bytes | str,
+        *,
+        expiry: int | None = None,
+        priority: int | None = None,
+        topic: str | None = None,
+        push_type: PushType | str | None = None,
+        collapse_id: str | None = None,
+        apns_id: str | uuid.UUID | None = None,
+    ) -> Notification:
+        """Validate and build; raises a :class:`~txapns.core.errors.ValidationError`."""
+        raw_token = parse_token(token)
+        body = encode_payload(payload)
+        if expiry is not None and (
+            isinstance(expiry, bool) or not isinstance(expiry, int) or not 0 <= expiry <= MAX_UINT32
+        ):
+            raise InvalidFieldError(
+                f"expiry must be UNIX seconds within 0..2**32-1, not {expiry!r}"
+            )
+        if priority is not None and priority not in (1, 5, 10):
+            raise InvalidPriorityError(f"priority must be 10, 5 or 1, not {priority!r}")
+        pt: PushType | None
+        if push_type is None or isinstance(push_type, PushType):
+            pt = push_type
+        else:
+            try:
+                pt = PushType(push_type)
+            except ValueError:
+                raise InvalidFieldError(f"unknown push type {push_type!r}") from None
+        if collapse_id is not None and len(collapse_id.encode("utf-8")) > COLLAPSE_ID_LIMIT:
+            raise InvalidFieldError(
+                f"collapse id is {len(collapse_id.encode('utf-8'))} bytes; the limit is "
+                f"{COLLAPSE_ID_LIMIT}"
+            )
+        ident: str | None = None
+        if apns_id is not None:
+            try:
+                ident = str(apns_id if isinstance(apns_id, uuid.UUID) else uuid.UUID(apns_id))
+            except ValueError:
+                raise InvalidFieldError(f"apns-id must be a UUID, not {apns_id!r}") from None
+            if isinstance(apns_id, str) and apns_id.isupper():
+                ident = ident.upper()
+        if topic is not None and not topic:
+            raise MissingTopicError("topic must not be empty")
+        return cls(raw_token, body, expiry, priority, topic, pt, collapse_id, ident)
+
+    def __repr__(self) -> str:
+        # Never the full token: reprs end up in logs and tracebacks.
+        return (
+            f"<Notification token={self.short_token} payload={len(self.payload)}B"
+            f" priority={self.priority} push_type={self.push_type and self.push_type.value}"
+            f" apns_id={self.apns_id}>"
+        )
+
+    @property
+    def token_hex(self) -> str:
+        return self.token.hex()
+
+    @property
+    def short_token(self) -> str:
+        return shorten(self.token)
+
+    def aps(self) -> dict[str, Any]:
+        value = json.loads(self.payload).get("aps", {})
+        return value if isinstance(value, dict) else {}
+
+
+def _check_priority_against_payload(n: Notification, aps: Mapping[str, Any]) -> None:
+    if (
+        n.priority == 10
+        and aps.get("content-available") == 1
+        and not ("alert" in aps or "sound" in aps or "badge" in aps)
+    ):
+        raise InvalidPriorityError(
+            "priority 10 with content-available only is rejected by APNs; use priority 5 "
+            "for background updates"
+        )
+
+
+def validate_binary(n: Notification) -> None:
+    """Rules of the legacy binary protocol (2048-byte payload, priority 10 or 5)."""
+    if len(n.payload) > BINARY_PAYLOAD_LIMIT:
+        raise PayloadTooLargeError(len(n.payload), BINARY_PAYLOAD_LIMIT, "binary")
+    if n.priority is not None and n.priority not in (5, 10):
+        raise InvalidPriorityError(f"the binary protocol takes priority 10 or 5, not {n.priority}")
+    _check_priority_against_payload(n, n.aps())
+
+
+def http2_payload_limit(n: Notification) -> int:
+    return HTTP2_VOIP_PAYLOAD_LIMIT if n.push_type is PushType.VOIP else HTTP2_PAYLOAD_LIMIT
+
+
+def validate_http2(n: Notification, *, token_auth: bool) -> None:
+    """Rules of the HTTP/2 provider API that can be checked before sending."""
+    limit = http2_payload_limit(n)
+    if len(n.payload) > limit:
+        raise PayloadTooLargeError(len(n.payload), limit, "HTTP/2")
+    if not n.payload or n.payload == b"{}":
+        raise PayloadError("APNs rejects an empty payload (PayloadEmpty)")
+    aps = n.aps()
+    _check_priority_against_payload(n, aps)
+    pt = n.push_type
+    if pt is PushType.BACKGROUND:
+        if n.priority not in (None, 5):
+            raise InvalidPriorityError("background notifications must use priority 5")
+        if "alert" in aps:
+            raise PayloadError("background notifications may not carry an alert")
+    if pt in (PushType.LOCATION, PushType.LIVEACTIVITY) and not token_auth:
+        raise InvalidFieldError(f"push type {pt.value} needs token (JWT) authentication")
+    if pt is PushType.LIVEACTIVITY:
+        if "timestamp" not in aps:
+            raise PayloadError("a Live Activity payload needs aps.timestamp")
+        if "event" not in aps:
+            raise PayloadError("a Live Activity payload needs aps.event (start, update, end)")
+    if token_auth and not n.topic:
+        raise MissingTopicError("token authentication needs a topic (the app's bundle id)")

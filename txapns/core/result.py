@@ -1,0 +1,82 @@
+"""The one result type shared by the binary and the HTTP/2 clients.
+
+Every notification handed to a client ends in exactly one :class:`Result`, whose
+:class:`Outcome` is one of:
+
+* ``ACCEPTED`` – APNs took it (binary: confirmed by a later error, status 10 or a quiet window;
+  HTTP/2: status 200);
+* ``REJECTED`` – APNs (or the client, before sending, e.g. attempts exhausted or a TLS failure)
+  refused it; ``reason`` says why and ``status`` carries the binary status or HTTP status;
+* ``UNKNOWN`` – it may or may not have been delivered; ``reason`` says why (silent close,
+  timeout, GOAWAY at or below last-stream-id…).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .notification import Notification
+
+
+class Outcome(enum.Enum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What happened to one notification."""
+
+    notification: Notification
+    outcome: Outcome
+    #: Binary status byte (1–255) or HTTP status (200, 400, 410…); ``None`` when APNs said nothing.
+    status: int | None = None
+    #: Binary status name, APNs ``reason`` string, or why the outcome is unknown / local failure.
+    reason: str | None = None
+    apns_id: str | None = None
+    apns_unique_id: str | None = None
+    #: For HTTP 410: when APNs learned the token was no longer valid.
+    timestamp: datetime | None = None
+    #: How many times the notification was written to a connection.
+    attempts: int = 0
+    #: Seconds from ``send`` to the outcome, when the client measured it.
+    latency: float | None = None
+    #: Local failure kind (e.g. ``"tls"``, ``"stopped"``, ``"attempts"``) for rejections the
+    #: client decided without APNs; ``None`` when APNs itself answered.
+    local: str | None = field(default=None)
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome is Outcome.ACCEPTED
+
+    @property
+    def rejected(self) -> bool:
+        return self.outcome is Outcome.REJECTED
+
+    @property
+    def unknown(self) -> bool:
+        return self.outcome is Outcome.UNKNOWN
+
+    @property
+    def token_invalid(self) -> bool:
+        """True when APNs said the device token is dead and the caller should prune it."""
+        if self.outcome is not Outcome.REJECTED or self.local is not None:
+            return False
+        return (
+            (self.status == 8 and self.reason == "InvalidToken")
+            or self.status == 410
+            or (self.reason in ("BadDeviceToken", "Unregistered", "ExpiredToken"))
+        )
+
+    def __str__(self) -> str:
+        parts = [self.outcome.value]
+        if self.status is not None:
+            parts.append(str(self.status))
+        if self.reason:
+            parts.append(self.reason)
+        return " ".join(parts)
