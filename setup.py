@@ -4,13 +4,15 @@
 namespace without an ``__init__.py``: shipping one would shadow Twisted's own plugin package.
 """
 
+from pathlib import Path
+
 from setuptools import setup
 
 setup(
     name="txapns",
     version="0.1.0",
     description="Twisted-native Apple Push Notification service provider (binary and HTTP/2)",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=["txapns", "txapns.core", "txapns.testing", "twisted.plugins"],

@@ -1,0 +1,33 @@
+"""What the service and applications need from a client, whichever protocol it speaks."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from twisted.internet.defer import Deferred
+
+from .core.counters import Counters
+from .core.notification import Notification
+from .core.result import Result
+
+
+class Sender(Protocol):
+    """A started client: the binary :class:`~txapns.binary.BinaryClient` or the HTTP/2 client.
+
+    ``send`` validates synchronously (raising a :class:`~txapns.core.errors.ValidationError`
+    or :class:`~txapns.core.errors.QueueFullError` before anything is queued) and returns a
+    Deferred that fires exactly once, always with a :class:`Result` (never an errback): the
+    outcome is in the result.
+    """
+
+    counters: Counters
+
+    def send(self, notification: Notification) -> Deferred[Result]: ...
+
+    def pending(self) -> int:
+        """Notifications taken but not yet finished (queued or in flight)."""
+        ...
+
+    def stop(self) -> Deferred[None]:
+        """Stop taking notifications; finish or resolve what is held; cancel every timer."""
+        ...
