@@ -1,0 +1,343 @@
+"""The binary delivery state machine: outcomes, replay order, bounds and counters."""
+
+from __future__ import annotations
+
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from txapns.core.binary_channel import (
+    SENTINEL_TOKEN,
+    BinaryChannel,
+    ChannelConfig,
+    UnknownPolicy,
+)
+from txapns.core.errors import QueueFullError
+from txapns.core.notification import Notification
+from txapns.core.result import Outcome, Result
+
+
+def note(i: int) -> Notification:
+    return Notification.create(i.to_bytes(32, "big"), {"aps": {"alert": f"n{i}"}, "i": i})
+
+
+def parse_frames(data: bytes) -> list[tuple[int, int]]:
+    """(identifier, notification index) of each command-2 frame, parsed independently."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        assert data[pos] == 2
+        (length,) = struct.unpack_from(">I", data, pos + 1)
+        body = data[pos + 5 : pos + 5 + length]
+        items = {}
+        j = 0
+        while j < len(body):
+            item_id, item_len = struct.unpack_from(">BH", body, j)
+            items[item_id] = body[j + 3 : j + 3 + item_len]
+            j += 3 + item_len
+        ident = struct.unpack(">I", items[3])[0]
+        token = items[1]
+        out.append((ident, -1 if token == SENTINEL_TOKEN else int.from_bytes(token, "big")))
+        pos += 5 + length
+    return out
+
+
+def error(status: int, ident: int) -> bytes:
+    return struct.pack(">BBI", 8, status, ident)
+
+
+class Harness:
+    def __init__(self, **config: object) -> None:
+        self.channel = BinaryChannel(ChannelConfig(**config))  # type: ignore[arg-type]
+        self.results: dict[int, list[Result]] = {}
+        self.now = 0.0
+
+    def submit(self, *indexes: int) -> None:
+        for i in indexes:
+            self.channel.submit(note(i), i, self.now)
+
+    def record(self, resolved: list[tuple[object, Result]]) -> None:
+        for item, result in resolved:
+            handle = item.handle  # type: ignore[attr-defined]
+            self.results.setdefault(handle, []).append(result)
+
+    def connect_and_write(self) -> list[tuple[int, int]]:
+        self.channel.connection_made()
+        return self.write()
+
+    def write(self) -> list[tuple[int, int]]:
+        return parse_frames(self.channel.take_frames(self.now))
+
+    def feed(self, data: bytes) -> None:
+        self.record(self.channel.data_received(data, self.now))
+
+    def lose(self) -> None:
+        self.record(self.channel.connection_lost(self.now, "test close"))
+
+    def outcome(self, i: int) -> Outcome:
+        [result] = self.results[i]
+        return result.outcome
+
+    def check(self) -> None:
+        self.channel.counters.check(self.channel.pending())
+
+
+class ErrorResponseTests(SynchronousTestCase):
+    def test_invalid_token_rejects_it_accepts_before_and_replays_after_in_order(self) -> None:
+        h = Harness()
+        h.submit(*range(10))
+        frames = h.connect_and_write()
+        self.assertEqual(frames, [(i + 1, i) for i in range(10)])
+        h.feed(error(8, 4))  # identifier 4 = notification 3
+        self.assertEqual([h.outcome(i) for i in range(3)], [Outcome.ACCEPTED] * 3)
+        self.assertEqual(h.outcome(3), Outcome.REJECTED)
+        self.assertEqual(h.results[3][0].reason, "InvalidToken")
+        self.assertEqual(h.results[3][0].status, 8)
+        self.assertTrue(h.results[3][0].token_invalid)
+        self.assertFalse(h.channel.writable())  # nothing more after an error
+        h.lose()
+        replay = h.connect_and_write()
+        self.assertEqual([i for _, i in replay], list(range(4, 10)))
+        self.assertEqual([ident for ident, _ in replay], list(range(1, 7)))
+        self.assertEqual(h.channel.counters.replayed, 6)
+        h.check()
+
+    def test_shutdown_status_means_the_named_one_was_delivered(self) -> None:
+        h = Harness()
+        h.submit(*range(5))
+        h.connect_and_write()
+        h.feed(error(10, 3))
+        self.assertEqual([h.outcome(i) for i in range(3)], [Outcome.ACCEPTED] * 3)
+        self.assertNotIn(3, h.results)
+        h.lose()
+        self.assertEqual([i for _, i in h.connect_and_write()], [3, 4])
+        h.check()
+
+    def test_transient_status_retries_up_to_the_attempt_limit(self) -> None:
+        h = Harness(max_attempts=2)
+        h.submit(0, 1)
+        h.connect_and_write()
+        h.feed(error(1, 1))
+        self.assertEqual(h.results, {})
+        h.lose()
+        self.assertEqual([i for _, i in h.connect_and_write()], [0, 1])
+        h.feed(error(255, 1))
+        self.assertEqual(h.outcome(0), Outcome.REJECTED)
+        self.assertIn("after 2 attempts", h.results[0][0].reason or "")
+        self.assertEqual(h.results[0][0].attempts, 2)
+        self.assertEqual(h.channel.counters.retried, 1)
+        h.check()
+
+    def test_error_split_across_reads(self) -> None:
+        h = Harness()
+        h.submit(*range(3))
+        h.connect_and_write()
+        data = error(8, 2)
+        for b in data[:-1]:
+            h.feed(bytes([b]))
+            self.assertEqual(h.results, {})
+        h.feed(data[-1:])
+        self.assertEqual(h.outcome(1), Outcome.REJECTED)
+
+    def test_identifier_zero_makes_the_window_unknown_without_looping(self) -> None:
+        h = Harness(max_attempts=3)
+        h.submit(0, 1)
+        for _ in range(3):
+            h.connect_and_write()
+            h.feed(error(8, 0))
+            h.lose()
+        self.assertEqual([h.outcome(i) for i in (0, 1)], [Outcome.UNKNOWN] * 2)
+        self.assertIn("identifier 0", h.results[0][0].reason or "")
+        self.assertEqual(h.channel.pending(), 0)
+        self.assertEqual(h.channel.counters.unknown_by_reason["unattributed-error"], 2)
+        h.check()
+
+    def test_garbage_marks_the_connection_broken(self) -> None:
+        h = Harness(unknown_policy=UnknownPolicy.FAIL)
+        h.submit(0)
+        h.connect_and_write()
+        h.feed(b"\x07garbage")
+        self.assertIsNotNone(h.channel.broken)
+        h.lose()
+        self.assertEqual(h.outcome(0), Outcome.UNKNOWN)
+        self.assertIn("dropped", h.results[0][0].reason or "")
+
+
+class SilentCloseTests(SynchronousTestCase):
+    def test_resend_policy_requeues_unknown_at_the_head(self) -> None:
+        h = Harness()
+        h.submit(0, 1)
+        h.connect_and_write()
+        h.submit(2)  # queued, not written yet
+        h.lose()
+        self.assertEqual(h.results, {})
+        self.assertEqual(h.channel.counters.resent_unknown, 2)
+        self.assertEqual([i for _, i in h.connect_and_write()], [0, 1, 2])
+        h.check()
+
+    def test_fail_policy_finishes_unknown(self) -> None:
+        h = Harness(unknown_policy=UnknownPolicy.FAIL)
+        h.submit(0, 1)
+        h.connect_and_write()
+        h.lose()
+        self.assertEqual([h.outcome(i) for i in (0, 1)], [Outcome.UNKNOWN] * 2)
+        self.assertEqual(h.channel.counters.unknown, 2)
+        h.check()
+
+    def test_quiet_window_accepts_before_a_close(self) -> None:
+        h = Harness(quiet=1.0, unknown_policy=UnknownPolicy.FAIL)
+        h.submit(0)
+        h.connect_and_write()
+        h.now = 0.5
+        h.submit(1)
+        h.write()
+        h.now = 1.2
+        h.lose()
+        self.assertEqual(h.outcome(0), Outcome.ACCEPTED)
+        self.assertEqual(h.outcome(1), Outcome.UNKNOWN)
+
+
+class WindowTests(SynchronousTestCase):
+    def test_quiet_confirmation_and_deadline(self) -> None:
+        h = Harness(quiet=2.0)
+        h.submit(0, 1)
+        h.connect_and_write()
+        self.assertEqual(h.channel.next_deadline(), 2.0)
+        h.now = 1.9
+        h.record(h.channel.confirm_quiet(h.now))
+        self.assertEqual(h.results, {})
+        h.now = 2.0
+        h.record(h.channel.confirm_quiet(h.now))
+        self.assertEqual([h.outcome(i) for i in (0, 1)], [Outcome.ACCEPTED] * 2)
+        self.assertIsNone(h.channel.next_deadline())
+        h.check()
+
+    def test_window_bound_applies_back_pressure_and_never_evicts(self) -> None:
+        h = Harness(max_window=3, quiet=1.0)
+        h.submit(*range(5))
+        self.assertEqual(len(h.connect_and_write()), 3)
+        self.assertTrue(h.channel.window_full())
+        self.assertEqual(h.write(), [])
+        self.assertEqual(len(h.channel.window), 3)
+        h.now = 1.0
+        h.record(h.channel.confirm_quiet(h.now))
+        self.assertEqual([i for _, i in h.write()], [3, 4])
+        self.assertEqual(h.channel.counters.window_high_water, 3)
+
+    def test_error_after_quiet_confirmation_finds_the_right_entry(self) -> None:
+        h = Harness(quiet=1.0)
+        h.submit(0, 1)
+        h.connect_and_write()
+        h.now = 1.0
+        h.record(h.channel.confirm_quiet(h.now))
+        h.submit(2, 3)
+        self.assertEqual(h.write(), [(3, 2), (4, 3)])
+        h.feed(error(8, 4))
+        self.assertEqual(h.outcome(2), Outcome.ACCEPTED)
+        self.assertEqual(h.outcome(3), Outcome.REJECTED)
+
+    def test_queue_bound(self) -> None:
+        h = Harness(max_queue=2)
+        h.submit(0, 1)
+        self.assertRaises(QueueFullError, h.submit, 2)
+        self.assertEqual(h.channel.counters.submitted, 2)
+
+    def test_identifiers_wrap_past_zero(self) -> None:
+        h = Harness()
+        h.channel.connection_made()
+        h.channel._next_id = 0xFFFFFFFE
+        h.submit(0, 1, 2)
+        self.assertEqual([ident for ident, _ in h.write()], [0xFFFFFFFE, 0xFFFFFFFF, 1])
+        h.feed(error(8, 1))
+        self.assertEqual([h.outcome(i) for i in range(3)][:2], [Outcome.ACCEPTED] * 2)
+        self.assertEqual(h.outcome(2), Outcome.REJECTED)
+
+    def test_sentinel_confirms_everything_before_it(self) -> None:
+        h = Harness(quiet=60.0)
+        h.submit(0, 1)
+        h.connect_and_write()
+        frame = parse_frames(h.channel.take_sentinel(h.now))
+        self.assertEqual(frame, [(3, -1)])
+        self.assertEqual(h.channel.take_sentinel(h.now), b"")  # one at a time
+        self.assertEqual(h.channel.pending(), 2)
+        h.feed(error(8, 3))
+        self.assertEqual([h.outcome(i) for i in (0, 1)], [Outcome.ACCEPTED] * 2)
+        self.assertEqual(h.channel.pending(), 0)
+        self.assertEqual(h.channel.counters.submitted, 2)
+        h.check()
+
+    def test_fail_all_distinguishes_unsent_from_maybe_delivered(self) -> None:
+        h = Harness(max_window=1)
+        h.submit(0, 1)
+        h.connect_and_write()
+        h.record(h.channel.fail_all("client stopped", "stopped", h.now))
+        self.assertEqual(h.outcome(0), Outcome.UNKNOWN)
+        self.assertEqual(h.outcome(1), Outcome.REJECTED)
+        self.assertEqual(h.results[1][0].local, "stopped")
+        h.check()
+
+
+class RandomScheduleTests(SynchronousTestCase):
+    """Whatever the gateway does, each notification ends exactly once and the sums hold."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(
+            st.one_of(
+                st.tuples(st.just("submit"), st.integers(1, 5)),
+                st.tuples(st.just("write"), st.just(0)),
+                st.tuples(st.just("error"), st.integers(0, 12)),
+                st.tuples(st.just("shutdown"), st.integers(0, 12)),
+                st.tuples(st.just("transient"), st.integers(0, 12)),
+                st.tuples(st.just("close"), st.just(0)),
+                st.tuples(st.just("tick"), st.integers(0, 3)),
+            ),
+            max_size=60,
+        ),
+        st.sampled_from(list(UnknownPolicy)),
+    )
+    def test_every_notification_ends_once(
+        self, ops: list[tuple[str, int]], policy: UnknownPolicy
+    ) -> None:
+        h = Harness(quiet=2.0, max_window=8, max_attempts=3, unknown_policy=policy)
+        submitted = 0
+        written: list[tuple[int, int]] = []
+        for op, arg in ops:
+            ch = h.channel
+            if op == "submit":
+                for _ in range(arg):
+                    if ch.queue_room() > 0:
+                        h.submit(submitted)
+                        submitted += 1
+            elif op == "write":
+                if not ch.connected:
+                    ch.connection_made()
+                    written = []
+                written += h.write()
+            elif op in ("error", "shutdown", "transient") and ch.connected and ch.error is None:
+                status = {"error": 8, "shutdown": 10, "transient": 1}[op]
+                ident = written[arg % len(written)][0] if written else 0
+                h.feed(error(status, ident))
+            elif op == "close" and ch.connected:
+                h.lose()
+            elif op == "tick":
+                h.now += arg
+                h.record(ch.confirm_quiet(h.now))
+            h.check()
+        # Finish: drain with a well-behaved gateway.
+        for _ in range(50):
+            ch = h.channel
+            if ch.pending() == 0:
+                break
+            if ch.connected:
+                h.lose()
+            ch.connection_made()
+            h.write()
+            h.now += 10
+            h.record(ch.confirm_quiet(h.now))
+        self.assertEqual(h.channel.pending(), 0)
+        self.assertEqual(sorted(h.results), list(range(submitted)))
+        self.assertTrue(all(len(r) == 1 for r in h.results.values()))
+        h.check()

@@ -1,0 +1,418 @@
+"""The binary protocol's delivery state machine for one connection slot (sans-IO).
+
+A *channel* owns the pending queue and the in-flight window of one logical connection that
+survives reconnects. The Twisted glue (:mod:`txapns.binary`) feeds it connection events,
+received bytes and the current time, writes the bytes it returns, and fires the handles of the
+``(Pending, Result)`` pairs it resolves.
+
+What the legacy gateway tells us, and how this machine turns it into outcomes:
+
+* The gateway answers only failures: one 6-byte error naming identifier N, then it closes and
+  discards everything after N. TCP is ordered, so every frame before N was accepted. Status 10
+  (shutdown) means N itself was delivered; 0, 1 and 255 are transient; the rest reject N.
+* Everything after N is re-queued at the *head* of the queue in its original order (replay).
+* With no error, a notification is accepted once ``quiet`` seconds passed after its write.
+* A close with no error response leaves the unconfirmed part of the window *unknown*; the
+  :class:`UnknownPolicy` decides whether to re-send (possible duplicate, counted) or to finish
+  them as unknown.
+* The window is bounded by count and bytes: when full, :meth:`take_frames` returns nothing
+  (back-pressure) until older entries are confirmed. Nothing unconfirmed is ever evicted.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from .binary import (
+    ErrorResponse,
+    ErrorResponseDecoder,
+    classify_status,
+    encode_frame,
+    next_identifier,
+    status_name,
+)
+from .counters import Counters
+from .errors import ProtocolError, QueueFullError
+from .notification import Notification
+from .result import Outcome, Result
+
+#: Identifiers cycle through 1..2**32-1 (0 is never used).
+_ID_PERIOD = 0xFFFFFFFF
+
+#: Apple rejects this token with status 8, and so do the fakes: writing it after the last real
+#: notification makes the gateway confirm everything before it (see :meth:`take_sentinel`).
+SENTINEL_TOKEN = b"\xff" * 32
+_SENTINEL = Notification(SENTINEL_TOKEN, b'{"aps":{}}')
+
+
+class UnknownPolicy(enum.Enum):
+    """What to do with notifications whose fate is unknown after a silent close."""
+
+    #: Re-send them (they may be delivered twice; counted in ``resent_unknown``).
+    RESEND = "resend"
+    #: Finish them with outcome ``UNKNOWN``.
+    FAIL = "fail"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConfig:
+    max_window: int = 100_000
+    max_window_bytes: int = 32 * 1024 * 1024
+    max_queue: int = 100_000
+    #: Writes allowed for a notification that keeps failing transiently or going unknown.
+    max_attempts: int = 3
+    unknown_policy: UnknownPolicy = UnknownPolicy.RESEND
+    #: Seconds without an error after which a written notification counts as accepted.
+    quiet: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_window < 1 or self.max_queue < 1 or self.max_window_bytes < 4096:
+            raise ValueError("window and queue bounds must be positive (bytes ≥ 4096)")
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.quiet <= 0:
+            raise ValueError("quiet must be positive")
+
+
+class Pending:
+    """One notification held by a channel, with the caller's opaque ``handle``."""
+
+    __slots__ = (
+        "handle",
+        "maybe_delivered",
+        "notification",
+        "sent_at",
+        "sentinel",
+        "size",
+        "submitted_at",
+        "tries",
+        "writes",
+    )
+
+    def __init__(self, notification: Notification, handle: Any, now: float) -> None:
+        self.notification = notification
+        self.handle = handle
+        self.submitted_at = now
+        self.sent_at = 0.0
+        self.size = 0
+        self.writes = 0
+        #: Failed attempts (transient statuses, unknown outcomes).
+        self.tries = 0
+        #: True once it was in flight when a connection closed silently.
+        self.maybe_delivered = False
+        self.sentinel = False
+
+
+Resolution = tuple[Pending, Result]
+
+
+class BinaryChannel:
+    def __init__(self, config: ChannelConfig | None = None, counters: Counters | None = None):
+        self.config = config or ChannelConfig()
+        self.counters = counters if counters is not None else Counters()
+        self.queue: deque[Pending] = deque()
+        self.window: deque[Pending] = deque()
+        self.window_bytes = 0
+        self.connected = False
+        #: The error response received on the current connection, if any.
+        self.error: ErrorResponse | None = None
+        #: Why the current connection must be dropped (garbage from the gateway), if so.
+        self.broken: str | None = None
+        self._decoder = ErrorResponseDecoder()
+        self._next_id = 1
+        self._first_id = 1
+        self._sentinels = 0
+
+    # --- bookkeeping ---------------------------------------------------------------------
+
+    def pending(self) -> int:
+        """Notifications held (queued or in flight), sentinels excluded."""
+        return len(self.queue) + len(self.window) - self._sentinels
+
+    def queue_room(self) -> int:
+        return self.config.max_queue - len(self.queue)
+
+    def window_full(self) -> bool:
+        return (
+            len(self.window) >= self.config.max_window
+            or self.window_bytes >= self.config.max_window_bytes
+        )
+
+    def writable(self) -> bool:
+        """True when :meth:`take_frames` would return bytes."""
+        return (
+            self.connected
+            and self.error is None
+            and self.broken is None
+            and bool(self.queue)
+            and not self.window_full()
+        )
+
+    def submit(self, notification: Notification, handle: Any, now: float) -> Pending:
+        """Queue a validated notification; :class:`QueueFullError` when the queue is full."""
+        if len(self.queue) >= self.config.max_queue:
+            raise QueueFullError(
+                f"pending queue is full ({self.config.max_queue} notifications); "
+                "wait for results or raise max_queue"
+            )
+        item = Pending(notification, handle, now)
+        self.queue.append(item)
+        self.counters.submitted += 1
+        return item
+
+    # --- connection events ---------------------------------------------------------------
+
+    def connection_made(self) -> None:
+        self.connected = True
+        self.error = None
+        self.broken = None
+        self._decoder = ErrorResponseDecoder()
+        self._next_id = 1
+        self._first_id = 1
+
+    def take_frames(self, now: float, max_bytes: int = 1 << 20) -> bytes:
+        """Move queued notifications into the window; return their frames as one write."""
+        if not self.writable():
+            return b""
+        cfg = self.config
+        queue, window = self.queue, self.window
+        parts: list[bytes] = []
+        total = 0
+        ident = self._next_id
+        if not window:
+            self._first_id = ident
+        wbytes = self.window_bytes
+        max_window, max_wbytes = cfg.max_window, cfg.max_window_bytes
+        while queue and total < max_bytes and len(window) < max_window and wbytes < max_wbytes:
+            item = queue.popleft()
+            n = item.notification
+            frame = encode_frame(ident, n.token, n.payload, n.expiry, n.priority)
+            ident = ident + 1 if ident < _ID_PERIOD else 1
+            size = len(frame)
+            item.sent_at = now
+            item.size = size
+            item.writes += 1
+            window.append(item)
+            wbytes += size
+            parts.append(frame)
+            total += size
+        self._next_id = ident
+        self.window_bytes = wbytes
+        self.counters.note_window(len(window))
+        return b"".join(parts)
+
+    def take_sentinel(self, now: float) -> bytes:
+        """Write a known-bad notification so the gateway confirms everything before it.
+
+        Used when draining: the gateway rejects the sentinel with status 8 and closes, which
+        confirms every real notification written before it without waiting ``quiet`` seconds.
+        Returns ``b""`` when there is nothing to confirm or a sentinel is already in flight.
+        """
+        if not self.connected or self.error or self.broken or self._sentinels or not self.window:
+            return b""
+        item = Pending(_SENTINEL, None, now)
+        item.sentinel = True
+        ident = self._next_id
+        if not self.window:
+            self._first_id = ident
+        frame = encode_frame(ident, SENTINEL_TOKEN, _SENTINEL.payload)
+        self._next_id = next_identifier(ident)
+        item.sent_at = now
+        item.size = len(frame)
+        item.writes = 1
+        # Appended even when the window is full: it must never wait behind the bound, and it
+        # follows everything written so far (queued items are not written yet).
+        self.window.append(item)
+        self.window_bytes += item.size
+        self._sentinels += 1
+        return frame
+
+    def data_received(self, data: bytes, now: float) -> list[Resolution]:
+        """Feed bytes from the gateway; returns what an error response resolved."""
+        try:
+            errors = self._decoder.feed(data)
+        except ProtocolError as e:
+            self.broken = str(e)
+            return []
+        if not errors or self.error is not None:
+            return []
+        return self._on_error(errors[0], now)
+
+    def connection_lost(self, now: float, why: str) -> list[Resolution]:
+        """The connection closed. After an error response this resolves nothing more;
+        otherwise what is past the quiet window is accepted and the rest becomes unknown."""
+        self.connected = False
+        if self.error is not None and self.broken is None:
+            self.error = None
+            return []
+        self.error = None
+        if self.broken is not None:
+            why = f"{why} (dropped: {self.broken})"
+        out = self.confirm_quiet(now)
+        out.extend(self._unknown_window(why, "silent-close", now))
+        return out
+
+    # --- confirmations -------------------------------------------------------------------
+
+    def confirm_quiet(self, now: float) -> list[Resolution]:
+        """Accept what was written at least ``quiet`` seconds ago with no error since."""
+        window = self.window
+        cutoff = now - self.config.quiet
+        out: list[Resolution] = []
+        if not window or window[0].sent_at > cutoff:
+            return out
+        popped = 0
+        while window and window[0].sent_at <= cutoff:
+            item = window.popleft()
+            popped += 1
+            self.window_bytes -= item.size
+            if item.sentinel:
+                self._sentinels -= 1
+                continue
+            out.append((item, self._result(item, Outcome.ACCEPTED, now)))
+        self._first_id = self._advance(self._first_id, popped)
+        self.counters.accepted += len(out)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When the oldest in-flight notification passes the quiet window."""
+        return self.window[0].sent_at + self.config.quiet if self.window else None
+
+    def fail_all(self, reason: str, local: str, now: float) -> list[Resolution]:
+        """Finish everything held (the client stops, or credentials are rejected).
+
+        Never-written or certainly-discarded notifications are rejected locally; those that
+        may have reached APNs are finished as unknown.
+        """
+        out: list[Resolution] = []
+        in_flight = len(self.window)
+        for position, item in enumerate((*self.window, *self.queue)):
+            if item.sentinel:
+                continue
+            if item.maybe_delivered or position < in_flight:
+                out.append((item, self._result(item, Outcome.UNKNOWN, now, reason=reason)))
+                self.counters.record_unknown(local)
+            else:
+                result = self._result(item, Outcome.REJECTED, now, reason=reason, local=local)
+                out.append((item, result))
+                self.counters.record_rejected(local)
+        self.window.clear()
+        self.queue.clear()
+        self.window_bytes = 0
+        self._sentinels = 0
+        return out
+
+    # --- internals -------------------------------------------------------------------------
+
+    @staticmethod
+    def _advance(ident: int, count: int) -> int:
+        return (ident - 1 + count) % _ID_PERIOD + 1
+
+    def _find(self, identifier: int) -> int | None:
+        if identifier == 0 or not self.window:
+            return None
+        offset = (identifier - self._first_id) % _ID_PERIOD
+        return offset if offset < len(self.window) else None
+
+    def _result(
+        self,
+        item: Pending,
+        outcome: Outcome,
+        now: float,
+        *,
+        status: int | None = None,
+        reason: str | None = None,
+        local: str | None = None,
+    ) -> Result:
+        return Result(
+            item.notification,
+            outcome,
+            status=status,
+            reason=reason,
+            attempts=item.writes,
+            latency=now - item.submitted_at,
+            local=local,
+        )
+
+    def _on_error(self, err: ErrorResponse, now: float) -> list[Resolution]:
+        self.error = err
+        index = self._find(err.identifier)
+        if index is None:
+            why = (
+                f"error response {status_name(err.status)} named identifier {err.identifier}, "
+                "which is not in flight"
+            )
+            return self._unknown_window(why, "unattributed-error", now)
+        window = self.window
+        out: list[Resolution] = []
+        accepted = 0
+        for _ in range(index):
+            item = window.popleft()
+            if item.sentinel:
+                self._sentinels -= 1
+                continue
+            out.append((item, self._result(item, Outcome.ACCEPTED, now)))
+            accepted += 1
+        failed = window.popleft()
+        kind = classify_status(err.status)
+        name = status_name(err.status)
+        requeue: list[Pending] = []
+        if failed.sentinel:
+            self._sentinels -= 1
+        elif kind == "delivered":
+            out.append((failed, self._result(failed, Outcome.ACCEPTED, now)))
+            accepted += 1
+        elif kind == "transient":
+            failed.tries += 1
+            if failed.tries >= self.config.max_attempts:
+                reason = f"{name} after {failed.tries} attempts"
+                result = self._result(
+                    failed, Outcome.REJECTED, now, status=err.status, reason=reason
+                )
+                out.append((failed, result))
+                self.counters.record_rejected(name)
+            else:
+                requeue.append(failed)
+                self.counters.retried += 1
+        else:
+            out.append(
+                (
+                    failed,
+                    self._result(failed, Outcome.REJECTED, now, status=err.status, reason=name),
+                )
+            )
+            self.counters.record_rejected(name)
+        self.counters.accepted += accepted
+        rest = [item for item in window if not item.sentinel]
+        self._sentinels = 0
+        self.counters.replayed += len(rest)
+        requeue.extend(rest)
+        window.clear()
+        self.window_bytes = 0
+        self.queue.extendleft(reversed(requeue))
+        return out
+
+    def _unknown_window(self, why: str, key: str, now: float) -> list[Resolution]:
+        """Everything in flight has an unknown fate; ``key`` is the stable counter label."""
+        out: list[Resolution] = []
+        requeue: list[Pending] = []
+        resend = self.config.unknown_policy is UnknownPolicy.RESEND
+        for item in self.window:
+            if item.sentinel:
+                continue
+            item.tries += 1
+            item.maybe_delivered = True
+            if resend and item.tries < self.config.max_attempts:
+                requeue.append(item)
+                self.counters.resent_unknown += 1
+            else:
+                out.append((item, self._result(item, Outcome.UNKNOWN, now, reason=why)))
+                self.counters.record_unknown(key)
+        self.window.clear()
+        self.window_bytes = 0
+        self._sentinels = 0
+        self.queue.extendleft(reversed(requeue))
+        return out
