@@ -1,0 +1,282 @@
+"""The Twisted glue of the binary client, with StringTransport and a Clock-driven reactor."""
+
+from __future__ import annotations
+
+import random
+
+from OpenSSL import SSL
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from txapns.binary import APNSProtocol, BinaryClient
+from txapns.core.backoff import Backoff
+from txapns.core.binary_channel import ChannelConfig, UnknownPolicy
+from txapns.core.errors import ClientStoppedError, PayloadTooLargeError, QueueFullError
+from txapns.core.notification import Notification
+from txapns.core.result import Outcome, Result
+
+from .test_binary_channel import error, note, parse_frames
+
+
+@implementer(IStreamClientEndpoint)
+class StubEndpoint:
+    """Records connection attempts; the test decides how each one ends."""
+
+    def __init__(self) -> None:
+        self.attempts: list[tuple[IProtocolFactory, Deferred[Protocol]]] = []
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[Protocol]:
+        d: Deferred[Protocol] = Deferred()
+        self.attempts.append((factory, d))
+        return d
+
+    def accept(self, handshake: bool = True) -> tuple[APNSProtocol, StringTransport]:
+        factory, d = self.attempts[-1]
+        proto = factory.buildProtocol(None)
+        assert isinstance(proto, APNSProtocol)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        if handshake:
+            proto.handshakeCompleted()
+        d.callback(proto)
+        return proto, transport
+
+    def refuse(self) -> None:
+        self.attempts[-1][1].errback(ConnectionRefusedError())
+
+
+class Fixture:
+    def __init__(self, **config: object) -> None:
+        self.reactor = MemoryReactorClock()
+        self.endpoint = StubEndpoint()
+        self.client = BinaryClient(
+            self.reactor,
+            self.endpoint,
+            config=ChannelConfig(**config),  # type: ignore[arg-type]
+            backoff=Backoff(initial=1.0, factor=2.0, cap=8.0, jitter=0.0),
+            rng=random.Random(1),
+        )
+        self.results: list[Result] = []
+
+    def send(self, *indexes: int) -> list[Deferred[Result]]:
+        ds = [self.client.send(note(i)) for i in indexes]
+        for d in ds:
+            d.addCallback(self.results.append)
+        return ds
+
+    def turn(self, seconds: float = 0.0) -> None:
+        self.reactor.advance(seconds)
+
+
+class ClientTests(SynchronousTestCase):
+    def test_writes_are_coalesced_into_one_write_per_turn(self) -> None:
+        f = Fixture()
+        f.client.start()
+        proto, transport = f.endpoint.accept()
+        writes: list[bytes] = []
+        transport.write = writes.append  # type: ignore[method-assign]
+        f.send(*range(50))
+        self.assertEqual(writes, [])
+        f.turn()
+        self.assertEqual(len(writes), 1)
+        self.assertEqual([i for _, i in parse_frames(writes[0])], list(range(50)))
+
+    def test_error_then_close_replays_and_reconnects_at_once(self) -> None:
+        f = Fixture(quiet=1.0)
+        f.client.start()
+        proto, transport = f.endpoint.accept()
+        ds = f.send(*range(6))
+        f.turn()
+        proto.dataReceived(error(8, 3))
+        self.assertTrue(transport.disconnecting)  # we close our side after an error
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(f.endpoint.attempts), 2)  # at once, no backoff
+        proto2, transport2 = f.endpoint.accept()
+        f.turn()
+        self.assertEqual([i for _, i in parse_frames(transport2.value())], [3, 4, 5])
+        f.turn(1.01)
+        outcomes = [r.outcome for r in f.results]
+        self.assertEqual(outcomes.count(Outcome.ACCEPTED), 5)
+        self.assertEqual(outcomes.count(Outcome.REJECTED), 1)
+        self.assertTrue(all(d.called for d in ds))
+        self.assertEqual(f.client.counters.reconnects, 1)
+        f.client.counters.check(f.client.pending())
+
+    def test_failed_connection_attempts_back_off(self) -> None:
+        f = Fixture()
+        f.client.start()
+        f.endpoint.refuse()
+        self.assertEqual(len(f.endpoint.attempts), 1)
+        f.turn(0.99)
+        self.assertEqual(len(f.endpoint.attempts), 1)
+        f.turn(0.02)
+        self.assertEqual(len(f.endpoint.attempts), 2)
+        f.endpoint.refuse()
+        f.turn(1.99)
+        self.assertEqual(len(f.endpoint.attempts), 2)
+        f.turn(0.02)
+        self.assertEqual(len(f.endpoint.attempts), 3)
+        self.assertEqual(f.client.counters.connection_failures, 2)
+
+    def test_tls_failures_are_not_retried_forever(self) -> None:
+        f = Fixture()
+        f.client.start()
+        ds = f.send(0, 1)
+        for attempt in range(3):
+            proto, _ = f.endpoint.accept(handshake=False)
+            proto.connectionLost(Failure(SSL.Error("certificate verify failed")))
+            f.turn(10)
+        self.assertTrue(all(d.called for d in ds))
+        self.assertEqual({r.outcome for r in f.results}, {Outcome.REJECTED})
+        self.assertEqual(f.results[0].local, "tls")
+        self.assertIn("TLS failure", f.results[0].reason or "")
+        f.client.counters.check(f.client.pending())
+
+    def test_close_right_after_handshake_is_reported_as_wrong_environment(self) -> None:
+        f = Fixture(max_attempts=5)
+        f.client.start()
+        f.send(0)
+        for _ in range(3):
+            proto, _ = f.endpoint.accept()
+            f.turn()
+            proto.connectionLost(Failure(ConnectionDone()))
+            f.turn(10)
+        [result] = f.results
+        self.assertIn("wrong-environment", result.reason or "")
+
+    def test_silent_close_resends_by_default(self) -> None:
+        f = Fixture()
+        f.client.start()
+        proto, _ = f.endpoint.accept()
+        f.turn(1.0)  # not "right after the handshake"
+        f.send(0, 1)
+        f.turn()
+        proto.received = 1
+        proto.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(f.results, [])
+        _, transport2 = f.endpoint.accept()
+        f.turn()
+        self.assertEqual([i for _, i in parse_frames(transport2.value())], [0, 1])
+        self.assertEqual(f.client.counters.resent_unknown, 2)
+
+    def test_silent_close_with_fail_policy(self) -> None:
+        f = Fixture(unknown_policy=UnknownPolicy.FAIL)
+        f.client.start()
+        proto, _ = f.endpoint.accept()
+        f.turn(1.0)
+        f.send(0)
+        f.turn()
+        proto.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual([r.outcome for r in f.results], [Outcome.UNKNOWN])
+
+    def test_back_pressure_from_the_transport(self) -> None:
+        f = Fixture()
+        f.client.start()
+        proto, transport = f.endpoint.accept()
+        proto.pauseProducing()
+        f.send(0)
+        f.turn()
+        self.assertEqual(transport.value(), b"")
+        proto.resumeProducing()
+        f.turn()
+        self.assertEqual(len(parse_frames(transport.value())), 1)
+
+    def test_validation_happens_before_anything_is_queued(self) -> None:
+        f = Fixture()
+        big = Notification.create(b"\x01" * 32, {"aps": {}, "x": "y" * 3000})
+        self.assertRaises(PayloadTooLargeError, f.client.send, big)
+        self.assertEqual(f.client.counters.submitted, 0)
+
+    def test_queue_full_fails_fast(self) -> None:
+        f = Fixture(max_queue=2)
+        f.send(0, 1)
+        self.assertRaises(QueueFullError, f.client.send, note(2))
+
+    def test_stop_drains_with_a_sentinel_then_closes_and_cancels_timers(self) -> None:
+        f = Fixture(quiet=30.0)
+        f.client.start()
+        proto, transport = f.endpoint.accept()
+        f.send(0, 1)
+        f.turn()
+        transport.clear()
+        stopped = f.client.stop(timeout=5.0)
+        self.assertRaises(ClientStoppedError, f.client.send, note(9))
+        f.turn()
+        frames = parse_frames(transport.value())
+        self.assertEqual(frames, [(3, -1)])  # the sentinel
+        proto.dataReceived(error(8, 3))
+        self.assertEqual([r.outcome for r in f.results], [Outcome.ACCEPTED] * 2)
+        self.assertFalse(stopped.called)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(stopped.called)
+        self.assertEqual(f.reactor.getDelayedCalls(), [])
+        self.assertEqual(len(f.endpoint.attempts), 1)  # no reconnect after stop
+
+    def test_stop_timeout_finishes_what_is_left(self) -> None:
+        f = Fixture(quiet=30.0)
+        f.client.start()
+        f.endpoint.refuse()
+        ds = f.send(0)
+        stopped = f.client.stop(timeout=2.0)
+        f.turn(2.0)
+        self.assertTrue(stopped.called)
+        self.assertTrue(ds[0].called)
+        self.assertEqual(f.results[0].outcome, Outcome.REJECTED)
+        self.assertEqual(f.results[0].local, "stopped")
+        self.assertEqual(f.reactor.getDelayedCalls(), [])
+
+
+class BulkTests(SynchronousTestCase):
+    def test_send_many_streams_within_the_queue_bound(self) -> None:
+        f = Fixture(max_queue=10, max_window=10, quiet=1.0)
+        f.client.start()
+        proto, transport = f.endpoint.accept()
+        pulled: list[int] = []
+
+        def source():  # type: ignore[no-untyped-def]
+            for i in range(100):
+                pulled.append(i)
+                yield note(i)
+
+        seen: list[Result] = []
+        done = f.client.send_many(source(), seen.append)
+        self.assertLessEqual(len(pulled), 11)
+        for _ in range(30):
+            f.turn()
+            f.turn(1.01)
+        self.assertTrue(done.called)
+        counters = self.successResultOf(done)
+        self.assertEqual(counters.accepted, 100)
+        self.assertEqual(len(seen), 100)
+        frames = parse_frames(transport.value())
+        self.assertEqual([i for _, i in frames], list(range(100)))
+
+    def test_send_many_reports_invalid_ones_without_stopping(self) -> None:
+        f = Fixture(quiet=1.0)
+        f.client.start()
+        f.endpoint.accept()
+        bad = Notification(b"\x01" * 32, b"{" + b" " * 3000 + b"}")
+        seen: list[Result] = []
+        done = f.client.send_many([note(0), bad, note(1)], seen.append)
+        f.turn()
+        f.turn(1.01)
+        counters = self.successResultOf(done)
+        self.assertEqual((counters.accepted, counters.rejected), (2, 1))
+        self.assertEqual(counters.rejected_by_reason["invalid"], 1)
+
+
+class ShardingTests(SynchronousTestCase):
+    def test_same_device_same_connection(self) -> None:
+        reactor = MemoryReactorClock()
+        client = BinaryClient(reactor, StubEndpoint(), connections=4)
+        n = note(7)
+        self.assertIs(client._shard(n), client._shard(Notification.create(n.token, {"aps": {}})))
+        used = {id(client._shard(note(i))) for i in range(64)}
+        self.assertEqual(len(used), 4)
+

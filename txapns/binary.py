@@ -1,0 +1,654 @@
+"""The legacy binary provider for Twisted: :class:`APNSProtocol`, :class:`APNSClientFactory`
+and the public :class:`BinaryClient`.
+
+This module is glue. The delivery logic (window, replay, outcomes) is the sans-IO
+:class:`~txapns.core.binary_channel.BinaryChannel`; here we feed it bytes, connection events and
+the reactor's time, write what it returns (coalesced: one ``transport.write`` per reactor turn
+up to a size threshold), run its quiet-window timer and reconnect with backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, cast
+from typing import Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .core.backoff import Backoff
+from .core.binary_channel import BinaryChannel, ChannelConfig, Pending, Resolution, UnknownPolicy
+from .core.counters import Counters
+from .core.errors import ClientStoppedError, QueueFullError, TLSFailureError
+from .core.notification import Notification, validate_binary
+from .core.result import Result
+
+log = Logger(namespace="txapns.binary")
+
+#: Closing this soon after the handshake, with nothing said, is what Apple's gateway did to a
+#: certificate of the other environment.
+WRONG_ENVIRONMENT_WINDOW = 0.1
+
+ResultCallback = Callable[[Result], object]
+
+
+def _is_tls_failure(reason: Failure) -> bool:
+    from OpenSSL import SSL
+
+    return reason.check(SSL.Error) is not None
+
+
+def _set_no_delay(transport: Any) -> None:
+    # With wrapClientTLS the protocol's transport is the TLS layer; TCP is underneath it.
+    while transport is not None:
+        setter = getattr(transport, "setTcpNoDelay", None)
+        if setter is not None:
+            with contextlib.suppress(OSError):
+                setter(True)
+            return
+        transport = getattr(transport, "transport", None)
+
+
+_CLOSED = Failure(ConnectionDone())
+
+
+class _Transport(TypingProtocol):
+    """The parts of a TCP/TLS transport the glue uses."""
+
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+
+
+@implementer(IHandshakeListener, IPushProducer)
+class APNSProtocol(Protocol):
+    """One connection to a binary gateway: feeds error frames to the factory's channel and
+    stops writing while the transport's buffer is full."""
+
+    def __init__(self, factory: APNSClientFactory) -> None:
+        self.factory = factory
+        self.paused = False
+        self.handshake_at: float | None = None
+        self.received = 0
+        self.closed = False
+        self.out: _Transport
+
+    def connectionMade(self) -> None:
+        self.out = cast(_Transport, self.transport)
+        _set_no_delay(self.transport)
+        self.out.registerProducer(self, True)
+        self.factory._protocol_connected(self)
+
+    def handshakeCompleted(self) -> None:
+        self.handshake_at = self.factory.clock.seconds()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        self.factory._data_received(self, data)
+
+    def connectionLost(self, reason: Failure = _CLOSED) -> None:
+        self.closed = True
+        self.factory._protocol_lost(self, reason)
+
+    # IPushProducer: the transport tells us when its write buffer is full or drained.
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.factory._schedule_flush()
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+
+class APNSClientFactory(ClientFactory):
+    """A reconnecting factory for one connection slot; it owns that slot's queue.
+
+    On every new connection the channel replays what was not confirmed at the head of the
+    queue, in the original order. It reconnects at once after a close that followed an error
+    response, with exponential backoff after failed attempts, gives up (failing the queue) after
+    ``max_tls_failures`` TLS failures in a row, and reports a close right after the handshake as
+    a probable wrong-environment certificate.
+    """
+
+    protocol = APNSProtocol
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        endpoint: IStreamClientEndpoint,
+        *,
+        config: ChannelConfig | None = None,
+        counters: Counters | None = None,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+        max_tls_failures: int = 3,
+        write_chunk: int = 1 << 20,
+        sentinel_on_drain: bool = True,
+        name: str = "binary",
+        on_resolved: Callable[[], None] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.endpoint = endpoint
+        self.counters = counters if counters is not None else Counters()
+        self.channel = BinaryChannel(config, self.counters)
+        self.backoff = backoff or Backoff()
+        self.rng = rng or random.Random()
+        self.max_tls_failures = max_tls_failures
+        self.write_chunk = write_chunk
+        self.sentinel_on_drain = sentinel_on_drain
+        self.name = name
+        self.on_resolved = on_resolved
+        self.proto: APNSProtocol | None = None
+        self.failures = 0
+        self.tls_failures = 0
+        self.started = False
+        #: False once stop() was called: new submissions are refused.
+        self.accepting = True
+        #: True once draining is over: no more connections are made.
+        self.closing = False
+        self.draining = False
+        self.connecting = False
+        self._ever_connected = False
+        self._flush_call: IDelayedCall | None = None
+        self._quiet_call: IDelayedCall | None = None
+        self._retry_call: IDelayedCall | None = None
+        self._drain_call: IDelayedCall | None = None
+        self._drained: list[Deferred[None]] = []
+        self._closed: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: IAddress | None) -> APNSProtocol:
+        return APNSProtocol(self)
+
+    # --- public ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.started = True
+        self._connect()
+
+    def submit(self, notification: Notification, handle: Any) -> Pending:
+        if not self.accepting:
+            raise ClientStoppedError("the client is stopping; it takes no new notifications")
+        item = self.channel.submit(notification, handle, self.clock.seconds())
+        if self.proto is None:
+            if self.started and not self.connecting and self._retry_call is None:
+                self._connect()
+        else:
+            self._schedule_flush()
+        return item
+
+    def drain(self) -> Deferred[None]:
+        """Fires once nothing is pending (sending a sentinel to confirm the tail early)."""
+        self.draining = True
+        if self.channel.pending() == 0:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        self._schedule_flush()
+        return d
+
+    def stop(self, timeout: float = 10.0) -> Deferred[None]:
+        """Stop taking notifications, drain for up to ``timeout`` seconds, then finish what is
+        left (unknown if it may have been delivered, rejected otherwise), cancel every timer
+        and close the connection. Fires when the connection is closed."""
+        self.accepting = False
+        if self._drain_call is None and not self.closing:
+            self._drain_call = self.clock.callLater(timeout, self._give_up_draining)
+        return self.drain().addCallback(self._close)
+
+    # --- connection lifecycle -----------------------------------------------------------
+
+    def _connect(self) -> None:
+        self._retry_call = None
+        if self.closing or self.connecting or self.proto is not None:
+            return
+        self.connecting = True
+        d = self.endpoint.connect(self)
+        d.addCallbacks(self._connect_succeeded, self._connect_failed)
+
+    def _connect_succeeded(self, proto: object) -> None:
+        self.connecting = False
+
+    def _connect_failed(self, reason: Failure) -> None:
+        self.connecting = False
+        if self.closing:
+            return
+        self.failures += 1
+        self.counters.connection_failures += 1
+        log.warn(
+            "{name}: connection attempt {n} failed: {why}",
+            name=self.name,
+            n=self.failures,
+            why=reason.getErrorMessage(),
+        )
+        self._schedule_reconnect()
+
+    def _protocol_connected(self, proto: APNSProtocol) -> None:
+        self.proto = proto
+        self.connecting = False
+        self.counters.connections_made += 1
+        if self._ever_connected:
+            self.counters.reconnects += 1
+        self._ever_connected = True
+        self.channel.connection_made()
+        log.debug("{name}: connected", name=self.name)
+        self._schedule_flush()
+
+    def _protocol_lost(self, proto: APNSProtocol, reason: Failure) -> None:
+        if proto is not self.proto:
+            return
+        self.proto = None
+        self._cancel(self._flush_call)
+        self._flush_call = None
+        now = self.clock.seconds()
+        after_error = self.channel.error is not None
+        handshake = proto.handshake_at
+        tls_failed = handshake is None and _is_tls_failure(reason)
+        wrong_env = (
+            not after_error
+            and handshake is not None
+            and proto.received == 0
+            and now - handshake <= WRONG_ENVIRONMENT_WINDOW
+        )
+        why = "connection closed with no error response"
+        if tls_failed:
+            why = f"TLS failure: {reason.getErrorMessage()}"
+        elif wrong_env:
+            why = "gateway closed right after the handshake (wrong-environment certificate?)"
+        self._deliver(self.channel.connection_lost(now, why))
+        self._rearm_quiet()
+        if self.closing:
+            self._fire_closed()
+            return
+        if tls_failed or wrong_env:
+            self.tls_failures += 1
+            self.failures += 1
+            self.counters.connection_failures += 1
+            log.error("{name}: {why}", name=self.name, why=why)
+            if self.tls_failures >= self.max_tls_failures:
+                err = TLSFailureError(f"{why}; gave up after {self.tls_failures} attempts")
+                self._fail_queue(str(err), "tls")
+                self.tls_failures = 0
+                self.failures = 0
+                return
+            self._schedule_reconnect()
+            return
+        self.tls_failures = 0
+        self.failures = 0
+        if after_error:
+            log.debug("{name}: closed after an error response; reconnecting", name=self.name)
+            self._connect()
+        elif self.channel.pending():
+            log.info("{name}: {why}; reconnecting", name=self.name, why=why)
+            self._connect()
+        # else: idle close; reconnect when something is submitted.
+
+    def _schedule_reconnect(self) -> None:
+        if self.closing:
+            return
+        delay = self.backoff.delay(self.failures, self.rng.random())
+        self._retry_call = self.clock.callLater(delay, self._connect)
+
+    def _fail_queue(self, reason: str, local: str) -> None:
+        self._deliver(self.channel.fail_all(reason, local, self.clock.seconds()))
+        self._rearm_quiet()
+
+    # --- writing ------------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if self._flush_call is None and self.proto is not None:
+            self._flush_call = self.clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        proto = self.proto
+        if proto is None or proto.paused or proto.closed:
+            return
+        channel = self.channel
+        now = self.clock.seconds()
+        data = channel.take_frames(now, self.write_chunk)
+        if data:
+            proto.out.write(data)
+            if channel.writable():
+                self._schedule_flush()
+        elif (
+            self.draining
+            and self.sentinel_on_drain
+            and not channel.queue
+            and channel.window
+            and channel.error is None
+        ):
+            sentinel = channel.take_sentinel(now)
+            if sentinel:
+                proto.out.write(sentinel)
+        self._rearm_quiet()
+
+    def _data_received(self, proto: APNSProtocol, data: bytes) -> None:
+        channel = self.channel
+        resolved = channel.data_received(data, self.clock.seconds())
+        if channel.broken is not None:
+            log.error("{name}: dropping connection: {why}", name=self.name, why=channel.broken)
+            proto.out.abortConnection()
+        elif channel.error is not None:
+            err = channel.error
+            log.info(
+                "{name}: error response {status} ({status_name}) for identifier {ident}",
+                name=self.name,
+                status=err.status,
+                status_name=err.name,
+                ident=err.identifier,
+            )
+            # Apple closes after an error; close our side too so a gateway that doesn't
+            # cannot wedge the connection.
+            proto.out.loseConnection()
+        self._deliver(resolved)
+        self._rearm_quiet()
+
+    # --- confirmation timer -------------------------------------------------------------
+
+    def _rearm_quiet(self) -> None:
+        deadline = self.channel.next_deadline()
+        call = self._quiet_call
+        if deadline is None:
+            if call is not None:
+                self._cancel(call)
+                self._quiet_call = None
+            return
+        if call is not None and call.active():
+            if call.getTime() <= deadline + 0.001:
+                return
+            call.cancel()
+        delay = max(0.0, deadline - self.clock.seconds()) + 0.001
+        self._quiet_call = self.clock.callLater(delay, self._quiet_fired)
+
+    def _quiet_fired(self) -> None:
+        self._quiet_call = None
+        was_full = self.channel.window_full()
+        self._deliver(self.channel.confirm_quiet(self.clock.seconds()))
+        if was_full or self.channel.queue:
+            self._schedule_flush()
+        self._rearm_quiet()
+
+    # --- results ------------------------------------------------------------------------
+
+    def _deliver(self, resolved: list[Resolution]) -> None:
+        for item, result in resolved:
+            handle = item.handle
+            if isinstance(handle, Deferred):
+                handle.callback(result)
+            elif handle is not None:
+                try:
+                    handle(result)
+                except Exception:
+                    log.failure("{name}: result callback raised", name=self.name)
+        if resolved:
+            if self.on_resolved is not None:
+                self.on_resolved()
+            self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self._drained and self.channel.pending() == 0:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    def _give_up_draining(self) -> None:
+        self._drain_call = None
+        log.warn(
+            "{name}: stop timeout with {n} notifications pending; finishing them",
+            name=self.name,
+            n=self.channel.pending(),
+        )
+        self._deliver(self.channel.fail_all("client stopped", "stopped", self.clock.seconds()))
+        self._check_drained()
+
+    def _close(self, _: object = None) -> Deferred[None]:
+        self.closing = True
+        for call in (self._flush_call, self._quiet_call, self._retry_call, self._drain_call):
+            self._cancel(call)
+        self._flush_call = self._quiet_call = self._retry_call = self._drain_call = None
+        if self.proto is None:
+            return succeed(None)
+        closed: Deferred[None] = Deferred()
+        self._closed.append(closed)
+        self.proto.out.loseConnection()
+        return closed
+
+    def _fire_closed(self) -> None:
+        waiting, self._closed = self._closed, []
+        for d in waiting:
+            d.callback(None)
+
+    @staticmethod
+    def _cancel(call: IDelayedCall | None) -> None:
+        if call is not None and call.active():
+            call.cancel()
+
+
+class BinaryClient:
+    """Send notifications over the legacy binary protocol, on one or more connections.
+
+    ``send`` validates before queueing (raising a typed
+    :class:`~txapns.core.errors.ValidationError` or :class:`QueueFullError`) and returns a
+    Deferred that fires exactly once with a :class:`Result`. Notifications are sharded by
+    device token, so the order of notifications to one device is kept.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        endpoint: IStreamClientEndpoint,
+        *,
+        connections: int = 1,
+        config: ChannelConfig | None = None,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+        max_tls_failures: int = 3,
+        sentinel_on_drain: bool = True,
+    ) -> None:
+        if connections < 1:
+            raise ValueError("connections must be at least 1")
+        self.clock = clock
+        self.counters = Counters()
+        self.config = config or ChannelConfig()
+        rng = rng or random.Random()
+        self.factories = [
+            APNSClientFactory(
+                clock,
+                endpoint,
+                config=self.config,
+                counters=self.counters,
+                backoff=backoff,
+                rng=rng,
+                max_tls_failures=max_tls_failures,
+                sentinel_on_drain=sentinel_on_drain,
+                name=f"binary[{i}]",
+                on_resolved=self._room_freed,
+            )
+            for i in range(connections)
+        ]
+        self._feeders: list[_BulkFeeder] = []
+        self.started = False
+        self.stopped = False
+
+    @classmethod
+    def unknown_policy(cls, policy: str) -> UnknownPolicy:
+        return UnknownPolicy(policy)
+
+    def start(self) -> None:
+        self.started = True
+        for f in self.factories:
+            f.start()
+
+    def _shard(self, notification: Notification) -> APNSClientFactory:
+        factories = self.factories
+        if len(factories) == 1:
+            return factories[0]
+        return factories[int.from_bytes(notification.token[-4:], "big") % len(factories)]
+
+    def send(self, notification: Notification) -> Deferred[Result]:
+        validate_binary(notification)
+        if self.stopped:
+            raise ClientStoppedError("the client was stopped")
+        d: Deferred[Result] = Deferred()
+        self._shard(notification).submit(notification, d)
+        return d
+
+    def send_many(
+        self,
+        notifications: Iterable[Notification],
+        on_result: ResultCallback | None = None,
+    ) -> Deferred[Counters]:
+        """Stream an iterable through the client without holding all of it.
+
+        Notifications are pulled from the iterable only while the queues have room, and each
+        result goes to ``on_result`` as it arrives (no Deferred per notification). Fires with
+        this run's counters once every pulled notification has a result. An invalid
+        notification is finished as rejected (``local="invalid"``) rather than stopping the run.
+        """
+        feeder = _BulkFeeder(self, iter(notifications), on_result)
+        self._feeders.append(feeder)
+        feeder.pump()
+        return feeder.done
+
+    sendMany = send_many
+
+    def pending(self) -> int:
+        return sum(f.channel.pending() for f in self.factories)
+
+    def drain(self) -> Deferred[None]:
+        from twisted.internet.defer import gatherResults
+
+        return gatherResults([f.drain() for f in self.factories]).addCallback(lambda _: None)
+
+    def stop(self, timeout: float = 10.0) -> Deferred[None]:
+        from twisted.internet.defer import gatherResults
+
+        self.stopped = True
+        return gatherResults([f.stop(timeout) for f in self.factories]).addCallback(lambda _: None)
+
+    def _room_freed(self) -> None:
+        for feeder in list(self._feeders):
+            feeder.pump()
+
+    def _feeder_done(self, feeder: _BulkFeeder) -> None:
+        self._feeders.remove(feeder)
+
+
+class _BulkFeeder:
+    """Pulls from an iterator into the client while there is queue room (producer/consumer)."""
+
+    def __init__(
+        self,
+        client: BinaryClient,
+        source: Iterator[Notification],
+        on_result: ResultCallback | None,
+    ) -> None:
+        self.client = client
+        self.source = source
+        self.on_result = on_result
+        self.counters = Counters()
+        self.outstanding = 0
+        self.exhausted = False
+        self.pumping = False
+        self._held: Notification | None = None
+        self.done: Deferred[Counters] = Deferred()
+
+    def pump(self) -> None:
+        if self.pumping or self.exhausted:
+            return
+        self.pumping = True
+        try:
+            self._pump()
+        finally:
+            self.pumping = False
+        self._maybe_done()
+
+    def _pump(self) -> None:
+        client = self.client
+        factories = client.factories
+        single = factories[0] if len(factories) == 1 else None
+        handle = self._result
+        source = self.source
+        while True:
+            n = self._held
+            if n is None:
+                n = next(source, None)
+                if n is None:
+                    self.exhausted = True
+                    return
+            else:
+                self._held = None
+            factory = single or client._shard(n)
+            try:
+                validate_binary(n)
+                factory.submit(n, handle)
+            except QueueFullError:
+                self._held = n
+                return
+            except ClientStoppedError as e:
+                self._local_failure(n, str(e), "stopped")
+                continue
+            except Exception as e:
+                self._local_failure(n, str(e), "invalid")
+                continue
+            self.counters.submitted += 1
+            self.outstanding += 1
+
+    def _local_failure(self, n: Notification, reason: str, local: str) -> None:
+        from .core.result import Outcome
+
+        self.counters.submitted += 1
+        self.counters.record_rejected(local)
+        result = Result(n, Outcome.REJECTED, reason=reason, local=local)
+        self._emit(result)
+
+    def _result(self, result: Result) -> None:
+        self.outstanding -= 1
+        c = self.counters
+        if result.accepted:
+            c.accepted += 1
+        elif result.rejected:
+            c.record_rejected(result.reason or "")
+        else:
+            c.record_unknown(result.reason or "")
+        self._emit(result)
+        if self.exhausted and self.outstanding == 0:
+            self._maybe_done()
+
+    def _emit(self, result: Result) -> None:
+        if self.on_result is not None:
+            try:
+                self.on_result(result)
+            except Exception:
+                log.failure("send_many result callback raised")
+
+    def _maybe_done(self) -> None:
+        if self.exhausted and self.outstanding == 0 and not self.done.called:
+            self.client._feeder_done(self)
+            self.done.callback(self.counters)
+
+
+__all__ = [
+    "APNSClientFactory",
+    "APNSProtocol",
+    "BinaryClient",
+    "ChannelConfig",
+    "UnknownPolicy",
+]
