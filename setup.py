@@ -35,7 +35,6 @@ setup(
             "mypy>=1.10",
             "mypy-zope",
             "ruff>=0.5",
-            "types-pyOpenSSL",
             "sphinx>=7",
         ],
     },

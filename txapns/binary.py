@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .core.backoff import Backoff
+from .credentials import is_tls_failure
 from .core.binary_channel import BinaryChannel, ChannelConfig, Pending, Resolution, UnknownPolicy
 from .core.counters import Counters
 from .core.errors import ClientStoppedError, QueueFullError, TLSFailureError
@@ -44,12 +45,6 @@ log = Logger(namespace="txapns.binary")
 WRONG_ENVIRONMENT_WINDOW = 0.1
 
 ResultCallback = Callable[[Result], object]
-
-
-def _is_tls_failure(reason: Failure) -> bool:
-    from OpenSSL import SSL
-
-    return reason.check(SSL.Error) is not None
 
 
 def _set_no_delay(transport: Any) -> None:
@@ -259,7 +254,9 @@ class APNSClientFactory(ClientFactory):
         now = self.clock.seconds()
         after_error = self.channel.error is not None
         handshake = proto.handshake_at
-        tls_failed = handshake is None and _is_tls_failure(reason)
+        # With TLS 1.3 a refused client certificate surfaces after handshakeCompleted, so
+        # the reason is classified whatever the handshake state.
+        tls_failed = is_tls_failure(reason)
         wrong_env = (
             not after_error
             and handshake is not None
