@@ -78,7 +78,7 @@ class ClientTests(SynchronousTestCase):
     def test_writes_are_coalesced_into_one_write_per_turn(self) -> None:
         f = Fixture()
         f.client.start()
-        proto, transport = f.endpoint.accept()
+        _proto, transport = f.endpoint.accept()
         writes: list[bytes] = []
         transport.write = writes.append  # type: ignore[method-assign]
         f.send(*range(50))
@@ -97,7 +97,7 @@ class ClientTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)  # we close our side after an error
         proto.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(len(f.endpoint.attempts), 2)  # at once, no backoff
-        proto2, transport2 = f.endpoint.accept()
+        _proto2, transport2 = f.endpoint.accept()
         f.turn()
         self.assertEqual([i for _, i in parse_frames(transport2.value())], [3, 4, 5])
         f.turn(1.01)
@@ -128,7 +128,7 @@ class ClientTests(SynchronousTestCase):
         f = Fixture()
         f.client.start()
         ds = f.send(0, 1)
-        for attempt in range(3):
+        for _attempt in range(3):
             proto, _ = f.endpoint.accept(handshake=False)
             proto.connectionLost(Failure(SSL.Error("certificate verify failed")))
             f.turn(10)
@@ -236,7 +236,7 @@ class BulkTests(SynchronousTestCase):
     def test_send_many_streams_within_the_queue_bound(self) -> None:
         f = Fixture(max_queue=10, max_window=10, quiet=1.0)
         f.client.start()
-        proto, transport = f.endpoint.accept()
+        _proto, transport = f.endpoint.accept()
         pulled: list[int] = []
 
         def source():  # type: ignore[no-untyped-def]

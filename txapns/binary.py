@@ -31,12 +31,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .core.backoff import Backoff
-from .credentials import is_tls_failure
 from .core.binary_channel import BinaryChannel, ChannelConfig, Pending, Resolution, UnknownPolicy
 from .core.counters import Counters
 from .core.errors import ClientStoppedError, QueueFullError, TLSFailureError
 from .core.notification import Notification, validate_binary
 from .core.result import Result
+from .credentials import is_tls_failure
 
 log = Logger(namespace="txapns.binary")
 
