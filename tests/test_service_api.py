@@ -1,0 +1,439 @@
+"""The HTTP API over loopback with a real client (twisted.web.client.Agent)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from collections.abc import Callable, Coroutine
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, FileBodyProducer, ResponseDone
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from zope.interface import implementer
+
+from txapns.core import Notification, Outcome, Result
+from txapns.service.api import Limits, make_site
+from txapns.service.engine import Engine, EngineApp
+from txapns.service.spool import Spool, SpoolStore, inline_runner
+from txapns.service.testing import FakeSender
+
+KEY = b"test-key-0123456789abcdef"
+BUNDLE = "com.example.shop"
+
+
+def temp_dir(case: SynchronousTestCase) -> Path:
+    """A fresh directory from trial's mktemp(), removed with its top folder after the test."""
+    path = Path(case.mktemp())
+    path.mkdir(parents=True)
+    case.addCleanup(shutil.rmtree, path if path.is_absolute() else Path(path.parts[0]), True)
+    return path
+
+
+def token(i: int) -> str:
+    return f"{i:064x}"
+
+
+def deferred_test(
+    fn: Callable[..., Coroutine[Any, Any, None]],
+) -> Callable[..., Deferred[None]]:
+    def run(self: Any) -> Deferred[None]:
+        return Deferred.fromCoroutine(fn(self))
+
+    run.__name__ = fn.__name__
+    return run
+
+
+@implementer(IBodyProducer)
+class ChunkedProducer:
+    """A body of unknown length, so the Agent sends it chunked."""
+
+    length = UNKNOWN_LENGTH
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        for i in range(0, len(self.body), 65536):
+            consumer.write(self.body[i : i + 65536])
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class Collect(Protocol):
+    def __init__(self, done: Deferred[bytes]) -> None:
+        self.done = done
+        self.chunks: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+        reason.trap(ResponseDone)
+        self.done.callback(b"".join(self.chunks))
+
+
+class Reply:
+    def __init__(self, response: IResponse, body: bytes) -> None:
+        self.code = response.code
+        self.headers = response.headers
+        self.raw = body
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.raw)
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name)
+        return None if not values else values[0]
+
+
+def responder(n: Notification) -> Result:
+    """Accept, except tokens ending in 'dead' (410) and 'bad0' (400)."""
+    hex_ = n.token_hex
+    if hex_.endswith("dead"):
+        when = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
+        return Result(n, Outcome.REJECTED, 410, "Unregistered", n.apns_id, timestamp=when)
+    if hex_.endswith("bad0"):
+        return Result(n, Outcome.REJECTED, 400, "BadDeviceToken", n.apns_id)
+    return Result(n, Outcome.ACCEPTED, 200, None, n.apns_id, attempts=1)
+
+
+class ApiTests(TestCase):
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        path = temp_dir(self) / "spool.db"
+        self.store = SpoolStore(path)
+        self.addCleanup(self.store.close)
+        self.spool = Spool(self.store, reactor, inline_runner)  # type: ignore[arg-type]
+        self.sender = FakeSender(auto=responder, clock=reactor)  # type: ignore[arg-type]
+        self.engine = Engine(
+            {"shop": EngineApp(self.sender, bundle_id=BUNDLE)},
+            self.spool,
+            reactor,  # type: ignore[arg-type]
+            purge_interval=0,
+            drain_timeout=1,
+        )
+        self.engine.start()
+        self.addCleanup(self.stop_engine)
+        site = make_site(self.engine, KEY, Limits(max_body_bytes=64 * 1024, max_recipients=50))
+        self.port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(self.port.stopListening)
+        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.agent = Agent(reactor)
+
+    def stop_engine(self) -> Deferred[None] | None:
+        if self.engine.state == "running":
+            return self.engine.stop()
+        return None
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        auth: bytes | None = KEY,
+        headers: dict[str, str] | None = None,
+        producer: IBodyProducer | None = None,
+    ) -> Reply:
+        h = Headers()
+        if auth is not None:
+            h.addRawHeader("Authorization", b"Bearer " + auth)
+        for k, v in (headers or {}).items():
+            h.addRawHeader(k, v)
+        if producer is None and body is not None:
+            raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+            h.addRawHeader("Content-Type", "application/json")
+            producer = FileBodyProducer(BytesIO(raw))
+        response = await self.agent.request(
+            method.encode(), (self.base + path).encode(), h, producer
+        )
+        done: Deferred[bytes] = Deferred()
+        response.deliverBody(Collect(done))
+        return Reply(response, await done)
+
+    async def post(self, body: object, app: str = "shop", **kw: Any) -> Reply:
+        return await self.call("POST", f"/v1/apps/{app}/notifications", body, **kw)
+
+    def assertError(self, reply: Reply, code: int, kind: str, *fragments: str) -> dict[str, Any]:
+        self.assertEqual(reply.code, code, reply.raw)
+        err: dict[str, Any] = reply.json["error"]
+        self.assertEqual(err["code"], kind)
+        for f in fragments:
+            self.assertIn(f, err["message"])
+        return err
+
+    def assertNothingStored(self) -> None:
+        self.assertEqual(self.store.counts(), {})
+        self.assertEqual(self.sender.sent, [])
+
+    # -- auth --
+
+    @deferred_test
+    async def test_every_route_needs_the_key(self) -> None:
+        routes = [
+            ("GET", "/healthz"),
+            ("GET", "/metrics"),
+            ("GET", "/v1/jobs/x"),
+            ("GET", "/v1/apps/shop/invalid-tokens"),
+            ("POST", "/v1/apps/shop/notifications"),
+            ("GET", "/nowhere"),
+        ]
+        for method, path in routes:
+            for auth in (None, b"wrong-key-0123456789abcde", KEY + b"x", KEY[:-1]):
+                body = {"token": token(1), "alert": "x"} if method == "POST" else None
+                reply = await self.call(method, path, body, auth=auth)
+                self.assertError(reply, 401, "unauthorized", "Bearer")
+                self.assertEqual(reply.header("WWW-Authenticate"), 'Bearer realm="txapns"')
+        reply = await self.call("GET", "/healthz", headers={"Authorization": "Basic " + "x" * 20})
+        self.assertEqual(reply.code, 401)
+        self.assertNothingStored()
+        self.assertEqual((await self.call("GET", "/healthz")).code, 200)
+
+    # -- sending --
+
+    @deferred_test
+    async def test_single_notification_waits_for_outcome(self) -> None:
+        reply = await self.post({"token": token(1), "title": "Hi", "body": "there", "badge": 2})
+        self.assertEqual(reply.code, 200, reply.raw)
+        job = reply.json
+        self.assertEqual(job["status"], "done")
+        (r,) = job["results"]
+        self.assertEqual(
+            (r["index"], r["token"], r["outcome"], r["status"]), (0, token(1), "accepted", 200)
+        )
+        self.assertEqual(r["apns_id"], self.sender.sent[0].apns_id)
+        sent = self.sender.sent[0]
+        self.assertEqual(sent.topic, BUNDLE)
+        self.assertEqual(
+            json.loads(sent.payload),
+            {"aps": {"alert": {"title": "Hi", "body": "there"}, "badge": 2}},
+        )
+
+    @deferred_test
+    async def test_batch_results_per_recipient(self) -> None:
+        tokens = [token(1), "f" * 60 + "dead", token(3), "e" * 60 + "bad0"]
+        reply = await self.post(
+            {
+                "tokens": tokens,
+                "payload": {"aps": {"alert": "x"}, "k": 1},
+                "push_type": "alert",
+                "priority": 5,
+                "collapse_id": "c1",
+                "expiration": 0,
+            }
+        )
+        self.assertEqual(reply.code, 200, reply.raw)
+        results = reply.json["results"]
+        self.assertEqual([r["token"] for r in results], tokens)
+        self.assertEqual(
+            [(r["outcome"], r["status"], r["reason"]) for r in results],
+            [
+                ("accepted", 200, None),
+                ("rejected", 410, "Unregistered"),
+                ("accepted", 200, None),
+                ("rejected", 400, "BadDeviceToken"),
+            ],
+        )
+        self.assertEqual(results[1]["timestamp"], "2025-03-01T00:00:00Z")
+        self.assertEqual(reply.json["counts"]["accepted"], 2)
+        self.assertEqual({n.priority for n in self.sender.sent}, {5})
+        self.assertEqual({n.collapse_id for n in self.sender.sent}, {"c1"})
+        # The dead tokens are in the feed.
+        feed = await self.call("GET", "/v1/apps/shop/invalid-tokens")
+        self.assertEqual(feed.code, 200)
+        self.assertEqual(
+            [(t["token"], t["status"], t["reason"]) for t in feed.json["tokens"]],
+            [(tokens[3], 400, "BadDeviceToken"), (tokens[1], 410, "Unregistered")]
+            if feed.json["tokens"][0]["token"] == tokens[3]
+            else [(tokens[1], 410, "Unregistered"), (tokens[3], 400, "BadDeviceToken")],
+        )
+        since = feed.json["next_since"] + 1
+        later = await self.call("GET", f"/v1/apps/shop/invalid-tokens?since={since}")
+        self.assertEqual(later.json["tokens"], [])
+        bad = await self.call("GET", "/v1/apps/shop/invalid-tokens?since=yesterday")
+        self.assertError(bad, 400, "invalid_request", "since 'yesterday'")
+        iso = await self.call("GET", "/v1/apps/shop/invalid-tokens?since=2000-01-01T00:00:00Z")
+        self.assertEqual(len(iso.json["tokens"]), 2)
+
+    @deferred_test
+    async def test_async_job(self) -> None:
+        reply = await self.post({"tokens": [token(1), token(2)], "alert": "x", "async": True})
+        self.assertEqual(reply.code, 202, reply.raw)
+        job_id = reply.json["job_id"]
+        self.assertEqual(reply.json["status_url"], f"/v1/jobs/{job_id}")
+        # Durably stored before the answer.
+        self.assertEqual(sum(self.store.counts().values()), 2)
+        await self.engine.wait(job_id)
+        job = await self.call("GET", f"/v1/jobs/{job_id}")
+        self.assertEqual(job.code, 200)
+        self.assertEqual(job.json["status"], "done")
+        self.assertTrue(job.json["async"])
+        self.assertEqual(job.json["counts"]["accepted"], 2)
+        missing = await self.call("GET", "/v1/jobs/nope")
+        self.assertError(missing, 404, "unknown_job")
+
+    @deferred_test
+    async def test_idempotency(self) -> None:
+        body = {"token": token(1), "alert": "x"}
+        first = await self.post(body, headers={"Idempotency-Key": "abc"})
+        second = await self.post(body, headers={"Idempotency-Key": "abc"})
+        self.assertEqual(first.code, 200)
+        self.assertEqual(second.code, 200)
+        self.assertEqual(first.json, second.json)
+        self.assertIsNone(first.header("Idempotent-Replayed"))
+        self.assertEqual(second.header("Idempotent-Replayed"), "true")
+        self.assertEqual(len(self.sender.sent), 1)
+        # Same key in the body; and async repeats give the same job.
+        a1 = await self.post({**body, "async": True, "idempotency_key": "k2"})
+        a2 = await self.post({**body, "async": True, "idempotency_key": "k2"})
+        self.assertEqual(a1.json["job_id"], a2.json["job_id"])
+        self.assertEqual((a1.code, a2.code), (202, 202))
+        self.assertTrue(a2.json["duplicate"])
+        await self.engine.wait(a1.json["job_id"])
+        self.assertEqual(len(self.sender.sent), 2)
+        clash = await self.post({**body, "idempotency_key": "x"}, headers={"Idempotency-Key": "y"})
+        self.assertError(clash, 400, "invalid_request", "differ")
+
+    @deferred_test
+    async def test_scheduled_send_at(self) -> None:
+        when = self.reactor.seconds() + 3600
+        reply = await self.post(
+            {"token": token(1), "alert": "later", "async": True, "send_at": when}
+        )
+        self.assertEqual(reply.code, 202)
+        job = await self.call("GET", f"/v1/jobs/{reply.json['job_id']}")
+        self.assertEqual(job.json["counts"]["queued"], 1)
+        self.assertIn("send_at", job.json["results"][0])
+        self.assertEqual(self.sender.sent, [])
+        self.assertEqual(self.engine.gauges()["shop"].scheduled, 1)
+
+    # -- bad input: 4xx, nothing stored --
+
+    @deferred_test
+    async def test_bad_requests(self) -> None:
+        ok = {"token": token(1), "alert": "x"}
+        cases: list[tuple[Any, int, str, tuple[str, ...]]] = [
+            (b"{not json", 400, "malformed_json", ("not valid JSON",)),
+            (b"", 400, "malformed_json", ("empty",)),
+            (b"[1, 2]", 400, "malformed_json", ("must be a JSON object, not an array",)),
+            (b'{"token": NaN}', 400, "malformed_json", ("NaN",)),
+            (b"\xff\xfe{}", 400, "malformed_json", ("not UTF-8",)),
+            (
+                {"tokens": [token(1), "abc", token(2)], "alert": "x"},
+                400,
+                "invalid_token",
+                ("tokens[1]",),
+            ),
+            ({"tokens": [token(1), 7], "alert": "x"}, 400, "invalid_token", ("tokens[1]",)),
+            (
+                {"tokens": [token(i) for i in range(51)], "alert": "x"},
+                400,
+                "too_many_recipients",
+                ("51", "limit is 50"),
+            ),
+            ({"tokens": [], "alert": "x"}, 400, "no_recipients", ("empty",)),
+            ({"alert": "x"}, 400, "no_recipients", ("exactly one",)),
+            ({**ok, "tokens": [token(2)]}, 400, "no_recipients", ("exactly one",)),
+            ({"token": token(1)}, 400, "invalid_request", ("no content",)),
+            ({**ok, "payload": {"aps": {}}}, 400, "invalid_request", ("not both",)),
+            ({**ok, "colour": 1}, 400, "unknown_field", ("'colour'",)),
+            ({**ok, "priority": 7}, 400, "invalid_notification", ("priority",)),
+            ({**ok, "priority": "10"}, 400, "invalid_request", ("priority must be",)),
+            ({**ok, "async": "yes"}, 400, "invalid_request", ("async must be",)),
+            ({**ok, "push_type": "shout"}, 400, "invalid_notification", ("unknown push type",)),
+            ({**ok, "badge": -1}, 400, "invalid_payload", ("badge",)),
+            ({**ok, "send_at": "tomorrow"}, 400, "invalid_request", ("send_at",)),
+            ({**ok, "send_at": "2030-01-01T00:00:00"}, 400, "invalid_request", ("UTC offset",)),
+            ({**ok, "apns_id": "nope"}, 400, "invalid_notification", ("UUID",)),
+            ({**ok, "idempotency_key": ""}, 400, "invalid_request", ("1-255",)),
+        ]
+        for body, code, kind, fragments in cases:
+            reply = await self.post(body)
+            self.assertError(reply, code, kind, *fragments)
+        self.assertNothingStored()
+
+    @deferred_test
+    async def test_unknown_app_and_routes(self) -> None:
+        reply = await self.post({"token": token(1), "alert": "x"}, app="nope")
+        err = self.assertError(reply, 404, "unknown_app", "'nope'")
+        self.assertEqual(err["app"], "nope")
+        self.assertError(await self.call("GET", "/v1/apps/nope/invalid-tokens"), 404, "unknown_app")
+        self.assertError(await self.call("GET", "/v2/things"), 404, "not_found")
+        self.assertError(
+            await self.call("GET", "/v1/apps/shop/notifications"), 405, "method_not_allowed", "POST"
+        )
+        self.assertError(await self.call("DELETE", "/healthz"), 405, "method_not_allowed")
+        self.assertNothingStored()
+
+    @deferred_test
+    async def test_payload_too_large(self) -> None:
+        reply = await self.post({"token": token(1), "payload": {"aps": {"alert": "x" * 5000}}})
+        err = self.assertError(reply, 413, "payload_too_large", "5020 bytes", "limit is 4096")
+        self.assertEqual((err["size"], err["limit"]), (5020, 4096))
+        self.assertNothingStored()
+
+    @deferred_test
+    async def test_body_over_limit(self) -> None:
+        big = json.dumps({"token": token(1), "alert": "x" * 70_000}).encode()
+        reply = await self.post(big)
+        err = self.assertError(reply, 413, "body_too_large", "limit is 65536")
+        self.assertEqual(err["size"], len(big))
+        chunked = await self.post(None, producer=ChunkedProducer(big))
+        self.assertError(chunked, 413, "body_too_large")
+        self.assertNothingStored()
+
+    # -- operations --
+
+    @deferred_test
+    async def test_healthz_and_metrics(self) -> None:
+        await self.post({"tokens": [token(1), "f" * 60 + "dead"], "alert": "x"})
+        health = await self.call("GET", "/healthz")
+        self.assertEqual(health.code, 200)
+        self.assertEqual(health.json["status"], "ok")
+        self.assertIn("shop", health.json["apps"])
+        metrics = await self.call("GET", "/metrics")
+        self.assertEqual(metrics.code, 200)
+        self.assertTrue(metrics.header("Content-Type").startswith("text/plain; version=0.0.4"))  # type: ignore[union-attr]
+        text = metrics.raw.decode()
+        self.assertIn('txapns_notifications_accepted_total{app="shop"} 1', text)
+        self.assertIn(
+            'txapns_notifications_rejected_total{app="shop",reason="Unregistered"} 1', text
+        )
+        self.assertIn('txapns_delivery_latency_seconds_count{app="shop"} 2', text)
+        self.assertIn('txapns_http_responses_total{route="notifications",code="200"} 1', text)
+
+    @deferred_test
+    async def test_stopping_refuses_with_503(self) -> None:
+        await self.engine.stop()
+        health = await self.call("GET", "/healthz")
+        self.assertEqual(health.code, 503)
+        self.assertEqual(health.json["status"], "stopped")
+        reply = await self.post({"token": token(1), "alert": "x"})
+        self.assertError(reply, 503, "unavailable")
+        self.assertEqual(reply.header("Retry-After"), "5")
+
+    @deferred_test
+    async def test_send_at_too_far_ahead(self) -> None:
+        far = self.reactor.seconds() + 400 * 86400
+        reply = await self.post({"token": token(1), "alert": "x", "send_at": far})
+        self.assertError(reply, 400, "invalid_notification", "send_at is", "limit is 31622400")
+        self.assertNothingStored()

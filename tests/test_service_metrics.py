@@ -1,0 +1,131 @@
+"""Prometheus exposition of the service metrics, and the wiring of config → engine → service."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from txapns.core import Counters, Notification, Outcome, Result
+from txapns.service.config import AppConfig, ServiceConfig, TokenCredentials
+from txapns.service.engine import Accepted, JobView
+from txapns.service.metrics import AppGauges, Histogram, ServiceMetrics
+from txapns.service.testing import FakeSender, accept
+from txapns.service.wiring import EngineService, build_engine, limits_from
+
+LINE = re.compile(r'^[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)+\})? -?[0-9.e+]+$')
+
+
+def temp_dir(case: SynchronousTestCase) -> Path:
+    """A fresh directory from trial's mktemp(), removed with its top folder after the test."""
+    path = Path(case.mktemp())
+    path.mkdir(parents=True)
+    case.addCleanup(shutil.rmtree, path if path.is_absolute() else Path(path.parts[0]), True)
+    return path
+
+
+class MetricsTests(SynchronousTestCase):
+    def test_histogram(self) -> None:
+        h = Histogram((0.1, 1.0))
+        for v in (0.05, 0.1, 0.5, 3.0):
+            h.observe(v)
+        self.assertEqual(h.cumulative(), [("0.1", 2), ("1", 3), ("+Inf", 4)])
+        self.assertEqual((h.count, h.sum), (4, 3.65))
+        self.assertRaises(ValueError, Histogram, (1.0, 0.5))
+
+    def test_render(self) -> None:
+        m = ServiceMetrics()
+        n = Notification.create("ab" * 32, {"aps": {"alert": "x"}})
+        a = m.app("shop")
+        a.submitted = 3
+        a.record(Result(n, Outcome.ACCEPTED, 200), 0.02)
+        a.record(Result(n, Outcome.REJECTED, 410, "Unregistered"), 0.2)
+        a.record(Result(n, Outcome.UNKNOWN, None, 'odd "reason"\n'), None)
+        m.http_responses[("notifications", 200)] += 2
+        counters = Counters(retried=2, replayed=1, connections_made=4)
+        text = m.render(
+            {"shop": AppGauges(queued=5, inflight=2, counters=counters), "b": AppGauges()}
+        )
+        lines = text.splitlines()
+        for line in lines:
+            if not line.startswith("#"):
+                self.assertRegex(line, LINE)
+        self.assertIn('txapns_notifications_submitted_total{app="shop"} 3', lines)
+        self.assertIn('txapns_notifications_submitted_total{app="b"} 0', lines)
+        self.assertIn('txapns_notifications_accepted_total{app="shop"} 1', lines)
+        self.assertIn(
+            'txapns_notifications_rejected_total{app="shop",reason="Unregistered"} 1', lines
+        )
+        self.assertIn(
+            'txapns_notifications_unknown_total{app="shop",reason="odd \\"reason\\"\\n"} 1', lines
+        )
+        self.assertIn('txapns_invalid_tokens_total{app="shop"} 1', lines)
+        self.assertIn('txapns_retries_total{app="shop"} 3', lines)
+        self.assertIn('txapns_connections_made_total{app="shop"} 4', lines)
+        self.assertIn('txapns_queue_depth{app="shop",state="queued"} 5', lines)
+        self.assertIn('txapns_delivery_latency_seconds_bucket{app="shop",le="0.025"} 1', lines)
+        self.assertIn('txapns_delivery_latency_seconds_bucket{app="shop",le="+Inf"} 2', lines)
+        self.assertIn('txapns_delivery_latency_seconds_count{app="shop"} 2', lines)
+        self.assertIn('txapns_http_responses_total{route="notifications",code="200"} 2', lines)
+        self.assertIn("# TYPE txapns_delivery_latency_seconds histogram", lines)
+        self.assertTrue(text.endswith("\n"))
+
+
+class WiringTests(TestCase):
+    """build_engine + EngineService with the real reactor and a real spool thread."""
+
+    def test_start_submit_stop(self) -> Deferred[None]:
+        from twisted.internet import reactor
+
+        d = temp_dir(self)
+        config = ServiceConfig(
+            apps=(
+                AppConfig(
+                    name="shop",
+                    bundle_id="com.example.shop",
+                    environment="sandbox",
+                    protocol="http2",
+                    credentials=TokenCredentials(d / "AuthKey_ABC1234567.p8", "ABC1234567", "T1"),
+                ),
+            ),
+            spool=d / "spool.db",
+            max_recipients=7,
+        )
+        self.assertEqual(limits_from(config).max_recipients, 7)
+        sender = FakeSender(auto=accept, clock=reactor)  # type: ignore[arg-type]
+        self.assertRaises(ValueError, build_engine, config, {}, reactor)
+        engine, pool = build_engine(config, {"shop": sender}, reactor)  # type: ignore[arg-type]
+        service = EngineService(engine, pool)
+        service.startService()
+        self.assertTrue(pool.started)
+        ns = engine.prepare("shop", engine_template(), ["ab" * 32])
+
+        def submitted(accepted: Accepted) -> Deferred[JobView]:
+            return engine.wait(accepted.job_id)
+
+        def finished(view: JobView) -> Deferred[None]:
+            self.assertEqual(view.counts["accepted"], 1)
+            self.assertEqual(sender.sent[0].topic, "com.example.shop")
+            return service.stopService()
+
+        def stopped(_: None) -> None:
+            self.assertEqual(engine.state, "stopped")
+            self.assertTrue(engine.spool.store.closed)
+            self.assertFalse(pool.started)
+            self.assertEqual(sender.stop_calls, 1)
+
+        return (
+            engine.submit("shop", ns)
+            .addCallback(submitted)
+            .addCallback(finished)
+            .addCallback(stopped)
+        )
+
+
+def engine_template():  # type: ignore[no-untyped-def]
+    from txapns.service.engine import Template
+
+    return Template(payload={"aps": {"alert": "hi"}})

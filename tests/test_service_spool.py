@@ -1,0 +1,381 @@
+"""The durable spool: the synchronous store, crash recovery, and the batched async layer."""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from txapns.core import Notification
+from txapns.service.spool import (
+    OutcomeRecord,
+    Spool,
+    SpoolClosedError,
+    SpoolError,
+    SpoolStore,
+    inline_runner,
+    thread_runner,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def temp_dir(case: SynchronousTestCase) -> Path:
+    """A fresh directory from trial's mktemp(), removed with its top folder after the test."""
+    path = Path(case.mktemp())
+    path.mkdir(parents=True)
+    case.addCleanup(shutil.rmtree, path if path.is_absolute() else Path(path.parts[0]), True)
+    return path
+
+
+def token(i: int) -> str:
+    return f"{i:064x}"
+
+
+def note(i: int, **kw: object) -> Notification:
+    return Notification.create(token(i), {"aps": {"alert": f"hello {i}"}}, **kw)  # type: ignore[arg-type]
+
+
+def outcome(
+    store_id: int, job_id: str, i: int, state: str = "accepted", **kw: object
+) -> OutcomeRecord:
+    return OutcomeRecord(id=store_id, job_id=job_id, app="a", token=token(i), state=state, **kw)  # type: ignore[arg-type]
+
+
+class StoreTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.path = temp_dir(self) / "spool.db"
+        self.store = SpoolStore(self.path)
+        # A lambda, not the bound method: the crash test must be able to drop the store.
+        self.addCleanup(lambda: self.store.close())
+
+    def reopen(self) -> SpoolStore:
+        self.store.close()
+        self.store = SpoolStore(self.path)
+        return self.store
+
+    def test_pragmas(self) -> None:
+        db = self.store._db
+        self.assertEqual(db.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+        self.assertEqual(db.execute("PRAGMA synchronous").fetchone()[0], 2)  # FULL
+        normal = SpoolStore(self.path.with_name("n.db"), synchronous="NORMAL")
+        self.addCleanup(normal.close)
+        self.assertEqual(normal._db.execute("PRAGMA synchronous").fetchone()[0], 1)
+        self.assertRaises(ValueError, SpoolStore, self.path.with_name("o.db"), synchronous="OFF")
+
+    def test_add_job_and_view(self) -> None:
+        n0 = note(1, priority=5, topic="com.x", push_type="alert", expiry=9, collapse_id="c")
+        stored = self.store.add_job("a", [n0, note(2)], now=100.0)
+        self.assertEqual(stored.ids, (1, 2))
+        self.assertFalse(stored.duplicate)
+        again = self.store.add_job("a", [note(3)], now=101.0)
+        self.assertEqual(again.ids, (3,))
+        view = self.store.job(stored.job_id)
+        assert view is not None
+        self.assertEqual(
+            (view.app, view.status, view.total, view.created), ("a", "pending", 2, 100)
+        )
+        self.assertEqual(view.counts["queued"], 2)
+        self.assertEqual([r.token for r in view.results], [token(1), token(2)])
+        self.assertEqual([r.index for r in view.results], [0, 1])
+        self.assertIsNone(self.store.job("nope"))
+
+    def test_idempotency_key_per_app(self) -> None:
+        first = self.store.add_job("a", [note(1)], now=1, idempotency_key="k", async_=True)
+        dup = self.store.add_job("a", [note(2), note(3)], now=2, idempotency_key="k")
+        self.assertTrue(dup.duplicate)
+        self.assertEqual(dup.job_id, first.job_id)
+        self.assertEqual(dup.ids, ())
+        self.assertTrue(dup.async_)
+        other_app = self.store.add_job("b", [note(2)], now=2, idempotency_key="k")
+        self.assertFalse(other_app.duplicate)
+        self.assertEqual(self.store.counts(), {("a", "queued"): 1, ("b", "queued"): 1})
+        self.assertEqual(self.store.find_job("a", "k"), first.job_id)
+
+    def test_outcomes_finish_job_once(self) -> None:
+        stored = self.store.add_job("a", [note(1), note(2)], now=1)
+        a, b = stored.ids
+        self.store.mark_inflight([a, b], now=2)
+        self.assertEqual(self.store.record_outcomes([outcome(a, stored.job_id, 1)], now=3), [])
+        done = self.store.record_outcomes(
+            [outcome(b, stored.job_id, 2, "rejected", status=400, reason="BadTopic", attempts=1)],
+            now=4,
+        )
+        self.assertEqual(done, [stored.job_id])
+        # Recording again changes nothing and finishes nothing.
+        self.assertEqual(
+            self.store.record_outcomes([outcome(b, stored.job_id, 2, "unknown")], now=5), []
+        )
+        view = self.store.job(stored.job_id)
+        assert view is not None
+        self.assertEqual(view.status, "done")
+        self.assertEqual(view.finished, 4)
+        self.assertEqual(view.results[1].state, "rejected")
+        self.assertEqual(view.results[1].reason, "BadTopic")
+        self.assertEqual(view.counts["accepted"], 1)
+        self.assertRaises(
+            ValueError, self.store.record_outcomes, [outcome(a, stored.job_id, 1, "queued")], now=6
+        )
+
+    def test_invalid_tokens_feed(self) -> None:
+        stored = self.store.add_job("a", [note(1), note(2)], now=1)
+        a, b = stored.ids
+        self.store.record_outcomes(
+            [
+                outcome(
+                    a,
+                    stored.job_id,
+                    1,
+                    "rejected",
+                    status=410,
+                    reason="Unregistered",
+                    timestamp=1_700_000_000.0,
+                    token_invalid=True,
+                ),
+                outcome(b, stored.job_id, 2, "rejected", status=400, reason="BadTopic"),
+            ],
+            now=10,
+        )
+        self.store.add_invalid_tokens("a", [(token(7).upper(), 1_600_000_000.0)], now=20)
+        self.store.add_invalid_tokens("b", [(token(8), None)], now=20)
+        tokens = self.store.invalid_tokens("a")
+        self.assertEqual([t.token for t in tokens], [token(1), token(7)])
+        self.assertEqual(tokens[0].timestamp, 1_700_000_000.0)
+        self.assertEqual(
+            (tokens[0].status, tokens[0].reason, tokens[0].source), (410, "Unregistered", "apns")
+        )
+        self.assertEqual(tokens[1].source, "feedback")
+        self.assertEqual([t.token for t in self.store.invalid_tokens("a", since=15)], [token(7)])
+        self.assertEqual(self.store.invalid_tokens("a", since=21), [])
+        # A later report of the same token replaces the earlier one.
+        self.store.add_invalid_tokens("a", [(token(1), 1_800_000_000.0)], now=30)
+        latest = self.store.invalid_tokens("a", since=25)
+        self.assertEqual([(t.token, t.timestamp) for t in latest], [(token(1), 1_800_000_000.0)])
+
+    def test_recover_returns_unfinished_and_counts_inflight(self) -> None:
+        n = note(
+            1,
+            priority=5,
+            topic="com.x.voip",
+            push_type="voip",
+            expiry=7,
+            collapse_id="c",
+            apns_id="123e4567-e89b-12d3-a456-426614174000",
+        )
+        stored = self.store.add_job("a", [n, note(2), note(3)], now=1, send_at=50.0)
+        a, b, c = stored.ids
+        self.store.mark_inflight([a, b], now=2)
+        self.store.record_outcomes([outcome(b, stored.job_id, 2)], now=3)
+        store = self.reopen()
+        rec = store.recover(now=4)
+        self.assertEqual([s.id for s in rec.notifications], [a, c])
+        self.assertEqual(rec.resumed_inflight, 1)
+        self.assertEqual(rec.resumed_by_app, {"a": 1})
+        first = rec.notifications[0]
+        self.assertEqual(first.notification, n)
+        self.assertEqual(first.resumed, 1)
+        self.assertEqual(first.send_at, 50.0)
+        self.assertEqual(rec.notifications[1].resumed, 0)
+        # The resumed row is queued again and its count persists.
+        again = store.recover(now=5)
+        self.assertEqual(again.resumed_inflight, 0)
+        self.assertEqual(again.notifications[0].resumed, 1)
+        view = store.job(stored.job_id)
+        assert view is not None
+        self.assertEqual(view.results[0].resumed, 1)
+
+    def test_requeue(self) -> None:
+        stored = self.store.add_job("a", [note(1)], now=1)
+        self.store.mark_inflight(stored.ids, now=2)
+        self.store.requeue(stored.ids, now=3)
+        rec = self.reopen().recover(now=4)
+        self.assertEqual(rec.resumed_inflight, 0)
+
+    def test_purge(self) -> None:
+        old = self.store.add_job("a", [note(1)], now=1, idempotency_key="k")
+        pending = self.store.add_job("a", [note(2)], now=1)
+        new = self.store.add_job("a", [note(3)], now=1)
+        self.store.record_outcomes([outcome(old.ids[0], old.job_id, 1)], now=10)
+        self.store.record_outcomes([outcome(new.ids[0], new.job_id, 3)], now=100)
+        self.store.add_invalid_tokens("a", [(token(5), None)], now=10)
+        self.assertEqual(self.store.purge(before=50), 1)
+        self.assertIsNone(self.store.job(old.job_id))
+        self.assertIsNotNone(self.store.job(pending.job_id))
+        self.assertIsNotNone(self.store.job(new.job_id))
+        self.assertEqual(self.store.invalid_tokens("a"), [])
+        # The purged job's idempotency key is forgotten with it.
+        self.assertFalse(self.store.add_job("a", [note(1)], now=200, idempotency_key="k").duplicate)
+
+    def test_ids_continue_after_reopen(self) -> None:
+        self.store.add_job("a", [note(1), note(2)], now=1)
+        self.assertEqual(self.reopen().add_job("a", [note(3)], now=2).ids, (3,))
+
+    def test_run_batch_isolates_failing_operation(self) -> None:
+        def boom(store: SpoolStore) -> None:
+            store.add_job("a", [note(9)], now=1)
+            raise RuntimeError("boom")
+
+        values = self.store.run_batch(
+            [lambda s: s.add_job("a", [note(1)], now=1).job_id, boom, lambda s: 42]
+        )
+        self.assertIsInstance(values[0], str)
+        self.assertEqual(values[2], 42)
+        self.assertEqual(type(values[1]).__name__, "_Failed")
+        self.assertEqual(self.store.counts(), {("a", "queued"): 1})
+
+    def test_second_open_refused(self) -> None:
+        with self.assertRaises(SpoolError) as cm:
+            SpoolStore(self.path)
+        self.assertIn("in use", str(cm.exception))
+
+    def test_crash_by_dropping_the_object(self) -> None:
+        stored = self.store.add_job("a", [note(1), note(2)], now=1)
+        self.store.mark_inflight(stored.ids[:1], now=2)
+        del self.store
+        gc.collect()
+        self.store = SpoolStore(self.path)
+        rec = self.store.recover(now=3)
+        self.assertEqual([s.id for s in rec.notifications], list(stored.ids))
+        self.assertEqual(rec.resumed_inflight, 1)
+
+    def test_crash_by_sigkill(self) -> None:
+        """A process is killed right after committing: a new one finds everything."""
+        self.store.close()
+        crash = self.path.with_name("crash.db")
+        script = textwrap.dedent(
+            f"""
+            import os, signal
+            from txapns.core import Notification
+            from txapns.service.spool import SpoolStore
+            s = SpoolStore({str(crash)!r})
+            alert = {{"aps": {{"alert": "x"}}}}
+            ns = [Notification.create(f"{{i:064x}}", alert) for i in range(500)]
+            job = s.add_job("a", ns, now=1.0, idempotency_key="k")
+            s.mark_inflight(job.ids[:100], now=2.0)
+            print(job.job_id, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+            """
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=False
+        )
+        self.assertEqual(proc.returncode, -signal.SIGKILL, proc.stderr)
+        job_id = proc.stdout.strip()
+        self.store = SpoolStore(crash)
+        rec = self.store.recover(now=3)
+        self.assertEqual(len(rec.notifications), 500)
+        self.assertEqual(rec.resumed_inflight, 100)
+        self.assertEqual(self.store.find_job("a", "k"), job_id)
+        self.assertTrue(os.path.exists(crash))
+
+
+class AsyncSpoolTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        path = temp_dir(self) / "spool.db"
+        self.store = SpoolStore(path)
+        self.addCleanup(self.store.close)
+        self.runs = 0
+
+        def counting_runner(fn):  # type: ignore[no-untyped-def]
+            self.runs += 1
+            return inline_runner(fn)
+
+        self.spool = Spool(self.store, self.clock, counting_runner)
+
+    def test_calls_in_one_turn_share_one_transaction(self) -> None:
+        ds = [self.spool.add_job("a", [note(i)], now=1) for i in range(20)]
+        fired: list[object] = []
+        for d in ds:
+            d.addCallback(fired.append)
+        self.assertEqual(fired, [])  # nothing committed yet
+        self.assertEqual(self.store.counts(), {})
+        self.clock.advance(0)
+        self.assertEqual(len(fired), 20)
+        self.assertEqual(self.runs, 1)
+        self.assertEqual((self.spool.batches, self.spool.operations), (1, 20))
+        self.assertEqual(self.store.counts(), {("a", "queued"): 20})
+
+    def test_calls_from_callbacks_form_the_next_batch(self) -> None:
+        seen: list[object] = []
+
+        def then(stored: object) -> None:
+            self.spool.job(stored.job_id).addCallback(seen.append)  # type: ignore[attr-defined]
+
+        self.spool.add_job("a", [note(1)], now=1).addCallback(then)
+        self.clock.advance(0)
+        self.assertEqual(self.runs, 2)
+        self.assertEqual(len(seen), 1)
+
+    def test_failed_operation_errbacks_alone(self) -> None:
+        good = self.spool.add_job("a", [note(1)], now=1)
+        bad = self.spool.record_outcomes([outcome(1, "j", 1, "inflight")], now=2)
+        errors: list[Failure] = []
+        bad.addErrback(errors.append)
+        self.clock.advance(0)
+        self.assertEqual(len(errors), 1)
+        errors[0].trap(ValueError)
+        self.assertIsNotNone(self.successResultOf(good))
+
+    def test_whole_batch_failure_errbacks_everyone(self) -> None:
+        self.store.close()
+        d1 = self.spool.add_job("a", [note(1)], now=1)
+        d2 = self.spool.job("x")
+        self.clock.advance(0)
+        self.failureResultOf(d1)
+        self.failureResultOf(d2)
+        self.flushLoggedErrors()
+
+    def test_close_writes_queued_then_refuses(self) -> None:
+        d = self.spool.add_job("a", [note(1)], now=1)
+        closed = self.spool.close()
+        self.assertNoResult(closed)
+        self.clock.advance(0)
+        self.successResultOf(d)
+        self.successResultOf(closed)
+        self.assertTrue(self.store.closed)
+        self.failureResultOf(self.spool.job("x"), SpoolClosedError)
+        self.failureResultOf(self.spool.close(), SpoolClosedError)
+
+
+class ThreadRunnerTests(TestCase):
+    """The production runner: the work runs in the pool, the Deferred fires in the reactor."""
+
+    def test_thread_runner(self) -> Deferred[None]:
+        import threading
+
+        from twisted.internet import reactor
+
+        pool = ThreadPool(minthreads=1, maxthreads=1)
+        pool.start()
+        self.addCleanup(pool.stop)
+        path = temp_dir(self) / "spool.db"
+        store = SpoolStore(path)
+        self.addCleanup(store.close)
+        spool = Spool(store, reactor, thread_runner(reactor, pool))  # type: ignore[arg-type]
+        main = threading.get_ident()
+        threads: list[int] = []
+
+        def where(s: SpoolStore) -> int:
+            threads.append(threading.get_ident())
+            return s.add_job("a", [note(1)], now=1).ids[0]
+
+        d = spool._call(where)
+
+        def check(first_id: int) -> None:
+            self.assertEqual(first_id, 1)
+            self.assertNotEqual(threads, [main])
+            self.assertEqual(len(threads), 1)
+
+        return d.addCallback(check)

@@ -1,0 +1,639 @@
+"""The HTTP API (JSON) over :mod:`twisted.web`.
+
+Routes (every one needs ``Authorization: Bearer <key>``; 401 otherwise):
+
+* ``POST /v1/apps/{app}/notifications`` — one notification (``"token"``) or a batch
+  (``"tokens"``). Waits for the outcomes and answers 200 with one result per recipient, or,
+  with ``"async": true``, answers 202 with the job id once the batch is durably stored.
+* ``GET /v1/jobs/{id}`` — progress and per-recipient results.
+* ``GET /v1/apps/{app}/invalid-tokens?since=`` — tokens APNs reported dead.
+* ``GET /healthz`` — 200 while accepting, 503 otherwise; per-app queue and connection state.
+* ``GET /metrics`` — Prometheus text.
+
+A submission is parsed and validated completely before anything is stored: a bad request
+gets a 4xx with a precise message and leaves no trace. Errors are JSON:
+``{"error": {"code": "...", "message": "...", ...}}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from ..core.errors import PayloadTooLargeError, ValidationError
+from ..core.payload import Alert, build_payload
+from .engine import Accepted, Engine, NotAcceptingError, RecipientError, Template, UnknownAppError
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .spool import InvalidToken, JobView
+
+log = Logger()
+
+MAX_IDEMPOTENCY_KEY = 255
+
+_CONVENIENCE = {
+    "alert",
+    "title",
+    "subtitle",
+    "body",
+    "badge",
+    "sound",
+    "content_available",
+    "mutable_content",
+    "thread_id",
+    "category",
+    "interruption_level",
+    "relevance_score",
+    "data",
+}
+_FIELDS = _CONVENIENCE | {
+    "token",
+    "tokens",
+    "payload",
+    "push_type",
+    "priority",
+    "expiration",
+    "collapse_id",
+    "topic",
+    "apns_id",
+    "async",
+    "send_at",
+    "idempotency_key",
+}
+
+
+class ApiError(Exception):
+    """An answer other than success: HTTP status, a machine code and a precise message."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+    def body(self) -> dict[str, object]:
+        return {"error": {"code": self.code, "message": self.message, **self.extra}}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_recipients: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedSubmission:
+    tokens: tuple[str, ...]
+    template: Template
+    async_: bool
+    send_at: float | None
+    idempotency_key: str | None
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+def _bad(message: str, code: str = "invalid_request", **extra: object) -> ApiError:
+    return ApiError(400, code, message, **extra)
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """Strict JSON object from UTF-8 bytes, or an ApiError 400."""
+    if not body.strip():
+        raise _bad("the request body is empty; send a JSON object", "malformed_json")
+    try:
+        text = body.decode("utf-8")
+        value = json.loads(text, parse_constant=_reject_constant)
+    except UnicodeDecodeError as e:
+        raise _bad(
+            f"the request body is not UTF-8: {e.reason} at byte {e.start}", "malformed_json"
+        ) from None
+    except RecursionError:
+        raise _bad("the request body nests too deeply", "malformed_json") from None
+    except ValueError as e:
+        raise _bad(f"the request body is not valid JSON: {e}", "malformed_json") from None
+    if not isinstance(value, dict):
+        raise _bad(
+            f"the request body must be a JSON object, not {_json_type(value)}", "malformed_json"
+        )
+    return value
+
+
+def _json_type(value: object) -> str:
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), "null")
+
+
+def _opt(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise _bad(f"{key} must be {what}, not a boolean")
+    if not isinstance(value, kind):
+        raise _bad(f"{key} must be {what}, not {_json_type(value)}")
+    return value
+
+
+def parse_time(value: object, what: str) -> float:
+    """UNIX seconds (number) or an ISO 8601 time with a UTC offset."""
+    if isinstance(value, bool):
+        raise _bad(f"{what} must be UNIX seconds or an ISO 8601 time, not a boolean")
+    if isinstance(value, (int, float)):
+        f = float(value)
+        if not math.isfinite(f) or f < 0:
+            raise _bad(f"{what} must be a non-negative finite number of UNIX seconds")
+        return f
+    if isinstance(value, str):
+        try:
+            if value.strip().replace(".", "", 1).isdigit():
+                return float(value)
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            raise _bad(f"{what} {value!r} is neither UNIX seconds nor an ISO 8601 time") from None
+        if dt.tzinfo is None:
+            raise _bad(f"{what} {value!r} has no UTC offset (add Z or +00:00)")
+        return dt.timestamp()
+    raise _bad(f"{what} must be UNIX seconds or an ISO 8601 time, not {_json_type(value)}")
+
+
+def parse_submission(
+    body: bytes, *, idempotency_header: str | None = None, limits: Limits = Limits()
+) -> ParsedSubmission:
+    """Parse and check a ``POST .../notifications`` body; raise :class:`ApiError` (4xx)."""
+    obj = parse_json_object(body)
+    unknown = sorted(set(obj) - _FIELDS)
+    if unknown:
+        raise _bad(f"unknown field(s): {', '.join(repr(k) for k in unknown[:10])}", "unknown_field")
+    # recipients
+    if ("token" in obj) == ("tokens" in obj):
+        raise _bad("give exactly one of 'token' (one device) or 'tokens' (a list)", "no_recipients")
+    if "token" in obj:
+        token = obj["token"]
+        if not isinstance(token, str):
+            raise _bad(f"token must be a string of hex digits, not {_json_type(token)}")
+        tokens: tuple[str, ...] = (token,)
+    else:
+        raw = obj["tokens"]
+        if not isinstance(raw, list):
+            raise _bad(f"tokens must be an array of strings, not {_json_type(raw)}")
+        if not raw:
+            raise _bad("tokens is empty: give at least one device token", "no_recipients")
+        if len(raw) > limits.max_recipients:
+            raise _bad(
+                f"too many recipients: {len(raw)}; the limit is {limits.max_recipients} per "
+                "request",
+                "too_many_recipients",
+                count=len(raw),
+                limit=limits.max_recipients,
+            )
+        for i, t in enumerate(raw):
+            if not isinstance(t, str):
+                raise _bad(
+                    f"tokens[{i}] must be a string of hex digits, not {_json_type(t)}",
+                    "invalid_token",
+                    index=i,
+                )
+        tokens = tuple(raw)
+    # payload
+    convenience = sorted(k for k in _CONVENIENCE if k in obj)
+    if "payload" in obj:
+        if convenience:
+            raise _bad(
+                f"give either 'payload' or the fields that build one ({', '.join(convenience)}),"
+                " not both"
+            )
+        payload = obj["payload"]
+        if not isinstance(payload, dict):
+            raise _bad(f"payload must be a JSON object, not {_json_type(payload)}")
+    elif convenience:
+        payload = _build_payload(obj)
+    else:
+        raise _bad("no content: give 'payload', or 'alert'/'title'/'body'/… to build one")
+    # headers
+    push_type = _opt(obj, "push_type", str, "a string such as 'alert' or 'background'")
+    priority = _opt(obj, "priority", int, "10, 5 or 1")
+    expiration = _opt(obj, "expiration", int, "UNIX seconds (an integer)")
+    collapse_id = _opt(obj, "collapse_id", str, "a string")
+    topic = _opt(obj, "topic", str, "a string")
+    apns_id = _opt(obj, "apns_id", str, "a UUID string")
+    async_ = obj.get("async", False)
+    if not isinstance(async_, bool):
+        raise _bad(f"async must be true or false, not {_json_type(async_)}")
+    send_at = None if obj.get("send_at") is None else parse_time(obj["send_at"], "send_at")
+    key = _opt(obj, "idempotency_key", str, "a string")
+    if idempotency_header is not None:
+        if key is not None and key != idempotency_header:
+            raise _bad("the Idempotency-Key header and the idempotency_key field differ")
+        key = idempotency_header
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise _bad(f"idempotency key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+    return ParsedSubmission(
+        tokens=tokens,
+        template=Template(
+            payload=payload,
+            expiry=expiration,
+            priority=priority,
+            topic=topic,
+            push_type=push_type,
+            collapse_id=collapse_id,
+            apns_id=apns_id,
+        ),
+        async_=async_,
+        send_at=send_at,
+        idempotency_key=key,
+    )
+
+
+def _build_payload(obj: Mapping[str, Any]) -> dict[str, Any]:
+    alert_value = obj.get("alert")
+    parts = {k: obj[k] for k in ("title", "subtitle", "body") if obj.get(k) is not None}
+    alert: str | Alert | Mapping[str, Any] | None = None
+    if alert_value is not None:
+        if parts:
+            raise _bad("give either 'alert' or 'title'/'subtitle'/'body', not both")
+        if not isinstance(alert_value, (str, dict)):
+            raise _bad(f"alert must be a string or an object, not {_json_type(alert_value)}")
+        alert = alert_value
+    elif parts:
+        for k, v in parts.items():
+            if not isinstance(v, str):
+                raise _bad(f"{k} must be a string, not {_json_type(v)}")
+        alert = Alert(**parts)
+    sound = obj.get("sound")
+    if sound is not None and not isinstance(sound, (str, dict)):
+        raise _bad(f"sound must be a string or an object, not {_json_type(sound)}")
+    badge = _opt(obj, "badge", int, "a non-negative integer")
+    data = _opt(obj, "data", dict, "an object of custom keys")
+    flags = {}
+    for k in ("content_available", "mutable_content"):
+        v = obj.get(k, False)
+        if not isinstance(v, bool):
+            raise _bad(f"{k} must be true or false, not {_json_type(v)}")
+        flags[k] = v
+    strings = {
+        k: _opt(obj, k, str, "a string") for k in ("thread_id", "category", "interruption_level")
+    }
+    score = _opt(obj, "relevance_score", (int, float), "a number within 0..1")
+    try:
+        return build_payload(
+            alert,
+            badge=badge,
+            sound=sound,
+            content_available=flags["content_available"],
+            mutable_content=flags["mutable_content"],
+            thread_id=strings["thread_id"],
+            category=strings["category"],
+            interruption_level=strings["interruption_level"],
+            relevance_score=score,
+            custom=data,
+        )
+    except ValidationError as e:
+        raise _bad(str(e), "invalid_payload") from None
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def job_json(view: JobView) -> dict[str, object]:
+    return {
+        "job_id": view.job_id,
+        "app": view.app,
+        "status": view.status,
+        "async": view.async_,
+        "created": _iso(view.created),
+        "finished": _iso(view.finished),
+        "total": view.total,
+        "counts": view.counts,
+        "may_duplicate": sum(1 for r in view.results if r.resumed),
+        "results": [
+            {
+                "index": r.index,
+                "token": r.token,
+                "outcome": r.state,
+                "status": r.status,
+                "reason": r.reason,
+                "apns_id": r.apns_id,
+                "timestamp": _iso(r.timestamp),
+                "attempts": r.attempts,
+                "may_duplicate": r.resumed > 0,
+                **({"send_at": _iso(r.send_at)} if r.send_at is not None else {}),
+            }
+            for r in view.results
+        ],
+    }
+
+
+def invalid_json(app: str, tokens: list[InvalidToken], since: float | None) -> dict[str, object]:
+    return {
+        "app": app,
+        "since": since,
+        "next_since": max((t.reported_at for t in tokens), default=since),
+        "tokens": [
+            {
+                "token": t.token,
+                "timestamp": _iso(t.timestamp),
+                "reason": t.reason,
+                "status": t.status,
+                "source": t.source,
+                "reported_at": t.reported_at,
+            }
+            for t in tokens
+        ],
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    code: int
+    body: object
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def encoded(self) -> bytes:
+        if isinstance(self.body, str):
+            return self.body.encode("utf-8")
+        return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class BoundedBody:
+    """A request body buffer that stops storing past ``limit`` bytes and remembers it."""
+
+    def __init__(self, limit: int, declared: int | None) -> None:
+        self.limit = limit
+        self.declared = declared
+        self.received = 0
+        self.too_large = declared is not None and declared > limit
+        self._buf = io.BytesIO()
+
+    def write(self, data: bytes) -> int:
+        self.received += len(data)
+        if not self.too_large and self.received > self.limit:
+            self.too_large = True
+            self._buf = io.BytesIO()
+        if not self.too_large:
+            self._buf.write(data)
+        return len(data)
+
+    @property
+    def size(self) -> int:
+        return max(self.received, self.declared or 0)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._buf.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._buf.tell()
+
+    def read(self, n: int = -1) -> bytes:
+        return self._buf.read(n)
+
+    def close(self) -> None:
+        self._buf.close()
+
+
+class ApiSite(Site):
+    """A Site whose request bodies are bounded in memory (see :class:`BoundedBody`)."""
+
+    def __init__(self, resource: ApiResource, *, max_body_bytes: int) -> None:
+        Site.__init__(self, resource)
+        self.max_body_bytes = max_body_bytes
+        self.displayTracebacks = False
+
+    def getContentFile(self, length: int | None) -> BoundedBody:
+        return BoundedBody(self.max_body_bytes, length)
+
+
+def make_site(engine: Engine, api_key: bytes, limits: Limits = Limits()) -> ApiSite:
+    """The Site to listen with (strports): the API over ``engine``, bodies bounded."""
+    return ApiSite(ApiResource(engine, api_key, limits), max_body_bytes=limits.max_body_bytes)
+
+
+class ApiResource(Resource):
+    """The whole API as one leaf resource that routes on the path itself."""
+
+    isLeaf = True
+
+    def __init__(self, engine: Engine, api_key: bytes, limits: Limits = Limits()) -> None:
+        Resource.__init__(self)
+        if len(api_key) < 16:
+            raise ValueError("the API key must be at least 16 bytes")
+        self.engine = engine
+        self._expected = b"Bearer " + api_key
+        self.limits = limits
+
+    def render(self, request: Request) -> bytes | int:
+        route = "other"
+        try:
+            method = request.method.decode("ascii", "replace")
+            parts = [unquote(p) for p in request.path.decode("utf-8", "replace").split("/")[1:]]
+            self._authorize(request)
+            route, handler = self._route(method, parts)
+            d: Deferred[Response] = maybeDeferred(handler, request)
+        except ApiError as e:
+            self._write(request, route, Response(e.status, e.body()))
+            return NOT_DONE_YET
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(self._client_gone, gone, route)
+        d.addErrback(self._to_response, route)
+        d.addCallback(lambda r: None if gone else self._write(request, route, r))
+        d.addErrback(self._write_failed, route)
+        return NOT_DONE_YET
+
+    # -- plumbing --
+
+    def _route(self, method: str, parts: list[str]) -> tuple[str, Any]:
+        def allow(route: str, allowed: str, handler: Any) -> tuple[str, Any]:
+            if method != allowed and not (allowed == "GET" and method == "HEAD"):
+                raise ApiError(
+                    405, "method_not_allowed", f"{method} is not allowed here; use {allowed}"
+                )
+            return route, handler
+
+        if parts == ["healthz"]:
+            return allow("healthz", "GET", self._healthz)
+        if parts == ["metrics"]:
+            return allow("metrics", "GET", self._metrics)
+        if len(parts) == 3 and parts[:2] == ["v1", "jobs"] and parts[2]:
+            return allow("job", "GET", lambda r: self._job(r, parts[2]))
+        if len(parts) == 4 and parts[:2] == ["v1", "apps"] and parts[2]:
+            app = parts[2]
+            if parts[3] == "notifications":
+                return allow("notifications", "POST", lambda r: self._notifications(r, app))
+            if parts[3] == "invalid-tokens":
+                return allow("invalid_tokens", "GET", lambda r: self._invalid_tokens(r, app))
+        raise ApiError(404, "not_found", "no such endpoint")
+
+    def _authorize(self, request: Request) -> None:
+        given = request.getHeader(b"authorization") or b""
+        if not hmac.compare_digest(given, self._expected):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing or wrong API key: send 'Authorization: Bearer <key>'",
+            )
+
+    def _write(self, request: Request, route: str, response: Response) -> None:
+        self.engine.metrics.http_responses[(route, response.code)] += 1
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        body = response.encoded()
+        request.setResponseCode(response.code)
+        request.setHeader(b"Content-Type", response.content_type.encode("ascii"))
+        request.setHeader(b"Cache-Control", b"no-store")
+        if response.code == 401:
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="txapns"')
+        for k, v in response.headers:
+            request.setHeader(k.encode("ascii"), v.encode("ascii"))
+        request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
+        if request.method != b"HEAD":
+            request.write(body)
+        request.finish()
+
+    def _to_response(self, failure: Failure, route: str) -> Response:
+        e = failure.value
+        if isinstance(e, ApiError):
+            return Response(e.status, e.body())
+        if isinstance(e, UnknownAppError):
+            return Response(404, ApiError(404, "unknown_app", str(e), app=e.app).body())
+        if isinstance(e, PayloadTooLargeError):
+            err = ApiError(413, "payload_too_large", str(e), size=e.size, limit=e.limit)
+            return Response(413, err.body())
+        if isinstance(e, RecipientError):
+            err = ApiError(400, "invalid_token", str(e), index=e.index)
+            return Response(400, err.body())
+        if isinstance(e, ValidationError):
+            return Response(400, ApiError(400, "invalid_notification", str(e)).body())
+        if isinstance(e, NotAcceptingError):
+            return Response(
+                503,
+                ApiError(503, "unavailable", str(e)).body(),
+                "application/json",
+                (("Retry-After", "5"),),
+            )
+        log.failure("API {route} failed", failure, route=route)
+        return Response(
+            500, ApiError(500, "internal", "internal error; see the service log").body()
+        )
+
+    def _client_gone(self, failure: Failure, gone: list[bool], route: str) -> None:
+        gone.append(True)
+        log.debug(
+            "API client went away before the {route} answer: {why}",
+            route=route,
+            why=failure.getErrorMessage(),
+        )
+
+    def _write_failed(self, failure: Failure, route: str) -> None:
+        log.failure("could not write the {route} answer", failure, route=route)
+
+    # -- handlers --
+
+    def _notifications(self, request: Request, app: str) -> Deferred[Response]:
+        self.engine.check_app(app)  # 404 before reading the body
+        content = request.content
+        if isinstance(content, BoundedBody) and content.too_large:
+            raise ApiError(
+                413,
+                "body_too_large",
+                f"the request body is {content.size} bytes; the limit is "
+                f"{self.limits.max_body_bytes} bytes",
+                size=content.size,
+                limit=self.limits.max_body_bytes,
+            )
+        assert content is not None
+        content.seek(0, 0)
+        body = content.read(self.limits.max_body_bytes + 1)
+        if len(body) > self.limits.max_body_bytes:
+            raise ApiError(
+                413,
+                "body_too_large",
+                f"the request body is over the limit of {self.limits.max_body_bytes} bytes",
+                limit=self.limits.max_body_bytes,
+            )
+        header = request.getHeader(b"idempotency-key")
+        parsed = parse_submission(
+            body,
+            idempotency_header=None if header is None else header.decode("utf-8", "replace"),
+            limits=self.limits,
+        )
+        notifications = self.engine.prepare(app, parsed.template, parsed.tokens)
+        d = self.engine.submit(
+            app,
+            notifications,
+            async_=parsed.async_,
+            send_at=parsed.send_at,
+            idempotency_key=parsed.idempotency_key,
+        )
+        return d.addCallback(self._accepted)
+
+    def _accepted(self, accepted: Accepted) -> Deferred[Response] | Response:
+        replay = (("Idempotent-Replayed", "true"),) if accepted.duplicate else ()
+        if accepted.async_:
+            return Response(
+                202,
+                {
+                    "job_id": accepted.job_id,
+                    "status_url": f"/v1/jobs/{accepted.job_id}",
+                    "duplicate": accepted.duplicate,
+                },
+                headers=replay,
+            )
+
+        def answer(view: JobView) -> Response:
+            return Response(200 if view.done else 202, job_json(view), headers=replay)
+
+        return self.engine.wait(accepted.job_id).addCallback(answer)
+
+    def _job(self, request: Request, job_id: str) -> Deferred[Response]:
+        def answer(view: JobView | None) -> Response:
+            if view is None:
+                raise ApiError(404, "unknown_job", f"no job {job_id!r} (purged or never made)")
+            return Response(200, job_json(view))
+
+        return self.engine.job(job_id).addCallback(answer)
+
+    def _invalid_tokens(self, request: Request, app: str) -> Deferred[Response]:
+        raw = (request.args or {}).get(b"since")
+        since: float | None = None
+        if raw:
+            text = raw[0].decode("utf-8", "replace")
+            since = parse_time(text, "since")
+        d = self.engine.invalid_tokens(app, since)
+        return d.addCallback(lambda tokens: Response(200, invalid_json(app, tokens, since)))
+
+    def _healthz(self, request: Request) -> Response:
+        health = self.engine.health()
+        return Response(200 if self.engine.accepting else 503, health)
+
+    def _metrics(self, request: Request) -> Response:
+        return Response(200, self.engine.metrics_text(), METRICS_CONTENT_TYPE)

@@ -1,0 +1,942 @@
+"""The engine: from an accepted submission to a recorded outcome, through the spool.
+
+One :class:`Engine` serves several apps, each with its own :class:`~txapns.interfaces.Sender`
+(a started HTTP/2 or binary client). For a submission it
+
+1. validates every notification first (:meth:`Engine.prepare`: nothing is half-accepted),
+2. stores the job durably (:meth:`Engine.submit` fires once the spool committed it),
+3. marks notifications ``inflight`` in the spool, then hands them to the app's Sender, at
+   most ``max_inflight`` at a time per app, backing off when the Sender's queue is full,
+4. records each :class:`~txapns.core.result.Result` in the spool as it arrives, and wakes
+   whoever waits for the job (:meth:`Engine.wait`).
+
+Scheduled notifications (``send_at`` in the future) wait on one timer. On start the engine
+resumes everything the spool holds unfinished (:meth:`Engine.start`); on stop it takes no
+more submissions, lets what is in flight finish up to ``drain_timeout``, stops the Senders,
+puts back what they never sent, and closes the spool (:meth:`Engine.stop`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from zope.interface import implementer
+
+from ..core.errors import APNsError, QueueFullError, ValidationError
+from ..core.notification import (
+    Notification,
+    PushType,
+    parse_token,
+    validate_binary,
+    validate_http2,
+)
+from ..core.payload import encode_payload
+from ..core.result import Outcome, Result
+from ..interfaces import Sender
+from .config import ServiceConfig
+from .metrics import AppGauges, ServiceMetrics
+from .spool import JobView, OutcomeRecord, Recovery, Spool, StoredJob
+
+log = Logger()
+
+_DUMMY_TOKEN = b"\x00" * 32
+
+
+class UnknownAppError(APNsError, LookupError):
+    def __init__(self, app: str) -> None:
+        super().__init__(f"no app named {app!r} is configured")
+        self.app = app
+
+
+class NotAcceptingError(APNsError):
+    """The engine is not started, or is stopping: it takes no submissions."""
+
+
+class RecipientError(ValidationError):
+    """One recipient of a batch is invalid; ``index`` says which."""
+
+    def __init__(self, index: int, error: ValidationError) -> None:
+        super().__init__(f"tokens[{index}]: {error}")
+        self.index = index
+        self.error = error
+
+
+@dataclass(frozen=True, slots=True)
+class EngineApp:
+    """What the engine needs to know about one app."""
+
+    sender: Sender
+    #: Default topic (``apns-topic``) derived from it per push type; ``None``: caller's topic.
+    bundle_id: str | None = None
+    protocol: str = "http2"
+    token_auth: bool = True
+    #: Optional extra health details (connections, breaker state) for ``/healthz``.
+    health: Callable[[], Mapping[str, object]] | None = None
+
+
+def engine_apps(
+    config: ServiceConfig,
+    senders: Mapping[str, Sender],
+    health: Mapping[str, Callable[[], Mapping[str, object]]] | None = None,
+) -> dict[str, EngineApp]:
+    """Pair each configured app with its started Sender."""
+    missing = sorted({a.name for a in config.apps} - set(senders))
+    if missing:
+        raise ValueError(f"no Sender for app(s) {', '.join(missing)}")
+    return {
+        a.name: EngineApp(
+            sender=senders[a.name],
+            bundle_id=a.bundle_id,
+            protocol=a.protocol,
+            token_auth=a.token_auth,
+            health=(health or {}).get(a.name),
+        )
+        for a in config.apps
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """Everything a batch's notifications share (all but the token)."""
+
+    payload: Mapping[str, Any] | bytes
+    expiry: int | None = None
+    priority: int | None = None
+    topic: str | None = None
+    push_type: PushType | str | None = None
+    collapse_id: str | None = None
+    apns_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """Answer to :meth:`Engine.submit`: the job is durably stored."""
+
+    job_id: str
+    count: int
+    #: The idempotency key had been used: this is the first submission's job; nothing new.
+    duplicate: bool
+    async_: bool
+
+
+@dataclass(slots=True, eq=False)
+class _Item:
+    id: int
+    job_id: str
+    app: str
+    notification: Notification
+    send_at: float | None
+    resumed: int = 0
+    sent_at: float = 0.0
+
+
+@dataclass(slots=True)
+class _AppState:
+    name: str
+    app: EngineApp
+    ready: deque[_Item] = field(default_factory=deque)
+    inflight: dict[int, _Item] = field(default_factory=dict)
+    #: Taken from ``ready``, being marked in flight in the spool.
+    reserved: int = 0
+    #: The Sender said QueueFullError; wait for a result or the retry timer.
+    blocked: bool = False
+
+
+class Engine:
+    """Glue between the spool and the Senders. Construct, :meth:`start`, then submit."""
+
+    def __init__(
+        self,
+        apps: Mapping[str, EngineApp],
+        spool: Spool,
+        clock: IReactorTime,
+        *,
+        max_inflight: int = 1000,
+        drain_timeout: float = 10.0,
+        retention: float = 7 * 86400.0,
+        purge_interval: float = 3600.0,
+        retry_delay: float = 0.1,
+        metrics: ServiceMetrics | None = None,
+        webhook: InvalidTokenWebhook | None = None,
+        stop_senders: bool = True,
+        max_schedule_ahead: float = 366 * 86400.0,
+    ) -> None:
+        if max_inflight < 1:
+            raise ValueError("max_inflight must be at least 1")
+        self.spool = spool
+        self.metrics = metrics if metrics is not None else ServiceMetrics()
+        self._clock = clock
+        self._apps = {name: _AppState(name, app) for name, app in apps.items()}
+        self.max_inflight = max_inflight
+        self.drain_timeout = drain_timeout
+        self.retention = retention
+        self.purge_interval = purge_interval
+        self.retry_delay = retry_delay
+        self.webhook = webhook
+        self.stop_senders = stop_senders
+        self.max_schedule_ahead = max_schedule_ahead
+        #: "new" → "running" → "stopping" → "stopped".
+        self.state = "new"
+        self._scheduled: list[tuple[float, int, _Item]] = []
+        self._sched_call: IDelayedCall | None = None
+        self._retry_call: IDelayedCall | None = None
+        self._purge_loop: LoopingCall | None = None
+        self._pump_call: IDelayedCall | None = None
+        self._to_pump: set[str] = set()
+        self._records: list[OutcomeRecord] = []
+        self._records_call: IDelayedCall | None = None
+        self._waiters: dict[str, list[Deferred[JobView]]] = {}
+        self._writes: set[Deferred[None]] = set()
+        self._drained: Deferred[None] | None = None
+        self._unknown_app_items = 0
+        for name in self._apps:
+            self.metrics.app(name)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    @property
+    def apps(self) -> tuple[str, ...]:
+        return tuple(self._apps)
+
+    @property
+    def accepting(self) -> bool:
+        return self.state == "running"
+
+    def _now(self) -> float:
+        return self._clock.seconds()
+
+    def gauges(self) -> dict[str, AppGauges]:
+        return {
+            name: AppGauges(
+                queued=len(st.ready) + st.reserved,
+                scheduled=sum(1 for _, _, i in self._scheduled if i.app == name),
+                inflight=len(st.inflight),
+                client_pending=st.app.sender.pending(),
+                counters=st.app.sender.counters,
+            )
+            for name, st in self._apps.items()
+        }
+
+    def metrics_text(self) -> str:
+        return self.metrics.render(self.gauges())
+
+    def health(self) -> dict[str, object]:
+        apps: dict[str, object] = {}
+        for name, g in self.gauges().items():
+            st = self._apps[name]
+            c = st.app.sender.counters
+            entry: dict[str, object] = {
+                "protocol": st.app.protocol,
+                "queued": g.queued,
+                "scheduled": g.scheduled,
+                "inflight": g.inflight,
+                "client_pending": g.client_pending,
+                "blocked": st.blocked,
+                "connections_made": c.connections_made,
+                "reconnects": c.reconnects,
+                "connection_failures": c.connection_failures,
+            }
+            if st.app.health is not None:
+                entry.update(st.app.health())
+            apps[name] = entry
+        return {"status": "ok" if self.accepting else self.state, "apps": apps}
+
+    def job(self, job_id: str) -> Deferred[JobView | None]:
+        return self.spool.job(job_id)
+
+    def invalid_tokens(self, app: str, since: float | None = None) -> Deferred[list[Any]]:
+        self._state(app)
+        d: Deferred[list[Any]] = self.spool.invalid_tokens(app, since=since)
+        return d
+
+    def check_app(self, app: str) -> None:
+        """Raise :class:`UnknownAppError` unless ``app`` is served."""
+        self._state(app)
+
+    def _state(self, app: str) -> _AppState:
+        st = self._apps.get(app)
+        if st is None:
+            raise UnknownAppError(app)
+        return st
+
+    # -- validation --------------------------------------------------------------------------
+
+    def prepare(
+        self, app: str, template: Template, tokens: Sequence[str | bytes]
+    ) -> list[Notification]:
+        """Validate a batch for ``app`` and build its notifications; raise before storing.
+
+        Raises :class:`UnknownAppError`, a :class:`ValidationError` for the shared fields
+        (e.g. :class:`~txapns.core.errors.PayloadTooLargeError`), or :class:`RecipientError`
+        naming the first bad token's index.
+        """
+        st = self._state(app)
+        if not tokens:
+            raise ValidationError("no recipients: give at least one device token")
+        if template.apns_id is not None and len(tokens) > 1:
+            raise ValidationError("apns_id identifies one notification: give a single token")
+        topic = template.topic
+        pt = template.push_type
+        if isinstance(pt, str):
+            try:
+                pt = PushType(pt)
+            except ValueError:
+                raise ValidationError(
+                    f"unknown push type {pt!r}; known: {', '.join(p.value for p in PushType)}"
+                ) from None
+        if topic is None and st.app.bundle_id is not None:
+            topic = pt.topic_for(st.app.bundle_id) if pt is not None else st.app.bundle_id
+        payload = template.payload
+        if not isinstance(payload, bytes):
+            payload = encode_payload(payload)
+        proto = Notification.create(
+            _DUMMY_TOKEN,
+            payload,
+            expiry=template.expiry,
+            priority=template.priority,
+            topic=topic,
+            push_type=pt,
+            collapse_id=template.collapse_id,
+            apns_id=template.apns_id,
+        )
+        if st.app.protocol == "binary":
+            validate_binary(proto)
+        else:
+            validate_http2(proto, token_auth=st.app.token_auth)
+        out: list[Notification] = []
+        http2 = st.app.protocol != "binary"
+        for i, token in enumerate(tokens):
+            try:
+                raw = parse_token(token)
+            except ValidationError as e:
+                raise RecipientError(i, e) from None
+            ident = proto.apns_id
+            if ident is None and http2:
+                ident = str(uuid.uuid4())
+            out.append(replace(proto, token=raw, apns_id=ident))
+        return out
+
+    # -- submission ----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        app: str,
+        notifications: Sequence[Notification],
+        *,
+        async_: bool = False,
+        send_at: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> Deferred[Accepted]:
+        """Store ``notifications`` (already validated by :meth:`prepare`) and queue them.
+
+        Raises :class:`NotAcceptingError` / :class:`UnknownAppError` synchronously. The
+        Deferred fires once the job is committed to the spool.
+        """
+        self._state(app)
+        if not self.accepting:
+            raise NotAcceptingError(
+                "the service is stopping" if self.state != "new" else "the service is starting"
+            )
+        if not notifications:
+            raise ValidationError("no recipients: give at least one device token")
+        if send_at is not None and send_at > self._now() + self.max_schedule_ahead:
+            raise ValidationError(
+                f"send_at is {send_at - self._now():.0f} seconds ahead; the limit is "
+                f"{self.max_schedule_ahead:.0f} seconds"
+            )
+        items = list(notifications)
+        d = self.spool.add_job(
+            app,
+            items,
+            now=self._now(),
+            send_at=send_at,
+            async_=async_,
+            idempotency_key=idempotency_key,
+        )
+        return d.addCallback(self._stored, app, items, send_at)
+
+    def _stored(
+        self, stored: StoredJob, app: str, items: list[Notification], send_at: float | None
+    ) -> Accepted:
+        if stored.duplicate:
+            log.info(
+                "idempotent repeat for {app}: job {job_id}, nothing new stored",
+                app=app,
+                job_id=stored.job_id,
+            )
+            return Accepted(stored.job_id, 0, True, stored.async_)
+        self.metrics.app(app).submitted += len(items)
+        for ident, n in zip(stored.ids, items, strict=True):
+            self._enqueue(_Item(ident, stored.job_id, app, n, send_at))
+        log.debug(
+            "stored job {job_id} for {app}: {count} notifications",
+            job_id=stored.job_id,
+            app=app,
+            count=len(items),
+        )
+        self._pump_soon(app)
+        self._arm_schedule()
+        return Accepted(stored.job_id, len(items), False, stored.async_)
+
+    def wait(self, job_id: str) -> Deferred[JobView]:
+        """Fires with the job's view once every notification has an outcome.
+
+        If the engine stops first, fires with the (unfinished) view at that moment.
+        """
+        d: Deferred[JobView] = Deferred()
+        self._waiters.setdefault(job_id, []).append(d)
+        self.spool.job(job_id).addCallbacks(
+            self._check_waiters, self._waiter_read_failed, errbackArgs=(job_id,)
+        )
+        return d
+
+    def _check_waiters(self, view: JobView | None) -> None:
+        if view is not None and (view.done or self.state == "stopped"):
+            self._fire_waiters(view)
+
+    def _fire_waiters(self, view: JobView) -> None:
+        for d in self._waiters.pop(view.job_id, []):
+            d.callback(view)
+
+    def _waiter_read_failed(self, failure: Failure, job_id: str) -> None:
+        for d in self._waiters.pop(job_id, []):
+            d.errback(failure)
+
+    def _job_finished(self, job_id: str) -> None:
+        if job_id in self._waiters:
+            self.spool.job(job_id).addCallbacks(
+                self._check_waiters, self._waiter_read_failed, errbackArgs=(job_id,)
+            )
+
+    def add_feedback(self, app: str, entries: Sequence[tuple[str, float | None]]) -> Deferred[None]:
+        """Record dead tokens from the binary feedback service: ``(token hex, time)`` tuples."""
+        self._state(app)
+        self.metrics.app(app).invalid_tokens += len(entries)
+        d = self.spool.add_invalid_tokens(app, entries, now=self._now(), source="feedback")
+        if self.webhook is not None:
+            for token, ts in entries:
+                self.webhook.notify(app, token, ts, "feedback", None)
+        return d
+
+    # -- dispatch --------------------------------------------------------------------------------
+
+    def _enqueue(self, item: _Item) -> None:
+        if item.send_at is not None and item.send_at > self._now():
+            heapq.heappush(self._scheduled, (item.send_at, item.id, item))
+        else:
+            self._apps[item.app].ready.append(item)
+
+    def _arm_schedule(self) -> None:
+        if self.state != "running" or not self._scheduled:
+            return
+        due = self._scheduled[0][0]
+        if self._sched_call is not None:
+            if self._sched_call.getTime() <= due:
+                return
+            self._sched_call.cancel()
+        self._sched_call = self._clock.callLater(max(0.0, due - self._now()), self._release_due)
+
+    def _release_due(self) -> None:
+        self._sched_call = None
+        now = self._now()
+        touched: set[str] = set()
+        while self._scheduled and self._scheduled[0][0] <= now:
+            _, _, item = heapq.heappop(self._scheduled)
+            self._apps[item.app].ready.append(item)
+            touched.add(item.app)
+        for name in touched:
+            self._pump_soon(name)
+        self._arm_schedule()
+
+    def _pump_soon(self, name: str) -> None:
+        """Dispatch for ``name`` at the end of this turn: slots freed by many results in one
+        turn are filled with one spool write, not one per result."""
+        self._to_pump.add(name)
+        if self._pump_call is None and self.state == "running":
+            self._pump_call = self._clock.callLater(0, self._pump_pending)
+
+    def _pump_pending(self) -> None:
+        self._pump_call = None
+        names, self._to_pump = self._to_pump, set()
+        for name in names:
+            self._pump(name)
+
+    def _pump(self, name: str) -> None:
+        st = self._apps[name]
+        if self.state != "running" or st.blocked or not st.ready:
+            return
+        room = self.max_inflight - len(st.inflight) - st.reserved
+        if room <= 0:
+            return
+        batch = [st.ready.popleft() for _ in range(min(room, len(st.ready)))]
+        st.reserved += len(batch)
+        d = self.spool.mark_inflight([i.id for i in batch], now=self._now())
+        d.addCallbacks(
+            self._send_batch,
+            self._mark_failed,
+            callbackArgs=(st, batch),
+            errbackArgs=(st, batch),
+        )
+
+    def _mark_failed(self, failure: Failure, st: _AppState, batch: list[_Item]) -> None:
+        st.reserved -= len(batch)
+        log.failure(
+            "could not mark {count} notifications of {app} in flight; retrying later",
+            failure,
+            count=len(batch),
+            app=st.name,
+        )
+        st.ready.extendleft(reversed(batch))
+        st.blocked = True
+        self._arm_retry()
+
+    def _send_batch(self, _: None, st: _AppState, batch: list[_Item]) -> None:
+        st.reserved -= len(batch)
+        back: list[_Item] = []
+        sender = st.app.sender
+        for item in batch:
+            if self.state != "running" or st.blocked:
+                back.append(item)
+                continue
+            try:
+                d = sender.send(item.notification)
+            except QueueFullError:
+                st.blocked = True
+                back.append(item)
+                self._arm_retry()
+                continue
+            except ValidationError as e:
+                self._finish(
+                    st,
+                    item,
+                    Result(item.notification, Outcome.REJECTED, reason=str(e), local="validation"),
+                )
+                continue
+            except Exception as e:
+                log.failure(
+                    "the {app} client raised on send of {token}",
+                    app=st.name,
+                    token=item.notification.short_token,
+                )
+                self._finish(
+                    st,
+                    item,
+                    Result(
+                        item.notification,
+                        Outcome.REJECTED,
+                        reason=f"client error: {type(e).__name__}",
+                        local="error",
+                    ),
+                )
+                continue
+            item.sent_at = self._now()
+            st.inflight[item.id] = item
+            self.metrics.app(st.name).sent += 1
+            d.addCallback(self._on_result, st, item)
+            d.addErrback(self._on_send_failure, st, item)
+        if back:
+            st.ready.extendleft(reversed(back))
+            self._requeue(st, back)
+        self._maybe_drained()
+
+    def _requeue(self, st: _AppState, items: list[_Item]) -> None:
+        d = self.spool.requeue([i.id for i in items], now=self._now())
+        self._track(d, "requeue", st.name)
+
+    def _arm_retry(self) -> None:
+        if self._retry_call is None and self.state == "running":
+            self._retry_call = self._clock.callLater(self.retry_delay, self._retry)
+
+    def _retry(self) -> None:
+        self._retry_call = None
+        for st in self._apps.values():
+            st.blocked = False
+            self._pump_soon(st.name)
+
+    def _on_result(self, result: Result, st: _AppState, item: _Item) -> None:
+        st.inflight.pop(item.id, None)
+        if (
+            self.state != "running"
+            and result.outcome is Outcome.REJECTED
+            and result.local == "stopped"
+        ):
+            # The client is stopping and never sent it: leave it in the spool for next time.
+            self.metrics.app(st.name).requeued += 1
+            self._requeue(st, [item])
+        else:
+            self._finish(st, item, result)
+        st.blocked = False
+        self._pump_soon(st.name)
+        self._maybe_drained()
+
+    def _on_send_failure(self, failure: Failure, st: _AppState, item: _Item) -> None:
+        # A Sender must not errback; if one does, the outcome is unknown (it may have sent).
+        log.failure(
+            "the {app} client failed a send of {token} instead of giving a result",
+            failure,
+            app=st.name,
+            token=item.notification.short_token,
+        )
+        if item.id in st.inflight:
+            st.inflight.pop(item.id)
+            self._finish(
+                st,
+                item,
+                Result(item.notification, Outcome.UNKNOWN, reason="client error", local="error"),
+            )
+            self._maybe_drained()
+
+    def _finish(self, st: _AppState, item: _Item, result: Result) -> None:
+        now = self._now()
+        latency = result.latency
+        if latency is None and item.sent_at:
+            latency = now - item.sent_at
+        self.metrics.app(st.name).record(result, latency)
+        if result.token_invalid:
+            log.debug(
+                "{app}: token {token} is no longer valid ({status} {reason})",
+                app=st.name,
+                token=item.notification.short_token,
+                status=result.status,
+                reason=result.reason,
+            )
+            if self.webhook is not None:
+                ts = result.timestamp.timestamp() if result.timestamp is not None else None
+                self.webhook.notify(
+                    st.name, item.notification.token_hex, ts, result.reason, result.status
+                )
+        self._records.append(OutcomeRecord.from_result(item.id, item.job_id, st.name, result))
+        if self._records_call is None:
+            self._records_call = self._clock.callLater(0, self._flush_records)
+
+    def _flush_records(self) -> None:
+        """Record the outcomes gathered this turn with one spool operation."""
+        if self._records_call is not None and self._records_call.active():
+            self._records_call.cancel()
+        self._records_call = None
+        records, self._records = self._records, []
+        if not records:
+            return
+        d = self.spool.record_outcomes(records, now=self._now())
+        d.addCallback(self._recorded)
+        self._track(
+            d, f"record {len(records)} outcomes", ", ".join(sorted({r.app for r in records}))
+        )
+
+    def _recorded(self, finished: list[str]) -> None:
+        for job_id in finished:
+            self._job_finished(job_id)
+
+    def _track(self, d: Deferred[Any], what: str, app: str) -> None:
+        tracked: Deferred[None] = d.addCallbacks(
+            lambda _: None, self._write_failed, errbackArgs=(what, app)
+        )
+        self._writes.add(tracked)
+        tracked.addBoth(self._untrack, tracked)
+
+    def _untrack(self, _: object, d: Deferred[None]) -> None:
+        self._writes.discard(d)
+
+    def _write_failed(self, failure: Failure, what: str, app: str) -> None:
+        # The row stays in flight in the spool: a restart resumes it (counted as possible
+        # duplicate), so nothing is lost; the failure is logged, not hidden.
+        log.failure("spool: could not {what} for {app}", failure, what=what, app=app)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Start accepting, and resume what the spool holds unfinished."""
+        if self.state != "new":
+            raise RuntimeError(f"engine already {self.state}")
+        self.state = "running"
+        d = self.spool.recover(now=self._now()).addCallback(self._recovered)
+        if self.purge_interval > 0:
+            self._purge_loop = LoopingCall(self._purge)
+            self._purge_loop.clock = self._clock
+            loop_done = self._purge_loop.start(self.purge_interval, now=False)
+            loop_done.addErrback(self._purge_loop_failed)
+        return d
+
+    def _recovered(self, recovery: Recovery) -> None:
+        for name, n in recovery.resumed_by_app.items():
+            self.metrics.app(name).resumed_maybe_duplicate += n
+        unknown: dict[str, int] = {}
+        for s in recovery.notifications:
+            if s.app not in self._apps:
+                unknown[s.app] = unknown.get(s.app, 0) + 1
+                continue
+            self._enqueue(_Item(s.id, s.job_id, s.app, s.notification, s.send_at, s.resumed))
+        for name, n in unknown.items():
+            log.warn(
+                "spool holds {count} unfinished notifications for {app}, which is no longer "
+                "configured; they stay in the spool",
+                count=n,
+                app=name,
+            )
+        self._unknown_app_items = sum(unknown.values())
+        if recovery.notifications:
+            log.info(
+                "resumed {count} unfinished notifications from the spool; {inflight} were in "
+                "flight at the stop and may be delivered twice",
+                count=len(recovery.notifications) - self._unknown_app_items,
+                inflight=recovery.resumed_inflight,
+            )
+        for name in self._apps:
+            self._pump_soon(name)
+        self._arm_schedule()
+
+    def purge(self) -> Deferred[int]:
+        """Delete finished jobs older than the retention period now."""
+        return self.spool.purge(before=self._now() - self.retention)
+
+    def _purge(self) -> Deferred[None]:
+        def done(count: int) -> None:
+            if count:
+                log.info("purged {count} finished notifications from the spool", count=count)
+
+        def failed(failure: Failure) -> None:
+            log.failure("spool purge failed; will try again", failure)
+
+        return self.purge().addCallbacks(done, failed)
+
+    def _purge_loop_failed(self, failure: Failure) -> None:
+        log.failure("the spool purge loop stopped", failure)
+
+    def _maybe_drained(self) -> None:
+        if self._drained is None:
+            return
+        if any(st.inflight or st.reserved for st in self._apps.values()):
+            return
+        d, self._drained = self._drained, None
+        d.callback(None)
+
+    def stop(self) -> Deferred[None]:
+        """Stop accepting, drain in flight (up to ``drain_timeout``), stop Senders, close spool."""
+        if self.state in ("stopping", "stopped"):
+            raise RuntimeError(f"engine already {self.state}")
+        self.state = "stopping"
+        for call in (self._sched_call, self._retry_call, self._pump_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._sched_call = self._retry_call = self._pump_call = None
+        if self._purge_loop is not None and self._purge_loop.running:
+            self._purge_loop.stop()
+        waiting = sum(len(st.ready) for st in self._apps.values()) + len(self._scheduled)
+        log.info(
+            "stopping: {inflight} in flight to drain (up to {timeout}s); {waiting} stay in the "
+            "spool",
+            inflight=sum(len(st.inflight) + st.reserved for st in self._apps.values()),
+            timeout=self.drain_timeout,
+            waiting=waiting,
+        )
+        drained: Deferred[None] = Deferred()
+        self._drained = drained
+        timer = self._clock.callLater(self.drain_timeout, self._drain_deadline)
+        self._maybe_drained()
+
+        def cancel_timer(_: None) -> None:
+            if timer.active():
+                timer.cancel()
+
+        drained.addCallback(cancel_timer)
+        drained.addCallback(self._stop_senders)
+        drained.addCallback(self._flush_writes)
+        drained.addCallback(self._close)
+        return drained
+
+    def _drain_deadline(self) -> None:
+        left = sum(len(st.inflight) + st.reserved for st in self._apps.values())
+        log.warn(
+            "drain deadline reached with {count} notifications still in flight; stopping the "
+            "clients resolves them",
+            count=left,
+        )
+        if self._drained is not None:
+            d, self._drained = self._drained, None
+            d.callback(None)
+
+    def _stop_senders(self, _: None) -> Deferred[Any] | None:
+        if not self.stop_senders:
+            return None
+        stops: list[Deferred[None]] = []
+        for st in self._apps.values():
+            d = st.app.sender.stop()
+            d.addErrback(self._sender_stop_failed, st.name)
+            stops.append(d)
+        return DeferredList(stops)
+
+    def _sender_stop_failed(self, failure: Failure, app: str) -> None:
+        # Logged, and the stop goes on: the spool must still be flushed and closed.
+        log.failure("the {app} client failed to stop cleanly", failure, app=app)
+
+    def _flush_writes(self, _: object) -> Deferred[Any]:
+        self._flush_records()
+        d: Deferred[Any] = DeferredList(list(self._writes))
+        if self.webhook is not None:
+            webhook_done = self.webhook.stop()
+            return gatherResults([d, webhook_done])
+        return d
+
+    def _close(self, _: object) -> Deferred[None]:
+        self.state = "stopped"
+        pending = list(self._waiters)
+        reads = [
+            self.spool.job(job_id).addCallbacks(
+                self._check_waiters, self._waiter_read_failed, errbackArgs=(job_id,)
+            )
+            for job_id in pending
+        ]
+
+        def close(_: object) -> Deferred[None]:
+            return self.spool.close()
+
+        return gatherResults(reads).addCallback(close) if reads else self.spool.close()
+
+
+_CONNECTION_DONE = Failure(ResponseDone())
+
+
+class _BodyReader(Protocol):
+    """Collects a (small) response body; fires ``done`` with it when the body ends."""
+
+    def __init__(self, done: Deferred[bytes], limit: int = 65536) -> None:
+        self.done = done
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.size < self.limit:
+            self.chunks.append(data[: self.limit - self.size])
+            self.size += len(data)
+
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.chunks))
+        else:
+            self.done.errback(reason)
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """A request body already in memory, written at once (no cooperator, no global reactor)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self.body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class InvalidTokenWebhook:
+    """POSTs dead tokens as JSON to an operator's URL, batched per reactor turn.
+
+    Body: ``{"invalid_tokens": [{"app", "token", "timestamp", "reason", "status"}, ...]}``.
+    Best effort (the spool's invalid-token feed is the record): failures are logged, not
+    retried.
+    """
+
+    def __init__(
+        self,
+        agent: IAgent,
+        url: str,
+        clock: IReactorTime,
+        *,
+        timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._agent = agent
+        self.url = url.encode("ascii")
+        self._clock = clock
+        self.timeout = timeout
+        self._headers = dict(headers or {})
+        self._pending: list[dict[str, object]] = []
+        self._timer: IDelayedCall | None = None
+        self._posts: set[Deferred[None]] = set()
+        self.posted = 0
+        self.failed = 0
+
+    def notify(
+        self, app: str, token: str, timestamp: float | None, reason: str | None, status: int | None
+    ) -> None:
+        self._pending.append(
+            {"app": app, "token": token, "timestamp": timestamp, "reason": reason, "status": status}
+        )
+        if self._timer is None:
+            self._timer = self._clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._timer = None
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        body = json.dumps({"invalid_tokens": batch}, separators=(",", ":")).encode("utf-8")
+        headers = Headers({"Content-Type": ["application/json"]})
+        for k, v in self._headers.items():
+            headers.addRawHeader(k, v)
+        d = self._agent.request(b"POST", self.url, headers, BytesProducer(body))
+        d.addTimeout(self.timeout, self._clock)
+        d2: Deferred[None] = d.addCallback(self._response, len(batch)).addErrback(
+            self._post_failed, len(batch)
+        )
+        self._posts.add(d2)
+        d2.addBoth(self._done, d2)
+
+    def _response(self, response: IResponse, count: int) -> Deferred[None]:
+        def check(_: bytes) -> None:
+            if 200 <= response.code < 300:
+                self.posted += count
+            else:
+                self.failed += count
+                log.warn(
+                    "invalid-token webhook answered {code} for {count} tokens",
+                    code=response.code,
+                    count=count,
+                )
+
+        done: Deferred[bytes] = Deferred()
+        response.deliverBody(_BodyReader(done))
+        return done.addCallback(check)
+
+    def _post_failed(self, failure: Failure, count: int) -> None:
+        self.failed += count
+        log.failure("invalid-token webhook POST of {count} tokens failed", failure, count=count)
+
+    def _done(self, _: object, d: Deferred[None]) -> None:
+        self._posts.discard(d)
+
+    def stop(self) -> Deferred[Any]:
+        """Post what is pending now and wait for the posts in progress."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._flush()
+        if not self._posts:
+            return succeed(None)
+        return DeferredList(list(self._posts))

@@ -1,0 +1,274 @@
+"""Service metrics and their Prometheus text exposition (format 0.0.4), without dependencies.
+
+The engine updates an :class:`AppMetrics` per app as notifications move; gauges (queue
+depth, in flight, the client's connection counters) are read at scrape time and passed to
+:meth:`ServiceMetrics.render`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..core.counters import Counters
+from ..core.result import Outcome, Result
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+
+class Histogram:
+    """Cumulative-bucket histogram of seconds."""
+
+    def __init__(self, buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
+        if list(buckets) != sorted(buckets) or not buckets:
+            raise ValueError("buckets must be a non-empty ascending sequence")
+        self.buckets = tuple(buckets)
+        self.counts = [0] * (len(self.buckets) + 1)  # last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
+        total = 0
+        for bound, n in zip((*self.buckets, math.inf), self.counts, strict=True):
+            total += n
+            out.append(("+Inf" if bound == math.inf else _number(bound), total))
+        return out
+
+
+@dataclass
+class AppMetrics:
+    #: Notifications durably stored from API submissions.
+    submitted: int = 0
+    #: Handed to the app's client (each hand-over counts, a requeued one again).
+    sent: int = 0
+    accepted: int = 0
+    rejected_by_reason: Counter[str] = field(default_factory=Counter)
+    unknown_by_reason: Counter[str] = field(default_factory=Counter)
+    #: Put back in the spool unsent (client stopping, queue full).
+    requeued: int = 0
+    #: Resumed after a crash while in flight: possibly delivered twice.
+    resumed_maybe_duplicate: int = 0
+    invalid_tokens: int = 0
+    latency: Histogram = field(default_factory=Histogram)
+
+    def record(self, result: Result, latency: float | None) -> None:
+        if result.outcome is Outcome.ACCEPTED:
+            self.accepted += 1
+        elif result.outcome is Outcome.REJECTED:
+            self.rejected_by_reason[result.reason or "unspecified"] += 1
+        else:
+            self.unknown_by_reason[result.reason or "unspecified"] += 1
+        if result.token_invalid:
+            self.invalid_tokens += 1
+        if latency is not None:
+            self.latency.observe(latency)
+
+
+@dataclass(frozen=True, slots=True)
+class AppGauges:
+    """Values read at scrape time."""
+
+    queued: int = 0
+    scheduled: int = 0
+    inflight: int = 0
+    client_pending: int = 0
+    counters: Counters | None = None
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.apps: dict[str, AppMetrics] = {}
+        #: ``(route, code)`` → count of API responses.
+        self.http_responses: Counter[tuple[str, int]] = Counter()
+
+    def app(self, name: str) -> AppMetrics:
+        m = self.apps.get(name)
+        if m is None:
+            m = self.apps[name] = AppMetrics()
+        return m
+
+    def render(self, gauges: Mapping[str, AppGauges]) -> str:
+        """The Prometheus text exposition of everything, per app."""
+        names = sorted(set(self.apps) | set(gauges))
+        out: list[str] = []
+
+        def family(name: str, kind: str, help_: str, samples: Iterable[_Sample]) -> None:
+            out.append(f"# HELP {name} {help_}")
+            out.append(f"# TYPE {name} {kind}")
+            for suffix, labels, value in samples:
+                out.append(f"{name}{suffix}{_labels(labels)} {_number(value)}")
+
+        m = {n: self.app(n) for n in names}
+        g = {n: gauges.get(n, AppGauges()) for n in names}
+        c = {n: g[n].counters or Counters() for n in names}
+
+        def per_app(value: Mapping[str, float]) -> list[_Sample]:
+            return [("", {"app": n}, value[n]) for n in names]
+
+        family(
+            "txapns_notifications_submitted_total",
+            "counter",
+            "Notifications accepted through the API and stored in the spool.",
+            per_app({n: m[n].submitted for n in names}),
+        )
+        family(
+            "txapns_notifications_sent_total",
+            "counter",
+            "Notifications handed to the app's APNs client.",
+            per_app({n: m[n].sent for n in names}),
+        )
+        family(
+            "txapns_notifications_accepted_total",
+            "counter",
+            "Notifications APNs accepted.",
+            per_app({n: m[n].accepted for n in names}),
+        )
+        family(
+            "txapns_notifications_rejected_total",
+            "counter",
+            "Notifications rejected, by reason.",
+            [
+                ("", {"app": n, "reason": r}, v)
+                for n in names
+                for r, v in sorted(m[n].rejected_by_reason.items())
+            ],
+        )
+        family(
+            "txapns_notifications_unknown_total",
+            "counter",
+            "Notifications whose delivery is unknown, by reason.",
+            [
+                ("", {"app": n, "reason": r}, v)
+                for n in names
+                for r, v in sorted(m[n].unknown_by_reason.items())
+            ],
+        )
+        family(
+            "txapns_invalid_tokens_total",
+            "counter",
+            "Device tokens APNs reported as no longer valid.",
+            per_app({n: m[n].invalid_tokens for n in names}),
+        )
+        family(
+            "txapns_retries_total",
+            "counter",
+            "Writes after the first by the APNs client (retries and replays).",
+            per_app({n: c[n].retried + c[n].replayed for n in names}),
+        )
+        family(
+            "txapns_requeued_total",
+            "counter",
+            "Notifications put back in the spool unsent.",
+            per_app({n: m[n].requeued for n in names}),
+        )
+        family(
+            "txapns_resumed_maybe_duplicate_total",
+            "counter",
+            "Notifications resumed after a crash while in flight (may be delivered twice).",
+            per_app({n: m[n].resumed_maybe_duplicate for n in names}),
+        )
+        latency: list[_Sample] = []
+        for n in names:
+            h = m[n].latency
+            for le, count in h.cumulative():
+                latency.append(("_bucket", {"app": n, "le": le}, count))
+            latency.append(("_sum", {"app": n}, h.sum))
+            latency.append(("_count", {"app": n}, h.count))
+        family(
+            "txapns_delivery_latency_seconds",
+            "histogram",
+            "Seconds from handing a notification to the client to its outcome.",
+            latency,
+        )
+        family(
+            "txapns_queue_depth",
+            "gauge",
+            "Notifications waiting in the service: queued, scheduled or in flight.",
+            [
+                ("", {"app": n, "state": s}, v)
+                for n in names
+                for s, v in (
+                    ("queued", g[n].queued),
+                    ("scheduled", g[n].scheduled),
+                    ("inflight", g[n].inflight),
+                )
+            ],
+        )
+        family(
+            "txapns_client_pending",
+            "gauge",
+            "Notifications the APNs client holds (queued or in flight).",
+            per_app({n: g[n].client_pending for n in names}),
+        )
+        family(
+            "txapns_connections_made_total",
+            "counter",
+            "Connections the APNs client made.",
+            per_app({n: c[n].connections_made for n in names}),
+        )
+        family(
+            "txapns_connection_failures_total",
+            "counter",
+            "Connection attempts that failed.",
+            per_app({n: c[n].connection_failures for n in names}),
+        )
+        family(
+            "txapns_reconnects_total",
+            "counter",
+            "Reconnections after a connection was lost.",
+            per_app({n: c[n].reconnects for n in names}),
+        )
+        family(
+            "txapns_http_responses_total",
+            "counter",
+            "API responses by route and status code.",
+            [
+                ("", {"route": route, "code": str(code)}, v)
+                for (route, code), v in sorted(self.http_responses.items())
+            ],
+        )
+        return "\n".join(out) + "\n"
+
+
+_Sample = tuple[str, Mapping[str, str], float]
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    return "{" + inner + "}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return str(int(value))
+    return repr(float(value))

@@ -1,0 +1,833 @@
+"""The durable spool: every notification the API accepted, and what became of it, in SQLite.
+
+Two layers:
+
+* :class:`SpoolStore` is plain synchronous SQLite, testable directly. Each public method is
+  one transaction when called on its own; :meth:`SpoolStore.run_batch` runs many operations
+  in one transaction (each in its own savepoint, so one failing operation does not undo the
+  others).
+* :class:`Spool` is the asynchronous face the engine and the API use. It collects every
+  operation requested during one reactor turn and hands them to a *runner* (a thread pool in
+  production, :func:`inline_runner` in tests) as one batch: one transaction and one ``fsync``
+  for everything that turn produced, so the API can accept thousands of notifications a
+  second while each request still waits for its own commit.
+
+Durability: WAL journal with ``synchronous=FULL`` by default. In WAL mode ``NORMAL`` already
+survives a killed process, but not a power loss or kernel crash: the last transactions could
+vanish after the API said "stored". Since writes are batched per reactor turn, FULL costs one
+``fsync`` per batch, not per notification, so the stronger promise is cheap. The connection
+uses ``locking_mode=EXCLUSIVE``: a second service started on the same spool fails at once
+instead of resuming (and re-sending) the first one's notifications.
+
+Notification states: ``queued`` → ``inflight`` (handed to a client) → ``accepted`` |
+``rejected`` | ``unknown``. :meth:`SpoolStore.recover` returns every ``queued`` or
+``inflight`` row; rows that were in flight at a crash may already have reached APNs, so they
+are counted (``resumed`` column, :attr:`Recovery.resumed_inflight`) as possible duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from ..core.errors import APNsError
+from ..core.notification import Notification, PushType
+from ..core.result import Outcome, Result
+
+_T = TypeVar("_T")
+log = Logger()
+
+QUEUED = "queued"
+INFLIGHT = "inflight"
+FINISHED_STATES = (Outcome.ACCEPTED.value, Outcome.REJECTED.value, Outcome.UNKNOWN.value)
+STATES = (QUEUED, INFLIGHT, *FINISHED_STATES)
+
+SCHEMA_VERSION = "1"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    created REAL NOT NULL,
+    idempotency_key TEXT,
+    async INTEGER NOT NULL,
+    total INTEGER NOT NULL,
+    remaining INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    finished REAL,
+    UNIQUE (app, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS jobs_done ON jobs (finished) WHERE status = 'done';
+CREATE TABLE IF NOT EXISTS notifications (
+    id INTEGER PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    app TEXT NOT NULL,
+    token TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    fields TEXT NOT NULL,
+    send_at REAL,
+    state TEXT NOT NULL,
+    status INTEGER,
+    reason TEXT,
+    apns_id TEXT,
+    timestamp REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    resumed INTEGER NOT NULL DEFAULT 0,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notifications_job ON notifications (job_id);
+CREATE INDEX IF NOT EXISTS notifications_open ON notifications (state)
+    WHERE state IN ('queued', 'inflight');
+CREATE TABLE IF NOT EXISTS invalid_tokens (
+    app TEXT NOT NULL,
+    token TEXT NOT NULL,
+    timestamp REAL,
+    reason TEXT,
+    status INTEGER,
+    source TEXT NOT NULL,
+    reported_at REAL NOT NULL,
+    PRIMARY KEY (app, token)
+);
+CREATE INDEX IF NOT EXISTS invalid_tokens_reported ON invalid_tokens (app, reported_at);
+"""
+
+
+class SpoolError(APNsError):
+    """The spool cannot be opened or used."""
+
+
+class SpoolClosedError(SpoolError):
+    """The spool was closed; it takes no more operations."""
+
+
+# --- values ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredJob:
+    """Answer to :meth:`SpoolStore.add_job`."""
+
+    job_id: str
+    #: Row ids of the new notifications, in submission order (empty for a duplicate).
+    ids: tuple[int, ...]
+    #: True when the idempotency key was already used: nothing new was stored.
+    duplicate: bool
+    #: The ``async`` flag of the stored job (the first one, for a duplicate).
+    async_: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledNotification:
+    """An unfinished notification read back from the spool."""
+
+    id: int
+    job_id: str
+    app: str
+    notification: Notification
+    send_at: float | None
+    #: How many times it was in flight when the service stopped without an outcome.
+    resumed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    notifications: tuple[SpooledNotification, ...]
+    #: Of those, how many were in flight at the crash (possibly delivered already).
+    resumed_inflight: int
+    resumed_by_app: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRecord:
+    """A final outcome for one spooled notification."""
+
+    id: int
+    job_id: str
+    app: str
+    token: str
+    state: str
+    status: int | None = None
+    reason: str | None = None
+    apns_id: str | None = None
+    #: Apple's timestamp (UNIX seconds) for a dead token.
+    timestamp: float | None = None
+    attempts: int = 0
+    token_invalid: bool = False
+
+    @classmethod
+    def from_result(cls, id: int, job_id: str, app: str, result: Result) -> OutcomeRecord:
+        ts = result.timestamp.timestamp() if result.timestamp is not None else None
+        return cls(
+            id=id,
+            job_id=job_id,
+            app=app,
+            token=result.notification.token_hex,
+            state=result.outcome.value,
+            status=result.status,
+            reason=result.reason,
+            apns_id=result.apns_id,
+            timestamp=ts,
+            attempts=result.attempts,
+            token_invalid=result.token_invalid,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidToken:
+    app: str
+    token: str
+    #: When APNs says the token became invalid (410 timestamp / feedback time), if it said.
+    timestamp: float | None
+    reason: str | None
+    status: int | None
+    #: ``"apns"`` (a rejection) or ``"feedback"`` (the binary feedback service).
+    source: str
+    #: When this service learned it (its own clock); ``since`` filters on this.
+    reported_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationView:
+    index: int
+    id: int
+    token: str
+    state: str
+    status: int | None
+    reason: str | None
+    apns_id: str | None
+    timestamp: float | None
+    attempts: int
+    resumed: int
+    send_at: float | None
+    updated: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    job_id: str
+    app: str
+    created: float
+    #: ``"pending"`` until every notification has an outcome, then ``"done"``.
+    status: str
+    async_: bool
+    total: int
+    finished: float | None
+    counts: dict[str, int]
+    results: tuple[NotificationView, ...]
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+
+# --- synchronous store ------------------------------------------------------------------------
+
+
+def encode_fields(n: Notification) -> str:
+    fields: dict[str, object] = {}
+    if n.expiry is not None:
+        fields["expiry"] = n.expiry
+    if n.priority is not None:
+        fields["priority"] = n.priority
+    if n.topic is not None:
+        fields["topic"] = n.topic
+    if n.push_type is not None:
+        fields["push_type"] = n.push_type.value
+    if n.collapse_id is not None:
+        fields["collapse_id"] = n.collapse_id
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def decode_notification(
+    token: str, payload: bytes, fields_json: str, apns_id: str | None
+) -> Notification:
+    """Rebuild a stored notification (it was validated when it was accepted)."""
+    f: dict[str, Any] = json.loads(fields_json)
+    pt = f.get("push_type")
+    return Notification(
+        token=bytes.fromhex(token),
+        payload=bytes(payload),
+        expiry=f.get("expiry"),
+        priority=f.get("priority"),
+        topic=f.get("topic"),
+        push_type=PushType(pt) if pt is not None else None,
+        collapse_id=f.get("collapse_id"),
+        apns_id=apns_id,
+    )
+
+
+class _Failed:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class SpoolStore:
+    """Synchronous SQLite storage. Use from one thread at a time (the runner serialises)."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+        if synchronous not in ("NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
+        self.path = Path(path)
+        try:
+            self._db = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False, timeout=0
+            )
+        except sqlite3.Error as e:
+            raise SpoolError(f"cannot open spool {str(self.path)!r}: {e}") from None
+        self._depth = 0
+        try:
+            self._db.execute("PRAGMA locking_mode = EXCLUSIVE")
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise SpoolError(f"spool {str(self.path)!r}: WAL journal unavailable ({mode})")
+            self._db.execute(f"PRAGMA synchronous = {synchronous}")
+            with self.transaction():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+                if row is None:
+                    self._db.execute(
+                        "INSERT INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
+                    )
+                elif row[0] != SCHEMA_VERSION:
+                    raise SpoolError(
+                        f"spool {str(self.path)!r} has schema {row[0]}; this txapns needs "
+                        f"{SCHEMA_VERSION}"
+                    )
+            top = self._db.execute("SELECT max(id) FROM notifications").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            self._db.close()
+            if "locked" in str(e):
+                raise SpoolError(
+                    f"spool {str(self.path)!r} is in use by another process (or another "
+                    "spool object in this one)"
+                ) from None
+            raise SpoolError(f"cannot open spool {str(self.path)!r}: {e}") from None
+        except BaseException:
+            self._db.close()
+            raise
+        self._next_id = (top or 0) + 1
+        self.closed = False
+
+    # -- transactions --
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction; nested uses join the outer one."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self._db.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self._db.execute("COMMIT")
+
+    def run_batch(self, ops: Sequence[Callable[[SpoolStore], object]]) -> list[object]:
+        """Run ``ops`` in one transaction, each in a savepoint; failures are returned, not raised.
+
+        The transaction itself failing (e.g. the disk is full at COMMIT) raises.
+        """
+        out: list[object] = []
+        with self.transaction():
+            for op in ops:
+                self._db.execute("SAVEPOINT op")
+                try:
+                    value = op(self)
+                except Exception as e:
+                    self._db.execute("ROLLBACK TO op")
+                    self._db.execute("RELEASE op")
+                    out.append(_Failed(e))
+                else:
+                    self._db.execute("RELEASE op")
+                    out.append(value)
+        return out
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._db.close()
+
+    # -- writes --
+
+    def add_job(
+        self,
+        app: str,
+        notifications: Sequence[Notification],
+        *,
+        now: float,
+        send_at: float | None = None,
+        async_: bool = False,
+        idempotency_key: str | None = None,
+    ) -> StoredJob:
+        """Store a job and its notifications as ``queued``; honour the idempotency key."""
+        with self.transaction():
+            if idempotency_key is not None:
+                row = self._db.execute(
+                    "SELECT id, async FROM jobs WHERE app = ? AND idempotency_key = ?",
+                    (app, idempotency_key),
+                ).fetchone()
+                if row is not None:
+                    return StoredJob(row[0], (), True, bool(row[1]))
+            job_id = uuid.uuid4().hex
+            count = len(notifications)
+            self._db.execute(
+                "INSERT INTO jobs (id, app, created, idempotency_key, async, total, remaining,"
+                " status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    app,
+                    now,
+                    idempotency_key,
+                    int(async_),
+                    count,
+                    count,
+                    "pending" if count else "done",
+                ),
+            )
+            first = self._next_id
+            ids = tuple(range(first, first + count))
+            fields_cache: dict[tuple[object, ...], str] = {}
+
+            def fields_of(n: Notification) -> str:
+                k = (n.expiry, n.priority, n.topic, n.push_type, n.collapse_id)
+                f = fields_cache.get(k)
+                if f is None:
+                    f = fields_cache[k] = encode_fields(n)
+                return f
+
+            self._db.executemany(
+                "INSERT INTO notifications (id, job_id, idx, app, token, payload, fields,"
+                " send_at, state, apns_id, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        first + i,
+                        job_id,
+                        i,
+                        app,
+                        n.token_hex,
+                        n.payload,
+                        fields_of(n),
+                        send_at,
+                        QUEUED,
+                        n.apns_id,
+                        now,
+                    )
+                    for i, n in enumerate(notifications)
+                ],
+            )
+            self._next_id = first + count
+            return StoredJob(job_id, ids, False, async_)
+
+    def mark_inflight(self, ids: Iterable[int], *, now: float) -> None:
+        with self.transaction():
+            self._db.executemany(
+                "UPDATE notifications SET state = 'inflight', updated = ?"
+                " WHERE id = ? AND state = 'queued'",
+                [(now, i) for i in ids],
+            )
+
+    def requeue(self, ids: Iterable[int], *, now: float) -> None:
+        """Put in-flight rows back to ``queued`` (they were not sent after all)."""
+        with self.transaction():
+            self._db.executemany(
+                "UPDATE notifications SET state = 'queued', updated = ?"
+                " WHERE id = ? AND state = 'inflight'",
+                [(now, i) for i in ids],
+            )
+
+    def record_outcomes(self, records: Iterable[OutcomeRecord], *, now: float) -> list[str]:
+        """Record final outcomes; return the ids of jobs this finished.
+
+        A row that already has an outcome keeps it (recording is idempotent); of several
+        records for one row in the same call, the first wins.
+        """
+        wanted: dict[int, OutcomeRecord] = {}
+        for r in records:
+            if r.state not in FINISHED_STATES:
+                raise ValueError(f"not a final state: {r.state!r}")
+            wanted.setdefault(r.id, r)
+        finished: list[str] = []
+        with self.transaction():
+            ids = list(wanted)
+            open_ids: list[int] = []
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                open_ids.extend(
+                    row[0]
+                    for row in self._db.execute(
+                        f"SELECT id FROM notifications WHERE id IN ({marks})"
+                        " AND state IN ('queued', 'inflight')",
+                        chunk,
+                    )
+                )
+            todo = [wanted[i] for i in open_ids]
+            self._db.executemany(
+                "UPDATE notifications SET state = ?, status = ?, reason = ?,"
+                " apns_id = coalesce(?, apns_id), timestamp = ?, attempts = attempts + ?,"
+                " updated = ? WHERE id = ?",
+                [
+                    (r.state, r.status, r.reason, r.apns_id, r.timestamp, r.attempts, now, r.id)
+                    for r in todo
+                ],
+            )
+            per_job: dict[str, int] = {}
+            for r in todo:
+                per_job[r.job_id] = per_job.get(r.job_id, 0) + 1
+            dead = [
+                (r.app, r.token, r.timestamp, r.reason, r.status, "apns", now)
+                for r in todo
+                if r.token_invalid
+            ]
+            if dead:
+                self._upsert_invalid(dead)
+            for job_id, n in per_job.items():
+                self._db.execute(
+                    "UPDATE jobs SET remaining = remaining - ? WHERE id = ?", (n, job_id)
+                )
+                cur = self._db.execute(
+                    "UPDATE jobs SET status = 'done', finished = ?"
+                    " WHERE id = ? AND remaining <= 0 AND status != 'done'",
+                    (now, job_id),
+                )
+                if cur.rowcount == 1:
+                    finished.append(job_id)
+        return finished
+
+    def add_invalid_tokens(
+        self,
+        app: str,
+        entries: Iterable[tuple[str, float | None]],
+        *,
+        now: float,
+        source: str = "feedback",
+        reason: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        """Record dead tokens learnt outside a send, e.g. feedback ``(token, time)`` tuples."""
+        with self.transaction():
+            self._upsert_invalid(
+                [(app, token.lower(), ts, reason, status, source, now) for token, ts in entries]
+            )
+
+    def _upsert_invalid(self, rows: Sequence[tuple[object, ...]]) -> None:
+        self._db.executemany(
+            "INSERT INTO invalid_tokens (app, token, timestamp, reason, status, source,"
+            " reported_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (app, token) DO UPDATE SET"
+            " timestamp = excluded.timestamp, reason = excluded.reason,"
+            " status = excluded.status, source = excluded.source,"
+            " reported_at = excluded.reported_at",
+            rows,
+        )
+
+    def recover(self, *, now: float) -> Recovery:
+        """Everything unfinished, oldest first; in-flight rows become ``queued``, counted."""
+        with self.transaction():
+            rows = self._db.execute(
+                "SELECT id, job_id, app, token, payload, fields, apns_id, send_at, state, resumed"
+                " FROM notifications WHERE state IN ('queued', 'inflight') ORDER BY id"
+            ).fetchall()
+            self._db.execute(
+                "UPDATE notifications SET state = 'queued', resumed = resumed + 1, updated = ?"
+                " WHERE state = 'inflight'",
+                (now,),
+            )
+            self._db.execute(
+                "UPDATE jobs SET status = 'done', finished = ?"
+                " WHERE status != 'done' AND remaining <= 0",
+                (now,),
+            )
+        items: list[SpooledNotification] = []
+        by_app: dict[str, int] = {}
+        for id_, job_id, app, token, payload, fields_json, apns_id, send_at, state, resumed in rows:
+            if state == INFLIGHT:
+                resumed += 1
+                by_app[app] = by_app.get(app, 0) + 1
+            items.append(
+                SpooledNotification(
+                    id=id_,
+                    job_id=job_id,
+                    app=app,
+                    notification=decode_notification(token, payload, fields_json, apns_id),
+                    send_at=send_at,
+                    resumed=resumed,
+                )
+            )
+        return Recovery(tuple(items), sum(by_app.values()), by_app)
+
+    def purge(self, *, before: float) -> int:
+        """Delete finished jobs (and their rows) finished before ``before``, and old dead tokens.
+
+        Returns how many notification rows were deleted. Idempotency keys of purged jobs are
+        forgotten with them.
+        """
+        with self.transaction():
+            cur = self._db.execute(
+                "DELETE FROM notifications WHERE job_id IN"
+                " (SELECT id FROM jobs WHERE status = 'done' AND finished < ?)",
+                (before,),
+            )
+            deleted = cur.rowcount
+            self._db.execute("DELETE FROM jobs WHERE status = 'done' AND finished < ?", (before,))
+            self._db.execute("DELETE FROM invalid_tokens WHERE reported_at < ?", (before,))
+        return deleted
+
+    # -- reads --
+
+    def job(self, job_id: str) -> JobView | None:
+        row = self._db.execute(
+            "SELECT id, app, created, status, async, total, finished FROM jobs WHERE id = ?",
+            (job_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        rows = self._db.execute(
+            "SELECT idx, id, token, state, status, reason, apns_id, timestamp, attempts,"
+            " resumed, send_at, updated FROM notifications WHERE job_id = ? ORDER BY id",
+            (job_id,),
+        ).fetchall()
+        results = tuple(NotificationView(*r) for r in rows)
+        counts = dict.fromkeys(STATES, 0)
+        for r in results:
+            counts[r.state] += 1
+        return JobView(
+            job_id=row[0],
+            app=row[1],
+            created=row[2],
+            status=row[3],
+            async_=bool(row[4]),
+            total=row[5],
+            finished=row[6],
+            counts=counts,
+            results=results,
+        )
+
+    def find_job(self, app: str, idempotency_key: str) -> str | None:
+        row = self._db.execute(
+            "SELECT id FROM jobs WHERE app = ? AND idempotency_key = ?", (app, idempotency_key)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def invalid_tokens(
+        self, app: str, *, since: float | None = None, limit: int = 10_000
+    ) -> list[InvalidToken]:
+        """Dead tokens of ``app`` reported at or after ``since`` (this service's clock)."""
+        rows = self._db.execute(
+            "SELECT app, token, timestamp, reason, status, source, reported_at"
+            " FROM invalid_tokens WHERE app = ? AND reported_at >= ?"
+            " ORDER BY reported_at, token LIMIT ?",
+            (app, since if since is not None else float("-inf"), limit),
+        ).fetchall()
+        return [InvalidToken(*r) for r in rows]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """``(app, state) → count`` over the whole spool (for diagnostics)."""
+        rows = self._db.execute(
+            "SELECT app, state, count(*) FROM notifications GROUP BY app, state"
+        ).fetchall()
+        return {(app, state): n for app, state, n in rows}
+
+
+# --- asynchronous layer -----------------------------------------------------------------------
+
+
+class Runner(Protocol):
+    """Runs a blocking function somewhere and returns a Deferred of its value."""
+
+    def __call__(self, fn: Callable[[], _T], /) -> Deferred[_T]: ...
+
+
+def inline_runner(fn: Callable[[], _T]) -> Deferred[_T]:
+    """Run on the calling thread (tests, tools): the Deferred has already fired."""
+    try:
+        return succeed(fn())
+    except Exception:
+        return fail(Failure())
+
+
+def thread_runner(reactor: IReactorFromThreads, pool: ThreadPool) -> Runner:
+    """Run in ``pool`` (give it ``maxthreads=1``: the store wants one thread at a time)."""
+
+    def run(fn: Callable[[], _T], /) -> Deferred[_T]:
+        return deferToThreadPool(reactor, pool, fn)
+
+    return run
+
+
+_Op = tuple[Callable[[SpoolStore], object], "Deferred[Any]"]
+
+
+class Spool:
+    """Asynchronous, batched access to a :class:`SpoolStore`.
+
+    Every call made during one reactor turn joins one batch (one transaction); the returned
+    Deferreds fire once that transaction committed (or errback if it failed). Batches never
+    overlap: calls made while one is being written form the next.
+    """
+
+    def __init__(self, store: SpoolStore, clock: IReactorTime, runner: Runner) -> None:
+        self.store = store
+        self._clock = clock
+        self._runner = runner
+        self._queue: list[_Op] = []
+        self._timer: IDelayedCall | None = None
+        self._busy = False
+        self._closing = False
+        #: Batches written and operations in them (for metrics and tests).
+        self.batches = 0
+        self.operations = 0
+
+    def _call(self, fn: Callable[[SpoolStore], _T]) -> Deferred[_T]:
+        if self._closing:
+            return fail(SpoolClosedError("the spool is closed"))
+        d: Deferred[_T] = Deferred()
+        self._queue.append((fn, d))
+        self._schedule()
+        return d
+
+    def _schedule(self) -> None:
+        if self._busy or self._timer is not None or not self._queue:
+            return
+        self._timer = self._clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._timer = None
+        batch, self._queue = self._queue, []
+        self._busy = True
+        self.batches += 1
+        self.operations += len(batch)
+        ops = [fn for fn, _ in batch]
+        d = self._runner(lambda: self.store.run_batch(ops))
+        d.addCallbacks(
+            self._written, self._batch_failed, callbackArgs=(batch,), errbackArgs=(batch,)
+        )
+
+    def _written(self, values: list[object], batch: list[_Op]) -> None:
+        self._busy = False
+        for (_, d), value in zip(batch, values, strict=True):
+            if isinstance(value, _Failed):
+                d.errback(Failure(value.error, type(value.error), value.error.__traceback__))
+            else:
+                d.callback(value)
+        self._schedule()
+
+    def _batch_failed(self, failure: Failure, batch: list[_Op]) -> None:
+        self._busy = False
+        log.failure("spool batch of {count} operations failed", failure, count=len(batch))
+        for _, d in batch:
+            d.errback(failure)
+        self._schedule()
+
+    @property
+    def pending_operations(self) -> int:
+        return len(self._queue)
+
+    # -- operations --
+
+    def add_job(
+        self,
+        app: str,
+        notifications: Sequence[Notification],
+        *,
+        now: float,
+        send_at: float | None = None,
+        async_: bool = False,
+        idempotency_key: str | None = None,
+    ) -> Deferred[StoredJob]:
+        items = list(notifications)
+        return self._call(
+            lambda s: s.add_job(
+                app,
+                items,
+                now=now,
+                send_at=send_at,
+                async_=async_,
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    def mark_inflight(self, ids: Sequence[int], *, now: float) -> Deferred[None]:
+        ids = list(ids)
+        return self._call(lambda s: s.mark_inflight(ids, now=now))
+
+    def requeue(self, ids: Sequence[int], *, now: float) -> Deferred[None]:
+        ids = list(ids)
+        return self._call(lambda s: s.requeue(ids, now=now))
+
+    def record_outcomes(
+        self, records: Sequence[OutcomeRecord], *, now: float
+    ) -> Deferred[list[str]]:
+        records = list(records)
+        return self._call(lambda s: s.record_outcomes(records, now=now))
+
+    def add_invalid_tokens(
+        self,
+        app: str,
+        entries: Sequence[tuple[str, float | None]],
+        *,
+        now: float,
+        source: str = "feedback",
+    ) -> Deferred[None]:
+        entries = list(entries)
+        return self._call(lambda s: s.add_invalid_tokens(app, entries, now=now, source=source))
+
+    def recover(self, *, now: float) -> Deferred[Recovery]:
+        return self._call(lambda s: s.recover(now=now))
+
+    def purge(self, *, before: float) -> Deferred[int]:
+        return self._call(lambda s: s.purge(before=before))
+
+    def job(self, job_id: str) -> Deferred[JobView | None]:
+        return self._call(lambda s: s.job(job_id))
+
+    def find_job(self, app: str, idempotency_key: str) -> Deferred[str | None]:
+        return self._call(lambda s: s.find_job(app, idempotency_key))
+
+    def invalid_tokens(
+        self, app: str, *, since: float | None = None
+    ) -> Deferred[list[InvalidToken]]:
+        return self._call(lambda s: s.invalid_tokens(app, since=since))
+
+    def close(self) -> Deferred[None]:
+        """Write what is queued, then close the store; later calls fail with SpoolClosedError."""
+        if self._closing:
+            return fail(SpoolClosedError("the spool is already closed"))
+        barrier = self._call(lambda s: None)
+        self._closing = True
+
+        def close_store(_: object) -> Deferred[None]:
+            return self._runner(self.store.close)
+
+        return barrier.addCallback(close_store)
+
+
+def to_datetime(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
