@@ -15,7 +15,14 @@ setup(
     long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=["txapns", "txapns.core", "txapns.testing", "twisted.plugins"],
+    packages=[
+        "txapns",
+        "txapns.core",
+        "txapns.core.http2",
+        "txapns.service",
+        "txapns.testing",
+        "twisted.plugins",
+    ],
     package_data={"txapns": ["py.typed"], "twisted.plugins": ["txapns_plugin.py"]},
     install_requires=[
         "twisted>=23.10",

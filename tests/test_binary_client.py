@@ -255,7 +255,8 @@ class BulkTests(SynchronousTestCase):
         self.assertEqual(counters.accepted, 100)
         self.assertEqual(len(seen), 100)
         frames = parse_frames(transport.value())
-        self.assertEqual([i for _, i in frames], list(range(100)))
+        self.assertEqual([i for _, i in frames if i >= 0], list(range(100)))
+        self.assertEqual(frames[-1][1], -1)  # the tail was confirmed by a sentinel
 
     def test_send_many_reports_invalid_ones_without_stopping(self) -> None:
         f = Fixture(quiet=1.0)
@@ -279,4 +280,3 @@ class ShardingTests(SynchronousTestCase):
         self.assertIs(client._shard(n), client._shard(Notification.create(n.token, {"aps": {}})))
         used = {id(client._shard(note(i))) for i in range(64)}
         self.assertEqual(len(used), 4)
-

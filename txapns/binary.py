@@ -137,7 +137,7 @@ class APNSClientFactory(ClientFactory):
         write_chunk: int = 1 << 20,
         sentinel_on_drain: bool = True,
         name: str = "binary",
-        on_resolved: Callable[[], None] | None = None,
+        on_room: Callable[[], None] | None = None,
     ) -> None:
         self.clock = clock
         self.endpoint = endpoint
@@ -149,7 +149,7 @@ class APNSClientFactory(ClientFactory):
         self.write_chunk = write_chunk
         self.sentinel_on_drain = sentinel_on_drain
         self.name = name
-        self.on_resolved = on_resolved
+        self.on_room = on_room
         self.proto: APNSProtocol | None = None
         self.failures = 0
         self.tls_failures = 0
@@ -190,9 +190,9 @@ class APNSClientFactory(ClientFactory):
 
     def drain(self) -> Deferred[None]:
         """Fires once nothing is pending (sending a sentinel to confirm the tail early)."""
-        self.draining = True
         if self.channel.pending() == 0:
             return succeed(None)
+        self.draining = True
         d: Deferred[None] = Deferred()
         self._drained.append(d)
         self._schedule_flush()
@@ -320,20 +320,15 @@ class APNSClientFactory(ClientFactory):
         channel = self.channel
         now = self.clock.seconds()
         data = channel.take_frames(now, self.write_chunk)
+        if self.draining and self.sentinel_on_drain and not channel.queue:
+            # Confirm the tail now rather than after the quiet window.
+            data += channel.take_sentinel(now)
         if data:
             proto.out.write(data)
             if channel.writable():
                 self._schedule_flush()
-        elif (
-            self.draining
-            and self.sentinel_on_drain
-            and not channel.queue
-            and channel.window
-            and channel.error is None
-        ):
-            sentinel = channel.take_sentinel(now)
-            if sentinel:
-                proto.out.write(sentinel)
+            if self.on_room is not None:
+                self.on_room()  # the queue has room again: bulk senders may pull more
         self._rearm_quiet()
 
     def _data_received(self, proto: APNSProtocol, data: bytes) -> None:
@@ -395,12 +390,13 @@ class APNSClientFactory(ClientFactory):
                 except Exception:
                     log.failure("{name}: result callback raised", name=self.name)
         if resolved:
-            if self.on_resolved is not None:
-                self.on_resolved()
+            if self.on_room is not None:
+                self.on_room()
             self._check_drained()
 
     def _check_drained(self) -> None:
-        if self._drained and self.channel.pending() == 0:
+        if self.draining and self.channel.pending() == 0:
+            self.draining = False
             waiting, self._drained = self._drained, []
             for d in waiting:
                 d.callback(None)
@@ -476,7 +472,7 @@ class BinaryClient:
                 max_tls_failures=max_tls_failures,
                 sentinel_on_drain=sentinel_on_drain,
                 name=f"binary[{i}]",
-                on_resolved=self._room_freed,
+                on_room=self._room_freed,
             )
             for i in range(connections)
         ]
@@ -511,6 +507,8 @@ class BinaryClient:
         self,
         notifications: Iterable[Notification],
         on_result: ResultCallback | None = None,
+        *,
+        confirm_tail: bool = True,
     ) -> Deferred[Counters]:
         """Stream an iterable through the client without holding all of it.
 
@@ -518,8 +516,10 @@ class BinaryClient:
         result goes to ``on_result`` as it arrives (no Deferred per notification). Fires with
         this run's counters once every pulled notification has a result. An invalid
         notification is finished as rejected (``local="invalid"``) rather than stopping the run.
+        With ``confirm_tail`` the client drains once the iterable is exhausted, so the last
+        notifications are confirmed by the sentinel instead of waiting out the quiet window.
         """
-        feeder = _BulkFeeder(self, iter(notifications), on_result)
+        feeder = _BulkFeeder(self, iter(notifications), on_result, confirm_tail)
         self._feeders.append(feeder)
         feeder.pump()
         return feeder.done
@@ -556,8 +556,10 @@ class _BulkFeeder:
         client: BinaryClient,
         source: Iterator[Notification],
         on_result: ResultCallback | None,
+        confirm_tail: bool = False,
     ) -> None:
         self.client = client
+        self.confirm_tail = confirm_tail
         self.source = source
         self.on_result = on_result
         self.counters = Counters()
@@ -589,6 +591,8 @@ class _BulkFeeder:
                 n = next(source, None)
                 if n is None:
                     self.exhausted = True
+                    if self.confirm_tail and self.outstanding:
+                        self.client.drain()
                     return
             else:
                 self._held = None

@@ -59,8 +59,8 @@ class UnknownPolicy(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ChannelConfig:
-    max_window: int = 100_000
-    max_window_bytes: int = 32 * 1024 * 1024
+    max_window: int = 200_000
+    max_window_bytes: int = 64 * 1024 * 1024
     max_queue: int = 100_000
     #: Writes allowed for a notification that keeps failing transiently or going unknown.
     max_attempts: int = 3
@@ -265,6 +265,7 @@ class BinaryChannel:
         if not window or window[0].sent_at > cutoff:
             return out
         popped = 0
+        accepted = Outcome.ACCEPTED
         while window and window[0].sent_at <= cutoff:
             item = window.popleft()
             popped += 1
@@ -272,7 +273,22 @@ class BinaryChannel:
             if item.sentinel:
                 self._sentinels -= 1
                 continue
-            out.append((item, self._result(item, Outcome.ACCEPTED, now)))
+            out.append(
+                (
+                    item,
+                    Result(
+                        item.notification,
+                        accepted,
+                        None,
+                        None,
+                        None,
+                        None,
+                        None,
+                        item.writes,
+                        now - item.submitted_at,
+                    ),
+                )
+            )
         self._first_id = self._advance(self._first_id, popped)
         self.counters.accepted += len(out)
         return out
@@ -330,11 +346,14 @@ class BinaryChannel:
         return Result(
             item.notification,
             outcome,
-            status=status,
-            reason=reason,
-            attempts=item.writes,
-            latency=now - item.submitted_at,
-            local=local,
+            status,
+            reason,
+            None,
+            None,
+            None,
+            item.writes,
+            now - item.submitted_at,
+            local,
         )
 
     def _on_error(self, err: ErrorResponse, now: float) -> list[Resolution]:

@@ -188,11 +188,13 @@ class Notification:
         return value if isinstance(value, dict) else {}
 
 
-def _check_priority_against_payload(n: Notification, aps: Mapping[str, Any]) -> None:
-    if (
-        n.priority == 10
-        and aps.get("content-available") == 1
-        and not ("alert" in aps or "sound" in aps or "badge" in aps)
+def _check_priority_against_payload(n: Notification, aps: Mapping[str, Any] | None) -> None:
+    if n.priority != 10 or b"content-available" not in n.payload:
+        return  # the common case costs no JSON parse
+    if aps is None:
+        aps = n.aps()
+    if aps.get("content-available") == 1 and not (
+        "alert" in aps or "sound" in aps or "badge" in aps
     ):
         raise InvalidPriorityError(
             "priority 10 with content-available only is rejected by APNs; use priority 5 "
@@ -206,7 +208,7 @@ def validate_binary(n: Notification) -> None:
         raise PayloadTooLargeError(len(n.payload), BINARY_PAYLOAD_LIMIT, "binary")
     if n.priority is not None and n.priority not in (5, 10):
         raise InvalidPriorityError(f"the binary protocol takes priority 10 or 5, not {n.priority}")
-    _check_priority_against_payload(n, n.aps())
+    _check_priority_against_payload(n, None)
 
 
 def http2_payload_limit(n: Notification) -> int:

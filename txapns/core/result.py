@@ -14,9 +14,8 @@ Every notification handed to a client ends in exactly one :class:`Result`, whose
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from .notification import Notification
@@ -28,9 +27,12 @@ class Outcome(enum.Enum):
     UNKNOWN = "unknown"
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    """What happened to one notification."""
+class Result(NamedTuple):
+    """What happened to one notification.
+
+    A named tuple rather than a dataclass: one is made per notification on the hot path, and
+    tuple construction costs a fraction of a frozen dataclass's ``__init__``.
+    """
 
     notification: Notification
     outcome: Outcome
@@ -48,7 +50,7 @@ class Result:
     latency: float | None = None
     #: Local failure kind (e.g. ``"tls"``, ``"stopped"``, ``"attempts"``) for rejections the
     #: client decided without APNs; ``None`` when APNs itself answered.
-    local: str | None = field(default=None)
+    local: str | None = None
 
     @property
     def accepted(self) -> bool:
