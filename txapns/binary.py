@@ -123,6 +123,7 @@ class APNSClientFactory(ClientFactory):
     """
 
     protocol = APNSProtocol
+    noisy = False
 
     def __init__(
         self,

@@ -1,17 +1,272 @@
-"""``twistd apns``: options and service construction (the reactor is imported lazily)."""
+"""``twistd apns``: options and service construction.
+
+The reactor is imported inside :func:`makeService` only, so ``parseOptions`` and
+``makeService`` can be tested without one running.
+"""
 
 from __future__ import annotations
 
-from twisted.application.service import IService, MultiService
+import os
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import IService, MultiService, Service
 from twisted.python import usage
+
+from .service.config import (
+    DEFAULT_LISTEN,
+    AppConfig,
+    CertificateCredentials,
+    ConfigError,
+    ServiceConfig,
+    TokenCredentials,
+    load_config,
+    parse_app,
+)
+
+FAKE_APP = "demo"
+FAKE_BUNDLE = "com.example.app"
 
 
 class Options(usage.Options):
-    synopsis = "[options]"
-    longdesc = "Run the txapns push service."
-    optFlags = [["fake", None, "Run against an embedded fake APNs in this process."]]
-    optParameters = [["demo", None, None, "Send N demo notifications, print outcomes, stop.", int]]
+    synopsis = "[--config FILE | --fake | single-app flags] [options]"
+    longdesc = (
+        "Run the txapns push service: an HTTP API (loopback, bearer key) in front of durable, "
+        "per-app APNs clients. With no app configured it runs against an embedded fake APNs."
+    )
+    optFlags = [
+        ["fake", None, "Push to an embedded fake APNs in this process (the default with no app)."],
+    ]
+    optParameters = [
+        ["config", "c", None, "TOML configuration file naming the apps."],
+        ["api-key-file", None, None, "File holding the API bearer key."],
+        ["spool", None, None, "SQLite spool file."],
+        ["demo", None, None, "Send N notifications through the HTTP API, print, stop.", int],
+        ["fake-protocol", None, "binary", "Protocol of the embedded fake: binary or http2."],
+        # single-app flags
+        ["app", None, "default", "Single-app mode: the app's name."],
+        ["bundle-id", None, None, "Single-app mode: the app's bundle id (topic)."],
+        ["environment", None, "production", "Single-app mode: production or sandbox."],
+        ["protocol", None, "http2", "Single-app mode: http2 or binary."],
+        ["key-file", None, None, "Single-app mode: token auth .p8 key."],
+        ["key-id", None, None, "Single-app mode: token auth key id."],
+        ["team-id", None, None, "Single-app mode: token auth team id."],
+        ["cert-file", None, None, "Single-app mode: PEM certificate (and key, or --cert-key)."],
+        ["cert-key", None, None, "Single-app mode: PEM private key of --cert-file."],
+        ["p12-file", None, None, "Single-app mode: PKCS#12 certificate and key."],
+        ["passphrase-file", None, None, "Single-app mode: passphrase of the key or PKCS#12."],
+    ]
+
+    def __init__(self) -> None:
+        usage.Options.__init__(self)
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Listen for the HTTP API on this strports description (repeatable);
+        default tcp:8325:interface=127.0.0.1."""
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        if self["fake-protocol"] not in ("binary", "http2"):
+            raise usage.UsageError("--fake-protocol must be binary or http2")
+        if self["demo"] is not None and self["demo"] < 1:
+            raise usage.UsageError("--demo takes a positive number")
+        single = self["bundle-id"] is not None
+        if self["config"] and single:
+            raise usage.UsageError("give either --config or the single-app flags, not both")
+        if self["fake"] and (self["config"] or single):
+            raise usage.UsageError("--fake runs without configured apps")
+        if not self["config"] and not single:
+            self["fake"] = True
+
+
+def _single_app(options: Options) -> AppConfig:
+    entry: dict[str, Any] = {
+        "name": options["app"],
+        "bundle_id": options["bundle-id"],
+        "environment": options["environment"],
+        "protocol": options["protocol"],
+    }
+    for flag, key in (
+        ("key-file", "key_file"),
+        ("key-id", "key_id"),
+        ("team-id", "team_id"),
+        ("cert-file", "cert_file"),
+        ("p12-file", "p12_file"),
+        ("passphrase-file", "passphrase_file"),
+    ):
+        if options[flag] is not None:
+            entry[key] = options[flag]
+    if options["cert-key"] is not None:
+        entry["key_file"] = options["cert-key"]
+    return parse_app(entry, base_dir=Path.cwd(), where="command line")
+
+
+class _FakeAPNs(Service):
+    """The embedded fake APNs: a TLS listener on loopback, started before the clients."""
+
+    def __init__(self, reactor: Any, protocol: str) -> None:
+        from .testing.pki import make_test_pki
+
+        self.reactor = reactor
+        self.protocol = protocol
+        self.pki = make_test_pki(FAKE_BUNDLE)
+        self.port: Any = None
+        self.server: Any = None
+
+    def address(self) -> tuple[str, int]:
+        if self.port is None:
+            raise RuntimeError("the embedded fake APNs is not listening")
+        return ("127.0.0.1", self.port.getHost().port)
+
+    def startService(self) -> None:
+        from .testing.pki import server_tls_options
+
+        Service.startService(self)
+        if self.protocol == "binary":
+            from .testing.binary_gateway import FakeGateway, listen_gateway
+
+            gateway = FakeGateway(self.reactor)
+            # Tokens starting with ff are rejected as invalid, like the shared bench mocks.
+            gateway.reject_tokens_with_prefix(b"\xff")
+            self.server = gateway
+            self.port = listen_gateway(
+                self.reactor, gateway, tls_options=server_tls_options(self.pki)
+            )
+        else:
+            from .testing.http2_server import FakeAPNsServer, listen_http2
+
+            server = FakeAPNsServer(clock=self.reactor, sandbox=True)
+            server.add_token_key(self.pki.token_key_id, self.pki.team_id, self.pki.token_public_key)
+            server.never_answer_prefix = None
+            self.server = server
+            self.port = listen_http2(
+                self.reactor,
+                server,
+                tls_options=server_tls_options(self.pki, require_client_cert=False, alpn=[b"h2"]),
+            )
+
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        if self.port is not None:
+            return self.port.stopListening()
+        return None
+
+
+def _fake_app(fake: _FakeAPNs, directory: Path) -> AppConfig:
+    files = fake.pki.write(directory / "pki")
+    if fake.protocol == "binary":
+        credentials: Any = CertificateCredentials(
+            cert_file=Path(files["client_cert"]), key_file=Path(files["client_key"])
+        )
+    else:
+        credentials = TokenCredentials(
+            Path(files["token_key_p8"]), fake.pki.token_key_id, fake.pki.team_id
+        )
+    return AppConfig(
+        name=FAKE_APP,
+        bundle_id=FAKE_BUNDLE,
+        environment="sandbox",
+        protocol=fake.protocol,  # type: ignore[arg-type]
+        credentials=credentials,
+        ca_file=Path(files["ca_cert"]),
+    )
+
+
+class _StartSenders(Service):
+    def __init__(self, senders: dict[str, Any]) -> None:
+        self.senders = senders
+
+    def startService(self) -> None:
+        Service.startService(self)
+        for sender in self.senders.values():
+            start = getattr(sender, "start", None)
+            if start is not None:
+                start()
 
 
 def makeService(options: Options) -> IService:
-    return MultiService()
+    from twisted.application import strports
+    from twisted.internet import reactor
+    from twisted.web.client import Agent
+
+    from .service.api import make_site
+    from .service.senders import make_sender
+    from .service.wiring import EngineService, build_engine, limits_from
+
+    top = MultiService()
+    fake: _FakeAPNs | None = None
+    if options["config"]:
+        config = load_config(options["config"])
+    elif not options["fake"]:
+        config = ServiceConfig(apps=(_single_app(options),))
+    else:
+        config = ServiceConfig()
+    workdir = Path(tempfile.mkdtemp(prefix="txapns-"))
+    if options["fake"]:
+        fake = _FakeAPNs(reactor, options["fake-protocol"])
+        _attach(fake, top)
+        config = ServiceConfig(
+            apps=(_fake_app(fake, workdir),),
+            spool=workdir / "spool.sqlite3",
+        )
+    if not config.apps:
+        raise ConfigError("no app configured: give --config, the single-app flags, or --fake")
+
+    listen = tuple(options["listen"]) or (config.listen if options["config"] else (DEFAULT_LISTEN,))
+    if options["spool"]:
+        config = _replace(config, spool=Path(options["spool"]))
+    key_file: str | None = options["api-key-file"] or (
+        str(config.api_key_file) if config.api_key_file else None
+    )
+    if key_file is None:
+        if not options["fake"]:
+            raise ConfigError("the API needs a bearer key: give --api-key-file or api_key_file")
+        key_file = str(workdir / "api-key")
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    config = _replace(config, api_key_file=Path(key_file), listen=listen)
+
+    senders = {}
+    for app in config.apps:
+        if fake is not None:
+            senders[app.name] = make_sender(
+                app, reactor, address=fake.address, hostname="localhost"
+            )
+        else:
+            senders[app.name] = make_sender(app, reactor)
+    _attach(_StartSenders(senders), top)
+    engine, pool = build_engine(config, senders, reactor, agent=Agent(reactor))  # type: ignore[arg-type]
+    _attach(EngineService(engine, pool), top)
+    site = make_site(engine, config.api_key(), limits_from(config))
+    # The demo listens on an ephemeral loopback port of its own, so it never collides with a
+    # running service; explicit --listen options are honoured in every mode.
+    if not options["demo"] or options["listen"]:
+        for description in listen:
+            _attach(strports.service(description, site), top)
+    if options["demo"]:
+        from .demo import DemoService
+
+        demo = DemoService(
+            reactor, site, config.api_key(), config.apps[0].name, options["demo"], key_file
+        )
+        _attach(demo, top)
+    elif options["fake"]:
+        sys.stderr.write(
+            f"txapns: embedded fake APNs; API key in {key_file}; spool {config.spool}\n"
+        )
+    return top
+
+
+def _attach(child: Any, parent: MultiService) -> None:
+    child.setServiceParent(parent)
+
+
+def _replace(config: ServiceConfig, **changes: Any) -> ServiceConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,83 @@
+"""Building one client (a :class:`~txapns.interfaces.Sender`) per configured app."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from zope.interface import implementer
+
+from ..credentials import ClientCertificate, client_tls_options
+from ..interfaces import Sender
+from .config import AppConfig, CertificateCredentials, ConfigError
+
+
+@implementer(IStreamClientEndpoint)
+class LateEndpoint:
+    """An endpoint whose target is known only when it connects (an embedded fake's port)."""
+
+    def __init__(self, resolve: Callable[[], IStreamClientEndpoint]) -> None:
+        self._resolve = resolve
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
+        return self._resolve().connect(protocolFactory)
+
+
+def load_certificate(creds: CertificateCredentials) -> ClientCertificate:
+    passphrase = creds.passphrase()
+    if creds.p12_file is not None:
+        return ClientCertificate.from_pkcs12(creds.p12_file.read_bytes(), passphrase)
+    if creds.cert_file is None:
+        raise ConfigError("certificate authentication needs cert_file or p12_file")
+    return ClientCertificate.from_files(creds.cert_file, creds.key_file, passphrase)
+
+
+def tls_endpoint(
+    reactor: Any,
+    hostname: str,
+    address: Callable[[], tuple[str, int]],
+    *,
+    certificate: ClientCertificate | None,
+    ca_pem: bytes | None,
+    alpn: tuple[bytes, ...] = (),
+) -> IStreamClientEndpoint:
+    """A TLS client endpoint verifying ``hostname``; ``address`` is asked at each connect."""
+    from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+
+    options = client_tls_options(hostname, certificate=certificate, ca_pem=ca_pem, alpn=alpn)
+
+    def resolve() -> IStreamClientEndpoint:
+        host, port = address()
+        return wrapClientTLS(options, HostnameEndpoint(reactor, host, port))
+
+    return LateEndpoint(resolve)
+
+
+def make_sender(
+    app: AppConfig,
+    reactor: Any,
+    *,
+    address: Callable[[], tuple[str, int]] | None = None,
+    hostname: str | None = None,
+) -> Sender:
+    """A client for ``app``: binary or HTTP/2, as configured. ``address`` overrides where to
+    connect (the embedded fake); the server certificate is still verified for ``hostname``."""
+    from ..binary import BinaryClient
+
+    host, port = app.endpoint()
+    ca_pem = app.ca_file.read_bytes() if app.ca_file is not None else None
+    where = address or (lambda: (host, port))
+    if app.protocol == "binary":
+        if not isinstance(app.credentials, CertificateCredentials):
+            raise ConfigError(f"app {app.name!r}: the binary protocol needs a certificate")
+        endpoint = tls_endpoint(
+            reactor,
+            hostname or host,
+            where,
+            certificate=load_certificate(app.credentials),
+            ca_pem=ca_pem,
+        )
+        return BinaryClient(reactor, endpoint)
+    raise ConfigError(f"app {app.name!r}: protocol {app.protocol!r} is not available yet")
