@@ -68,6 +68,7 @@ class _Transport(TypingProtocol):
     def loseConnection(self) -> None: ...
     def abortConnection(self) -> None: ...
     def registerProducer(self, producer: object, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
 
 
 @implementer(IHandshakeListener, IPushProducer)
@@ -81,6 +82,7 @@ class APNSProtocol(Protocol):
         self.handshake_at: float | None = None
         self.received = 0
         self.closed = False
+        self.closing = False
         self.out: _Transport
 
     def connectionMade(self) -> None:
@@ -91,6 +93,14 @@ class APNSProtocol(Protocol):
 
     def handshakeCompleted(self) -> None:
         self.handshake_at = self.factory.clock.seconds()
+
+    def close(self) -> None:
+        """Close gracefully. The TLS layer will not shut down while a producer is registered,
+        so unregister first (otherwise the close waits forever)."""
+        if not self.closed and not self.closing:
+            self.closing = True
+            self.out.unregisterProducer()
+            self.out.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
@@ -136,6 +146,7 @@ class APNSClientFactory(ClientFactory):
         rng: random.Random | None = None,
         max_tls_failures: int = 3,
         write_chunk: int = 1 << 20,
+        initial_chunk: int = 16 << 10,
         sentinel_on_drain: bool = True,
         name: str = "binary",
         on_room: Callable[[], None] | None = None,
@@ -148,6 +159,8 @@ class APNSClientFactory(ClientFactory):
         self.rng = rng or random.Random()
         self.max_tls_failures = max_tls_failures
         self.write_chunk = write_chunk
+        self.initial_chunk = min(initial_chunk, write_chunk)
+        self._chunk = self.initial_chunk
         self.sentinel_on_drain = sentinel_on_drain
         self.name = name
         self.on_room = on_room
@@ -243,6 +256,7 @@ class APNSClientFactory(ClientFactory):
             self.counters.reconnects += 1
         self._ever_connected = True
         self.channel.connection_made()
+        self._chunk = self.initial_chunk
         log.debug("{name}: connected", name=self.name)
         self._schedule_flush()
 
@@ -320,7 +334,11 @@ class APNSClientFactory(ClientFactory):
             return
         channel = self.channel
         now = self.clock.seconds()
-        data = channel.take_frames(now, self.write_chunk)
+        data = channel.take_frames(now, self._chunk)
+        # Slow start: a connection begins with small writes and doubles them each turn, so a
+        # stream that hits an early error (then every later frame is discarded and replayed)
+        # wastes little; a clean stream reaches full-size writes within a few turns.
+        self._chunk = min(self._chunk * 2, self.write_chunk)
         if self.draining and self.sentinel_on_drain and not channel.queue:
             # Confirm the tail now rather than after the quiet window.
             data += channel.take_sentinel(now)
@@ -349,7 +367,7 @@ class APNSClientFactory(ClientFactory):
             )
             # Apple closes after an error; close our side too so a gateway that doesn't
             # cannot wedge the connection.
-            proto.out.loseConnection()
+            proto.close()
         self._deliver(resolved)
         self._rearm_quiet()
 
@@ -421,7 +439,7 @@ class APNSClientFactory(ClientFactory):
             return succeed(None)
         closed: Deferred[None] = Deferred()
         self._closed.append(closed)
-        self.proto.out.loseConnection()
+        self.proto.close()
         return closed
 
     def _fire_closed(self) -> None:
