@@ -28,6 +28,9 @@ class OptionsTests(SynchronousTestCase):
             usage.UsageError, options.parseOptions, ["--config", "x.toml", "--bundle-id", "a.b"]
         )
 
+    def test_single_app_flag_without_bundle_id_is_refused(self) -> None:
+        self.assertRaises(usage.UsageError, Options().parseOptions, ["--key-id", "ABC1234567"])
+
     def test_demo_count_must_be_positive(self) -> None:
         self.assertRaises(usage.UsageError, Options().parseOptions, ["--demo", "0"])
 

@@ -75,12 +75,28 @@ class Options(usage.Options):
         if self["demo"] is not None and self["demo"] < 1:
             raise usage.UsageError("--demo takes a positive number")
         single = self["bundle-id"] is not None
+        given = [f for f in _SINGLE_APP_FLAGS if self[f] is not None]
+        if given and not single:
+            raise usage.UsageError(
+                f"--{given[0]} is a single-app flag: give --bundle-id too (or use --config)"
+            )
         if self["config"] and single:
             raise usage.UsageError("give either --config or the single-app flags, not both")
         if self["fake"] and (self["config"] or single):
             raise usage.UsageError("--fake runs without configured apps")
         if not self["config"] and not single:
             self["fake"] = True
+
+
+_SINGLE_APP_FLAGS = (
+    "key-file",
+    "key-id",
+    "team-id",
+    "cert-file",
+    "cert-key",
+    "p12-file",
+    "passphrase-file",
+)
 
 
 def _single_app(options: Options) -> AppConfig:
@@ -102,7 +118,14 @@ def _single_app(options: Options) -> AppConfig:
             entry[key] = options[flag]
     if options["cert-key"] is not None:
         entry["key_file"] = options["cert-key"]
-    return parse_app(entry, base_dir=Path.cwd(), where="command line")
+    from datetime import UTC, datetime
+
+    from .service.config import check_credentials
+
+    app = parse_app(entry, base_dir=Path.cwd(), where="command line")
+    # The same start-up checks as a --config app: refuse expired or mismatched credentials.
+    check_credentials(app, now=datetime.now(UTC))
+    return app
 
 
 class _FakeAPNs(Service):
@@ -141,7 +164,7 @@ class _FakeAPNs(Service):
 
             server = FakeAPNsServer(clock=self.reactor, sandbox=True)
             server.add_token_key(self.pki.token_key_id, self.pki.team_id, self.pki.token_public_key)
-            server.never_answer_prefix = None
+            server.bad_token_prefix = "ff"  # as the binary fake: the demo shows a rejection
             self.server = server
             self.port = listen_http2(
                 self.reactor,

@@ -42,8 +42,11 @@ from .result import Outcome, Result
 #: Identifiers cycle through 1..2**32-1 (0 is never used).
 _ID_PERIOD = 0xFFFFFFFF
 
-#: Apple rejects this token with status 8, and so do the fakes: writing it after the last real
-#: notification makes the gateway confirm everything before it (see :meth:`take_sentinel`).
+#: Apple rejects this token with status 8, as do the shared bench mock and ``FakeGateway`` when
+#: scripted with ``reject_tokens_with_prefix(b"\xff")``: written after the last real
+#: notification it makes the gateway confirm everything before it (see :meth:`take_sentinel`).
+#: A gateway that accepts it just delivers one extra notification; the tail then waits out the
+#: quiet window as usual.
 SENTINEL_TOKEN = b"\xff" * 32
 _SENTINEL = Notification(SENTINEL_TOKEN, b'{"aps":{}}')
 

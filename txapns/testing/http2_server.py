@@ -349,6 +349,9 @@ class FakeAPNsServer:
         self._connection_numbers = 0
 
         self.bad_tokens: set[str] = set()
+        #: Tokens (hex) starting with this are answered ``400 BadDeviceToken`` (the shared
+        #: bench mocks use ``"ff"``).
+        self.bad_token_prefix: str | None = None
         self.unregistered_tokens: dict[str, int] = {}
         self.throttled_tokens: dict[str, int | None] = {}
         self.token_responses: dict[str, tuple[int, str]] = {}
@@ -418,6 +421,7 @@ class FakeAPNsServer:
         """Forget every scripted outcome (bad, unregistered, throttled, … tokens; failures;
         GOAWAY; latency; blackhole)."""
         self.bad_tokens.clear()
+        self.bad_token_prefix = None
         self.unregistered_tokens.clear()
         self.throttled_tokens.clear()
         self.token_responses.clear()
@@ -469,7 +473,9 @@ class FakeAPNsServer:
         if self._failures:
             status, reason = self._failures.popleft()
             return _error(status, reason)
-        if token in self.bad_tokens:
+        if token in self.bad_tokens or (
+            self.bad_token_prefix is not None and token.startswith(self.bad_token_prefix)
+        ):
             return _error(400, "BadDeviceToken")
         scripted = self.token_responses.get(token)
         if scripted is not None:
