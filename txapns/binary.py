@@ -21,6 +21,7 @@ from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IHandshakeListener,
+    IProtocol,
     IPushProducer,
     IReactorTime,
     IStreamClientEndpoint,
@@ -179,6 +180,7 @@ class APNSClientFactory(ClientFactory):
         self._quiet_call: IDelayedCall | None = None
         self._retry_call: IDelayedCall | None = None
         self._drain_call: IDelayedCall | None = None
+        self._connect_attempt: Deferred[IProtocol] | None = None
         self._drained: list[Deferred[None]] = []
         self._closed: list[Deferred[None]] = []
 
@@ -229,12 +231,15 @@ class APNSClientFactory(ClientFactory):
             return
         self.connecting = True
         d = self.endpoint.connect(self)
+        self._connect_attempt = d
         d.addCallbacks(self._connect_succeeded, self._connect_failed)
 
     def _connect_succeeded(self, proto: object) -> None:
+        self._connect_attempt = None
         self.connecting = False
 
     def _connect_failed(self, reason: Failure) -> None:
+        self._connect_attempt = None
         self.connecting = False
         if self.closing:
             return
@@ -272,8 +277,12 @@ class APNSClientFactory(ClientFactory):
         # With TLS 1.3 a refused client certificate surfaces after handshakeCompleted, so
         # the reason is classified whatever the handshake state.
         tls_failed = is_tls_failure(reason)
+        # A deliberate close (clean, like Apple's to a certificate of the other environment),
+        # not a reset: a connection cut mid-stream can also end within the window on a fast
+        # network, and must not count towards giving up on the certificate.
         wrong_env = (
             not after_error
+            and reason.check(ConnectionDone) is not None
             and handshake is not None
             and proto.received == 0
             and now - handshake <= WRONG_ENVIRONMENT_WINDOW
@@ -283,7 +292,11 @@ class APNSClientFactory(ClientFactory):
             why = f"TLS failure: {reason.getErrorMessage()}"
         elif wrong_env:
             why = "gateway closed right after the handshake (wrong-environment certificate?)"
-        self._deliver(self.channel.connection_lost(now, why))
+        # A refused TLS session delivered nothing (unless something was confirmed on it
+        # already): what was written goes back to the queue, to be failed as rejected if
+        # the certificate keeps failing, rather than becoming unknown.
+        undelivered = tls_failed and self.channel.accepted_here == 0
+        self._deliver(self.channel.connection_lost(now, why, undelivered=undelivered))
         self._rearm_quiet()
         if self.closing:
             self._fire_closed()
@@ -435,6 +448,11 @@ class APNSClientFactory(ClientFactory):
         for call in (self._flush_call, self._quiet_call, self._retry_call, self._drain_call):
             self._cancel(call)
         self._flush_call = self._quiet_call = self._retry_call = self._drain_call = None
+        attempt, self._connect_attempt = self._connect_attempt, None
+        if attempt is not None and self.proto is None:
+            # Still connecting (e.g. stopped on timeout before the gateway answered): cancel
+            # the attempt, or a connection would open after stop() has fired.
+            attempt.cancel()
         if self.proto is None:
             return succeed(None)
         closed: Deferred[None] = Deferred()

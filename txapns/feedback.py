@@ -16,7 +16,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .core.binary import FeedbackDecoder, FeedbackTuple
-from .core.errors import ProtocolError
+from .core.errors import APNsError, ProtocolError
+from .credentials import as_connection_error, is_tls_failure
 
 log = Logger(namespace="txapns.feedback")
 
@@ -29,7 +30,7 @@ class FeedbackProtocol(Protocol):
         self.on_tuple = on_tuple
         self.tuples: list[FeedbackTuple] = []
         self.done: Deferred[list[FeedbackTuple]] = Deferred()
-        self.error: ProtocolError | None = None
+        self.error: APNsError | None = None
 
     def dataReceived(self, data: bytes) -> None:
         if self.error is not None:
@@ -53,6 +54,10 @@ class FeedbackProtocol(Protocol):
                 log.failure("feedback tuple callback raised")
 
     def connectionLost(self, reason: Failure = Failure(Exception("closed"))) -> None:  # noqa: B008
+        if self.error is None and is_tls_failure(reason):
+            # The handshake or a certificate failed (an expired or revoked provider
+            # certificate, say): that is not an empty feedback list.
+            self.error = as_connection_error(reason)
         if self.error is None:
             try:
                 self.decoder.eof()
@@ -72,7 +77,9 @@ class FeedbackClient:
 
     def fetch(self, on_tuple: TupleCallback | None = None) -> Deferred[list[FeedbackTuple]]:
         """Fires with every tuple read (each also passed to ``on_tuple`` as it arrives); fails
-        with :class:`ProtocolError` on a malformed stream (tuples before it were delivered)."""
+        with :class:`ProtocolError` on a malformed stream (tuples before it were delivered),
+        and with :class:`~txapns.core.errors.TLSFailureError` when the TLS handshake or a
+        certificate fails."""
         proto = FeedbackProtocol(on_tuple)
         connected = self.endpoint.connect(Factory.forProtocol(lambda: proto))
 

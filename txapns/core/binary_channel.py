@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .binary import (
+    DecodeError,
     ErrorResponse,
     ErrorResponseDecoder,
     classify_status,
@@ -128,6 +129,8 @@ class BinaryChannel:
         self._next_id = 1
         self._first_id = 1
         self._sentinels = 0
+        #: Notifications confirmed accepted on the current connection.
+        self.accepted_here = 0
 
     # --- bookkeeping ---------------------------------------------------------------------
 
@@ -175,6 +178,7 @@ class BinaryChannel:
         self._decoder = ErrorResponseDecoder()
         self._next_id = 1
         self._first_id = 1
+        self.accepted_here = 0
 
     def take_frames(self, now: float, max_bytes: int = 1 << 20) -> bytes:
         """Move queued notifications into the window; return their frames as one write."""
@@ -239,17 +243,33 @@ class BinaryChannel:
             errors = self._decoder.feed(data)
         except ProtocolError as e:
             self.broken = str(e)
-            return []
+            # An error response decoded before the garbage still decides the window.
+            errors = e.records if isinstance(e, DecodeError) else []
         if not errors or self.error is not None:
             return []
         return self._on_error(errors[0], now)
 
-    def connection_lost(self, now: float, why: str) -> list[Resolution]:
+    def connection_lost(
+        self, now: float, why: str, *, undelivered: bool = False
+    ) -> list[Resolution]:
         """The connection closed. After an error response this resolves nothing more;
-        otherwise what is past the quiet window is accepted and the rest becomes unknown."""
+        otherwise what is past the quiet window is accepted and the rest becomes unknown.
+
+        ``undelivered``: the gateway certainly took nothing from this connection (its TLS
+        session was refused), so the window goes back to the head of the queue as it was:
+        not unknown, not a possible duplicate, no attempt used.
+        """
         self.connected = False
         if self.error is not None and self.broken is None:
             self.error = None
+            return []
+        if undelivered and self.error is None:
+            self.broken = None
+            requeue = [item for item in self.window if not item.sentinel]
+            self.window.clear()
+            self.window_bytes = 0
+            self._sentinels = 0
+            self.queue.extendleft(reversed(requeue))
             return []
         self.error = None
         if self.broken is not None:
@@ -294,6 +314,7 @@ class BinaryChannel:
             )
         self._first_id = self._advance(self._first_id, popped)
         self.counters.accepted += len(out)
+        self.accepted_here += len(out)
         return out
 
     def next_deadline(self) -> float | None:
