@@ -80,4 +80,9 @@ def make_sender(
             ca_pem=ca_pem,
         )
         return BinaryClient(reactor, endpoint)
+    if app.protocol == "http2":
+        from ..http2 import HTTP2Client
+
+        # Token auth: the .p8 key (ES256); certificate auth: PEM or PKCS#12. TLS with ALPN h2.
+        return HTTP2Client.for_app(app, reactor, address=address, hostname=hostname)
     raise ConfigError(f"app {app.name!r}: protocol {app.protocol!r} is not available yet")

@@ -1,0 +1,1848 @@
+"""The HTTP/2 provider client for Twisted: :class:`HTTP2Client` and :class:`APNsHTTP2Protocol`.
+
+This module is glue around the sans-IO pieces:
+
+* :class:`~txapns.core.http2.H2ClientConnection` speaks HTTP/2 (one per connection);
+* :class:`~txapns.core.http2.HeaderBlockTemplate` encodes a request's headers (one template per
+  (topic, push type, priority) and token generation, cached per connection);
+* :class:`~txapns.core.jwt.ProviderTokenSource` mints the provider token (one per connection,
+  refreshed between 20 and 60 minutes with jitter);
+* :mod:`txapns.core.http2_policy` says what a response means and whether to retry.
+
+Here we run a pool of connections (least-loaded dispatch, more connections when all are full,
+``min_connections`` kept and pinged), feed them notifications once per reactor turn (so each
+connection gets **one** ``transport.write`` per turn), enforce per-request deadlines with one
+timer per connection, replace connections that stop answering, follow GOAWAY, and keep a
+circuit breaker per credential. Every notification ends in exactly one
+:class:`~txapns.core.result.Result`; the counters invariant
+``submitted == accepted + rejected + unknown + pending()`` holds at every instant.
+
+What happens to a notification, by cause:
+
+=====================================  ===================================================
+200                                    accepted (``apns_id``, ``apns_unique_id``)
+400/404/405/410/413 and other 4xx      rejected (Apple's reason; 410 with its timestamp)
+429 TooManyRequests                    re-sent after ``policy.too_many_requests_delay``
+500 / 503                              re-sent with backoff, on another connection
+403 ExpiredProviderToken, 400          the connection is retired (no new streams, closed
+IdleTimeout, 403 UnrelatedKeyIdInToken when idle); re-sent at once on a new connection
+429 TooManyProviderTokenUpdates        (with a new token)
+403 credential reasons                 rejected; the circuit breaker opens: what is queued
+                                       is rejected (``local="circuit-open"``) and ``send``
+                                       raises :class:`CircuitOpenError` until a probe after
+                                       ``circuit_reset`` seconds is answered
+above a GOAWAY's last-stream-id,       never processed: re-sent (``counters.replayed``)
+RST_STREAM(REFUSED_STREAM)
+other resets, lost connections,        unknown; ``policy.unknown_policy``: re-send with the
+protocol errors, dead connections      same apns-id (``counters.resent_unknown``) or finish
+                                       as unknown
+deadline passed                        RST_STREAM(CANCEL), finished unknown ``"timeout"``
+=====================================  ===================================================
+
+Retryable failures count against ``policy.max_attempts``; past it a notification is finished
+(rejected ``local="attempts"`` with Apple's status and reason, or unknown).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import os
+import random
+import struct
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    INegotiated,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .core.backoff import Backoff
+from .core.binary_channel import UnknownPolicy
+from .core.counters import Counters
+from .core.errors import (
+    CircuitOpenError,
+    ClientStoppedError,
+    InvalidFieldError,
+    QueueFullError,
+    TLSFailureError,
+)
+from .core.http2 import (
+    ConnectionTerminated,
+    ErrorCode,
+    GoAwayReceived,
+    H2ClientConnection,
+    H2UsageError,
+    HeaderBlockTemplate,
+    PingAcknowledged,
+    ResponseReceived,
+    StreamReset,
+)
+from .core.http2_policy import CIRCUIT_REASONS, RetryPolicy, parse_response
+from .core.jwt import TOKEN_MAX_AGE, ProviderTokenSource, clock_skew_warning, parse_http_date
+from .core.notification import Notification, PushType, validate_http2
+from .core.result import Outcome, Result
+from .credentials import is_tls_failure
+
+if TYPE_CHECKING:
+    from .service.config import AppConfig
+
+__all__ = [
+    "APNsHTTP2Protocol",
+    "HTTP2Client",
+    "RetryPolicy",
+    "UnknownPolicy",
+]
+
+log = Logger(namespace="txapns.http2")
+
+ResultCallback = Callable[[Result], object]
+TokenAuth = tuple[ec.EllipticCurvePrivateKey, str, str]
+
+_ACCEPTED = Outcome.ACCEPTED
+_REJECTED = Outcome.REJECTED
+_UNKNOWN = Outcome.UNKNOWN
+_CANCEL = ErrorCode.CANCEL
+_NO_ERROR = ErrorCode.NO_ERROR
+_CLOSED = Failure(ConnectionDone())
+_PING = struct.Struct(">Q")
+#: The last client stream id HTTP/2 allows (2**31 - 1): a connection that used it retires.
+_LAST_STREAM_ID = 2**31 - 1
+#: Float slack when comparing a deadline with the clock.
+_EPSILON = 1e-6
+
+# Connection states.
+_HANDSHAKE = 0  # transport up, TLS handshake (and the ALPN check) pending
+_READY = 1  # takes new streams
+_DRAINING = 2  # no new streams; closed once its streams have finished
+_CLOSING = 3  # transport closing
+_CLOSED_STATE = 4  # connectionLost seen
+
+_STATE_NAMES = {
+    _HANDSHAKE: "handshake",
+    _READY: "ready",
+    _DRAINING: "draining",
+    _CLOSING: "closing",
+    _CLOSED_STATE: "closed",
+}
+
+# Circuit breaker states.
+BREAKER_CLOSED = "closed"
+BREAKER_OPEN = "open"
+BREAKER_HALF_OPEN = "half-open"
+
+#: The counter label of an unknown outcome for each cause.
+UNKNOWN_TIMEOUT = "timeout"
+UNKNOWN_CONNECTION_LOST = "connection-lost"
+UNKNOWN_STREAM_RESET = "stream-reset"
+UNKNOWN_PROTOCOL_ERROR = "protocol-error"
+UNKNOWN_RETIRED = "connection-retired"
+UNKNOWN_STOPPED = "stopped"
+
+
+class _Item:
+    """One notification held by the client."""
+
+    __slots__ = (
+        "apns_id",
+        "avoid",
+        "failures",
+        "handle",
+        "maybe_delivered",
+        "notification",
+        "replays",
+        "sent_at",
+        "submitted_at",
+        "topic",
+        "writes",
+    )
+
+    def __init__(
+        self,
+        notification: Notification,
+        handle: Any,
+        topic: str | None,
+        apns_id: str,
+        now: float,
+    ) -> None:
+        self.notification = notification
+        self.handle = handle
+        self.topic = topic
+        self.apns_id = apns_id
+        self.submitted_at = now
+        self.sent_at = 0.0
+        #: Times written to a connection (``Result.attempts``).
+        self.writes = 0
+        #: Failed attempts: retryable answers and unknown outcomes (for ``max_attempts``).
+        self.failures = 0
+        #: Re-sends of requests APNs never processed (GOAWAY, REFUSED_STREAM).
+        self.replays = 0
+        #: A connection to avoid for the next attempt (after 500/503), if any.
+        self.avoid: APNsHTTP2Protocol | None = None
+        #: It was in flight when its outcome became unknown: it may have been delivered.
+        self.maybe_delivered = False
+
+
+@implementer(IHandshakeListener)
+class APNsHTTP2Protocol(Protocol):
+    """One HTTP/2 connection of an :class:`HTTP2Client`.
+
+    Owns the :class:`~txapns.core.http2.H2ClientConnection`, the provider token of this
+    connection, the cached header templates, the map stream id → notification, the deadline
+    timer (one for the connection: it watches the oldest open stream) and the health pings.
+    The client decides what to send and what results mean.
+    """
+
+    def __init__(
+        self,
+        client: HTTP2Client,
+        number: int,
+        tokens: ProviderTokenSource | None,
+    ) -> None:
+        self.client = client
+        self.clock = client.clock
+        self.number = number
+        self.h2 = H2ClientConnection()
+        self.tokens = tokens
+        self.state = _HANDSHAKE
+        #: stream id → item, in the order sent (dicts keep insertion order): the first is the
+        #: oldest, which is what the deadline timer watches.
+        self.streams: dict[int, _Item] = {}
+        #: With token auth APNs allows one stream until it has seen a valid token.
+        self.ramped = tokens is None
+        self.answered = 0
+        self.last_received = 0.0
+        #: The highest stream id answered: a stream below it timing out does not mean the
+        #: connection is dead.
+        self.last_answered = 0
+        #: Deadline expiries in a row while nothing was answered after the stream was sent.
+        self.silent_timeouts = 0
+        self.alpn_failed = False
+        self.retire_reason: str | None = None
+        #: It answered a request or a PING: connecting works.
+        self.worked = False
+        #: We closed it on purpose (circuit open, client stopping): not a failed attempt.
+        self.deliberate = False
+        self.expired_token_seen = False
+        self._templates: dict[
+            tuple[str | None, PushType | None, int | None], HeaderBlockTemplate
+        ] = {}
+        self._authorization: str | None = None
+        self._generation = 0
+        self._token_refresh_at = float("-inf")
+        self._deadline_call: IDelayedCall | None = None
+        self._ping_call: IDelayedCall | None = None
+        self._ping_timeout_call: IDelayedCall | None = None
+        self._handshake_call: IDelayedCall | None = None
+        self._ping_opaque: bytes | None = None
+        self._pings = 0
+        self._write: Callable[[bytes], object] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<APNsHTTP2Protocol #{self.number} {_STATE_NAMES[self.state]} "
+            f"streams={len(self.streams)}>"
+        )
+
+    # --- Twisted ------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        self._write = transport.write
+        _set_no_delay(transport)
+        self.last_received = self.clock.seconds()
+        self.client._connection_made(self)
+        if not INegotiated.providedBy(transport):
+            # Plain TCP (HTTP/2 with prior knowledge, tests): nothing to negotiate.
+            self._ready()
+        elif self.state == _HANDSHAKE:
+            self._handshake_call = self.clock.callLater(
+                self.client.connect_timeout, self._handshake_expired
+            )
+
+    def _handshake_expired(self) -> None:
+        self._handshake_call = None
+        if self.state != _HANDSHAKE:
+            return
+        log.warn(
+            "{name}: connection {number}: TLS handshake not done after {timeout} s; dropping it",
+            name=self.client.name,
+            number=self.number,
+            timeout=self.client.connect_timeout,
+        )
+        self.abort()
+
+    def handshakeCompleted(self) -> None:
+        if self.state != _HANDSHAKE:
+            return
+        negotiated = getattr(self.transport, "negotiatedProtocol", None)
+        if negotiated != b"h2":
+            self.alpn_failed = True
+            log.error(
+                "{name}: connection {number}: the server did not negotiate HTTP/2 with ALPN "
+                "(got {alpn}); closing",
+                name=self.client.name,
+                number=self.number,
+                alpn=negotiated.decode("ascii", "replace") if negotiated else "none",
+            )
+            self.abort()
+            return
+        self._ready()
+
+    def _ready(self) -> None:
+        call = self._handshake_call
+        if call is not None and call.active():
+            call.cancel()
+        self._handshake_call = None
+        self.state = _READY
+        self.h2.initiate()
+        self.last_received = self.clock.seconds()
+        self._arm_ping_check()
+        self.client._connection_ready(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state >= _CLOSING or self.state == _HANDSHAKE:
+            return
+        client = self.client
+        now = self.clock.seconds()
+        self.last_received = now
+        events = self.h2.receive_data(data)
+        streams = self.streams
+        finish = client._finish_accepted
+        for event in events:
+            if isinstance(event, ResponseReceived):
+                item = streams.pop(event.stream_id, None)
+                if item is None:
+                    continue
+                if not self.worked:
+                    client._connection_proven(self)
+                    client._check_clock(self, event, now)
+                self.answered += 1
+                if event.stream_id > self.last_answered:
+                    self.last_answered = event.stream_id
+                self.silent_timeouts = 0
+                status = event.status
+                if status == 200:
+                    apns_id = unique = None
+                    for name, value in event.headers:
+                        if name == b"apns-id":
+                            apns_id = value.decode("ascii", "replace")
+                        elif name == b"apns-unique-id":
+                            unique = value.decode("ascii", "replace")
+                    finish(item, apns_id or item.apns_id, unique, now)
+                    if not self.ramped:
+                        self._ramp()
+                else:
+                    if not self.ramped and status != 403:
+                        self._ramp()
+                    client._on_error_response(self, item, event, now)
+            elif isinstance(event, StreamReset):
+                item = streams.pop(event.stream_id, None)
+                if item is not None:
+                    client._on_stream_reset(self, item, event)
+            elif isinstance(event, GoAwayReceived):
+                client._on_goaway(self, event)
+            elif isinstance(event, PingAcknowledged):
+                if event.opaque == self._ping_opaque:
+                    self._ping_answered()
+                    if not self.worked:
+                        client._connection_proven(self)
+            elif isinstance(event, ConnectionTerminated):
+                log.warn(
+                    "{name}: connection {number}: the server broke HTTP/2 "
+                    "({error}: {reason}); closing",
+                    name=self.client.name,
+                    number=self.number,
+                    error=event.error_name,
+                    reason=event.reason,
+                )
+                self.abort(UNKNOWN_PROTOCOL_ERROR)
+            # SettingsChanged: capacity is read from the connection when dispatching.
+        client._after_input(self)
+
+    def connectionLost(self, reason: Failure = _CLOSED) -> None:
+        previous = self.state
+        self.state = _CLOSED_STATE
+        self._cancel_timers()
+        items = list(self.streams.values())
+        self.streams.clear()
+        self.client._connection_lost(self, reason, items, previous)
+
+    # --- sending --------------------------------------------------------------------------
+
+    def capacity(self) -> int:
+        """How many more requests this connection takes now."""
+        if self.state != _READY:
+            return 0
+        available = self.h2.available_streams
+        if self.ramped:
+            return available
+        return 1 if available and not self.streams else 0
+
+    def prepare(self, now: float) -> None:
+        """Before sending in this turn: refresh the provider token when it is due."""
+        tokens = self.tokens
+        if tokens is not None and now >= self._token_refresh_at:
+            token = tokens.token(now)
+            if tokens.generation != self._generation:
+                self._generation = tokens.generation
+                self._authorization = "bearer " + token
+                self._templates.clear()
+            refresh_at = tokens.refresh_at
+            self._token_refresh_at = refresh_at if refresh_at is not None else now
+
+    def _template(self, key: tuple[str | None, PushType | None, int | None]) -> HeaderBlockTemplate:
+        topic, push_type, priority = key
+        template = HeaderBlockTemplate(
+            self.client.authority,
+            topic=topic,
+            push_type=push_type,
+            priority=priority,
+            authorization=self._authorization,
+        )
+        self._templates[key] = template
+        return template
+
+    def send_item(self, item: _Item, now: float) -> bool | None:
+        """Open a stream for ``item``: True. False (nothing sent) if the request cannot be
+        encoded: the caller finishes the item. None (nothing sent) if the connection takes no
+        more streams after all: the caller puts the item back."""
+        n = item.notification
+        key = (item.topic, n.push_type, n.priority)
+        template = self._templates.get(key)
+        try:
+            if template is None:
+                template = self._template(key)
+            block = template.encode(
+                b"/3/device/" + n.token.hex().encode("ascii"),
+                apns_id=item.apns_id,
+                expiration=n.expiry,
+                collapse_id=n.collapse_id,
+            )
+        except InvalidFieldError:
+            return False
+        try:
+            stream_id = self.h2.send_request(block, n.payload)
+        except H2UsageError:
+            return None
+        self.streams[stream_id] = item
+        item.sent_at = now
+        item.writes += 1
+        if stream_id >= _LAST_STREAM_ID:
+            self.retire("stream ids exhausted")
+        if self._deadline_call is None:
+            self._deadline_call = self.clock.callLater(self.client.deadline, self._check_deadlines)
+        return True
+
+    def write_out(self) -> None:
+        """Write whatever the connection has queued, as one write."""
+        if self.state >= _CLOSING or self._write is None:
+            return
+        data = self.h2.data_to_send()
+        if data:
+            self._write(data)
+
+    def _ramp(self) -> None:
+        self.ramped = True
+        log.debug(
+            "{name}: connection {number}: provider token accepted",
+            name=self.client.name,
+            number=self.number,
+        )
+
+    # --- retiring -------------------------------------------------------------------------
+
+    def retire(self, reason: str) -> None:
+        """No new streams; close (GOAWAY NO_ERROR) once the open ones have finished.
+
+        The GOAWAY waits for the open streams: some servers (``h2`` among them) stop
+        answering once they have received a client's GOAWAY."""
+        if self.state not in (_READY, _HANDSHAKE):
+            return
+        self.retire_reason = reason
+        if self.state == _HANDSHAKE:
+            self.abort()
+            return
+        self.state = _DRAINING
+        log.info(
+            "{name}: connection {number}: retired ({reason}); {n} streams still open",
+            name=self.client.name,
+            number=self.number,
+            reason=reason,
+            n=len(self.streams),
+        )
+        self.maybe_close()
+
+    def maybe_close(self) -> None:
+        """Close a draining connection once it has no open stream."""
+        if self.state == _DRAINING and not self.streams:
+            self.state = _CLOSING
+            if not self.h2.is_closing:
+                self.h2.close(_NO_ERROR)
+            self._write_final()
+            self._cancel_timers()
+            transport = self.transport
+            if transport is not None:
+                transport.loseConnection()
+
+    def _write_final(self) -> None:
+        if self._write is not None:
+            data = self.h2.data_to_send()
+            if data:
+                self._write(data)
+
+    def abort(self, unknown_reason: str = UNKNOWN_CONNECTION_LOST) -> None:
+        """Drop the connection now; its open streams get an unknown outcome."""
+        if self.state >= _CLOSING:
+            return
+        handshake = self.state == _HANDSHAKE
+        self.state = _CLOSING
+        self._cancel_timers()
+        if handshake:
+            pass  # HTTP/2 never started: nothing to say
+        elif self.h2.is_dead:
+            self._write_final()  # the GOAWAY of a protocol error
+        else:
+            self.h2.close(_CANCEL)
+            self._write_final()
+        items = list(self.streams.values())
+        self.streams.clear()
+        transport = self.transport
+        if transport is not None:
+            abort = getattr(transport, "abortConnection", None)
+            if abort is not None:
+                abort()
+            else:
+                transport.loseConnection()
+        if items:
+            self.client._streams_unknown(items, unknown_reason)
+
+    def close(self) -> None:
+        """Close for good (the client stops): GOAWAY, then close the transport."""
+        if self.state >= _CLOSING:
+            return
+        if self.state == _HANDSHAKE:
+            self.abort()
+            return
+        self.state = _CLOSING
+        self._cancel_timers()
+        self.h2.close(_NO_ERROR)
+        self._write_final()
+        transport = self.transport
+        if transport is not None:
+            transport.loseConnection()
+
+    # --- deadlines ------------------------------------------------------------------------
+
+    def _check_deadlines(self) -> None:
+        self._deadline_call = None
+        if self.state >= _CLOSING:
+            return
+        client = self.client
+        deadline = client.deadline
+        now = self.clock.seconds()
+        limit = now - deadline + _EPSILON
+        expired: list[tuple[int, _Item]] = []
+        next_at: float | None = None
+        for stream_id, item in self.streams.items():
+            if item.sent_at > limit:
+                next_at = item.sent_at + deadline
+                break
+            expired.append((stream_id, item))
+        if next_at is not None:
+            self._deadline_call = self.clock.callLater(
+                max(0.0, next_at - now), self._check_deadlines
+            )
+        if not expired:
+            return
+        streams = self.streams
+        h2 = self.h2
+        silent = 0
+        for stream_id, _item in expired:
+            del streams[stream_id]
+            h2.reset_stream(stream_id, _CANCEL)
+            if stream_id > self.last_answered:
+                silent += 1
+            else:
+                self.silent_timeouts = 0
+        self.silent_timeouts += silent
+        log.warn(
+            "{name}: connection {number}: {n} requests passed their {deadline} s deadline; reset",
+            name=self.client.name,
+            number=self.number,
+            n=len(expired),
+            deadline=deadline,
+        )
+        client._timed_out([item for _, item in expired], now)
+        if self.silent_timeouts >= client.max_silent_timeouts:
+            log.warn(
+                "{name}: connection {number}: {n} timeouts in a row with no answer; replacing it",
+                name=self.client.name,
+                number=self.number,
+                n=self.silent_timeouts,
+            )
+            self.abort(UNKNOWN_RETIRED)
+        else:
+            if self._ping_timeout_call is None and self.state == _READY:
+                self.send_ping(now)  # is it still alive?
+            self.maybe_close()
+        client._after_input(self)
+
+    # --- health pings ---------------------------------------------------------------------
+
+    def _arm_ping_check(self, delay: float | None = None) -> None:
+        interval = self.client.ping_interval
+        if interval <= 0:
+            return
+        self._ping_call = self.clock.callLater(
+            interval if delay is None else delay, self._ping_check
+        )
+
+    def _ping_check(self) -> None:
+        self._ping_call = None
+        if self.state >= _CLOSING:
+            return
+        interval = self.client.ping_interval
+        now = self.clock.seconds()
+        idle = now - self.last_received
+        if idle + _EPSILON >= interval:
+            if self._ping_timeout_call is None:
+                self.send_ping(now)
+                self.client._schedule_flush()
+            self._arm_ping_check()
+        else:
+            self._arm_ping_check(interval - idle)
+
+    def send_ping(self, now: float) -> None:
+        if self.state >= _CLOSING or self.h2.is_dead:
+            return
+        self._pings += 1
+        opaque = _PING.pack(self._pings)
+        self._ping_opaque = opaque
+        self.h2.ping(opaque)
+        self._ping_timeout_call = self.clock.callLater(self.client.ping_timeout, self._ping_expired)
+
+    def _ping_answered(self) -> None:
+        self._ping_opaque = None
+        call = self._ping_timeout_call
+        self._ping_timeout_call = None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _ping_expired(self) -> None:
+        self._ping_timeout_call = None
+        if self.state >= _CLOSING:
+            return
+        log.warn(
+            "{name}: connection {number}: no answer to PING within {timeout} s; replacing it",
+            name=self.client.name,
+            number=self.number,
+            timeout=self.client.ping_timeout,
+        )
+        self.abort(UNKNOWN_RETIRED)
+        self.client._after_input(self)
+
+    def _cancel_timers(self) -> None:
+        for call in (
+            self._deadline_call,
+            self._ping_call,
+            self._ping_timeout_call,
+            self._handshake_call,
+        ):
+            if call is not None and call.active():
+                call.cancel()
+        self._deadline_call = self._ping_call = None
+        self._ping_timeout_call = self._handshake_call = None
+
+    def info(self) -> dict[str, object]:
+        return {
+            "number": self.number,
+            "state": _STATE_NAMES[self.state],
+            "open_streams": len(self.streams),
+            "max_streams": self.h2.max_concurrent_streams,
+            "ramped": self.ramped,
+        }
+
+
+_VARIANT = {f"{i:x}": f"{i & 3 | 8:x}" for i in range(16)}
+
+
+def new_apns_id() -> str:
+    """A random (version 4) UUID in canonical text, as ``apns-id``; about three times
+    cheaper than ``str(uuid.uuid4())``, which matters once per notification."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+def counter_key(result: Result) -> str:
+    """The label a final result is counted under in ``rejected_by_reason`` /
+    ``unknown_by_reason``: the local failure kind (``"tls"``, ``"circuit-open"``,
+    ``"stopped"``, ``"invalid"``), else Apple's reason (or the HTTP status), else why the
+    outcome is unknown."""
+    local = result.local
+    if local is not None and local != "attempts":
+        return local
+    if result.reason:
+        return result.reason
+    return str(result.status) if result.status is not None else "unknown"
+
+
+def _set_no_delay(transport: Any) -> None:
+    while transport is not None:
+        setter = getattr(transport, "setTcpNoDelay", None)
+        if setter is not None:
+            with contextlib.suppress(OSError):
+                setter(True)
+            return
+        transport = getattr(transport, "transport", None)
+
+
+class _ConnectionFactory(Factory):
+    noisy = False
+
+    def __init__(self, client: HTTP2Client) -> None:
+        self.client = client
+
+    def buildProtocol(self, addr: IAddress | None) -> APNsHTTP2Protocol:
+        return self.client._build_protocol()
+
+
+class HTTP2Client:
+    """Send notifications over Apple's HTTP/2 provider API, on a pool of connections.
+
+    :param clock: the reactor (``IReactorTime``; the time also dates provider tokens, so it
+        must be UNIX time in production).
+    :param endpoint: where to connect; called once per connection. Use TLS with ALPN ``h2``
+        (see :meth:`for_app` and :func:`txapns.credentials.client_tls_options`): the client
+        checks the negotiated protocol. Plain TCP endpoints (HTTP/2 with prior knowledge)
+        work for tests.
+    :param authority: the ``:authority`` of requests (the APNs host name).
+    :param bundle_id: the app's bundle id: the default topic, with the push type's suffix.
+    :param token: ``(signing key, key id, team id)`` for token auth; ``None`` for certificate
+        auth (the certificate is in the endpoint's TLS options).
+    :param min_connections: connections kept open (and pinged when idle).
+    :param max_connections: the pool opens more connections, up to this, when all are full.
+    :param deadline: seconds a request may stay unanswered; then RST_STREAM(CANCEL) and the
+        outcome is unknown (``"timeout"``).
+    :param ping_interval: a connection that received nothing for this long is PINGed.
+    :param ping_timeout: an unanswered PING replaces the connection after this long.
+    :param max_queue: notifications held at most (queued, delayed and in flight).
+    :param policy: the retry policy (:class:`~txapns.core.http2_policy.RetryPolicy`).
+    :param circuit_reset: seconds the circuit stays open after a credential failure before
+        one notification is let through as a probe.
+    :param backoff: delays between failed connection attempts.
+    :param max_tls_failures: TLS failures in a row after which what is queued is rejected
+        (``local="tls"``).
+    :param max_silent_timeouts: request deadlines passed in a row, with nothing answered on
+        that connection after them, that replace the connection.
+    :param max_replays: re-sends of a never-processed request (GOAWAY, REFUSED_STREAM) after
+        which it is rejected (``local="attempts"``).
+    :param close_timeout: seconds ``stop`` waits for connections to close before aborting them.
+    :param connect_timeout: seconds a TLS handshake may take.
+    :param rng: randomness for jitter and token refresh ages.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        endpoint: IStreamClientEndpoint,
+        *,
+        authority: str = "api.push.apple.com",
+        bundle_id: str | None = None,
+        token: TokenAuth | None = None,
+        min_connections: int = 1,
+        max_connections: int = 4,
+        deadline: float = 30.0,
+        ping_interval: float = 60.0,
+        ping_timeout: float = 10.0,
+        max_queue: int = 100_000,
+        policy: RetryPolicy | None = None,
+        circuit_reset: float = 300.0,
+        backoff: Backoff | None = None,
+        max_tls_failures: int = 3,
+        max_silent_timeouts: int = 3,
+        max_replays: int = 10,
+        close_timeout: float = 5.0,
+        connect_timeout: float = 30.0,
+        rng: random.Random | None = None,
+        name: str = "http2",
+    ) -> None:
+        if not 0 <= min_connections <= max_connections or max_connections < 1:
+            raise ValueError("need 0 <= min_connections <= max_connections, max_connections >= 1")
+        if deadline <= 0 or ping_timeout <= 0 or max_queue < 1 or circuit_reset <= 0:
+            raise ValueError("deadline, ping_timeout, circuit_reset and max_queue must be positive")
+        self.clock = clock
+        self.endpoint = endpoint
+        self.authority = authority
+        self.bundle_id = bundle_id
+        self.min_connections = min_connections
+        self.max_connections = max_connections
+        self.deadline = deadline
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.max_queue = max_queue
+        self.policy = policy or RetryPolicy()
+        self.circuit_reset = circuit_reset
+        self.backoff = backoff or Backoff()
+        self.max_tls_failures = max_tls_failures
+        self.max_silent_timeouts = max_silent_timeouts
+        self.max_replays = max_replays
+        self.close_timeout = close_timeout
+        self.connect_timeout = connect_timeout
+        self.rng = rng or random.Random()
+        self.name = name
+        self.counters = Counters()
+        self._token = token
+        if token is not None:
+            # Fail now, not on the first connection, when the ids are malformed.
+            ProviderTokenSource(token[0], token[1], token[2], rng=self.rng)
+        self.token_auth = token is not None
+        self._factory = _ConnectionFactory(self)
+
+        self._queue: deque[_Item] = deque()
+        self._held: list[_Item] = []
+        self._delayed: list[tuple[float, int, _Item]] = []
+        self._delay_seq = 0
+        self._pending = 0
+        self._topics: dict[PushType | None, str | None] = {}
+
+        self.connections: list[APNsHTTP2Protocol] = []
+        self._numbers = 0
+        self._connecting: set[Deferred[Any]] = set()
+        self._failures = 0
+        self._tls_failures = 0
+        self._tls_gave_up = False
+        self._backoff_done = False
+        self._replaced = 0
+
+        self.breaker = BREAKER_CLOSED
+        self.breaker_reason: str | None = None
+        self.breaker_status: int | None = None
+        self._probe: _Item | None = None
+
+        self._feeders: list[_BulkFeeder] = []
+        self.started = False
+        self.accepting = True
+        self.closing = False
+        self._stop_waiters: list[Deferred[None]] = []
+
+        self._flush_call: IDelayedCall | None = None
+        self._retry_call: IDelayedCall | None = None
+        self._delay_call: IDelayedCall | None = None
+        self._breaker_call: IDelayedCall | None = None
+        self._drain_call: IDelayedCall | None = None
+        self._abort_call: IDelayedCall | None = None
+
+    # --- construction helpers -------------------------------------------------------------
+
+    @classmethod
+    def for_app(
+        cls,
+        app: AppConfig,
+        reactor: Any,
+        *,
+        address: Callable[[], tuple[str, int]] | None = None,
+        hostname: str | None = None,
+        **options: Any,
+    ) -> HTTP2Client:
+        """The client for a configured app (token auth from its ``.p8`` file, or its
+        certificate), over TLS with ALPN ``h2`` to ``app.endpoint()`` — or to ``address()``
+        while verifying the server certificate for ``hostname``."""
+        from .core.jwt import load_signing_key, validate_ids
+        from .service.config import ConfigError, TokenCredentials
+        from .service.senders import load_certificate, tls_endpoint
+
+        if app.protocol != "http2":
+            raise ConfigError(f"app {app.name!r}: protocol {app.protocol!r} is not http2")
+        host, port = app.endpoint()
+        name = hostname or host
+        ca_pem = app.ca_file.read_bytes() if app.ca_file is not None else None
+        creds = app.credentials
+        token: TokenAuth | None = None
+        if isinstance(creds, TokenCredentials):
+            validate_ids(creds.key_id, creds.team_id, key_file_name=str(creds.key_file))
+            key = load_signing_key(creds.key_file.read_bytes())
+            token = (key, creds.key_id, creds.team_id)
+            certificate = None
+        else:
+            certificate = load_certificate(creds)
+        endpoint = tls_endpoint(
+            reactor,
+            name,
+            address or (lambda: (host, port)),
+            certificate=certificate,
+            ca_pem=ca_pem,
+            alpn=(b"h2",),
+        )
+        return cls(
+            reactor,
+            endpoint,
+            authority=name,
+            bundle_id=app.bundle_id,
+            token=token,
+            name=app.name,
+            **options,
+        )
+
+    # --- public ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open ``min_connections`` connections."""
+        if self.started or self.closing:
+            return
+        self.started = True
+        self._maintain()
+
+    def send(self, notification: Notification) -> Deferred[Result]:
+        """Queue one notification; the Deferred fires once with its :class:`Result`.
+
+        Raises (nothing queued) a :class:`~txapns.core.errors.ValidationError`,
+        :class:`QueueFullError`, :class:`ClientStoppedError` or :class:`CircuitOpenError`.
+        """
+        d: Deferred[Result] = Deferred()
+        self._admit(notification, d)
+        return d
+
+    def send_many(
+        self,
+        notifications: Iterable[Notification],
+        on_result: ResultCallback | None = None,
+    ) -> Deferred[Counters]:
+        """Stream an iterable through the client without holding all of it.
+
+        Notifications are pulled only while the client holds fewer than ``max_queue``; each
+        result goes to ``on_result`` as it comes (no Deferred per notification). Fires with
+        this run's counters once every pulled notification has its result. A notification
+        that cannot be taken is finished at once as rejected: ``local="invalid"`` (fails
+        validation), ``"stopped"`` or ``"circuit-open"``.
+        """
+        feeder = _BulkFeeder(self, iter(notifications), on_result)
+        self._feeders.append(feeder)
+        feeder.pump()
+        return feeder.done
+
+    sendMany = send_many
+
+    def pending(self) -> int:
+        """Notifications held: queued, waiting to be retried, or in flight."""
+        return self._pending
+
+    def stop(self, timeout: float = 10.0) -> Deferred[None]:
+        """Stop taking notifications; wait up to ``timeout`` seconds for what is held to
+        finish, then finish the rest (rejected ``local="stopped"`` if never sent or certainly
+        not processed, unknown ``"stopped"`` if in flight), close every connection and cancel
+        every timer. Fires once every connection is closed."""
+        self.accepting = False
+        d: Deferred[None] = Deferred()
+        self._stop_waiters.append(d)
+        if self.closing:
+            self._check_closed()
+            return d
+        if self._pending == 0:
+            self._close_all()
+        elif self._drain_call is None:
+            self._drain_call = self.clock.callLater(timeout, self._give_up_draining)
+            self._schedule_flush()
+        return d
+
+    def health(self) -> dict[str, object]:
+        """Connections, streams and breaker state, for ``/healthz``."""
+        return {
+            "protocol": "http2",
+            "connections": sum(1 for c in self.connections if c.state == _READY),
+            "connections_total": len(self.connections),
+            "connecting": len(self._connecting),
+            "open_streams": sum(len(c.streams) for c in self.connections),
+            "queued": len(self._queue) + len(self._held),
+            "delayed": len(self._delayed),
+            "pending": self._pending,
+            "breaker": self.breaker,
+            "breaker_reason": self.breaker_reason,
+            "per_connection": [c.info() for c in self.connections],
+        }
+
+    # --- admission ------------------------------------------------------------------------
+
+    def _topic_for(self, push_type: PushType | None) -> str | None:
+        try:
+            return self._topics[push_type]
+        except KeyError:
+            bundle = self.bundle_id
+            topic = None
+            if bundle is not None:
+                topic = bundle if push_type is None else push_type.topic_for(bundle)
+            self._topics[push_type] = topic
+            return topic
+
+    def _admit(self, n: Notification, handle: Any) -> _Item:
+        if not self.accepting:
+            raise ClientStoppedError("the client is stopping; it takes no new notifications")
+        if self.breaker == BREAKER_OPEN:
+            raise CircuitOpenError(
+                f"APNs refused this credential ({self.breaker_reason}); sends fail fast until "
+                f"a probe succeeds (every {self.circuit_reset:g} s)"
+            )
+        topic = n.topic
+        if topic is None:
+            topic = self._topic_for(n.push_type)
+            if topic is not None and self.token_auth:
+                # Validated as it will be sent (token auth needs a topic). Built directly:
+                # dataclasses.replace costs twice as much on this hot path.
+                validate_http2(
+                    Notification(
+                        n.token,
+                        n.payload,
+                        n.expiry,
+                        n.priority,
+                        topic,
+                        n.push_type,
+                        n.collapse_id,
+                        n.apns_id,
+                    ),
+                    token_auth=True,
+                )
+            else:
+                validate_http2(n, token_auth=self.token_auth)
+        else:
+            validate_http2(n, token_auth=self.token_auth)
+        if self._pending >= self.max_queue:
+            raise QueueFullError(
+                f"the client holds {self._pending} notifications (max_queue); wait for "
+                "results or raise max_queue"
+            )
+        item = _Item(n, handle, topic, n.apns_id or new_apns_id(), self.clock.seconds())
+        self._pending += 1
+        self.counters.submitted += 1
+        self._queue.append(item)
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._flush)
+        return item
+
+    # --- the turn: dispatch and write -----------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if self._flush_call is None and not self.closing:
+            self._flush_call = self.clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        if self._queue or self._held:
+            self._dispatch()
+        for conn in self.connections:
+            conn.write_out()
+        self._maintain()
+
+    def _dispatch(self) -> None:
+        queue = self._queue
+        if self._held:
+            queue.extendleft(reversed(self._held))
+            self._held.clear()
+        if self.breaker == BREAKER_OPEN:
+            return
+        ready = [c for c in self.connections if c.state == _READY]
+        if not ready:
+            return
+        now = self.clock.seconds()
+        for conn in ready:
+            conn.prepare(now)
+        if self.breaker == BREAKER_HALF_OPEN:
+            self._dispatch_probe(ready, now)
+            return
+        if len(ready) == 1:
+            conn = ready[0]
+            room = conn.capacity()
+            send = conn.send_item
+            can_grow = self._can_grow()
+            while room > 0 and queue:
+                item = queue.popleft()
+                avoid = item.avoid
+                if avoid is not None:
+                    if avoid is conn and can_grow:
+                        self._held.append(item)
+                        continue
+                    item.avoid = None
+                sent = send(item, now)
+                if sent:
+                    room -= 1
+                elif sent is None:
+                    queue.appendleft(item)
+                    break
+                else:
+                    self._invalid(item, now)
+        else:
+            self._dispatch_many(ready, now)
+        in_flight = 0
+        for conn in self.connections:
+            in_flight += len(conn.streams)
+        self.counters.note_window(in_flight)
+
+    def _dispatch_many(self, ready: list[APNsHTTP2Protocol], now: float) -> None:
+        """Least-loaded dispatch over several connections."""
+        queue = self._queue
+        room = {conn: conn.capacity() for conn in ready}
+        open_ = [conn for conn in ready if room[conn] > 0]
+        can_grow = None
+        while queue and open_:
+            item = queue.popleft()
+            avoid = item.avoid
+            best: APNsHTTP2Protocol | None = None
+            best_load = 1 << 62
+            for conn in open_:
+                if conn is avoid:
+                    continue
+                load = len(conn.streams)
+                if load < best_load:
+                    best, best_load = conn, load
+            if best is None:  # only the connection to avoid has room
+                if can_grow is None:
+                    can_grow = self._can_grow()
+                if can_grow or any(c is not avoid for c in ready):
+                    self._held.append(item)
+                    continue
+                best = open_[0]
+            item.avoid = None
+            sent = best.send_item(item, now)
+            if sent is None:
+                queue.appendleft(item)
+                open_.remove(best)
+                continue
+            if not sent:
+                self._invalid(item, now)
+                continue
+            room[best] -= 1
+            if room[best] <= 0:
+                open_.remove(best)
+
+    def _dispatch_probe(self, ready: list[APNsHTTP2Protocol], now: float) -> None:
+        """Half-open breaker: one notification at a time, until one is answered."""
+        probe = self._probe
+        queue = self._queue
+        if not queue or (probe is not None and queue[0] is not probe):
+            return
+        for conn in ready:
+            if conn.capacity() > 0:
+                item = queue.popleft()
+                item.avoid = None
+                self._probe = item
+                sent = conn.send_item(item, now)
+                if sent is None:
+                    self._probe = None
+                    queue.appendleft(item)
+                    continue
+                if not sent:
+                    self._probe = None
+                    self._invalid(item, now)
+                return
+
+    def _can_grow(self) -> bool:
+        """A new connection can be opened now (room in the pool, no failures in a row)."""
+        live = sum(1 for c in self.connections if c.state <= _READY) + len(self._connecting)
+        return live < self.max_connections and self._failures == 0 and not self.closing
+
+    # --- the pool -------------------------------------------------------------------------
+
+    def _maintain(self) -> None:
+        """Open connections when wanted: ``min_connections``; one when there is work and
+        none is open; one more when every connection is full (not while one is still
+        connecting or ramping); one for notifications that must avoid the only connection."""
+        if not self.started or self.closing or self._retry_call is not None:
+            return
+        if self.breaker == BREAKER_OPEN:
+            return
+        live_conns = [c for c in self.connections if c.state <= _READY]
+        live = len(live_conns) + len(self._connecting)
+        work = bool(self._queue) or bool(self._held)
+        want = 0 if self._tls_gave_up else self.min_connections
+        if work and want < 1:
+            want = 1
+        if live < want:
+            need = want - live
+        elif live >= self.max_connections or self._connecting or not work:
+            return
+        elif live_conns and all(
+            c.state == _READY and c.ramped and c.answered and c.capacity() == 0 for c in live_conns
+        ):
+            need = 1  # every connection is full
+        elif self._held and all(c.state == _READY for c in live_conns):
+            need = 1  # notifications to re-send elsewhere than on the only connection
+        else:
+            return
+        if self._failures and not self._backoff_done:
+            delay = self.backoff.delay(self._failures, self.rng.random())
+            self._retry_call = self.clock.callLater(delay, self._retry_fired)
+            return
+        self._backoff_done = False
+        for _ in range(need):
+            self._open_connection()
+
+    def _retry_fired(self) -> None:
+        self._retry_call = None
+        self._backoff_done = True
+        self._maintain()
+
+    def _open_connection(self) -> None:
+        d = self.endpoint.connect(self._factory)
+        if d.called:
+            # Synchronous endpoints (tests): the protocol is already registered.
+            d.addErrback(self._connect_failed)
+            return
+        self._connecting.add(d)
+
+        def done(result: object) -> object:
+            self._connecting.discard(d)
+            return result
+
+        d.addBoth(done)
+        d.addErrback(self._connect_failed)
+
+    def _connect_failed(self, reason: Failure) -> None:
+        if self.closing:
+            return  # cancelled by stop()
+        self._failures += 1
+        self.counters.connection_failures += 1
+        tls = is_tls_failure(reason)
+        log.warn(
+            "{name}: connection attempt failed ({n} in a row): {why}",
+            name=self.name,
+            n=self._failures,
+            why=reason.getErrorMessage(),
+        )
+        if tls:
+            self._tls_failure(reason.getErrorMessage())
+        self._maintain()
+
+    def _build_protocol(self) -> APNsHTTP2Protocol:
+        self._numbers += 1
+        tokens = None
+        if self._token is not None:
+            key, key_id, team_id = self._token
+            tokens = ProviderTokenSource(key, key_id, team_id, rng=self.rng)
+        return APNsHTTP2Protocol(self, self._numbers, tokens)
+
+    def _connection_made(self, conn: APNsHTTP2Protocol) -> None:
+        if self.closing:
+            self.connections.append(conn)
+            conn.abort()
+            return
+        # A reconnect replaces a connection that went away (lost, retired, GOAWAY): one made
+        # while fewer are live than were ever made, beyond those already replaced.
+        live = sum(1 for c in self.connections if c.state <= _READY)
+        departed = self.counters.connections_made - live
+        if departed > self._replaced:
+            self._replaced += 1
+            self.counters.reconnects += 1
+        self.connections.append(conn)
+        self.counters.connections_made += 1
+        log.debug("{name}: connection {number} made", name=self.name, number=conn.number)
+
+    def _connection_ready(self, conn: APNsHTTP2Protocol) -> None:
+        log.info("{name}: connection {number} ready", name=self.name, number=conn.number)
+        self._schedule_flush()
+
+    def _connection_proven(self, conn: APNsHTTP2Protocol) -> None:
+        """The connection answered a request or a PING: connecting works again."""
+        conn.worked = True
+        self._failures = 0
+        self._tls_failures = 0
+        self._tls_gave_up = False
+        self._backoff_done = False
+
+    def _check_clock(self, conn: APNsHTTP2Protocol, event: ResponseReceived, now: float) -> None:
+        """Once per connection: warn when the server's ``Date`` says our clock is off (it
+        dates the provider tokens)."""
+        warning = clock_skew_warning(now, parse_http_date(event.header(b"date")))
+        if warning is not None:
+            log.warn(
+                "{name}: connection {number}: {warning}",
+                name=self.name,
+                number=conn.number,
+                warning=warning,
+            )
+
+    def _connection_lost(
+        self,
+        conn: APNsHTTP2Protocol,
+        reason: Failure,
+        items: list[_Item],
+        previous_state: int,
+    ) -> None:
+        if conn in self.connections:
+            self.connections.remove(conn)
+        if self.closing:
+            now = self.clock.seconds()
+            for item in items:  # normally none: stop() finished everything first
+                self._finish(item, self._result(item, _UNKNOWN, now, reason=UNKNOWN_STOPPED))
+            self._after_results()
+            self._check_closed()
+            return
+        tls = conn.alpn_failed or is_tls_failure(reason)
+        why = reason.getErrorMessage()
+        if tls:
+            self._failures += 1
+            self.counters.connection_failures += 1
+            log.error(
+                "{name}: connection {number}: TLS failure: {why}",
+                name=self.name,
+                number=conn.number,
+                why="ALPN did not select h2" if conn.alpn_failed else why,
+            )
+            self._tls_failure("ALPN did not select h2" if conn.alpn_failed else why)
+        elif not conn.worked and not conn.deliberate:
+            # Lost (or given up, or sent away) before it answered anything: a failed attempt,
+            # so the next one waits (backoff) instead of looping.
+            self._failures += 1
+            self.counters.connection_failures += 1
+            log.warn(
+                "{name}: connection {number} lost before any answer ({n} in a row): {why}",
+                name=self.name,
+                number=conn.number,
+                n=self._failures,
+                why=why,
+            )
+        elif items or previous_state <= _READY:
+            log.info(
+                "{name}: connection {number} lost with {n} requests in flight: {why}",
+                name=self.name,
+                number=conn.number,
+                n=len(items),
+                why=why,
+            )
+        if items:
+            self._streams_unknown(items, UNKNOWN_CONNECTION_LOST)
+        self._after_results()
+        self._schedule_flush()
+
+    def _tls_failure(self, why: str) -> None:
+        self._tls_failures += 1
+        if self._tls_failures < self.max_tls_failures:
+            return
+        error = TLSFailureError(f"{why}; gave up after {self._tls_failures} attempts in a row")
+        log.error("{name}: {error}", name=self.name, error=str(error))
+        self._tls_failures = 0
+        self._failures = 0
+        self._tls_gave_up = True
+        self._fail_held(str(error), "tls", self.clock.seconds())
+
+    # --- answers --------------------------------------------------------------------------
+
+    def _finish_accepted(self, item: _Item, apns_id: str, unique: str | None, now: float) -> None:
+        self._pending -= 1
+        self.counters.accepted += 1
+        result = Result(
+            item.notification,
+            _ACCEPTED,
+            200,
+            None,
+            apns_id,
+            unique,
+            None,
+            item.writes,
+            now - item.submitted_at,
+            None,
+        )
+        if item is self._probe:
+            self._probe_answered(True)
+        handle = item.handle
+        if type(handle) is Deferred:
+            handle.callback(result)
+        else:
+            try:
+                handle(result)
+            except Exception:
+                log.failure("{name}: result callback raised", name=self.name)
+
+    def _finish(self, item: _Item, result: Result) -> None:
+        self._pending -= 1
+        outcome = result.outcome
+        counters = self.counters
+        if outcome is _ACCEPTED:
+            counters.accepted += 1
+        elif outcome is _REJECTED:
+            counters.record_rejected(counter_key(result))
+        else:
+            counters.record_unknown(counter_key(result))
+        if item is self._probe:
+            self._probe = None
+        handle = item.handle
+        if isinstance(handle, Deferred):
+            handle.callback(result)
+        else:
+            try:
+                handle(result)
+            except Exception:
+                log.failure("{name}: result callback raised", name=self.name)
+
+    def _on_error_response(
+        self, conn: APNsHTTP2Protocol, item: _Item, event: ResponseReceived, now: float
+    ) -> None:
+        response = parse_response(event.status, event.headers, event.body)
+        status, reason = response.status, response.reason
+        decision = self.policy.decide_response(status, reason, item.failures, self.rng.random())
+        if decision.refresh_token:
+            self._expired_token(conn, event, now)
+        if decision.new_connection:
+            conn.retire(reason or str(status))
+        if decision.retry:
+            item.failures += 1
+            self.counters.retried += 1
+            item.avoid = conn if (decision.other_connection or decision.new_connection) else None
+            self._requeue(item, decision.delay, now)
+            return
+        outcome = decision.outcome or _REJECTED
+        result = Result(
+            item.notification,
+            outcome,
+            status,
+            reason,
+            response.apns_id or item.apns_id,
+            response.apns_unique_id,
+            response.timestamp,
+            item.writes,
+            now - item.submitted_at,
+            decision.local,
+        )
+        probe = item is self._probe
+        self._finish(item, result)
+        if decision.open_circuit:
+            self._open_circuit(status, reason or str(status), now)
+        elif probe:
+            self._probe_answered(True)
+
+    def _expired_token(self, conn: APNsHTTP2Protocol, event: ResponseReceived, now: float) -> None:
+        if conn.expired_token_seen:
+            return
+        conn.expired_token_seen = True
+        tokens = conn.tokens
+        age = None
+        if tokens is not None and tokens.issued_at is not None:
+            age = now - tokens.issued_at
+        log.warn(
+            "{name}: connection {number}: APNs says the provider token (issued {age} s ago) "
+            "expired; re-sending on a new connection with a new token",
+            name=self.name,
+            number=conn.number,
+            age="?" if age is None else f"{age:.0f}",
+        )
+        warning = clock_skew_warning(now, parse_http_date(event.header(b"date")))
+        if warning is None and age is not None and age < TOKEN_MAX_AGE - 300:
+            warning = (
+                f"a token issued {age:.0f} s ago by the local clock was rejected as expired: "
+                "the local clock is probably wrong (behind Apple's); fix it (NTP)"
+            )
+        if warning is not None:
+            log.error("{name}: {warning}", name=self.name, warning=warning)
+
+    def _on_stream_reset(self, conn: APNsHTTP2Protocol, item: _Item, event: StreamReset) -> None:
+        if event.retry_safe:
+            self._replay([item])
+            return
+        self._streams_unknown([item], UNKNOWN_STREAM_RESET)
+
+    def _replay(self, items: list[_Item]) -> None:
+        """Re-send requests APNs never processed (above a GOAWAY's last-stream-id, or
+        REFUSED_STREAM), at the front of the queue, in their order. They do not count as
+        failed attempts, but a notification refused ``max_replays`` times is rejected
+        (``local="attempts"``) rather than cycling forever."""
+        now = self.clock.seconds()
+        replay: list[_Item] = []
+        for item in items:
+            item.replays += 1
+            if item.replays > self.max_replays:
+                reason = f"never processed by APNs in {item.replays} attempts"
+                result = self._result(item, _REJECTED, now, reason=reason, local="attempts")
+                self._finish(item, result)
+            else:
+                replay.append(item)
+        if not replay:
+            return
+        self.counters.replayed += len(replay)
+        if self.breaker == BREAKER_OPEN:
+            for item in replay:
+                self._finish_circuit_open(item, now)
+            return
+        self._queue.extendleft(reversed(replay))
+        self._schedule_flush()
+
+    def _on_goaway(self, conn: APNsHTTP2Protocol, event: GoAwayReceived) -> None:
+        streams = conn.streams
+        unprocessed = [streams.pop(sid) for sid in event.unprocessed_stream_ids if sid in streams]
+        reason = _goaway_reason(event.debug_data)
+        log.info(
+            "{name}: connection {number}: GOAWAY {error} last-stream-id {last} ({reason}); "
+            "{n} unprocessed requests re-sent, {open} still open",
+            name=self.name,
+            number=conn.number,
+            error=event.error_name,
+            last=event.last_stream_id,
+            reason=reason or "no reason",
+            n=len(unprocessed),
+            open=len(streams),
+        )
+        if conn.state == _READY:
+            conn.state = _DRAINING
+            conn.retire_reason = f"GOAWAY {reason or event.error_name}"
+        if unprocessed:
+            self._replay(unprocessed)
+        if reason in CIRCUIT_REASONS:
+            self._open_circuit(None, reason, self.clock.seconds())
+        conn.maybe_close()
+
+    def _streams_unknown(self, items: list[_Item], why: str) -> None:
+        """Their outcome is unknown: re-send (same apns-id) or finish, per the policy."""
+        decide = self.policy.decide_unknown
+        now = self.clock.seconds()
+        resend: list[_Item] = []
+        for item in items:
+            item.failures += 1
+            item.maybe_delivered = True
+            if decide(item.failures).retry and self.breaker != BREAKER_OPEN:
+                resend.append(item)
+            else:
+                self._finish(item, self._result(item, _UNKNOWN, now, reason=why))
+        if resend:
+            self.counters.resent_unknown += len(resend)
+            self._queue.extendleft(reversed(resend))
+            self._schedule_flush()
+
+    def _timed_out(self, items: list[_Item], now: float) -> None:
+        for item in items:
+            item.maybe_delivered = True
+            self._finish(item, self._result(item, _UNKNOWN, now, reason=UNKNOWN_TIMEOUT))
+
+    def _invalid(self, item: _Item, now: float) -> None:
+        reason = "the request headers could not be encoded (invalid apns-id or collapse id)"
+        self._finish(item, self._result(item, _REJECTED, now, reason=reason, local="invalid"))
+
+    @staticmethod
+    def _result(
+        item: _Item,
+        outcome: Outcome,
+        now: float,
+        *,
+        status: int | None = None,
+        reason: str | None = None,
+        local: str | None = None,
+    ) -> Result:
+        return Result(
+            item.notification,
+            outcome,
+            status,
+            reason,
+            item.apns_id,
+            None,
+            None,
+            item.writes,
+            now - item.submitted_at,
+            local,
+        )
+
+    def _requeue(self, item: _Item, delay: float, now: float, *, front: bool = True) -> None:
+        """Back into the queue (at the front: it is older than what is queued), or into the
+        delayed set."""
+        if self.breaker == BREAKER_OPEN:
+            self._finish_circuit_open(item, now)
+            return
+        if delay > 0:
+            self._delay_seq += 1
+            due = now + delay
+            heapq.heappush(self._delayed, (due, self._delay_seq, item))
+            if self._delayed[0][2] is item:
+                self._arm_delay()
+            return
+        if front:
+            self._queue.appendleft(item)
+        else:
+            self._queue.append(item)
+        self._schedule_flush()
+
+    def _arm_delay(self) -> None:
+        call = self._delay_call
+        if call is not None and call.active():
+            call.cancel()
+        self._delay_call = None
+        if self._delayed and not self.closing:
+            due = self._delayed[0][0]
+            self._delay_call = self.clock.callLater(
+                max(0.0, due - self.clock.seconds()), self._delay_fired
+            )
+
+    def _delay_fired(self) -> None:
+        self._delay_call = None
+        now = self.clock.seconds() + _EPSILON
+        ready: list[_Item] = []
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            ready.append(heapq.heappop(delayed)[2])
+        if ready:
+            # Older than what is queued: to the front, in due order.
+            self._queue.extendleft(reversed(ready))
+            self._schedule_flush()
+        self._arm_delay()
+
+    # --- circuit breaker ------------------------------------------------------------------
+
+    def _open_circuit(self, status: int | None, reason: str, now: float) -> None:
+        self._probe = None
+        if self.breaker == BREAKER_OPEN:
+            return
+        self.breaker = BREAKER_OPEN
+        self.breaker_reason = reason
+        self.breaker_status = status
+        log.error(
+            "{name}: APNs refused the credential ({reason}); circuit open: queued "
+            "notifications are rejected and sends fail for {reset} s",
+            name=self.name,
+            reason=reason,
+            reset=self.circuit_reset,
+        )
+        call = self._breaker_call
+        if call is not None and call.active():
+            call.cancel()
+        self._breaker_call = self.clock.callLater(self.circuit_reset, self._half_open)
+        self._fail_held(reason, "circuit-open", now)
+        # The probe gets a fresh connection (and, with token auth, a fresh token).
+        for conn in list(self.connections):
+            conn.deliberate = True
+            conn.retire("circuit open")
+
+    def _half_open(self) -> None:
+        self._breaker_call = None
+        self.breaker = BREAKER_HALF_OPEN
+        log.info("{name}: circuit half-open: the next notification is a probe", name=self.name)
+        self._schedule_flush()
+
+    def _probe_answered(self, ok: bool) -> None:
+        self._probe = None
+        if ok and self.breaker == BREAKER_HALF_OPEN:
+            self.breaker = BREAKER_CLOSED
+            self.breaker_reason = None
+            self.breaker_status = None
+            log.info("{name}: circuit closed: the credential is accepted again", name=self.name)
+            self._schedule_flush()
+
+    def _finish_circuit_open(self, item: _Item, now: float) -> None:
+        outcome = _UNKNOWN if item.maybe_delivered else _REJECTED
+        reason = self.breaker_reason
+        self._finish(item, self._result(item, outcome, now, reason=reason, local="circuit-open"))
+
+    def _fail_held(self, reason: str, local: str, now: float) -> None:
+        """Finish everything not in flight: queued, held and delayed notifications."""
+        items = list(self._held) + list(self._queue) + [entry[2] for entry in sorted(self._delayed)]
+        self._held.clear()
+        self._queue.clear()
+        self._delayed.clear()
+        self._arm_delay()
+        for item in items:
+            outcome = _UNKNOWN if item.maybe_delivered else _REJECTED
+            self._finish(item, self._result(item, outcome, now, reason=reason, local=local))
+
+    # --- after results --------------------------------------------------------------------
+
+    def _after_input(self, conn: APNsHTTP2Protocol) -> None:
+        conn.maybe_close()
+        self._after_results()
+        self._schedule_flush()
+
+    def _after_results(self) -> None:
+        if self._feeders and self._pending < self.max_queue:
+            for feeder in list(self._feeders):
+                feeder.pump()
+        if not self.accepting and not self.closing and self._pending == 0:
+            self._close_all()
+
+    # --- stopping -------------------------------------------------------------------------
+
+    def _give_up_draining(self) -> None:
+        self._drain_call = None
+        if self.closing:
+            return
+        now = self.clock.seconds()
+        log.warn(
+            "{name}: stop timeout with {n} notifications pending; finishing them",
+            name=self.name,
+            n=self._pending,
+        )
+        self._fail_held("client stopped", "stopped", now)
+        for conn in list(self.connections):
+            items = list(conn.streams.values())
+            for stream_id in list(conn.streams):
+                conn.h2.reset_stream(stream_id, _CANCEL)
+            conn.streams.clear()
+            for item in items:
+                self._finish(item, self._result(item, _UNKNOWN, now, reason=UNKNOWN_STOPPED))
+        self._close_all()
+
+    def _close_all(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        for call in (
+            self._flush_call,
+            self._retry_call,
+            self._delay_call,
+            self._breaker_call,
+            self._drain_call,
+        ):
+            if call is not None and call.active():
+                call.cancel()
+        self._flush_call = self._retry_call = self._delay_call = None
+        self._breaker_call = self._drain_call = None
+        for d in list(self._connecting):
+            d.cancel()
+        self._connecting.clear()
+        for conn in list(self.connections):
+            conn.deliberate = True
+            conn.close()
+        if self.connections:
+            self._abort_call = self.clock.callLater(self.close_timeout, self._abort_stragglers)
+        self._check_closed()
+
+    def _abort_stragglers(self) -> None:
+        self._abort_call = None
+        for conn in list(self.connections):
+            transport = conn.transport
+            if transport is not None:
+                abort = getattr(transport, "abortConnection", None)
+                (abort or transport.loseConnection)()
+
+    def _check_closed(self) -> None:
+        if not self.closing or self.connections or self._connecting:
+            return
+        call = self._abort_call
+        if call is not None and call.active():
+            call.cancel()
+        self._abort_call = None
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for d in waiters:
+            d.callback(None)
+        if waiters:
+            log.info("{name}: stopped", name=self.name)
+
+    def _feeder_done(self, feeder: _BulkFeeder) -> None:
+        if feeder in self._feeders:
+            self._feeders.remove(feeder)
+
+    def _structural_pending(self) -> int:
+        """:meth:`pending` counted from the structures (tests compare the two)."""
+        return (
+            len(self._queue)
+            + len(self._held)
+            + len(self._delayed)
+            + sum(len(c.streams) for c in self.connections)
+        )
+
+
+def _goaway_reason(debug: bytes) -> str | None:
+    """APNs puts ``{"reason": …}`` in GOAWAY's debug data."""
+    if not debug:
+        return None
+    import json
+
+    try:
+        data = json.loads(debug)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    reason = data.get("reason") if isinstance(data, dict) else None
+    return reason if isinstance(reason, str) else None
+
+
+class _BulkFeeder:
+    """Pulls from an iterator into the client while it holds fewer than ``max_queue``."""
+
+    def __init__(
+        self,
+        client: HTTP2Client,
+        source: Iterator[Notification],
+        on_result: ResultCallback | None,
+    ) -> None:
+        self.client = client
+        self.source = source
+        self.on_result = on_result
+        self.counters = Counters()
+        self.outstanding = 0
+        self.exhausted = False
+        self.pumping = False
+        self.done: Deferred[Counters] = Deferred()
+
+    def pump(self) -> None:
+        if self.pumping or self.exhausted:
+            return
+        self.pumping = True
+        try:
+            self._pump()
+        finally:
+            self.pumping = False
+        self._maybe_done()
+
+    def _pump(self) -> None:
+        client = self.client
+        admit = client._admit
+        handle = self._result
+        source = self.source
+        counters = self.counters
+        max_queue = client.max_queue
+        while client._pending < max_queue:
+            n = next(source, None)
+            if n is None:
+                self.exhausted = True
+                return
+            try:
+                admit(n, handle)
+            except ClientStoppedError as e:
+                self._local_failure(n, str(e), "stopped")
+                continue
+            except CircuitOpenError:
+                self._local_failure(n, client.breaker_reason or "circuit open", "circuit-open")
+                continue
+            except QueueFullError:  # pragma: no cover - guarded by the loop condition
+                raise
+            except Exception as e:
+                self._local_failure(n, str(e), "invalid")
+                continue
+            counters.submitted += 1
+            self.outstanding += 1
+
+    def _local_failure(self, n: Notification, reason: str, local: str) -> None:
+        self.counters.submitted += 1
+        self.counters.record_rejected(local)
+        self._emit(Result(n, _REJECTED, reason=reason, local=local))
+
+    def _result(self, result: Result) -> None:
+        self.outstanding -= 1
+        counters = self.counters
+        outcome = result.outcome
+        if outcome is _ACCEPTED:
+            counters.accepted += 1
+        elif outcome is _REJECTED:
+            counters.record_rejected(result.local or result.reason or "")
+        else:
+            counters.record_unknown(result.reason or "")
+        self._emit(result)
+        if self.exhausted and self.outstanding == 0:
+            self._maybe_done()
+
+    def _emit(self, result: Result) -> None:
+        if self.on_result is not None:
+            try:
+                self.on_result(result)
+            except Exception:
+                log.failure("send_many result callback raised")
+
+    def _maybe_done(self) -> None:
+        if self.exhausted and self.outstanding == 0 and not self.done.called:
+            self.client._feeder_done(self)
+            self.done.callback(self.counters)
