@@ -88,6 +88,16 @@ class EngineApp:
     token_auth: bool = True
     #: Optional extra health details (connections, breaker state) for ``/healthz``.
     health: Callable[[], Mapping[str, object]] | None = None
+    #: This app's bound on notifications handed to its Sender and not yet answered
+    #: (``None``: the engine's ``max_inflight``).
+    max_inflight: int | None = None
+
+
+#: In-flight bound of binary-protocol apps. The binary protocol never confirms a notification:
+#: the client counts one as accepted once its quiet window (1 s) passed without an error, so
+#: the in-flight bound divided by that window caps the app's throughput. This lets a binary
+#: app go as fast as its client (tens of thousands a second) instead of 1,000/s.
+BINARY_MAX_INFLIGHT = 50_000
 
 
 def engine_apps(
@@ -106,6 +116,7 @@ def engine_apps(
             protocol=a.protocol,
             token_auth=a.token_auth,
             health=(health or {}).get(a.name),
+            max_inflight=BINARY_MAX_INFLIGHT if a.protocol == "binary" else None,
         )
         for a in config.apps
     }
@@ -481,7 +492,8 @@ class Engine:
         st = self._apps[name]
         if self.state != "running" or st.blocked or not st.ready:
             return
-        room = self.max_inflight - len(st.inflight) - st.reserved
+        limit = st.app.max_inflight or self.max_inflight
+        room = limit - len(st.inflight) - st.reserved
         if room <= 0:
             return
         batch = [st.ready.popleft() for _ in range(min(room, len(st.ready)))]
