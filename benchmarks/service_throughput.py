@@ -299,6 +299,9 @@ def main() -> int:
     ap.add_argument("--batch-n", type=int, default=100_000, help="notifications, 500 a request")
     ap.add_argument("--clients", type=int, default=2, help="load-generator processes")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument(
+        "--profile", metavar="FILE", help="run the service under cProfile, stats saved to FILE"
+    )
     ap.add_argument("--library", metavar="CONFIG", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.library:
@@ -343,8 +346,12 @@ def main() -> int:
 
         # 2. The service.
         log = work / "service.log"
+        profiling: list[str] = []
+        if args.profile:
+            stats = str(Path(args.profile).resolve())
+            profiling = ["--profile", stats, "--profiler", "cprofile", "--savestats"]
         service = subprocess.Popen(
-            [*twistd(), "-n", "--pidfile=", "--logfile", str(log), "apns", "--config",
+            [*twistd(), "-n", "--pidfile=", "--logfile", str(log), *profiling, "apns", "--config",
              str(config), "--listen", "tcp:0:interface=127.0.0.1"],
             cwd=work, env=env,
         )  # fmt: skip

@@ -540,6 +540,14 @@ class BinaryClient:
         self._shard(notification).submit(notification, d)
         return d
 
+    def send_to(self, notification: Notification, on_result: ResultCallback) -> None:
+        """Like :meth:`send` (same errors), but the result goes to ``on_result`` instead of
+        a Deferred; an exception it raises is logged, not propagated."""
+        validate_binary(notification)
+        if self.stopped:
+            raise ClientStoppedError("the client was stopped")
+        self._shard(notification).submit(notification, on_result)
+
     def send_many(
         self,
         notifications: Iterable[Notification],

@@ -917,6 +917,11 @@ class HTTP2Client:
         self._admit(notification, d)
         return d
 
+    def send_to(self, notification: Notification, on_result: Callable[[Result], object]) -> None:
+        """Like :meth:`send` (same errors), but the result goes to ``on_result`` instead of
+        a Deferred; an exception it raises is logged, not propagated."""
+        self._admit(notification, on_result)
+
     def send_many(
         self,
         notifications: Iterable[Notification],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from twisted.internet.defer import Deferred
@@ -23,6 +24,12 @@ class Sender(Protocol):
     counters: Counters
 
     def send(self, notification: Notification) -> Deferred[Result]: ...
+
+    def send_to(self, notification: Notification, on_result: Callable[[Result], object]) -> None:
+        """Like :meth:`send`, raising the same errors, but the result goes to ``on_result``
+        (called exactly once) instead of a Deferred: for callers that hand over thousands of
+        notifications a second and need no Deferred each (the service's engine)."""
+        ...
 
     def pending(self) -> int:
         """Notifications taken but not yet finished (queued or in flight)."""

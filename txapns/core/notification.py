@@ -215,6 +215,10 @@ def http2_payload_limit(n: Notification) -> int:
     return HTTP2_VOIP_PAYLOAD_LIMIT if n.push_type is PushType.VOIP else HTTP2_PAYLOAD_LIMIT
 
 
+#: Push types whose rules look inside the payload.
+_PARSED_PUSH_TYPES = frozenset({PushType.BACKGROUND, PushType.LOCATION, PushType.LIVEACTIVITY})
+
+
 def validate_http2(n: Notification, *, token_auth: bool) -> None:
     """Rules of the HTTP/2 provider API that can be checked before sending."""
     limit = http2_payload_limit(n)
@@ -222,9 +226,13 @@ def validate_http2(n: Notification, *, token_auth: bool) -> None:
         raise PayloadTooLargeError(len(n.payload), limit, "HTTP/2")
     if not n.payload or n.payload == b"{}":
         raise PayloadError("APNs rejects an empty payload (PayloadEmpty)")
-    aps = n.aps()
-    _check_priority_against_payload(n, aps)
+    _check_priority_against_payload(n, None)
+    if token_auth and not n.topic:
+        raise MissingTopicError("token authentication needs a topic (the app's bundle id)")
     pt = n.push_type
+    if pt not in _PARSED_PUSH_TYPES:
+        return  # the common case (alerts) needs no JSON parse: this runs for every notification
+    aps = n.aps()
     if pt is PushType.BACKGROUND:
         if n.priority not in (None, 5):
             raise InvalidPriorityError("background notifications must use priority 5")
@@ -237,5 +245,3 @@ def validate_http2(n: Notification, *, token_auth: bool) -> None:
             raise PayloadError("a Live Activity payload needs aps.timestamp")
         if "event" not in aps:
             raise PayloadError("a Live Activity payload needs aps.event (start, update, end)")
-    if token_auth and not n.topic:
-        raise MissingTopicError("token authentication needs a topic (the app's bundle id)")

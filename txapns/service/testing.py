@@ -72,6 +72,9 @@ class FakeSender:
                 self.clock.callLater(0, self._fire, key, result)
         return d
 
+    def send_to(self, notification: Notification, on_result: Callable[[Result], object]) -> None:
+        self.send(notification).addCallback(on_result)
+
     def pending(self) -> int:
         return len(self._waiting)
 
