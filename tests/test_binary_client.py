@@ -87,6 +87,26 @@ class ClientTests(SynchronousTestCase):
         self.assertEqual(len(writes), 1)
         self.assertEqual([i for _, i in parse_frames(writes[0])], list(range(50)))
 
+    def test_send_to_calls_back_once_and_raises_like_send(self) -> None:
+        f = Fixture(quiet=1.0)
+        f.client.start()
+        proto, _transport = f.endpoint.accept()
+        got: list[Result] = []
+        f.client.send_to(note(0), got.append)
+        f.client.send_to(note(1), got.append)
+        self.assertRaises(
+            PayloadTooLargeError,
+            f.client.send_to,
+            Notification(note(2).token, b'{"x":"' + b"a" * 3000 + b'"}'),
+            got.append,
+        )
+        f.turn()
+        proto.dataReceived(error(8, 2))  # identifiers start at 1: the second is refused
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual([r.outcome for r in got], [Outcome.ACCEPTED, Outcome.REJECTED])
+        self.assertEqual(got[1].status, 8)
+        f.client.counters.check(f.client.pending())
+
     def test_error_then_close_replays_and_reconnects_at_once(self) -> None:
         f = Fixture(quiet=1.0)
         f.client.start()

@@ -279,6 +279,20 @@ class BasicTests(ClientTestCase):
         self.assertEqual(len(self.results), 3)
         self.send(client, note(9))
 
+    def test_send_to_calls_back_once_and_raises_like_send(self) -> None:
+        client = self.make_client(max_queue=2)
+        got: list[Result] = []
+        client.send_to(note(1), got.append)
+        client.send_to(note(2), got.append)
+        self.assertRaises(QueueFullError, client.send_to, note(3), got.append)
+        empty = Notification.create(token(4), b"{}")
+        self.assertRaises(PayloadError, client.send_to, empty, got.append)
+        self.advance(1.0)
+        self.assertEqual([r.outcome for r in got], [Outcome.ACCEPTED, Outcome.ACCEPTED])
+        self.assertEqual(sorted(r.notification.token for r in got), [token(1), token(2)])
+        self.assertEqual(client.counters.submitted, 2)
+        client.counters.check(client.pending())
+
     def test_ramp_one_stream_until_a_token_was_accepted(self) -> None:
         client = self.make_client()
         [conn] = client.connections
