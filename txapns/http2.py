@@ -41,6 +41,10 @@ deadline passed                        RST_STREAM(CANCEL), finished unknown ``"t
 
 Retryable failures count against ``policy.max_attempts``; past it a notification is finished
 (rejected ``local="attempts"`` with Apple's status and reason, or unknown).
+
+Broadcasts (:meth:`HTTP2Client.broadcast`) and other requests (:meth:`HTTP2Client.request`,
+which :mod:`txapns.broadcast` uses for channel management) take the same path and count the
+same way; only their header block is built differently (``_Item.request``).
 """
 
 from __future__ import annotations
@@ -50,9 +54,11 @@ import heapq
 import os
 import random
 import struct
+import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet.defer import Deferred
@@ -72,12 +78,14 @@ from zope.interface import implementer
 
 from .core.backoff import Backoff
 from .core.binary_channel import UnknownPolicy
+from .core.broadcast import Broadcast, broadcast_path, validate_bundle_id
 from .core.counters import Counters
 from .core.errors import (
     CircuitOpenError,
     ClientStoppedError,
     InvalidFieldError,
     QueueFullError,
+    RequestError,
     TLSFailureError,
 )
 from .core.http2 import (
@@ -90,7 +98,9 @@ from .core.http2 import (
     PingAcknowledged,
     ResponseReceived,
     StreamReset,
+    encode_header_block,
 )
+from .core.http2.headers import check_field
 from .core.http2_policy import CIRCUIT_REASONS, RetryPolicy, parse_response
 from .core.jwt import TOKEN_MAX_AGE, ProviderTokenSource, clock_skew_warning, parse_http_date
 from .core.notification import Notification, PushType, validate_http2
@@ -103,6 +113,7 @@ if TYPE_CHECKING:
 __all__ = [
     "APNsHTTP2Protocol",
     "HTTP2Client",
+    "Response",
     "RetryPolicy",
     "UnknownPolicy",
 ]
@@ -153,8 +164,94 @@ UNKNOWN_RETIRED = "connection-retired"
 UNKNOWN_STOPPED = "stopped"
 
 
+class _Request(NamedTuple):
+    """A request other than ``POST /3/device/…``: a broadcast, or a channel-management call.
+
+    The item's ``apns_id`` is sent in ``id_header``; ``headers`` are checked when admitted."""
+
+    method: bytes
+    path: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+    id_header: bytes
+    #: Re-send it when its outcome is unknown (``policy.unknown_policy`` permitting): false for
+    #: requests that must not take effect twice (creating a channel).
+    resend_unknown: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """APNs' answer to a request sent with :meth:`HTTP2Client.request`."""
+
+    status: int
+    #: Response header fields, lower-case names, as received.
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+    #: The id the request was sent with (``apns-request-id``).
+    request_id: str
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (lower-case), as text, or ``None``."""
+        key = name.encode("ascii")
+        for field_name, value in self.headers:
+            if field_name == key:
+                return value.decode("utf-8", "replace")
+        return None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def reason(self) -> str | None:
+        """Apple's ``reason`` from an error body ``{"reason": …}``, if any."""
+        return parse_response(self.status, (), self.body).reason
+
+
+#: The ``Result.notification`` of requests sent with :meth:`HTTP2Client.request` (their
+#: results never reach the caller: they are turned into a :class:`Response`).
+_NO_NOTIFICATION = Notification(b"", b"")
+
+
+#: Request headers that :meth:`HTTP2Client.request` sets itself.
+_RESERVED_HEADERS = frozenset({b"authorization", b"apns-request-id"})
+
+
+class _RequestWaiter:
+    """The result handle of a request: turns its :class:`Result` into a :class:`Response`
+    (an answer) or a :class:`~txapns.core.errors.RequestError` (no answer)."""
+
+    __slots__ = ("deferred", "item")
+
+    def __init__(self, deferred: Deferred[Response]) -> None:
+        self.deferred = deferred
+        self.item: _Item | None = None
+
+    def __call__(self, result: Result) -> None:
+        item = self.item
+        assert item is not None and item.request is not None
+        event = item.response
+        # A status means the last attempt was answered (a final retried answer included).
+        if result.status is not None and event is not None:
+            self.deferred.callback(
+                Response(event.status, tuple(event.headers), event.body, item.apns_id)
+            )
+            return
+        request = item.request
+        why = ": ".join(part for part in (result.local, result.reason) if part)
+        self.deferred.errback(
+            RequestError(
+                f"{request.method.decode()} {request.path.decode('utf-8', 'replace')}: "
+                f"not answered ({why or 'no answer'})",
+                reason=result.reason,
+                local=result.local,
+                unknown=result.outcome is _UNKNOWN,
+            )
+        )
+
+
 class _Item:
-    """One notification held by the client."""
+    """One notification (or request) held by the client."""
 
     __slots__ = (
         "apns_id",
@@ -164,6 +261,8 @@ class _Item:
         "maybe_delivered",
         "notification",
         "replays",
+        "request",
+        "response",
         "sent_at",
         "submitted_at",
         "topic",
@@ -194,6 +293,10 @@ class _Item:
         self.avoid: APNsHTTP2Protocol | None = None
         #: It was in flight when its outcome became unknown: it may have been delivered.
         self.maybe_delivered = False
+        #: Not a device notification: how to send it.
+        self.request: _Request | None = None
+        #: For a request: the last answer received.
+        self.response: ResponseReceived | None = None
 
 
 @implementer(IHandshakeListener)
@@ -343,6 +446,8 @@ class APNsHTTP2Protocol(Protocol):
                             apns_id = value.decode("ascii", "replace")
                         elif name == b"apns-unique-id":
                             unique = value.decode("ascii", "replace")
+                    if item.request is not None:
+                        item.response = event
                     finish(item, apns_id or item.apns_id, unique, now)
                     if not self.ramped:
                         self._ramp()
@@ -422,21 +527,27 @@ class APNsHTTP2Protocol(Protocol):
         encoded: the caller finishes the item. None (nothing sent) if the connection takes no
         more streams after all: the caller puts the item back."""
         n = item.notification
-        key = (item.topic, n.push_type, n.priority)
-        template = self._templates.get(key)
+        request = item.request
         try:
-            if template is None:
-                template = self._template(key)
-            block = template.encode(
-                b"/3/device/" + n.token.hex().encode("ascii"),
-                apns_id=item.apns_id,
-                expiration=n.expiry,
-                collapse_id=n.collapse_id,
-            )
+            if request is not None:
+                block = self._request_block(item.apns_id, request)
+                body = request.body
+            else:
+                key = (item.topic, n.push_type, n.priority)
+                template = self._templates.get(key)
+                if template is None:
+                    template = self._template(key)
+                block = template.encode(
+                    b"/3/device/" + n.token.hex().encode("ascii"),
+                    apns_id=item.apns_id,
+                    expiration=n.expiry,
+                    collapse_id=n.collapse_id,
+                )
+                body = n.payload
         except InvalidFieldError:
             return False
         try:
-            stream_id = self.h2.send_request(block, n.payload)
+            stream_id = self.h2.send_request(block, body)
         except H2UsageError:
             return None
         self.streams[stream_id] = item
@@ -447,6 +558,21 @@ class APNsHTTP2Protocol(Protocol):
         if self._deadline_call is None:
             self._deadline_call = self.clock.callLater(self.client.deadline, self._check_deadlines)
         return True
+
+    def _request_block(self, apns_id: str, request: _Request) -> bytes:
+        """The header block of a broadcast or management request (stateless HPACK, like the
+        templates; these requests are few, so nothing is cached)."""
+        fields: list[tuple[bytes, bytes]] = [
+            (b":method", request.method),
+            (b":scheme", b"https"),
+            (b":authority", self.client.authority.encode("ascii")),
+            (b":path", request.path),
+            *request.headers,
+            (request.id_header, apns_id.encode("ascii")),
+        ]
+        if self._authorization is not None:
+            fields.append((b"authorization", self._authorization.encode("ascii")))
+        return encode_header_block(fields)
 
     def write_out(self) -> None:
         """Write whatever the connection has queued, as one write."""
@@ -908,7 +1034,8 @@ class HTTP2Client:
         self._maintain()
 
     def send(self, notification: Notification) -> Deferred[Result]:
-        """Queue one notification; the Deferred fires once with its :class:`Result`.
+        """Queue one notification (or a :class:`~txapns.core.broadcast.Broadcast`, see
+        :meth:`broadcast`); the Deferred fires once with its :class:`Result`.
 
         Raises (nothing queued) a :class:`~txapns.core.errors.ValidationError`,
         :class:`QueueFullError`, :class:`ClientStoppedError` or :class:`CircuitOpenError`.
@@ -921,6 +1048,98 @@ class HTTP2Client:
         """Like :meth:`send` (same errors), but the result goes to ``on_result`` instead of
         a Deferred; an exception it raises is logged, not propagated."""
         self._admit(notification, on_result)
+
+    def broadcast(
+        self,
+        channel_id: str,
+        payload: Mapping[str, Any] | bytes | str,
+        *,
+        priority: int | None = 10,
+        expiration: int | None = 0,
+        apns_id: str | uuid.UUID | None = None,
+    ) -> Deferred[Result]:
+        """Send a Live Activity update to every subscriber of a broadcast channel (iOS 18).
+
+        ``POST /4/broadcasts/apps/<bundle_id>`` with ``apns-channel-id``,
+        ``apns-push-type: liveactivity``, ``apns-priority``, ``apns-expiration`` (0 by
+        default: the only value a channel without message storage accepts) and ``apns-id``.
+        The same as ``send(Broadcast.for_channel(…))``: the same queue, deadlines, retry
+        policy, circuit breaker and counters as notifications, one
+        :class:`~txapns.core.result.Result` whose ``notification`` is the
+        :class:`~txapns.core.broadcast.Broadcast`.
+
+        Raises (nothing queued) a :class:`~txapns.core.errors.ValidationError` (channel id not
+        canonical base64, payload over 4096 bytes or without ``aps.timestamp`` and
+        ``aps.event``, priority not 10, 5 or 1, no ``bundle_id`` on the client), or what
+        :meth:`send` raises.
+        """
+        return self.send(
+            Broadcast.for_channel(
+                channel_id, payload, priority=priority, expiration=expiration, apns_id=apns_id
+            )
+        )
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+        idempotent: bool | None = None,
+    ) -> Deferred[Response]:
+        """Send another request on this pool (the broadcast channel-management API: see
+        :class:`txapns.broadcast.ChannelManager`); ``apns-request-id`` and, with token auth,
+        ``authorization`` are added.
+
+        A request shares everything with notifications: ``max_queue``, the provider token,
+        the deadline, the retry policy (429 and 5xx re-sent; the 403 credential reasons open
+        the circuit breaker) and the counters (it counts as submitted, then accepted for a
+        2xx, rejected or unknown). The Deferred fires with the :class:`Response` to the last
+        attempt, whatever its status; it fails with
+        :class:`~txapns.core.errors.RequestError` when no answer came (deadline, lost
+        connection, circuit open, client stopped; ``unknown`` is true when the request may
+        have taken effect). An unknown outcome is re-sent (as ``policy.unknown_policy``
+        says) only when ``idempotent``, which defaults to true for GET, HEAD, PUT and DELETE.
+
+        Raises (nothing queued) :class:`~txapns.core.errors.InvalidFieldError` for a bad
+        method, path or header, or what :meth:`send` raises.
+        """
+        raw_method = method.encode("ascii", "replace")
+        if not raw_method.isalpha() or not raw_method.isupper():
+            raise InvalidFieldError(f"invalid method {method!r}")
+        raw_path = path.encode("utf-8")
+        if not raw_path.startswith(b"/"):
+            raise InvalidFieldError(f"invalid :path {path!r}")
+        check_field(b":path", raw_path)
+        fields: list[tuple[bytes, bytes]] = []
+        for name, value in headers:
+            raw_name, raw_value = name.encode("utf-8"), value.encode("utf-8")
+            if raw_name[:1] == b":" or raw_name in _RESERVED_HEADERS:
+                raise InvalidFieldError(f"header {name!r} is set by the client")
+            check_field(raw_name, raw_value)
+            fields.append((raw_name, raw_value))
+        if idempotent is None:
+            idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
+        spec = _Request(
+            raw_method, raw_path, tuple(fields), bytes(body), b"apns-request-id", idempotent
+        )
+        d: Deferred[Response] = Deferred()
+        waiter = _RequestWaiter(d)
+        waiter.item = self._admit(_NO_NOTIFICATION, waiter, spec)
+        return d
+
+    def _broadcast_request(self, b: Broadcast) -> _Request:
+        fields = [
+            (b"apns-push-type", b"liveactivity"),
+            (b"apns-channel-id", b.channel_id.encode("ascii")),
+        ]
+        if b.priority is not None:
+            fields.append((b"apns-priority", b"%d" % b.priority))
+        if b.expiry is not None:
+            fields.append((b"apns-expiration", b"%d" % b.expiry))
+        path = broadcast_path(validate_bundle_id(self.bundle_id))
+        return _Request(b"POST", path, tuple(fields), b.payload, b"apns-id", True)
 
     def send_many(
         self,
@@ -993,7 +1212,7 @@ class HTTP2Client:
             self._topics[push_type] = topic
             return topic
 
-    def _admit(self, n: Notification, handle: Any) -> _Item:
+    def _admit(self, n: Notification, handle: Any, request: _Request | None = None) -> _Item:
         if not self.accepting:
             raise ClientStoppedError("the client is stopping; it takes no new notifications")
         if self.breaker == BREAKER_OPEN:
@@ -1002,7 +1221,11 @@ class HTTP2Client:
                 f"a probe succeeds (every {self.circuit_reset:g} s)"
             )
         topic = n.topic
-        if topic is None:
+        if isinstance(n, Broadcast):
+            request = self._broadcast_request(n)  # the broadcast was validated when built
+        elif request is not None:
+            pass  # checked by request()
+        elif topic is None:
             topic = self._topic_for(n.push_type)
             if topic is not None and self.token_auth:
                 # Validated as it will be sent (token auth needs a topic). Built directly:
@@ -1030,6 +1253,8 @@ class HTTP2Client:
                 "results or raise max_queue"
             )
         item = _Item(n, handle, topic, n.apns_id or new_apns_id(), self.clock.seconds())
+        if request is not None:
+            item.request = request
         self._pending += 1
         self.counters.submitted += 1
         self._queue.append(item)
@@ -1394,6 +1619,8 @@ class HTTP2Client:
     def _on_error_response(
         self, conn: APNsHTTP2Protocol, item: _Item, event: ResponseReceived, now: float
     ) -> None:
+        if item.request is not None:
+            item.response = event
         response = parse_response(event.status, event.headers, event.body)
         status, reason = response.status, response.reason
         decision = self.policy.decide_response(status, reason, item.failures, self.rng.random())
@@ -1514,7 +1741,12 @@ class HTTP2Client:
         for item in items:
             item.failures += 1
             item.maybe_delivered = True
-            if decide(item.failures).retry and self.breaker != BREAKER_OPEN:
+            request = item.request
+            if (
+                decide(item.failures).retry
+                and self.breaker != BREAKER_OPEN
+                and (request is None or request.resend_unknown)
+            ):
                 resend.append(item)
             else:
                 self._finish(item, self._result(item, _UNKNOWN, now, reason=why))

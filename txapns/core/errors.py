@@ -52,6 +52,10 @@ class InvalidFieldError(ValidationError):
     """Another field (expiry, collapse id, apns-id, push type…) is out of range."""
 
 
+class InvalidChannelIdError(InvalidFieldError):
+    """A broadcast channel id is not canonical base64 text (of at most 64 bytes)."""
+
+
 # --- the peer said something we cannot parse -------------------------------------------------
 
 
@@ -84,3 +88,49 @@ class CredentialError(APNsError):
 
 class CircuitOpenError(APNsError):
     """APNs rejected this credential; sends fail fast until an operator fixes it."""
+
+
+# --- requests other than notifications (broadcast channel management) ----------------------
+
+
+class RequestError(APNsError):
+    """A request other than a notification did not get a usable answer.
+
+    ``status`` and ``reason`` are APNs' (``None`` when it did not answer); ``local`` names a
+    failure the client decided itself (``"timeout"`` is in ``reason``; ``"circuit-open"``,
+    ``"stopped"``, ``"tls"``, ``"attempts"`` in ``local``); ``unknown`` is true when the
+    request may have taken effect although no answer came.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        reason: str | None = None,
+        local: str | None = None,
+        unknown: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.local = local
+        self.unknown = unknown
+
+
+class ChannelError(RequestError):
+    """A broadcast channel could not be created, read, deleted or listed: APNs answered with
+    an error (``status``, Apple's ``reason``, e.g. ``400 BadChannelId``) or did not answer."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        reason: str | None = None,
+        local: str | None = None,
+        unknown: bool = False,
+        channel_id: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, reason=reason, local=local, unknown=unknown)
+        self.channel_id = channel_id

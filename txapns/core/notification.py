@@ -204,6 +204,8 @@ def _check_priority_against_payload(n: Notification, aps: Mapping[str, Any] | No
 
 def validate_binary(n: Notification) -> None:
     """Rules of the legacy binary protocol (2048-byte payload, priority 10 or 5)."""
+    if not n.token:
+        raise InvalidTokenError("the binary protocol sends to device tokens only (no broadcasts)")
     if len(n.payload) > BINARY_PAYLOAD_LIMIT:
         raise PayloadTooLargeError(len(n.payload), BINARY_PAYLOAD_LIMIT, "binary")
     if n.priority is not None and n.priority not in (5, 10):
