@@ -140,7 +140,11 @@ class Notification:
             raise InvalidFieldError(
                 f"expiry must be UNIX seconds within 0..2**32-1, not {expiry!r}"
             )
-        if priority is not None and priority not in (1, 5, 10):
+        if priority is not None and (
+            isinstance(priority, bool)
+            or not isinstance(priority, int)
+            or priority not in (1, 5, 10)
+        ):
             raise InvalidPriorityError(f"priority must be 10, 5 or 1, not {priority!r}")
         pt: PushType | None
         if push_type is None or isinstance(push_type, PushType):
@@ -150,6 +154,8 @@ class Notification:
                 pt = PushType(push_type)
             except ValueError:
                 raise InvalidFieldError(f"unknown push type {push_type!r}") from None
+        if collapse_id is not None and not isinstance(collapse_id, str):
+            raise InvalidFieldError(f"collapse id must be a string, not {collapse_id!r}")
         if collapse_id is not None and len(collapse_id.encode("utf-8")) > COLLAPSE_ID_LIMIT:
             raise InvalidFieldError(
                 f"collapse id is {len(collapse_id.encode('utf-8'))} bytes; the limit is "
@@ -159,10 +165,12 @@ class Notification:
         if apns_id is not None:
             try:
                 ident = str(apns_id if isinstance(apns_id, uuid.UUID) else uuid.UUID(apns_id))
-            except ValueError:
+            except (ValueError, TypeError, AttributeError):
                 raise InvalidFieldError(f"apns-id must be a UUID, not {apns_id!r}") from None
             if isinstance(apns_id, str) and apns_id.isupper():
                 ident = ident.upper()
+        if topic is not None and not isinstance(topic, str):
+            raise InvalidFieldError(f"topic must be a string, not {topic!r}")
         if topic is not None and not topic:
             raise MissingTopicError("topic must not be empty")
         return cls(raw_token, body, expiry, priority, topic, pt, collapse_id, ident)
@@ -189,8 +197,8 @@ class Notification:
 
 
 def _check_priority_against_payload(n: Notification, aps: Mapping[str, Any] | None) -> None:
-    if n.priority != 10 or b"content-available" not in n.payload:
-        return  # the common case costs no JSON parse
+    if n.priority != 10 or (b"content-available" not in n.payload and b"\\u" not in n.payload):
+        return  # the common case costs no JSON parse (a \u escape may spell the key)
     if aps is None:
         aps = n.aps()
     if aps.get("content-available") == 1 and not (
@@ -226,7 +234,7 @@ def validate_http2(n: Notification, *, token_auth: bool) -> None:
     limit = http2_payload_limit(n)
     if len(n.payload) > limit:
         raise PayloadTooLargeError(len(n.payload), limit, "HTTP/2")
-    if not n.payload or n.payload == b"{}":
+    if not n.payload.strip(b" \t\r\n{}"):  # "{}", also with whitespace (a JSON object)
         raise PayloadError("APNs rejects an empty payload (PayloadEmpty)")
     _check_priority_against_payload(n, None)
     if token_auth and not n.topic:
@@ -236,10 +244,10 @@ def validate_http2(n: Notification, *, token_auth: bool) -> None:
         return  # the common case (alerts) needs no JSON parse: this runs for every notification
     aps = n.aps()
     if pt is PushType.BACKGROUND:
-        if n.priority not in (None, 5):
-            raise InvalidPriorityError("background notifications must use priority 5")
         if "alert" in aps:
             raise PayloadError("background notifications may not carry an alert")
+        if n.priority != 5:  # unset means APNs' default, 10
+            raise InvalidPriorityError("background notifications must use priority 5")
     if pt in (PushType.LOCATION, PushType.LIVEACTIVITY) and not token_auth:
         raise InvalidFieldError(f"push type {pt.value} needs token (JWT) authentication")
     if pt is PushType.LIVEACTIVITY:

@@ -17,6 +17,22 @@ INTERRUPTION_LEVELS = ("passive", "active", "time-sensitive", "critical")
 LIVE_ACTIVITY_EVENTS = ("start", "update", "end")
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _string_list(name: str, value: Sequence[str]) -> list[str]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise PayloadError(f"{name} must be a sequence of strings, not {value!r}")
+    return list(value)
+
+
+def _mapping(name: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise PayloadError(f"{name} must be a mapping, not {type(value).__name__}")
+    return dict(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Alert:
     """The ``alert`` dictionary, with Apple's localisation keys."""
@@ -37,7 +53,8 @@ class Alert:
         for name in self.__slots__:
             value = getattr(self, name)
             if value is not None:
-                out[name.replace("_", "-")] = list(value) if name.endswith("args") else value
+                key = name.replace("_", "-")
+                out[key] = _string_list(key, value) if name.endswith("args") else value
         return out
 
 
@@ -50,7 +67,7 @@ class CriticalSound:
     critical: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        if not 0.0 <= self.volume <= 1.0:
+        if not _is_number(self.volume) or not 0.0 <= self.volume <= 1.0:
             raise PayloadError(f"critical sound volume must be within 0..1, not {self.volume}")
         return {"critical": 1 if self.critical else 0, "name": self.name, "volume": self.volume}
 
@@ -92,7 +109,7 @@ def build_payload(
         elif isinstance(alert, str):
             aps["alert"] = alert
         else:
-            aps["alert"] = dict(alert)
+            aps["alert"] = _mapping("alert", alert)
     if badge is not None:
         if isinstance(badge, bool) or not isinstance(badge, int) or badge < 0:
             raise PayloadError(f"badge must be a non-negative integer, not {badge!r}")
@@ -103,7 +120,7 @@ def build_payload(
             if isinstance(sound, CriticalSound)
             else sound
             if isinstance(sound, str)
-            else dict(sound)
+            else _mapping("sound", sound)
         )
     if content_available:
         aps["content-available"] = 1
@@ -118,7 +135,7 @@ def build_payload(
         if value is not None:
             aps[key] = value
     if url_args is not None:
-        aps["url-args"] = list(url_args)
+        aps["url-args"] = _string_list("url-args", url_args)
     if interruption_level is not None:
         if interruption_level not in INTERRUPTION_LEVELS:
             raise PayloadError(
@@ -127,11 +144,18 @@ def build_payload(
             )
         aps["interruption-level"] = interruption_level
     if relevance_score is not None:
-        if not 0.0 <= relevance_score <= 1.0:
+        if not _is_number(relevance_score) or not 0.0 <= relevance_score <= 1.0:
             raise PayloadError(f"relevance-score must be within 0..1, not {relevance_score}")
         aps["relevance-score"] = relevance_score
     if event is not None and event not in LIVE_ACTIVITY_EVENTS:
         raise PayloadError(f"event must be one of start, update, end, not {event!r}")
+    for date_key, date in (
+        ("timestamp", timestamp),
+        ("stale-date", stale_date),
+        ("dismissal-date", dismissal_date),
+    ):
+        if date is not None and (isinstance(date, bool) or not isinstance(date, int) or date < 0):
+            raise PayloadError(f"{date_key} must be UNIX seconds (an integer), not {date!r}")
     la_fields: tuple[tuple[str, object], ...] = (
         ("timestamp", timestamp),
         ("event", event),
@@ -144,9 +168,9 @@ def build_payload(
         if la_value is not None:
             aps[la_key] = la_value
     if content_state is not None:
-        aps["content-state"] = dict(content_state)
+        aps["content-state"] = _mapping("content-state", content_state)
     if attributes is not None:
-        aps["attributes"] = dict(attributes)
+        aps["attributes"] = _mapping("attributes", attributes)
     if input_push_token:
         aps["input-push-token"] = 1
     payload: dict[str, Any] = {"aps": aps}
@@ -160,10 +184,14 @@ def build_payload(
 def encode_payload(payload: Mapping[str, Any] | bytes | str) -> bytes:
     """Compact UTF-8 JSON for a payload dictionary; bytes/str are checked to be a JSON object."""
     if isinstance(payload, (bytes, str)):
-        raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
         try:
-            value = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
+            # Decoded strictly: json.loads(bytes) would also take UTF-16/32 and a BOM.
+            raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+            value = json.loads(
+                payload if isinstance(payload, str) else raw.decode("utf-8"),
+                parse_constant=_reject_constant,
+            )
+        except (ValueError, RecursionError) as e:  # Unicode errors are ValueErrors
             raise PayloadError(f"payload is not valid UTF-8 JSON: {e}") from None
         if not isinstance(value, dict):
             raise PayloadError("payload must be a JSON object")
@@ -172,7 +200,21 @@ def encode_payload(payload: Mapping[str, Any] | bytes | str) -> bytes:
         raise PayloadError(f"payload must be a mapping, bytes or str, not {type(payload).__name__}")
     try:
         return json.dumps(
-            payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            payload,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+            default=_json_default,
         ).encode("utf-8")
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:
         raise PayloadError(f"payload cannot be encoded as JSON: {e}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_default(value: object) -> Any:
+    if isinstance(value, Mapping):  # json.dumps takes dicts only
+        return dict(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
