@@ -326,6 +326,47 @@ class ApiTests(TestCase):
         self.assertEqual(self.sender.sent, [])
         self.assertEqual(self.engine.gauges()["shop"].scheduled, 1)
 
+    @deferred_test
+    async def test_synchronous_request_with_a_future_send_at_is_answered_at_once(self) -> None:
+        when = self.reactor.seconds() + 3600
+        body = {"token": token(1), "alert": "later", "send_at": when}
+        # Without the fix the request is held open for an hour: fail fast instead.
+        posting = Deferred.fromCoroutine(self.post(body, headers={"Idempotency-Key": "s1"}))
+        reply = await posting.addTimeout(10, self.reactor)
+        self.assertEqual(reply.code, 202, reply.raw)
+        job_id = reply.json["job_id"]
+        self.assertEqual(
+            reply.json, {"job_id": job_id, "status_url": f"/v1/jobs/{job_id}", "duplicate": False}
+        )
+        job = await self.call("GET", f"/v1/jobs/{job_id}")
+        self.assertTrue(job.json["async"])  # stored as asynchronous
+        self.assertEqual((job.json["status"], job.json["counts"]["queued"]), ("pending", 1))
+        self.assertEqual(self.engine.gauges()["shop"].scheduled, 1)
+        self.assertEqual(self.sender.sent, [])
+        # An idempotent repeat is answered the same way, at once.
+        again = await Deferred.fromCoroutine(
+            self.post(body, headers={"Idempotency-Key": "s1"})
+        ).addTimeout(10, self.reactor)
+        self.assertEqual((again.code, again.json["job_id"]), (202, job_id))
+        self.assertTrue(again.json["duplicate"])
+        # A send_at already past is sent now, and a synchronous request still waits for it.
+        past = await self.post({"token": token(2), "alert": "now", "send_at": 1})
+        self.assertEqual(past.code, 200, past.raw)
+        self.assertEqual(past.json["results"][0]["outcome"], "accepted")
+
+    @deferred_test
+    async def test_invalid_tokens_since_is_exclusive(self) -> None:
+        await self.post({"tokens": [token(1), "f" * 60 + "dead"], "alert": "x"})
+        first = await self.call("GET", "/v1/apps/shop/invalid-tokens")
+        self.assertEqual([t["token"] for t in first.json["tokens"]], ["f" * 60 + "dead"])
+        cursor = first.json["next_since"]
+        self.assertEqual(cursor, first.json["tokens"][0]["reported_at"])
+        again = await self.call("GET", f"/v1/apps/shop/invalid-tokens?since={cursor!r}")
+        self.assertEqual((again.json["tokens"], again.json["next_since"]), ([], cursor))
+        await self.post({"token": "e" * 60 + "dead", "alert": "x"})
+        later = await self.call("GET", f"/v1/apps/shop/invalid-tokens?since={cursor!r}")
+        self.assertEqual([t["token"] for t in later.json["tokens"]], ["e" * 60 + "dead"])
+
     # -- bad input: 4xx, nothing stored --
 
     @deferred_test

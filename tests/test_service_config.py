@@ -279,3 +279,42 @@ class ConfigTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as cm:
             load_config(self.dir / "missing.toml")
         self.assertIn("cannot read configuration", str(cm.exception))
+
+    # -- the binary feedback service --
+
+    def load_unchecked(self, text: str):  # type: ignore[no-untyped-def]
+        return load_config(self.write(text), now=NOW, check_files=False)
+
+    def binary_app(self, extra: str = "", environment: str = "production") -> str:
+        return (
+            '[[app]]\nname = "legacy"\nbundle_id = "com.example.legacy"\n'
+            f'protocol = "binary"\nenvironment = "{environment}"\ncert_file = "push.pem"\n' + extra
+        )
+
+    def test_feedback_interval_and_endpoints(self) -> None:
+        cfg = self.load_unchecked(self.binary_app())
+        self.assertEqual(cfg.feedback_interval, 3600)
+        self.assertEqual(cfg.apps[0].feedback_endpoint(), ("feedback.push.apple.com", 2196))
+        sandbox = self.load_unchecked(self.binary_app(environment="sandbox")).apps[0]
+        self.assertEqual(sandbox.feedback_endpoint(), ("feedback.sandbox.push.apple.com", 2196))
+        # A gateway elsewhere serves its feedback on the same host, unless told otherwise.
+        moved = self.load_unchecked(self.binary_app('host = "gw.example"\nport = 12195\n'))
+        self.assertEqual(moved.apps[0].feedback_endpoint(), ("gw.example", 2196))
+        both = self.load_unchecked(
+            "feedback_interval = 0\n"
+            + self.binary_app('feedback_host = "fb.example"\nfeedback_port = 12196\n')
+        )
+        self.assertEqual(both.feedback_interval, 0)
+        self.assertEqual(both.apps[0].feedback_endpoint(), ("fb.example", 12196))
+
+    def test_feedback_refusals(self) -> None:
+        for bad in ("-1", "true", '"hourly"', "inf"):
+            with self.assertRaises(ConfigError) as cm:
+                self.load_unchecked(f"feedback_interval = {bad}\n")
+            self.assertIn("feedback_interval must be a number of seconds", str(cm.exception))
+        with self.assertRaises(ConfigError) as cm:
+            self.load_unchecked(self.binary_app("feedback_port = 70000\n"))
+        self.assertIn("feedback_port must be an integer within 1..65535", str(cm.exception))
+        self.assertRefused(
+            self.token_app(feedback_host="fb.example"), "feedback_host and feedback_port are for"
+        )

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 from pathlib import Path
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from txapns.core import Counters, Notification, Outcome, Result
 from txapns.service.config import AppConfig, ServiceConfig, TokenCredentials
-from txapns.service.engine import Accepted, JobView
-from txapns.service.metrics import AppGauges, Histogram, ServiceMetrics
+from txapns.service.engine import Accepted, Engine, JobView, engine_apps
+from txapns.service.metrics import COUNTER_METRICS, AppGauges, Histogram, ServiceMetrics
 from txapns.service.testing import FakeSender, accept
-from txapns.service.wiring import EngineService, build_engine, limits_from
+from txapns.service.wiring import EngineService, build_engine, client_health, limits_from
 
 LINE = re.compile(r'^[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)+\})? -?[0-9.e+]+$')
 
@@ -72,6 +74,86 @@ class MetricsTests(SynchronousTestCase):
         self.assertIn('txapns_http_responses_total{route="notifications",code="200"} 2', lines)
         self.assertIn("# TYPE txapns_delivery_latency_seconds histogram", lines)
         self.assertTrue(text.endswith("\n"))
+
+
+class CounterExportTests(SynchronousTestCase):
+    def test_every_client_counter_is_exported(self) -> None:
+        fields = {f.name for f in dataclasses.fields(Counters)}
+        self.assertEqual(set(COUNTER_METRICS), fields)  # a new counter must be placed here
+        text = ServiceMetrics().render({"shop": AppGauges()})
+        for name in COUNTER_METRICS.values():
+            self.assertIn(f"# TYPE {name} ", text)
+
+    def test_resent_unknown_and_window_high_water(self) -> None:
+        counters = Counters(resent_unknown=5, window_high_water=70, retried=1, replayed=2)
+        lines = ServiceMetrics().render({"shop": AppGauges(counters=counters)}).splitlines()
+        self.assertIn("# TYPE txapns_resent_unknown_total counter", lines)
+        self.assertIn('txapns_resent_unknown_total{app="shop"} 5', lines)
+        self.assertIn("# TYPE txapns_client_window_high_water gauge", lines)
+        self.assertIn('txapns_client_window_high_water{app="shop"} 70', lines)
+        self.assertIn('txapns_retries_total{app="shop"} 3', lines)
+
+
+class HealthWiringTests(SynchronousTestCase):
+    """``client_health``: the Senders' own state under ``client`` in ``/healthz``."""
+
+    def test_sender_health_is_reported_under_client(self) -> None:
+        sender = FakeSender()
+        sender.health = lambda: {"protocol": "http2", "breaker": "open", "queued": 9}  # type: ignore[attr-defined]
+        plain = FakeSender()
+        health = client_health({"shop": sender, "plain": plain})
+        self.assertEqual(list(health), ["shop"])  # nothing to add for a Sender without health
+        config = ServiceConfig(apps=(app_config("shop"), app_config("plain")))
+        apps = engine_apps(config, {"shop": sender, "plain": plain}, health)
+        engine = Engine(apps, None, Clock(), purge_interval=0)  # type: ignore[arg-type]
+        view = engine.health()["apps"]
+        assert isinstance(view, dict)
+        self.assertEqual(
+            view["shop"]["client"], {"protocol": "http2", "breaker": "open", "queued": 9}
+        )
+        self.assertEqual(view["shop"]["queued"], 0)  # the engine's queue, not the client's
+        self.assertNotIn("client", view["plain"])
+
+    def test_a_failing_part_is_reported_not_raised(self) -> None:
+        sender = FakeSender()
+
+        def broken() -> dict[str, object]:
+            raise KeyError("gone")
+
+        sender.health = broken  # type: ignore[attr-defined]
+        report = client_health({"shop": sender})["shop"]()
+        self.assertEqual(report, {"client": {"error": "KeyError: 'gone'"}})
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+    def test_binary_client_health(self) -> None:
+        from txapns.binary import BinaryClient
+
+        from .test_feedback import ManualEndpoint
+
+        client = BinaryClient(Clock(), ManualEndpoint(), connections=2)
+        report = client_health({"legacy": client})["legacy"]()
+        self.assertEqual(
+            report["client"],
+            {
+                "protocol": "binary",
+                "connections": 0,
+                "connections_total": 2,
+                "connecting": 0,
+                "pending": 0,
+                "tls_failures": 0,
+                "stopped": False,
+            },
+        )
+
+
+def app_config(name: str) -> AppConfig:
+    return AppConfig(
+        name=name,
+        bundle_id="com.example.shop",
+        environment="sandbox",
+        protocol="http2",
+        credentials=TokenCredentials(Path("AuthKey_ABC1234567.p8"), "ABC1234567", "T1"),
+    )
 
 
 class WiringTests(TestCase):

@@ -360,6 +360,12 @@ class BinaryRunningServiceTests(RunningServiceMixin, TestCase):
         health = (await self.api.call("GET", "/healthz")).json["apps"][FAKE_APP]
         self.assertGreaterEqual(health["connections_made"], 1)
         self.assertEqual((health["queued"], health["inflight"]), (0, 0))
+        # The client's own state: connections, and the HTTP/2 circuit breaker.
+        client = health["client"]
+        self.assertEqual(client["protocol"], self.protocol)
+        self.assertGreaterEqual(client["connections"], 1)
+        if self.protocol == "http2":
+            self.assertEqual((client["breaker"], client["breaker_reason"]), ("closed", None))
         reply = await self.api.post(FAKE_APP, {"token": INVALID, "alert": "m"})
         self.assertEqual(reply.json["results"][0]["outcome"], "rejected")
         metrics = await self.api.call("GET", "/metrics")

@@ -163,6 +163,26 @@ class StoreTests(SynchronousTestCase):
         latest = self.store.invalid_tokens("a", since=25)
         self.assertEqual([(t.token, t.timestamp) for t in latest], [(token(1), 1_800_000_000.0)])
 
+    def test_invalid_tokens_since_is_exclusive_and_pages_end_between_times(self) -> None:
+        self.store.add_invalid_tokens("a", [(token(i), None) for i in (1, 2)], now=10)
+        self.store.add_invalid_tokens("a", [(token(i), None) for i in (3, 4, 5)], now=20)
+        self.store.add_invalid_tokens("a", [(token(6), None)], now=30)
+        self.assertEqual([t.token for t in self.store.invalid_tokens("a", since=10)],
+                         [token(3), token(4), token(5), token(6)])  # fmt: skip
+        # A page of 3 would end inside the tokens reported at 20: it takes all of them, so
+        # polling on from the last reported_at neither repeats nor skips a token.
+        seen: list[str] = []
+        since = None
+        for _ in range(5):
+            page = self.store.invalid_tokens("a", since=since, limit=3)
+            if not page:
+                break
+            seen += [t.token for t in page]
+            since = page[-1].reported_at
+        self.assertEqual(seen, [token(i) for i in range(1, 7)])
+        first = self.store.invalid_tokens("a", limit=3)
+        self.assertEqual([t.reported_at for t in first], [10, 10, 20, 20, 20])
+
     def test_recover_returns_unfinished_and_counts_inflight(self) -> None:
         n = note(
             1,

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 from twisted.application.service import IService, IServiceCollection
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from txapns.service.config import ConfigError
-from txapns.tap import Options, makeService
+from txapns.service.wiring import EngineService
+from txapns.tap import Options, build_service, makeService
 
 
 class OptionsTests(SynchronousTestCase):
@@ -37,6 +46,16 @@ class OptionsTests(SynchronousTestCase):
     def test_bad_fake_protocol(self) -> None:
         self.assertRaises(usage.UsageError, Options().parseOptions, ["--fake-protocol", "spdy"])
 
+    def test_listen_help_is_one_clean_line(self) -> None:
+        doc = Options().docs["listen"]
+        self.assertEqual(
+            doc,
+            "Listen for the HTTP API on this strports description (repeatable); "
+            "default tcp:8325:interface=127.0.0.1.",
+        )
+        usage_text = " ".join(str(Options()).split("\n"))
+        self.assertNotIn(";  ", usage_text)
+
 
 class MakeServiceTests(SynchronousTestCase):
     def test_fake_service_has_fake_clients_engine_and_api(self) -> None:
@@ -55,4 +74,95 @@ class MakeServiceTests(SynchronousTestCase):
         options.parseOptions(
             ["--bundle-id", "com.example.app", "--protocol", "binary", "--cert-file", "/no/such"]
         )
-        self.assertRaises(ConfigError, makeService, options)
+        self.assertRaises(ConfigError, build_service, options)
+
+    def keep_work_files_in_a_temp_dir(self) -> None:
+        directory = tempfile.mkdtemp(prefix="txapns-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        self.patch(tempfile, "tempdir", directory)
+
+    def test_fake_binary_service_polls_feedback_and_reports_client_health(self) -> None:
+        self.keep_work_files_in_a_temp_dir()
+        options = Options()
+        options.parseOptions(["--fake", "--listen", "tcp:0:interface=127.0.0.1"])
+        engine_service = next(
+            s for s in IServiceCollection(makeService(options)) if isinstance(s, EngineService)
+        )
+        (poller,) = engine_service.feedback
+        self.assertEqual(poller.app, "demo")
+        self.assertEqual(poller.interval, 3600)
+        health = engine_service.engine.health()["apps"]["demo"]
+        self.assertEqual(health["client"]["protocol"], "binary")
+        self.assertEqual(health["client"]["connections"], 0)
+        self.assertEqual(health["feedback"]["polls"], 0)
+
+    def test_fake_http2_service_reports_the_breaker(self) -> None:
+        self.keep_work_files_in_a_temp_dir()
+        options = Options()
+        options.parseOptions(
+            ["--fake", "--fake-protocol", "http2", "--listen", "tcp:0:interface=127.0.0.1"]
+        )
+        engine_service = next(
+            s for s in IServiceCollection(makeService(options)) if isinstance(s, EngineService)
+        )
+        self.assertEqual(engine_service.feedback, [])
+        health = engine_service.engine.health()["apps"]["demo"]
+        self.assertEqual(health["client"]["breaker"], "closed")
+        self.assertEqual(health["client"]["protocol"], "http2")
+        self.assertNotIn("feedback", health)
+        self.assertEqual(health["queued"], 0)  # the engine's own field, not the client's
+
+
+class ConfigErrorTests(SynchronousTestCase):
+    """``twistd apns`` reports a configuration it cannot use in one line, exit status 1."""
+
+    def bad_config(self) -> str:
+        directory = Path(tempfile.mkdtemp(prefix="txapns-test-"))
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = directory / "bad.toml"
+        path.write_text('[[app]]\nname = "shop"\nbundle_id = "com.example.shop"\n')
+        return str(path)
+
+    def test_make_service_prints_one_line_and_exits_1(self) -> None:
+        options = Options()
+        options.parseOptions(["--config", self.bad_config()])
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        with self.assertRaises(SystemExit) as cm:
+            makeService(options)
+        self.assertEqual(cm.exception.code, 1)
+        self.assertEqual(
+            stderr.getvalue(),
+            "twistd apns: app 'shop': no credential: give key_file + key_id + team_id (token "
+            "auth), cert_file (+ key_file) or p12_file (certificate auth)\n",
+        )
+
+    def test_a_multi_line_message_is_one_line(self) -> None:
+        def broken(options: Options) -> IService:
+            raise ConfigError("first\n  second\tthird")
+
+        self.patch(sys.modules["txapns.tap"], "build_service", broken)
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        self.assertRaises(SystemExit, makeService, Options())
+        self.assertEqual(stderr.getvalue(), "twistd apns: first second third\n")
+
+    def test_twistd_prints_no_traceback(self) -> None:
+        twistd = Path(sys.executable).with_name("twistd")
+        result = subprocess.run(
+            [str(twistd), "-n", "--pidfile=", "apns", "--config", self.bad_config()],
+            capture_output=True,
+            text=True,
+            cwd=tempfile.gettempdir(),
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            timeout=120,
+        )
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertNotIn("Traceback", result.stderr + result.stdout)
+        self.assertEqual(
+            result.stderr.splitlines(),
+            [
+                "twistd apns: app 'shop': no credential: give key_file + key_id + team_id "
+                "(token auth), cert_file (+ key_file) or p12_file (certificate auth)"
+            ],
+        )

@@ -19,25 +19,36 @@ circuit breaker per credential. Every notification ends in exactly one
 
 What happens to a notification, by cause:
 
-=====================================  ===================================================
-200                                    accepted (``apns_id``, ``apns_unique_id``)
-400/404/405/410/413 and other 4xx      rejected (Apple's reason; 410 with its timestamp)
-429 TooManyRequests                    re-sent after ``policy.too_many_requests_delay``
-500 / 503                              re-sent with backoff, on another connection
-403 ExpiredProviderToken, 400          the connection is retired (no new streams, closed
-IdleTimeout, 403 UnrelatedKeyIdInToken when idle); re-sent at once on a new connection
-429 TooManyProviderTokenUpdates        (with a new token)
-403 credential reasons                 rejected; the circuit breaker opens: what is queued
-                                       is rejected (``local="circuit-open"``) and ``send``
-                                       raises :class:`CircuitOpenError` until a probe after
-                                       ``circuit_reset`` seconds is answered
-above a GOAWAY's last-stream-id,       never processed: re-sent (``counters.replayed``)
-RST_STREAM(REFUSED_STREAM)
-other resets, lost connections,        unknown; ``policy.unknown_policy``: re-send with the
-protocol errors, dead connections      same apns-id (``counters.resent_unknown``) or finish
-                                       as unknown
-deadline passed                        RST_STREAM(CANCEL), finished unknown ``"timeout"``
-=====================================  ===================================================
++-------------------------------------+----------------------------------------------------+
+| answer or event                     | what happens                                       |
++=====================================+====================================================+
+| 200                                 | accepted (``apns_id``, ``apns_unique_id``)         |
++-------------------------------------+----------------------------------------------------+
+| 400/404/405/410/413 and other 4xx   | rejected (Apple's reason; 410 with its timestamp)  |
++-------------------------------------+----------------------------------------------------+
+| 429 TooManyRequests                 | re-sent after ``policy.too_many_requests_delay``   |
++-------------------------------------+----------------------------------------------------+
+| 500 / 503                           | re-sent with backoff, on another connection        |
++-------------------------------------+----------------------------------------------------+
+| 403 ExpiredProviderToken,           | the connection is retired (no new streams, closed  |
+| 400 IdleTimeout,                    | when idle); re-sent at once on a new connection    |
+| 403 UnrelatedKeyIdInToken,          | (after ExpiredProviderToken, with a new token)     |
+| 429 TooManyProviderTokenUpdates     |                                                    |
++-------------------------------------+----------------------------------------------------+
+| 403 credential reasons              | rejected; the circuit breaker opens: what is       |
+|                                     | queued is rejected (``local="circuit-open"``) and  |
+|                                     | ``send`` raises :class:`CircuitOpenError` until a  |
+|                                     | probe after ``circuit_reset`` seconds is answered  |
++-------------------------------------+----------------------------------------------------+
+| above a GOAWAY's last-stream-id,    | never processed: re-sent (``counters.replayed``)   |
+| RST_STREAM(REFUSED_STREAM)          |                                                    |
++-------------------------------------+----------------------------------------------------+
+| other resets, lost connections,     | unknown; ``policy.unknown_policy``: re-send with   |
+| protocol errors, dead connections   | the same apns-id (``counters.resent_unknown``) or  |
+|                                     | finish as unknown                                  |
++-------------------------------------+----------------------------------------------------+
+| deadline passed                     | RST_STREAM(CANCEL), finished unknown ``"timeout"`` |
++-------------------------------------+----------------------------------------------------+
 
 Retryable failures count against ``policy.max_attempts``; past it a notification is finished
 (rejected ``local="attempts"`` with Apple's status and reason, or unknown).
@@ -987,7 +998,8 @@ class HTTP2Client:
     ) -> HTTP2Client:
         """The client for a configured app (token auth from its ``.p8`` file, or its
         certificate), over TLS with ALPN ``h2`` to ``app.endpoint()`` — or to ``address()``
-        while verifying the server certificate for ``hostname``."""
+        while verifying the server certificate for ``hostname``; through the HTTP CONNECT
+        proxy ``app.proxy`` when one is configured."""
         from .core.jwt import load_signing_key, validate_ids
         from .service.config import ConfigError, TokenCredentials
         from .service.senders import load_certificate, tls_endpoint
@@ -1013,6 +1025,7 @@ class HTTP2Client:
             certificate=certificate,
             ca_pem=ca_pem,
             alpn=(b"h2",),
+            proxy=app.proxy,
         )
         return cls(
             reactor,

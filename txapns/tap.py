@@ -58,6 +58,7 @@ class Options(usage.Options):
         ["cert-key", None, None, "Single-app mode: PEM private key of --cert-file."],
         ["p12-file", None, None, "Single-app mode: PKCS#12 certificate and key."],
         ["passphrase-file", None, None, "Single-app mode: passphrase of the key or PKCS#12."],
+        ["proxy", None, None, "Single-app mode: HTTP CONNECT proxy, http://[user:pass@]host:port."],
     ]
 
     def __init__(self) -> None:
@@ -65,9 +66,13 @@ class Options(usage.Options):
         self["listen"] = []
 
     def opt_listen(self, description: str) -> None:
-        """Listen for the HTTP API on this strports description (repeatable);
-        default tcp:8325:interface=127.0.0.1."""
         self["listen"].append(description)
+
+    # One line: usage.Options shows a docstring's line breaks and indentation as spaces.
+    opt_listen.__doc__ = (
+        "Listen for the HTTP API on this strports description (repeatable); "
+        f"default {DEFAULT_LISTEN}."
+    )
 
     def postOptions(self) -> None:
         if self["fake-protocol"] not in ("binary", "http2"):
@@ -84,6 +89,13 @@ class Options(usage.Options):
             raise usage.UsageError("give either --config or the single-app flags, not both")
         if self["fake"] and (self["config"] or single):
             raise usage.UsageError("--fake runs without configured apps")
+        if self["proxy"] is not None:
+            from .core.proxy import ProxyURLError, parse_proxy_url
+
+            try:
+                parse_proxy_url(self["proxy"])
+            except ProxyURLError as e:
+                raise usage.UsageError(f"--proxy: {e}") from None
         if not self["config"] and not single:
             self["fake"] = True
 
@@ -96,6 +108,7 @@ _SINGLE_APP_FLAGS = (
     "cert-key",
     "p12-file",
     "passphrase-file",
+    "proxy",
 )
 
 
@@ -113,6 +126,7 @@ def _single_app(options: Options) -> AppConfig:
         ("cert-file", "cert_file"),
         ("p12-file", "p12_file"),
         ("passphrase-file", "passphrase_file"),
+        ("proxy", "proxy"),
     ):
         if options[flag] is not None:
             entry[key] = options[flag]
@@ -139,18 +153,31 @@ class _FakeAPNs(Service):
         self.pki = make_test_pki(FAKE_BUNDLE)
         self.port: Any = None
         self.server: Any = None
+        #: The binary fake's feedback service (a FakeFeedbackService) and its port.
+        self.feedback: Any = None
+        self.feedback_port: Any = None
 
     def address(self) -> tuple[str, int]:
         if self.port is None:
             raise RuntimeError("the embedded fake APNs is not listening")
         return ("127.0.0.1", self.port.getHost().port)
 
+    def feedback_address(self) -> tuple[str, int]:
+        if self.feedback_port is None:
+            raise RuntimeError("the embedded fake feedback service is not listening")
+        return ("127.0.0.1", self.feedback_port.getHost().port)
+
     def startService(self) -> None:
         from .testing.pki import server_tls_options
 
         Service.startService(self)
         if self.protocol == "binary":
-            from .testing.binary_gateway import FakeGateway, listen_gateway
+            from .testing.binary_gateway import (
+                FakeFeedbackService,
+                FakeGateway,
+                listen_feedback,
+                listen_gateway,
+            )
 
             gateway = FakeGateway(self.reactor)
             # Tokens starting with ff are rejected as invalid, like the shared bench mocks.
@@ -158,6 +185,10 @@ class _FakeAPNs(Service):
             self.server = gateway
             self.port = listen_gateway(
                 self.reactor, gateway, tls_options=server_tls_options(self.pki)
+            )
+            self.feedback = FakeFeedbackService(self.reactor)
+            self.feedback_port = listen_feedback(
+                self.reactor, self.feedback, tls_options=server_tls_options(self.pki)
             )
         else:
             from .testing.http2_server import FakeAPNsServer, listen_http2
@@ -174,9 +205,10 @@ class _FakeAPNs(Service):
 
     def stopService(self) -> Any:
         Service.stopService(self)
-        if self.port is not None:
-            return self.port.stopListening()
-        return None
+        from twisted.internet.defer import gatherResults, maybeDeferred
+
+        ports = [p for p in (self.port, self.feedback_port) if p is not None]
+        return gatherResults([maybeDeferred(p.stopListening) for p in ports]) if ports else None
 
 
 def _fake_app(fake: _FakeAPNs, directory: Path) -> AppConfig:
@@ -212,13 +244,28 @@ class _StartSenders(Service):
 
 
 def makeService(options: Options) -> IService:
+    """The ``twistd apns`` entry point: :func:`build_service`, except that a configuration
+    it cannot use ends the process with one line on stderr and exit status 1 (as twistd does
+    for a usage error) instead of a traceback."""
+    try:
+        return build_service(options)
+    except ConfigError as e:
+        message = " ".join(str(e).split())  # one line, whatever the error text holds
+        sys.stderr.write(f"twistd apns: {message}\n")
+        raise SystemExit(1) from None
+
+
+def build_service(options: Options) -> IService:
+    """The service ``twistd apns`` runs; raises :class:`ConfigError` for a configuration it
+    cannot use."""
     from twisted.application import strports
     from twisted.internet import reactor
     from twisted.web.client import Agent
 
     from .service.api import make_site
+    from .service.feedback import feedback_pollers
     from .service.senders import make_sender
-    from .service.wiring import EngineService, build_engine, limits_from
+    from .service.wiring import EngineService, build_engine, client_health, limits_from
 
     top = MultiService()
     fake: _FakeAPNs | None = None
@@ -263,8 +310,15 @@ def makeService(options: Options) -> IService:
         else:
             senders[app.name] = make_sender(app, reactor)
     _attach(_StartSenders(senders), top)
-    engine, pool = build_engine(config, senders, reactor, agent=Agent(reactor))  # type: ignore[arg-type]
-    _attach(EngineService(engine, pool), top)
+    if fake is not None:
+        pollers = feedback_pollers(
+            config, reactor, address=fake.feedback_address, hostname="localhost"
+        )
+    else:
+        pollers = feedback_pollers(config, reactor)
+    health = client_health(senders, pollers)
+    engine, pool = build_engine(config, senders, reactor, health=health, agent=Agent(reactor))  # type: ignore[arg-type]
+    _attach(EngineService(engine, pool, feedback=pollers.values()), top)
     site = make_site(engine, config.api_key(), limits_from(config))
     # The demo listens on an ephemeral loopback port of its own, so it never collides with a
     # running service; explicit --listen options are honoured in every mode.

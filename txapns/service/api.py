@@ -4,9 +4,10 @@ Routes (every one needs ``Authorization: Bearer <key>``; 401 otherwise):
 
 * ``POST /v1/apps/{app}/notifications`` — one notification (``"token"``) or a batch
   (``"tokens"``). Waits for the outcomes and answers 200 with one result per recipient, or,
-  with ``"async": true``, answers 202 with the job id once the batch is durably stored.
+  with ``"async": true`` or a ``send_at`` in the future, answers 202 with the job id once the
+  batch is durably stored.
 * ``GET /v1/jobs/{id}`` — progress and per-recipient results.
-* ``GET /v1/apps/{app}/invalid-tokens?since=`` — tokens APNs reported dead.
+* ``GET /v1/apps/{app}/invalid-tokens?since=`` — tokens APNs reported dead after ``since``.
 * ``GET /healthz`` — 200 while accepting, 503 otherwise; per-app queue and connection state.
 * ``GET /metrics`` — Prometheus text.
 
@@ -587,10 +588,13 @@ class ApiResource(Resource):
             limits=self.limits,
         )
         notifications = self.engine.prepare(app, parsed.template, parsed.tokens)
+        # A scheduled send is answered as stored (202), never held open until its time; the
+        # job is stored as asynchronous, so an idempotent repeat answers the same way.
+        async_ = parsed.async_ or self.engine.scheduled_for_later(parsed.send_at)
         d = self.engine.submit(
             app,
             notifications,
-            async_=parsed.async_,
+            async_=async_,
             send_at=parsed.send_at,
             idempotency_key=parsed.idempotency_key,
         )

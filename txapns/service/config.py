@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from ..core.errors import APNsError
+from ..core.proxy import ProxyURL, ProxyURLError, format_authority, parse_proxy_url
 
 DEFAULT_LISTEN = "tcp:8325:interface=127.0.0.1"
 DEFAULT_SPOOL = "txapns-spool.sqlite3"
@@ -52,6 +53,8 @@ DEFAULT_RETENTION_DAYS = 7.0
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_RECIPIENTS = 10_000
 DEFAULT_DRAIN_TIMEOUT = 10.0
+#: Seconds between two reads of the binary feedback service (0: never read it).
+DEFAULT_FEEDBACK_INTERVAL = 3600.0
 
 #: A clock before this is certainly wrong (every JWT and certificate check would mislead).
 SANE_CLOCK_AFTER = datetime(2025, 1, 1, tzinfo=UTC)
@@ -61,6 +64,11 @@ HOSTS: dict[tuple[str, str], tuple[str, int]] = {
     ("http2", "sandbox"): ("api.sandbox.push.apple.com", 443),
     ("binary", "production"): ("gateway.push.apple.com", 2195),
     ("binary", "sandbox"): ("gateway.sandbox.push.apple.com", 2195),
+}
+#: Apple's feedback service of the binary protocol, per environment.
+FEEDBACK_HOSTS: dict[str, tuple[str, int]] = {
+    "production": ("feedback.push.apple.com", 2196),
+    "sandbox": ("feedback.sandbox.push.apple.com", 2196),
 }
 
 _APPLE_ID = re.compile(r"\A[A-Z0-9]{10}\Z")
@@ -113,6 +121,11 @@ class AppConfig:
     host: str | None = None
     port: int | None = None
     ca_file: Path | None = None
+    #: Binary apps: where the feedback service is (default: Apple's, or ``host`` if set).
+    feedback_host: str | None = None
+    feedback_port: int | None = None
+    #: An HTTP CONNECT proxy to reach APNs through (its ``repr`` hides the password).
+    proxy: ProxyURL | None = None
 
     @property
     def token_auth(self) -> bool:
@@ -122,6 +135,13 @@ class AppConfig:
         """``(host, port)`` to connect to: the overrides, else Apple's for protocol/environment."""
         host, port = HOSTS[(self.protocol, self.environment)]
         return (self.host or host, self.port or port)
+
+    def feedback_endpoint(self) -> tuple[str, int]:
+        """``(host, port)`` of the binary feedback service: ``feedback_host``/``feedback_port``,
+        else the gateway's ``host`` override (a compatible gateway serves both), else Apple's
+        for the environment; port 2196 by default."""
+        host, port = FEEDBACK_HOSTS[self.environment]
+        return (self.feedback_host or self.host or host, self.feedback_port or port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +155,7 @@ class ServiceConfig:
     max_recipients: int = DEFAULT_MAX_RECIPIENTS
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     invalid_token_webhook: str | None = None
+    feedback_interval: float = DEFAULT_FEEDBACK_INTERVAL
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -178,6 +199,7 @@ _SERVICE_KEYS = {
     "max_recipients",
     "drain_timeout",
     "invalid_token_webhook",
+    "feedback_interval",
 }
 _APP_KEYS = {
     "name",
@@ -193,6 +215,9 @@ _APP_KEYS = {
     "host",
     "port",
     "ca_file",
+    "feedback_host",
+    "feedback_port",
+    "proxy",
 }
 
 
@@ -271,6 +296,7 @@ def parse_config(
         max_recipients=int(_positive(data, "max_recipients", DEFAULT_MAX_RECIPIENTS, integer=True)),
         drain_timeout=_positive(data, "drain_timeout", DEFAULT_DRAIN_TIMEOUT),
         invalid_token_webhook=webhook,
+        feedback_interval=_non_negative(data, "feedback_interval", DEFAULT_FEEDBACK_INTERVAL),
     )
 
 
@@ -312,6 +338,30 @@ def parse_app(entry: Mapping[str, Any], *, base_dir: Path, where: str = "app") -
         isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536
     ):
         raise ConfigError(f"{where}: port must be an integer within 1..65535, not {port!r}")
+    feedback_host = _opt_str(entry, "feedback_host", where)
+    feedback_port = entry.get("feedback_port")
+    if feedback_port is not None and (
+        isinstance(feedback_port, bool)
+        or not isinstance(feedback_port, int)
+        or not 0 < feedback_port < 65536
+    ):
+        raise ConfigError(
+            f"{where}: feedback_port must be an integer within 1..65535, not {feedback_port!r}"
+        )
+    if protocol != "binary" and (feedback_host is not None or feedback_port is not None):
+        raise ConfigError(
+            f"{where}: feedback_host and feedback_port are for protocol = 'binary' (HTTP/2 "
+            "reports dead tokens in its answers; there is no feedback service)"
+        )
+    proxy = _parse_proxy(entry, where)
+    if proxy is not None and host is not None:
+        try:
+            format_authority(host, port or 1)
+        except ValueError:
+            raise ConfigError(
+                f"{where}: host {host!r} is not a host name or IP address (a proxy is asked "
+                "for a tunnel to it)"
+            ) from None
     return AppConfig(
         name=name,
         bundle_id=bundle_id,
@@ -321,7 +371,25 @@ def parse_app(entry: Mapping[str, Any], *, base_dir: Path, where: str = "app") -
         host=host,
         port=port,
         ca_file=_opt_path(entry, "ca_file", base_dir, where),
+        feedback_host=feedback_host,
+        feedback_port=feedback_port,
+        proxy=proxy,
     )
+
+
+def _parse_proxy(entry: Mapping[str, Any], where: str) -> ProxyURL | None:
+    value = entry.get("proxy")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{where}: proxy must be a URL string (http://[user:password@]host:port), "
+            f"not a {type(value).__name__}"
+        )
+    try:
+        return parse_proxy_url(value)
+    except ProxyURLError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _parse_credentials(entry: Mapping[str, Any], base_dir: Path, where: str) -> Credentials:
@@ -423,6 +491,13 @@ def _positive(data: Mapping[str, Any], key: str, default: float, *, integer: boo
     if isinstance(value, bool) or not ok_type or not value > 0:
         kind = "a positive integer" if integer else "a positive number"
         raise ConfigError(f"{key} must be {kind}, not {value!r}")
+    return float(value)
+
+
+def _non_negative(data: Mapping[str, Any], key: str, default: float) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e9:
+        raise ConfigError(f"{key} must be a number of seconds, 0 or more, not {value!r}")
     return float(value)
 
 

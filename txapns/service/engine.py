@@ -281,6 +281,11 @@ class Engine:
         """Raise :class:`UnknownAppError` unless ``app`` is served."""
         self._state(app)
 
+    def scheduled_for_later(self, send_at: float | None) -> bool:
+        """Would a notification with this ``send_at`` wait for its time (rather than be sent
+        now)? The API answers such submissions asynchronously."""
+        return send_at is not None and send_at > self._now()
+
     def _state(self, app: str) -> _AppState:
         st = self._apps.get(app)
         if st is None:

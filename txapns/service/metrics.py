@@ -16,6 +16,25 @@ from dataclasses import dataclass, field
 from ..core.counters import Counters
 from ..core.result import Outcome, Result
 
+#: Where each :class:`~txapns.core.counters.Counters` field of an app's client shows in
+#: ``/metrics``. The client's outcome counts are the engine's own (every result the client
+#: gives is recorded by the engine), so they are exported from :class:`AppMetrics`.
+COUNTER_METRICS: dict[str, str] = {
+    "submitted": "txapns_notifications_sent_total",
+    "accepted": "txapns_notifications_accepted_total",
+    "rejected": "txapns_notifications_rejected_total",
+    "unknown": "txapns_notifications_unknown_total",
+    "rejected_by_reason": "txapns_notifications_rejected_total",
+    "unknown_by_reason": "txapns_notifications_unknown_total",
+    "retried": "txapns_retries_total",
+    "replayed": "txapns_retries_total",
+    "resent_unknown": "txapns_resent_unknown_total",
+    "connections_made": "txapns_connections_made_total",
+    "reconnects": "txapns_reconnects_total",
+    "connection_failures": "txapns_connection_failures_total",
+    "window_high_water": "txapns_client_window_high_water",
+}
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_BUCKETS: tuple[float, ...] = (
     0.005,
@@ -180,6 +199,13 @@ class ServiceMetrics:
             per_app({n: c[n].retried + c[n].replayed for n in names}),
         )
         family(
+            "txapns_resent_unknown_total",
+            "counter",
+            "Notifications whose outcome became unknown on a silent close or reset and that the "
+            "APNs client re-sent (they may be delivered twice).",
+            per_app({n: c[n].resent_unknown for n in names}),
+        )
+        family(
             "txapns_requeued_total",
             "counter",
             "Notifications put back in the spool unsent.",
@@ -223,6 +249,12 @@ class ServiceMetrics:
             "gauge",
             "Notifications the APNs client holds (queued or in flight).",
             per_app({n: g[n].client_pending for n in names}),
+        )
+        family(
+            "txapns_client_window_high_water",
+            "gauge",
+            "Most notifications the APNs client had written and not yet confirmed at once.",
+            per_app({n: c[n].window_high_water for n in names}),
         )
         family(
             "txapns_connections_made_total",

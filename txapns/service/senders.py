@@ -9,6 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from zope.interface import implementer
 
+from ..core.proxy import ProxyURL, parse_proxy_url
 from ..credentials import ClientCertificate, client_tls_options
 from ..interfaces import Sender
 from .config import AppConfig, CertificateCredentials, ConfigError
@@ -42,15 +43,32 @@ def tls_endpoint(
     certificate: ClientCertificate | None,
     ca_pem: bytes | None,
     alpn: tuple[bytes, ...] = (),
+    proxy: ProxyURL | str | None = None,
 ) -> IStreamClientEndpoint:
-    """A TLS client endpoint verifying ``hostname``; ``address`` is asked at each connect."""
+    """A TLS client endpoint verifying ``hostname``; ``address`` is asked at each connect.
+
+    With ``proxy`` (``http://[user:password@]host:port``) it connects through that HTTP
+    CONNECT proxy, asking it for a tunnel to ``address()``; TLS runs through the tunnel and
+    still verifies ``hostname``, never the proxy."""
     from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
     options = client_tls_options(hostname, certificate=certificate, ca_pem=ca_pem, alpn=alpn)
+    via = parse_proxy_url(proxy) if isinstance(proxy, str) else proxy
 
     def resolve() -> IStreamClientEndpoint:
         host, port = address()
-        return wrapClientTLS(options, HostnameEndpoint(reactor, host, port))
+        if via is None:
+            return wrapClientTLS(options, HostnameEndpoint(reactor, host, port))
+        from ..proxy import HTTPConnectEndpoint
+
+        tunnel = HTTPConnectEndpoint(
+            HostnameEndpoint(reactor, via.host, via.port),
+            host,
+            port,
+            auth=via.credentials,
+            clock=reactor,
+        )
+        return wrapClientTLS(options, tunnel)
 
     return LateEndpoint(resolve)
 
@@ -78,6 +96,7 @@ def make_sender(
             where,
             certificate=load_certificate(app.credentials),
             ca_pem=ca_pem,
+            proxy=app.proxy,
         )
         return BinaryClient(reactor, endpoint)
     if app.protocol == "http2":

@@ -639,13 +639,24 @@ class SpoolStore:
     def invalid_tokens(
         self, app: str, *, since: float | None = None, limit: int = 10_000
     ) -> list[InvalidToken]:
-        """Dead tokens of ``app`` reported at or after ``since`` (this service's clock)."""
+        """Dead tokens of ``app`` reported after ``since`` (exclusive; this service's clock),
+        oldest first, ``limit`` of them, or more when the last one's ``reported_at`` is shared
+        by others (an outcome batch shares its time): those are all included, so that
+        polling on from the last ``reported_at`` seen neither repeats a token nor skips one."""
+        columns = "app, token, timestamp, reason, status, source, reported_at"
         rows = self._db.execute(
-            "SELECT app, token, timestamp, reason, status, source, reported_at"
-            " FROM invalid_tokens WHERE app = ? AND reported_at >= ?"
+            f"SELECT {columns} FROM invalid_tokens WHERE app = ? AND reported_at > ?"
             " ORDER BY reported_at, token LIMIT ?",
             (app, since if since is not None else float("-inf"), limit),
         ).fetchall()
+        if len(rows) == limit:
+            # Complete the last reported_at: the next call starts after it.
+            last_at, last_token = rows[-1][6], rows[-1][1]
+            rows += self._db.execute(
+                f"SELECT {columns} FROM invalid_tokens WHERE app = ? AND reported_at = ?"
+                " AND token > ? ORDER BY token",
+                (app, last_at, last_token),
+            ).fetchall()
         return [InvalidToken(*r) for r in rows]
 
     def counts(self) -> dict[tuple[str, str], int]:

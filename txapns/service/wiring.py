@@ -4,23 +4,31 @@
 
     config = load_config(path)
     senders = {app.name: <started client for app> for app in config.apps}
-    engine, pool = build_engine(config, senders, reactor)
+    pollers = feedback_pollers(config, reactor)          # binary apps' feedback service
+    health = client_health(senders, pollers)
+    engine, pool = build_engine(config, senders, reactor, health=health)
     service = MultiService()
-    EngineService(engine, pool).setServiceParent(service)
+    EngineService(engine, pool, feedback=pollers.values()).setServiceParent(service)
     site = make_site(engine, config.api_key(), limits_from(config))
     for description in config.listen:
         strports.service(description, site).setServiceParent(service)
 
-Stopping the MultiService stops the listeners, then drains the engine (which stops the
-Senders and closes the spool), then stops the thread pool.
+Stopping the MultiService stops its children in reverse order of attachment, but does not
+wait for one to finish stopping before it stops the next; it waits for all of them. So the
+listeners stop listening while :class:`EngineService` stops, and the order that matters is
+kept inside :meth:`EngineService.stopService`: first the feedback pollers (a read in progress
+is finished and recorded), then the engine, which stops taking submissions, drains what is in
+flight (up to ``drain_timeout``), stops the Senders, writes what is left and closes the spool;
+then the spool's thread pool.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -31,7 +39,11 @@ from ..interfaces import Sender
 from .api import Limits
 from .config import ServiceConfig
 from .engine import Engine, InvalidTokenWebhook, engine_apps
+from .feedback import FeedbackPolling
 from .spool import Spool, SpoolStore, thread_runner
+
+if TYPE_CHECKING:
+    from ..binary import BinaryClient
 
 log = Logger()
 
@@ -78,12 +90,84 @@ def build_engine(
     return engine, pool
 
 
-class EngineService(Service):
-    """Starts the spool thread pool and the engine; stops them in the right order."""
+def client_health(
+    senders: Mapping[str, Sender],
+    feedback: Mapping[str, FeedbackPolling] | None = None,
+) -> dict[str, Callable[[], Mapping[str, object]]]:
+    """Per app, what ``/healthz`` adds to the engine's view (``build_engine(health=...)``):
+    ``"client"``, the Sender's own state (its ``health()``: connections, breaker…) and, for
+    binary apps, ``"feedback"``, the feedback poller's."""
+    out: dict[str, Callable[[], Mapping[str, object]]] = {}
+    for name, sender in senders.items():
+        parts: dict[str, Callable[[], Mapping[str, object]]] = {}
+        client = _sender_health(sender)
+        if client is not None:
+            parts["client"] = client
+        poller = (feedback or {}).get(name)
+        if poller is not None:
+            parts["feedback"] = poller.health
+        if parts:
+            out[name] = _HealthReport(name, parts)
+    return out
 
-    def __init__(self, engine: Engine, threadpool: ThreadPool | None = None) -> None:
+
+def _sender_health(sender: Sender) -> Callable[[], Mapping[str, object]] | None:
+    from ..binary import BinaryClient
+
+    health = getattr(sender, "health", None)
+    if callable(health):
+        return health  # type: ignore[no-any-return]
+    if isinstance(sender, BinaryClient):
+        return lambda: binary_health(sender)
+    return None
+
+
+def binary_health(client: BinaryClient) -> dict[str, object]:
+    """A :class:`~txapns.binary.BinaryClient`'s connection state, for ``/healthz``."""
+    factories = client.factories
+    return {
+        "protocol": "binary",
+        "connections": sum(1 for f in factories if f.proto is not None),
+        "connections_total": len(factories),
+        "connecting": sum(1 for f in factories if f.connecting),
+        "pending": client.pending(),
+        "tls_failures": sum(f.tls_failures for f in factories),
+        "stopped": client.stopped,
+    }
+
+
+class _HealthReport:
+    """Calls each part; one that raises is reported as its error, not a failed ``/healthz``."""
+
+    def __init__(self, app: str, parts: Mapping[str, Callable[[], Mapping[str, object]]]) -> None:
+        self.app = app
+        self.parts = dict(parts)
+
+    def __call__(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for key, part in self.parts.items():
+            try:
+                out[key] = dict(part())
+            except Exception as e:
+                log.failure("health of {app} ({key}) failed", app=self.app, key=key)
+                out[key] = {"error": f"{type(e).__name__}: {e}"}
+        return out
+
+
+class EngineService(Service):
+    """Starts the spool thread pool, the engine and the feedback pollers; stops them in the
+    right order (pollers, engine, thread pool)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        threadpool: ThreadPool | None = None,
+        *,
+        feedback: Iterable[FeedbackPolling] = (),
+    ) -> None:
         self.engine = engine
         self.threadpool = threadpool
+        self.feedback = list(feedback)
         self.started: Deferred[None] | None = None
 
     def startService(self) -> None:
@@ -92,13 +176,18 @@ class EngineService(Service):
             self.threadpool.start()
         self.started = self.engine.start()
         self.started.addErrback(self._start_failed)
+        for poller in self.feedback:
+            poller.start(self.engine.add_feedback)
 
     def _start_failed(self, failure: Failure) -> None:
         log.failure("could not resume the spool; unfinished notifications stay in it", failure)
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
-        d = self.engine.stop()
+        # Feedback first: a read in progress was already cleared at Apple, so its tokens
+        # must reach the spool before the engine closes it.
+        pollers = gatherResults([p.stop() for p in self.feedback])
+        d = pollers.addBoth(lambda _: self.engine.stop())
 
         def stop_pool(result: object) -> object:
             if self.threadpool is not None:
