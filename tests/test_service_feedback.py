@@ -327,7 +327,15 @@ class RunningFeedbackTests(TestCase):
         key_file.write_bytes(KEY + b"\n")
         options = Options()
         options.parseOptions(
-            ["--fake", "--listen", "tcp:0:interface=127.0.0.1", "--api-key-file", str(key_file)]
+            [
+                "--fake",
+                "--fake-protocol",
+                "binary",
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--api-key-file",
+                str(key_file),
+            ]
         )
         service = makeService(options)
         assert isinstance(service, MultiService)

@@ -84,7 +84,9 @@ class MakeServiceTests(SynchronousTestCase):
     def test_fake_binary_service_polls_feedback_and_reports_client_health(self) -> None:
         self.keep_work_files_in_a_temp_dir()
         options = Options()
-        options.parseOptions(["--fake", "--listen", "tcp:0:interface=127.0.0.1"])
+        options.parseOptions(
+            ["--fake", "--fake-protocol", "binary", "--listen", "tcp:0:interface=127.0.0.1"]
+        )
         engine_service = next(
             s for s in IServiceCollection(makeService(options)) if isinstance(s, EngineService)
         )

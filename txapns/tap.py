@@ -45,7 +45,7 @@ class Options(usage.Options):
         ["api-key-file", None, None, "File holding the API bearer key."],
         ["spool", None, None, "SQLite spool file."],
         ["demo", None, None, "Send N notifications through the HTTP API, print, stop.", int],
-        ["fake-protocol", None, "binary", "Protocol of the embedded fake: binary or http2."],
+        ["fake-protocol", None, "http2", "Protocol of the embedded fake: http2 or binary."],
         # single-app flags
         ["app", None, "default", "Single-app mode: the app's name."],
         ["bundle-id", None, None, "Single-app mode: the app's bundle id (topic)."],
