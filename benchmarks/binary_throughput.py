@@ -122,7 +122,19 @@ def main() -> int:
         action="store_true",
         help="generate notifications while sending (memory runs) instead of before the clock",
     )
+    ap.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=0,
+        metavar="N",
+        help="gc.set_threshold(N, 50, 100) first, as a high-throughput process may: with a "
+        "200,000-notification window, CPython's default collections re-scan it repeatedly",
+    )
     args = ap.parse_args()
+    if args.gc_threshold:
+        import gc
+
+        gc.set_threshold(args.gc_threshold, 50, 100)
 
     from twisted.internet import reactor as _reactor
     from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
