@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._feeder import BulkFeeder, ResultCallback
 from .core.backoff import Backoff
 from .core.binary_channel import BinaryChannel, ChannelConfig, Pending, Resolution, UnknownPolicy
 from .core.counters import Counters
@@ -45,7 +46,6 @@ log = Logger(namespace="txapns.binary")
 #: certificate of the other environment.
 WRONG_ENVIRONMENT_WINDOW = 0.1
 
-ResultCallback = Callable[[Result], object]
 
 
 def _set_no_delay(transport: Any) -> None:
@@ -593,8 +593,10 @@ class BinaryClient:
         self._feeders.remove(feeder)
 
 
-class _BulkFeeder:
+class _BulkFeeder(BulkFeeder):
     """Pulls from an iterator into the client while there is queue room (producer/consumer)."""
+
+    client: BinaryClient
 
     def __init__(
         self,
@@ -603,26 +605,9 @@ class _BulkFeeder:
         on_result: ResultCallback | None,
         confirm_tail: bool = False,
     ) -> None:
-        self.client = client
+        super().__init__(client, source, on_result)
         self.confirm_tail = confirm_tail
-        self.source = source
-        self.on_result = on_result
-        self.counters = Counters()
-        self.outstanding = 0
-        self.exhausted = False
-        self.pumping = False
         self._held: Notification | None = None
-        self.done: Deferred[Counters] = Deferred()
-
-    def pump(self) -> None:
-        if self.pumping or self.exhausted:
-            return
-        self.pumping = True
-        try:
-            self._pump()
-        finally:
-            self.pumping = False
-        self._maybe_done()
 
     def _pump(self) -> None:
         client = self.client
@@ -657,38 +642,8 @@ class _BulkFeeder:
             self.counters.submitted += 1
             self.outstanding += 1
 
-    def _local_failure(self, n: Notification, reason: str, local: str) -> None:
-        from .core.result import Outcome
-
-        self.counters.submitted += 1
-        self.counters.record_rejected(local)
-        result = Result(n, Outcome.REJECTED, reason=reason, local=local)
-        self._emit(result)
-
-    def _result(self, result: Result) -> None:
-        self.outstanding -= 1
-        c = self.counters
-        if result.accepted:
-            c.accepted += 1
-        elif result.rejected:
-            c.record_rejected(result.reason or "")
-        else:
-            c.record_unknown(result.reason or "")
-        self._emit(result)
-        if self.exhausted and self.outstanding == 0:
-            self._maybe_done()
-
-    def _emit(self, result: Result) -> None:
-        if self.on_result is not None:
-            try:
-                self.on_result(result)
-            except Exception:
-                log.failure("send_many result callback raised")
-
-    def _maybe_done(self) -> None:
-        if self.exhausted and self.outstanding == 0 and not self.done.called:
-            self.client._feeder_done(self)
-            self.done.callback(self.counters)
+    def _rejected_key(self, result: Result) -> str:
+        return result.reason or ""
 
 
 __all__ = [

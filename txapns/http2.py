@@ -67,7 +67,7 @@ import random
 import struct
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -87,6 +87,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._feeder import BulkFeeder, ResultCallback
 from .core.backoff import Backoff
 from .core.binary_channel import UnknownPolicy
 from .core.broadcast import Broadcast, broadcast_path, validate_bundle_id
@@ -131,7 +132,7 @@ __all__ = [
 
 log = Logger(namespace="txapns.http2")
 
-ResultCallback = Callable[[Result], object]
+
 TokenAuth = tuple[ec.EllipticCurvePrivateKey, str, str]
 
 _ACCEPTED = Outcome.ACCEPTED
@@ -2010,33 +2011,10 @@ def _goaway_reason(debug: bytes) -> str | None:
     return reason if isinstance(reason, str) else None
 
 
-class _BulkFeeder:
+class _BulkFeeder(BulkFeeder):
     """Pulls from an iterator into the client while it holds fewer than ``max_queue``."""
 
-    def __init__(
-        self,
-        client: HTTP2Client,
-        source: Iterator[Notification],
-        on_result: ResultCallback | None,
-    ) -> None:
-        self.client = client
-        self.source = source
-        self.on_result = on_result
-        self.counters = Counters()
-        self.outstanding = 0
-        self.exhausted = False
-        self.pumping = False
-        self.done: Deferred[Counters] = Deferred()
-
-    def pump(self) -> None:
-        if self.pumping or self.exhausted:
-            return
-        self.pumping = True
-        try:
-            self._pump()
-        finally:
-            self.pumping = False
-        self._maybe_done()
+    client: HTTP2Client
 
     def _pump(self) -> None:
         client = self.client
@@ -2065,34 +2043,3 @@ class _BulkFeeder:
                 continue
             counters.submitted += 1
             self.outstanding += 1
-
-    def _local_failure(self, n: Notification, reason: str, local: str) -> None:
-        self.counters.submitted += 1
-        self.counters.record_rejected(local)
-        self._emit(Result(n, _REJECTED, reason=reason, local=local))
-
-    def _result(self, result: Result) -> None:
-        self.outstanding -= 1
-        counters = self.counters
-        outcome = result.outcome
-        if outcome is _ACCEPTED:
-            counters.accepted += 1
-        elif outcome is _REJECTED:
-            counters.record_rejected(result.local or result.reason or "")
-        else:
-            counters.record_unknown(result.reason or "")
-        self._emit(result)
-        if self.exhausted and self.outstanding == 0:
-            self._maybe_done()
-
-    def _emit(self, result: Result) -> None:
-        if self.on_result is not None:
-            try:
-                self.on_result(result)
-            except Exception:
-                log.failure("send_many result callback raised")
-
-    def _maybe_done(self) -> None:
-        if self.exhausted and self.outstanding == 0 and not self.done.called:
-            self.client._feeder_done(self)
-            self.done.callback(self.counters)
