@@ -9,7 +9,6 @@ up to a size threshold), run its quiet-window timer and reconnect with backoff.
 
 from __future__ import annotations
 
-import contextlib
 import random
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
@@ -32,6 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._feeder import BulkFeeder, ResultCallback
+from ._twisted import cancel_call, set_no_delay
 from .core.backoff import Backoff
 from .core.binary_channel import BinaryChannel, ChannelConfig, Pending, Resolution, UnknownPolicy
 from .core.counters import Counters
@@ -45,18 +45,6 @@ log = Logger(namespace="txapns.binary")
 #: Closing this soon after the handshake, with nothing said, is what Apple's gateway did to a
 #: certificate of the other environment.
 WRONG_ENVIRONMENT_WINDOW = 0.1
-
-
-
-def _set_no_delay(transport: Any) -> None:
-    # With wrapClientTLS the protocol's transport is the TLS layer; TCP is underneath it.
-    while transport is not None:
-        setter = getattr(transport, "setTcpNoDelay", None)
-        if setter is not None:
-            with contextlib.suppress(OSError):
-                setter(True)
-            return
-        transport = getattr(transport, "transport", None)
 
 
 _CLOSED = Failure(ConnectionDone())
@@ -88,7 +76,7 @@ class APNSProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.out = cast(_Transport, self.transport)
-        _set_no_delay(self.transport)
+        set_no_delay(self.transport)
         self.out.registerProducer(self, True)
         self.factory._protocol_connected(self)
 
@@ -269,7 +257,7 @@ class APNSClientFactory(ClientFactory):
         if proto is not self.proto:
             return
         self.proto = None
-        self._cancel(self._flush_call)
+        cancel_call(self._flush_call)
         self._flush_call = None
         now = self.clock.seconds()
         after_error = self.channel.error is not None
@@ -391,7 +379,7 @@ class APNSClientFactory(ClientFactory):
         call = self._quiet_call
         if deadline is None:
             if call is not None:
-                self._cancel(call)
+                cancel_call(call)
                 self._quiet_call = None
             return
         if call is not None and call.active():
@@ -446,7 +434,7 @@ class APNSClientFactory(ClientFactory):
     def _close(self, _: object = None) -> Deferred[None]:
         self.closing = True
         for call in (self._flush_call, self._quiet_call, self._retry_call, self._drain_call):
-            self._cancel(call)
+            cancel_call(call)
         self._flush_call = self._quiet_call = self._retry_call = self._drain_call = None
         attempt, self._connect_attempt = self._connect_attempt, None
         if attempt is not None and self.proto is None:
@@ -464,11 +452,6 @@ class APNSClientFactory(ClientFactory):
         waiting, self._closed = self._closed, []
         for d in waiting:
             d.callback(None)
-
-    @staticmethod
-    def _cancel(call: IDelayedCall | None) -> None:
-        if call is not None and call.active():
-            call.cancel()
 
 
 class BinaryClient:

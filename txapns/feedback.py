@@ -15,6 +15,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ._twisted import cancel_call
 from .core.binary import FeedbackDecoder, FeedbackTuple
 from .core.errors import APNsError, ProtocolError
 from .credentials import as_connection_error, is_tls_failure
@@ -122,8 +123,7 @@ class FeedbackPoller:
 
     def stop(self) -> None:
         self.running = False
-        if self._call is not None and self._call.active():
-            self._call.cancel()
+        cancel_call(self._call)
         self._call = None
 
     def _schedule(self) -> None:

@@ -60,7 +60,6 @@ same way; only their header block is built differently (``_Item.request``).
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import os
 import random
@@ -88,6 +87,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._feeder import BulkFeeder, ResultCallback
+from ._twisted import cancel_call, set_no_delay
 from .core.backoff import Backoff
 from .core.binary_channel import UnknownPolicy
 from .core.broadcast import Broadcast, broadcast_path, validate_bundle_id
@@ -378,7 +378,7 @@ class APNsHTTP2Protocol(Protocol):
         transport = self.transport
         assert transport is not None
         self._write = transport.write
-        _set_no_delay(transport)
+        set_no_delay(transport)
         self.last_received = self.clock.seconds()
         self.client._connection_made(self)
         if not INegotiated.providedBy(transport):
@@ -420,8 +420,7 @@ class APNsHTTP2Protocol(Protocol):
 
     def _ready(self) -> None:
         call = self._handshake_call
-        if call is not None and call.active():
-            call.cancel()
+        cancel_call(call)
         self._handshake_call = None
         self.state = _READY
         self.h2.initiate()
@@ -778,8 +777,7 @@ class APNsHTTP2Protocol(Protocol):
         self._ping_opaque = None
         call = self._ping_timeout_call
         self._ping_timeout_call = None
-        if call is not None and call.active():
-            call.cancel()
+        cancel_call(call)
 
     def _ping_expired(self) -> None:
         self._ping_timeout_call = None
@@ -801,8 +799,7 @@ class APNsHTTP2Protocol(Protocol):
             self._ping_timeout_call,
             self._handshake_call,
         ):
-            if call is not None and call.active():
-                call.cancel()
+            cancel_call(call)
         self._deadline_call = self._ping_call = None
         self._ping_timeout_call = self._handshake_call = None
 
@@ -837,16 +834,6 @@ def counter_key(result: Result) -> str:
     if result.reason:
         return result.reason
     return str(result.status) if result.status is not None else "unknown"
-
-
-def _set_no_delay(transport: Any) -> None:
-    while transport is not None:
-        setter = getattr(transport, "setTcpNoDelay", None)
-        if setter is not None:
-            with contextlib.suppress(OSError):
-                setter(True)
-            return
-        transport = getattr(transport, "transport", None)
 
 
 class _ConnectionFactory(Factory):
@@ -1822,8 +1809,7 @@ class HTTP2Client:
 
     def _arm_delay(self) -> None:
         call = self._delay_call
-        if call is not None and call.active():
-            call.cancel()
+        cancel_call(call)
         self._delay_call = None
         if self._delayed and not self.closing:
             due = self._delayed[0][0]
@@ -1861,8 +1847,7 @@ class HTTP2Client:
             reset=self.circuit_reset,
         )
         call = self._breaker_call
-        if call is not None and call.active():
-            call.cancel()
+        cancel_call(call)
         self._breaker_call = self.clock.callLater(self.circuit_reset, self._half_open)
         self._fail_held(reason, "circuit-open", now)
         # The probe gets a fresh connection (and, with token auth, a fresh token).
@@ -1948,8 +1933,7 @@ class HTTP2Client:
             self._breaker_call,
             self._drain_call,
         ):
-            if call is not None and call.active():
-                call.cancel()
+            cancel_call(call)
         self._flush_call = self._retry_call = self._delay_call = None
         self._breaker_call = self._drain_call = None
         for d in list(self._connecting):
@@ -1974,8 +1958,7 @@ class HTTP2Client:
         if not self.closing or self.connections or self._connecting:
             return
         call = self._abort_call
-        if call is not None and call.active():
-            call.cancel()
+        cancel_call(call)
         self._abort_call = None
         waiters, self._stop_waiters = self._stop_waiters, []
         for d in waiters:

@@ -42,6 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._twisted import cancel_call
 from .core.proxy import (
     DEFAULT_MAX_HEAD,
     ConnectResponseParser,
@@ -162,8 +163,7 @@ class _Attempt:
         if self.finished:
             return False
         self.finished = True
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
+        cancel_call(self.timer)
         self.timer = None
         return True
 

@@ -39,6 +39,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from .._twisted import cancel_call
 from ..core.errors import APNsError, QueueFullError, ValidationError
 from ..core.notification import (
     Notification,
@@ -641,8 +642,7 @@ class Engine:
 
     def _flush_records(self) -> None:
         """Record the outcomes gathered this turn with one spool operation."""
-        if self._records_call is not None and self._records_call.active():
-            self._records_call.cancel()
+        cancel_call(self._records_call)
         self._records_call = None
         records, self._records = self._records, []
         if not records:
@@ -746,8 +746,7 @@ class Engine:
             raise RuntimeError(f"engine already {self.state}")
         self.state = "stopping"
         for call in (self._sched_call, self._retry_call, self._pump_call):
-            if call is not None and call.active():
-                call.cancel()
+            cancel_call(call)
         self._sched_call = self._retry_call = self._pump_call = None
         if self._purge_loop is not None and self._purge_loop.running:
             self._purge_loop.stop()

@@ -27,6 +27,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .._twisted import cancel_call
 from ..core.binary import FeedbackTuple
 from ..feedback import FeedbackProtocol
 from .config import AppConfig, CertificateCredentials, ConfigError, ServiceConfig
@@ -95,8 +96,7 @@ class FeedbackPolling:
     def stop(self) -> Deferred[None]:
         """Cancel the timer; fires once a read in progress is over and recorded."""
         self.running = False
-        if self._call is not None and self._call.active():
-            self._call.cancel()
+        cancel_call(self._call)
         self._call = None
         if self._current is None:
             return succeed(None)
@@ -162,8 +162,7 @@ class FeedbackPolling:
         self._cut_call = self.clock.callLater(delay, self._cut)
 
     def _cancel_cut(self) -> None:
-        if self._cut_call is not None and self._cut_call.active():
-            self._cut_call.cancel()
+        cancel_call(self._cut_call)
         self._cut_call = None
 
     def _cut(self) -> None:
