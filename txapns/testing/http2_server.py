@@ -122,7 +122,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from hyperframe.frame import GoAwayFrame
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -153,6 +153,7 @@ from txapns.core.notification import (
     HTTP2_VOIP_PAYLOAD_LIMIT,
     PushType,
 )
+from txapns.testing._idle import IdleWaiters
 
 __all__ = [
     "AcceptedBroadcast",
@@ -345,7 +346,7 @@ class FakeAPNsServer:
         self.stats = FakeServerStats()
         #: Live connections.
         self.connections: list[FakeAPNsProtocol] = []
-        self._idle_waiters: list[Deferred[None]] = []
+        self._idle = IdleWaiters()
         self._connection_numbers = 0
 
         self.bad_tokens: set[str] = set()
@@ -397,19 +398,13 @@ class FakeAPNsServer:
 
     def when_no_connections(self) -> Deferred[None]:
         """A Deferred that fires once no connection is open (at once if none is)."""
-        if not self.connections:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._idle_waiters.append(waiter)
-        return waiter
+        return self._idle.wait(not self.connections)
 
     def _connection_closed(self, proto: FakeAPNsProtocol) -> None:
         if proto in self.connections:
             self.connections.remove(proto)
         if not self.connections:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+            self._idle.fire()
 
     def reset(self) -> None:
         """Clear the records (accepted notifications, broadcasts) and the counters."""

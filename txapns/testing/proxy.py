@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
@@ -34,6 +34,8 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from ._idle import IdleWaiters
 
 __all__ = ["ConnectRecord", "FakeConnectProxy", "listen_proxy"]
 
@@ -87,7 +89,7 @@ class FakeConnectProxy:
         self.routes: dict[tuple[str, int], tuple[str, int]] = {}
         #: Open connections (client and target sides).
         self.connections: set[Protocol] = set()
-        self._idle_waiters: list[Deferred[None]] = []
+        self._idle = IdleWaiters()
 
     # --- configuration ------------------------------------------------------------------
 
@@ -123,11 +125,7 @@ class FakeConnectProxy:
 
     def when_no_connections(self) -> Deferred[None]:
         """A Deferred that fires once no connection is open (at once if none is)."""
-        if not self.connections:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._idle_waiters.append(waiter)
-        return waiter
+        return self._idle.wait(not self.connections)
 
     # --- helpers for the protocols ------------------------------------------------------
 
@@ -137,9 +135,7 @@ class FakeConnectProxy:
     def _closed(self, proto: Protocol) -> None:
         self.connections.discard(proto)
         if not self.connections:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+            self._idle.fire()
 
     def _endpoint(self, host: str, port: int) -> IStreamClientEndpoint:
         host, port = self.routes.get((host.lower(), port), (host, port))
