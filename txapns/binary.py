@@ -516,20 +516,22 @@ class BinaryClient:
         return factories[int.from_bytes(notification.token[-4:], "big") % len(factories)]
 
     def send(self, notification: Notification) -> Deferred[Result]:
-        validate_binary(notification)
-        if self.stopped:
-            raise ClientStoppedError("the client was stopped")
         d: Deferred[Result] = Deferred()
-        self._shard(notification).submit(notification, d)
+        self._submit(notification, d)
         return d
 
     def send_to(self, notification: Notification, on_result: ResultCallback) -> None:
         """Like :meth:`send` (same errors), but the result goes to ``on_result`` instead of
         a Deferred; an exception it raises is logged, not propagated."""
+        self._submit(notification, on_result)
+
+    def _submit(
+        self, notification: Notification, handle: Deferred[Result] | ResultCallback
+    ) -> None:
         validate_binary(notification)
         if self.stopped:
             raise ClientStoppedError("the client was stopped")
-        self._shard(notification).submit(notification, on_result)
+        self._shard(notification).submit(notification, handle)
 
     def send_many(
         self,
