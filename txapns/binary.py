@@ -559,6 +559,20 @@ class BinaryClient:
     def pending(self) -> int:
         return sum(f.channel.pending() for f in self.factories)
 
+    def health(self) -> dict[str, object]:
+        """Connection state, for ``/healthz`` (as :meth:`HTTP2Client.health
+        <txapns.http2.HTTP2Client.health>`)."""
+        factories = self.factories
+        return {
+            "protocol": "binary",
+            "connections": sum(1 for f in factories if f.proto is not None),
+            "connections_total": len(factories),
+            "connecting": sum(1 for f in factories if f.connecting),
+            "pending": self.pending(),
+            "tls_failures": sum(f.tls_failures for f in factories),
+            "stopped": self.stopped,
+        }
+
     def drain(self) -> Deferred[None]:
         from twisted.internet.defer import gatherResults
 

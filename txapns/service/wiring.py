@@ -25,7 +25,6 @@ then the spool's thread pool.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
@@ -41,9 +40,6 @@ from .config import ServiceConfig
 from .engine import Engine, InvalidTokenWebhook, engine_apps
 from .feedback import FeedbackPolling
 from .spool import Spool, SpoolStore, thread_runner
-
-if TYPE_CHECKING:
-    from ..binary import BinaryClient
 
 log = Logger()
 
@@ -112,28 +108,8 @@ def client_health(
 
 
 def _sender_health(sender: Sender) -> Callable[[], Mapping[str, object]] | None:
-    from ..binary import BinaryClient
-
     health = getattr(sender, "health", None)
-    if callable(health):
-        return health  # type: ignore[no-any-return]
-    if isinstance(sender, BinaryClient):
-        return lambda: binary_health(sender)
-    return None
-
-
-def binary_health(client: BinaryClient) -> dict[str, object]:
-    """A :class:`~txapns.binary.BinaryClient`'s connection state, for ``/healthz``."""
-    factories = client.factories
-    return {
-        "protocol": "binary",
-        "connections": sum(1 for f in factories if f.proto is not None),
-        "connections_total": len(factories),
-        "connecting": sum(1 for f in factories if f.connecting),
-        "pending": client.pending(),
-        "tls_failures": sum(f.tls_failures for f in factories),
-        "stopped": client.stopped,
-    }
+    return health if callable(health) else None
 
 
 class _HealthReport:
