@@ -21,7 +21,6 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
@@ -40,68 +39,24 @@ from txapns.core.errors import (
     ValidationError,
 )
 from txapns.core.http2_policy import RetryPolicy
-from txapns.core.jwt import load_signing_key
 from txapns.core.notification import Notification, PushType
 from txapns.core.result import Outcome, Result
 from txapns.credentials import client_tls_options
 from txapns.http2 import HTTP2Client
 from txapns.service.config import AppConfig, TokenCredentials
 from txapns.testing.http2_server import Channel, FakeAPNsServer, listen_http2
-from txapns.testing.pki import make_test_pki, server_tls_options
+from txapns.testing.pki import server_tls_options
 
-PKI = make_test_pki()
-KEY = load_signing_key(PKI.token_key_p8)
-KEY_ID = PKI.token_key_id
-TEAM_ID = PKI.team_id
-START = 1_700_000_000.0
-BUNDLE = "com.example.app"
+from .test_http2_client import BUNDLE, KEY, KEY_ID, PKI, START, TEAM_ID, MemoryEndpoint
+
 MANAGE_HOST = "api-manage-broadcast.sandbox.push.apple.com"
 LIVE = {"aps": {"timestamp": 1_700_000_000, "event": "update", "content-state": {"score": "1-0"}}}
 LIVE_BYTES = json.dumps(LIVE, separators=(",", ":")).encode()
 
 
 def channel(i: int) -> str:
-    """A well-formed channel id (base64 of 16 bytes)."""
+    """A well-formed channel id (base64 of 16 bytes, as the fake makes them)."""
     return base64.b64encode(bytes([i]) * 16).decode("ascii")
-
-
-@implementer(IStreamClientEndpoint)
-class MemoryEndpoint:
-    """Connects each client protocol to a new fake-server protocol over iosim."""
-
-    def __init__(self, server: FakeAPNsServer, clock: Clock) -> None:
-        self.server = server
-        self.clock = clock
-        self.pumps: list[iosim.IOPump] = []
-
-    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
-        proto = protocolFactory.buildProtocol(None)
-        server_proto = self.server.factory().buildProtocol(None)
-        assert proto is not None and server_proto is not None
-        pump = iosim.connect(
-            server_proto,
-            iosim.makeFakeServer(server_proto),
-            proto,
-            iosim.makeFakeClient(proto),
-            greet=False,
-            clock=self.clock,
-        )
-        self.pumps.append(pump)
-        return succeed(proto)
-
-    def pump(self, check: Any) -> None:
-        for _ in range(10_000):
-            moved = False
-            self.clock.advance(0)
-            for pump in list(self.pumps):
-                if pump.pump():
-                    moved = True
-                if pump.clientIO.disconnected and pump.serverIO.disconnected:
-                    self.pumps.remove(pump)
-            check()
-            if not moved:
-                return
-        raise AssertionError("pump does not settle")
 
 
 @implementer(IStreamClientEndpoint)
