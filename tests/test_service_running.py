@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -194,10 +195,9 @@ class RunningServiceMixin:
                 str(key_file),
             ]
         )
-        try:
-            service = makeService(options)
-        except (ConfigError, ImportError) as e:
-            raise SkipTest(f"the {self.protocol} client is not wired into the service: {e}") from e
+        # A ConfigError or ImportError from makeService fails the test: broken wiring of a
+        # protocol must never turn into a skipped class.
+        service = makeService(options)
         assert isinstance(service, MultiService)
         self.service = service
         children = list(IServiceCollection(service))
@@ -491,7 +491,7 @@ class BinaryRunningServiceTests(RunningServiceMixin, TestCase):
 
 
 class HTTP2RunningServiceTests(BinaryRunningServiceTests):
-    """The same, with the embedded HTTP/2 fake and client (skipped until it is wired in)."""
+    """The same, with the embedded HTTP/2 fake and client."""
 
     protocol = "http2"
     invalid_answer = (400, "BadDeviceToken")
@@ -558,3 +558,27 @@ class PerAppInflightTests(SynchronousTestCase):
         for _ in range(5):
             clock.advance(0)
         self.assertEqual((len(wide.sent), len(narrow.sent)), (4, 1))
+
+
+class BrokenWiringFailsTests(RunningServiceMixin, TestCase):
+    """A service that cannot be built fails the running-service tests: it never skips them
+    (a skipped class would hide a protocol whose wiring broke)."""
+
+    protocol = "http2"
+
+    @deferred_test
+    async def test_errors_from_make_service_propagate(self) -> None:
+        for error in (ConfigError("wiring broke"), ImportError("wiring broke")):
+
+            def broken(options: Options, error: Exception = error) -> MultiService:
+                raise error
+
+            self.patch(sys.modules[__name__], "makeService", broken)
+            try:
+                await self.start_service()
+            except SkipTest:
+                self.fail(f"{type(error).__name__} from makeService skipped the test")
+            except type(error) as e:
+                self.assertIs(e, error)
+            else:
+                self.fail("start_service succeeded with a broken makeService")
