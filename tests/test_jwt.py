@@ -308,11 +308,12 @@ class TokenSourceTests(SynchronousTestCase):
             refresh_at = source.refresh_at
             assert refresh_at is not None
             ages.append(refresh_at - NOW)
+        # Between 20 and 50 minutes: at least 10 minutes' margin under Apple's hour.
         self.assertGreaterEqual(min(ages), 20 * 60)
-        self.assertLessEqual(max(ages), 60 * 60)
-        # Spread: both thirds of the range are used, not one fixed age.
-        self.assertTrue(any(a < 30 * 60 for a in ages))
-        self.assertTrue(any(a > 50 * 60 for a in ages))
+        self.assertLessEqual(max(ages), 50 * 60)
+        # Spread: both ends of the range are used, not one fixed age.
+        self.assertTrue(any(a < 25 * 60 for a in ages))
+        self.assertTrue(any(a > 45 * 60 for a in ages))
         # Deterministic for a seed.
         a, b = self.source(7), self.source(7)
         a.token(NOW)
@@ -332,8 +333,8 @@ class TokenSourceTests(SynchronousTestCase):
         self.assertGreater(len(mints), 10)
         gaps = [b - a for a, b in itertools.pairwise(mints)]
         self.assertGreaterEqual(min(gaps), 20 * 60)
-        # And never used past max age: every token's age at use stays within an hour.
-        self.assertLessEqual(max(gaps), 60 * 60 + 37.3)
+        # And never used past 50 minutes (plus one step of this loop): a margin under the hour.
+        self.assertLessEqual(max(gaps), 50 * 60 + 37.3)
 
     def test_min_age_even_with_fractional_now(self) -> None:
         # iat is floored; the next refresh is still at least min_age after the mint.

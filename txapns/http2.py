@@ -6,7 +6,7 @@ This module is glue around the sans-IO pieces:
 * :class:`~txapns.core.http2.HeaderBlockTemplate` encodes a request's headers (one template per
   (topic, push type, priority) and token generation, cached per connection);
 * :class:`~txapns.core.jwt.ProviderTokenSource` mints the provider token (one per connection,
-  refreshed between 20 and 60 minutes with jitter);
+  refreshed between 20 and 50 minutes with jitter);
 * :mod:`txapns.core.http2_policy` says what a response means and whether to retry.
 
 Here we run a pool of connections (least-loaded dispatch, more connections when all are full,

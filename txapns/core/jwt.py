@@ -10,8 +10,9 @@ Apple's rules that shape this module (``docs/apns-reference.md`` §2):
 
 * a token older than one hour is rejected (``403 ExpiredProviderToken``);
 * a connection that changes tokens more often than every 20 minutes is rejected
-  (``429 TooManyProviderTokenUpdates``), so tokens are refreshed between 20 and 60 minutes,
-  with jitter, one :class:`ProviderTokenSource` per connection;
+  (``429 TooManyProviderTokenUpdates``), so tokens are refreshed between 20 and 50 minutes,
+  with jitter (10 minutes' margin under the hour for clock drift and long-lived streams), one
+  :class:`ProviderTokenSource` per connection;
 * after ``ExpiredProviderToken`` the client mints a new token (:meth:`ProviderTokenSource.
   force_refresh`) and uses it on a *new* connection;
 * a wrong local clock makes every token look expired: :func:`clock_skew_warning`.
@@ -49,6 +50,7 @@ __all__ = [
     "INVALID_PROVIDER_TOKEN",
     "MISSING_PROVIDER_TOKEN",
     "TOKEN_MAX_AGE",
+    "TOKEN_MAX_REFRESH",
     "TOKEN_MIN_REFRESH",
     "ProviderTokenSource",
     "TokenRejected",
@@ -66,6 +68,9 @@ __all__ = [
 TOKEN_MAX_AGE = 60 * 60
 #: Apple rejects token changes on one connection more often than this (seconds).
 TOKEN_MIN_REFRESH = 20 * 60
+#: A token is replaced at the latest at this age (seconds): a margin under ``TOKEN_MAX_AGE``
+#: for a local clock a few minutes off and for the time between minting and use.
+TOKEN_MAX_REFRESH = 50 * 60
 #: Local clock vs. server ``Date`` difference above which :func:`clock_skew_warning` warns.
 CLOCK_SKEW_TOLERANCE = 5 * 60
 
@@ -396,7 +401,7 @@ class ProviderTokenSource:
         *,
         rng: random.Random,
         min_age: float = TOKEN_MIN_REFRESH,
-        max_age: float = TOKEN_MAX_AGE,
+        max_age: float = TOKEN_MAX_REFRESH,
     ) -> None:
         validate_ids(key_id, team_id)
         if not 0 <= min_age <= max_age:
