@@ -177,6 +177,44 @@ class SilentCloseTests(SynchronousTestCase):
         self.assertEqual([i for _, i in h.connect_and_write()], [0, 1, 2])
         h.check()
 
+    def test_resent_after_a_silent_close_is_flagged_may_duplicate(self) -> None:
+        """Issue 9 item 4: whatever finishes a notification re-sent after an unknown outcome
+        (quiet window, error response, give-up) says it may be a duplicate, and counts it."""
+        h = Harness(quiet=1.0, max_attempts=3)
+        h.submit(0, 1, 2, 3)
+        h.connect_and_write()
+        h.lose()  # all four unknown, re-sent
+        h.submit(4)  # never in flight before: not a possible duplicate
+        h.now = 1.0
+        h.connect_and_write()
+        h.feed(error(8, 2))  # 0 accepted, 1 rejected, 2–4 replayed
+        h.lose()
+        h.now = 2.0
+        h.connect_and_write()
+        h.now = 3.5
+        h.record(h.channel.confirm_quiet(h.now))
+        flags = {i: (h.outcome(i), h.results[i][0].may_duplicate) for i in range(5)}
+        self.assertEqual(
+            flags,
+            {
+                0: (Outcome.ACCEPTED, True),
+                1: (Outcome.REJECTED, True),
+                2: (Outcome.ACCEPTED, True),
+                3: (Outcome.ACCEPTED, True),
+                4: (Outcome.ACCEPTED, False),
+            },
+        )
+        self.assertEqual(h.channel.counters.may_duplicate, 4)
+        h.check()
+
+    def test_one_unknown_attempt_is_not_a_duplicate(self) -> None:
+        h = Harness(unknown_policy=UnknownPolicy.FAIL)
+        h.submit(0)
+        h.connect_and_write()
+        h.lose()
+        self.assertEqual((h.outcome(0), h.results[0][0].may_duplicate), (Outcome.UNKNOWN, False))
+        self.assertEqual(h.channel.counters.may_duplicate, 0)
+
     def test_fail_policy_finishes_unknown(self) -> None:
         h = Harness(unknown_policy=UnknownPolicy.FAIL)
         h.submit(0, 1)

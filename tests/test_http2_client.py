@@ -850,6 +850,37 @@ class GoAwayTests(ClientTestCase):
         self.assertEqual(sorted(resent), sorted(first_ids[1:]))  # same apns-ids
         self.assertEqual(client.counters.unknown, 0)
 
+    def test_resent_after_an_unknown_outcome_is_flagged_may_duplicate(self) -> None:
+        """Issue 9 item 4: the server accepted 5 streams, then the connection reset; the
+        re-sent five are delivered twice and each result says so, as the counters do."""
+        self.server.latency = 1.0
+        client = self.make_client()
+        first = self.send(client, note(0))
+        self.advance(1.0)
+        ds = [self.send(client, note(i)) for i in range(1, 6)]
+        self.pump()
+        self.server.drop_connections()
+        self.advance(2.0, step=0.5)
+        results = [self.result_of(d) for d in ds]
+        self.assertEqual(
+            {(r.outcome, r.attempts, r.may_duplicate) for r in results},
+            {(Outcome.ACCEPTED, 2, True)},
+        )
+        self.assertFalse(self.result_of(first).may_duplicate)
+        self.assertEqual(client.counters.may_duplicate, 5)
+        self.assertEqual(client.counters.as_dict()["may_duplicate"], 5)
+
+    def test_a_single_unknown_attempt_is_not_a_duplicate(self) -> None:
+        self.server.latency = 1.0
+        client = self.make_client(policy=RetryPolicy(unknown_policy=UnknownPolicy.FAIL))
+        d = self.send(client, note(1))
+        self.pump()
+        self.server.drop_connections()
+        self.pump()
+        result = self.result_of(d)
+        self.assertEqual((result.outcome, result.may_duplicate), (Outcome.UNKNOWN, False))
+        self.assertEqual(client.counters.may_duplicate, 0)
+
     def test_connection_lost_in_flight_fail_policy(self) -> None:
         self.server.latency = 1.0
         client = self.make_client(

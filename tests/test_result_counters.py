@@ -34,7 +34,7 @@ class ResultTests(SynchronousTestCase):
         r = Result(N, Outcome.ACCEPTED)
         self.assertEqual(
             tuple(r),
-            (N, Outcome.ACCEPTED, None, None, None, None, None, 0, None, None),
+            (N, Outcome.ACCEPTED, None, None, None, None, None, 0, None, None, False),
         )
         self.assertEqual(
             Result._fields,
@@ -49,6 +49,7 @@ class ResultTests(SynchronousTestCase):
                 "attempts",
                 "latency",
                 "local",
+                "may_duplicate",
             ),
         )
 
@@ -254,6 +255,7 @@ class CountersTests(SynchronousTestCase):
                 "retried": 1,
                 "replayed": 2,
                 "resent_unknown": 1,
+                "may_duplicate": 0,
                 "connections_made": 2,
                 "reconnects": 1,
                 "connection_failures": 4,

@@ -313,6 +313,27 @@ class DispatchTests(Harness):
         self.assertIn('txapns_queue_depth{app="a",state="inflight"} 2', text)
 
 
+class MayDuplicateTests(Harness):
+    def test_client_flag_reaches_the_job_and_the_metrics(self) -> None:
+        """Issue 9 item 4: a result the client flags ``may_duplicate`` (re-sent after an
+        unknown outcome) is flagged in the job's per-recipient results and counted."""
+        from txapns.service.api import job_json
+
+        dup = bytes.fromhex(token(1))
+        self.sender.auto = lambda n: Result(
+            n, Outcome.ACCEPTED, status=200, attempts=2, may_duplicate=n.token == dup
+        )
+        self.start()
+        accepted = self.successResultOf(self.submit_and_turn(3))
+        waited = self.engine.wait(accepted.job_id)
+        self.turn()
+        body = job_json(self.successResultOf(waited))
+        self.assertEqual([r["may_duplicate"] for r in body["results"]], [False, True, False])
+        self.assertEqual(body["may_duplicate"], 1)
+        self.assertEqual(self.engine.metrics.app("a").may_duplicate, 1)
+        self.assertIn('txapns_may_duplicate_total{app="a"} 1', self.engine.metrics_text())
+
+
 class RecoveryTests(Harness):
     def test_resume_after_crash(self) -> None:
         # A previous run stored 3, had 1 in flight and 1 finished when it died.

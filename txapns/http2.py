@@ -268,6 +268,7 @@ class _Item:
     __slots__ = (
         "apns_id",
         "avoid",
+        "duplicate",
         "failures",
         "handle",
         "maybe_delivered",
@@ -305,6 +306,8 @@ class _Item:
         self.avoid: APNsHTTP2Protocol | None = None
         #: It was in flight when its outcome became unknown: it may have been delivered.
         self.maybe_delivered = False
+        #: Written again after that: APNs may deliver it twice (``Result.may_duplicate``).
+        self.duplicate = False
         #: Not a device notification: how to send it.
         self.request: _Request | None = None
         #: For a request: the last answer received.
@@ -564,6 +567,8 @@ class APNsHTTP2Protocol(Protocol):
         self.streams[stream_id] = item
         item.sent_at = now
         item.writes += 1
+        if item.maybe_delivered:
+            item.duplicate = True
         if stream_id >= _LAST_STREAM_ID:
             self.retire("stream ids exhausted")
         if self._deadline_call is None:
@@ -1584,7 +1589,10 @@ class HTTP2Client:
             item.writes,
             now - item.submitted_at,
             None,
+            item.duplicate,
         )
+        if item.duplicate:
+            self.counters.may_duplicate += 1
         if item is self._probe:
             self._probe_answered(True)
         handle = item.handle
@@ -1606,6 +1614,8 @@ class HTTP2Client:
             counters.record_rejected(counter_key(result))
         else:
             counters.record_unknown(counter_key(result))
+        if result.may_duplicate:
+            counters.may_duplicate += 1
         if item is self._probe:
             self._probe = None
         handle = item.handle
@@ -1647,6 +1657,7 @@ class HTTP2Client:
             item.writes,
             now - item.submitted_at,
             decision.local,
+            item.duplicate,
         )
         probe = item is self._probe
         self._finish(item, result)
@@ -1786,6 +1797,7 @@ class HTTP2Client:
             item.writes,
             now - item.submitted_at,
             local,
+            item.duplicate,
         )
 
     def _requeue(self, item: _Item, delay: float, now: float, *, front: bool = True) -> None:

@@ -85,6 +85,7 @@ class Pending:
     """One notification held by a channel, with the caller's opaque ``handle``."""
 
     __slots__ = (
+        "duplicate",
         "handle",
         "maybe_delivered",
         "notification",
@@ -107,6 +108,8 @@ class Pending:
         self.tries = 0
         #: True once it was in flight when a connection closed silently.
         self.maybe_delivered = False
+        #: Written again after that: the gateway may deliver it twice.
+        self.duplicate = False
         self.sentinel = False
 
 
@@ -202,6 +205,8 @@ class BinaryChannel:
             item.sent_at = now
             item.size = size
             item.writes += 1
+            if item.maybe_delivered:
+                item.duplicate = True
             window.append(item)
             wbytes += size
             parts.append(frame)
@@ -288,6 +293,7 @@ class BinaryChannel:
         if not window or window[0].sent_at > cutoff:
             return out
         popped = 0
+        duplicates = 0
         accepted = Outcome.ACCEPTED
         while window and window[0].sent_at <= cutoff:
             item = window.popleft()
@@ -296,6 +302,8 @@ class BinaryChannel:
             if item.sentinel:
                 self._sentinels -= 1
                 continue
+            if item.duplicate:
+                duplicates += 1
             out.append(
                 (
                     item,
@@ -309,11 +317,14 @@ class BinaryChannel:
                         None,
                         item.writes,
                         now - item.submitted_at,
+                        None,
+                        item.duplicate,
                     ),
                 )
             )
         self._first_id = self._advance(self._first_id, popped)
         self.counters.accepted += len(out)
+        self.counters.may_duplicate += duplicates
         self.accepted_here += len(out)
         return out
 
@@ -367,6 +378,9 @@ class BinaryChannel:
         reason: str | None = None,
         local: str | None = None,
     ) -> Result:
+        """A final result (counted in ``may_duplicate`` when flagged)."""
+        if item.duplicate:
+            self.counters.may_duplicate += 1
         return Result(
             item.notification,
             outcome,
@@ -378,6 +392,7 @@ class BinaryChannel:
             item.writes,
             now - item.submitted_at,
             local,
+            item.duplicate,
         )
 
     def _on_error(self, err: ErrorResponse, now: float) -> list[Resolution]:

@@ -26,6 +26,8 @@ class Counters:
     #: Notifications whose outcome became unknown on a silent close/reset and that the
     #: policy re-sent (they may be delivered twice).
     resent_unknown: int = 0
+    #: Final results flagged ``may_duplicate`` (written again after an unknown outcome).
+    may_duplicate: int = 0
     connections_made: int = 0
     reconnects: int = 0
     connection_failures: int = 0
@@ -68,6 +70,7 @@ class Counters:
             "retried": self.retried,
             "replayed": self.replayed,
             "resent_unknown": self.resent_unknown,
+            "may_duplicate": self.may_duplicate,
             "connections_made": self.connections_made,
             "reconnects": self.reconnects,
             "connection_failures": self.connection_failures,

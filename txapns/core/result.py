@@ -51,6 +51,9 @@ class Result(NamedTuple):
     #: Local failure kind (e.g. ``"tls"``, ``"stopped"``, ``"attempts"``) for rejections the
     #: client decided without APNs; ``None`` when APNs itself answered.
     local: str | None = None
+    #: It was written again after an attempt whose outcome was unknown (a silent close, a
+    #: reset, an unattributed binary error): APNs may have delivered it more than once.
+    may_duplicate: bool = False
 
     @property
     def accepted(self) -> bool:

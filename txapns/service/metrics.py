@@ -29,6 +29,7 @@ COUNTER_METRICS: dict[str, str] = {
     "retried": "txapns_retries_total",
     "replayed": "txapns_retries_total",
     "resent_unknown": "txapns_resent_unknown_total",
+    "may_duplicate": "txapns_may_duplicate_total",
     "connections_made": "txapns_connections_made_total",
     "reconnects": "txapns_reconnects_total",
     "connection_failures": "txapns_connection_failures_total",
@@ -91,6 +92,8 @@ class AppMetrics:
     requeued: int = 0
     #: Resumed after a crash while in flight: possibly delivered twice.
     resumed_maybe_duplicate: int = 0
+    #: Finished with ``may_duplicate``: the client re-sent it after an unknown outcome.
+    may_duplicate: int = 0
     invalid_tokens: int = 0
     latency: Histogram = field(default_factory=Histogram)
 
@@ -103,6 +106,8 @@ class AppMetrics:
             self.unknown_by_reason[result.reason or "unspecified"] += 1
         if result.token_invalid:
             self.invalid_tokens += 1
+        if result.may_duplicate:
+            self.may_duplicate += 1
         if latency is not None:
             self.latency.observe(latency)
 
@@ -216,6 +221,13 @@ class ServiceMetrics:
             "counter",
             "Notifications resumed after a crash while in flight (may be delivered twice).",
             per_app({n: m[n].resumed_maybe_duplicate for n in names}),
+        )
+        family(
+            "txapns_may_duplicate_total",
+            "counter",
+            "Notifications finished after the APNs client re-sent them following an unknown "
+            "outcome (may be delivered twice).",
+            per_app({n: m[n].may_duplicate for n in names}),
         )
         latency: list[_Sample] = []
         for n in names:

@@ -168,6 +168,8 @@ class OutcomeRecord:
     timestamp: float | None = None
     attempts: int = 0
     token_invalid: bool = False
+    #: The client re-sent it after an unknown outcome (``Result.may_duplicate``).
+    may_duplicate: bool = False
 
     @classmethod
     def from_result(cls, id: int, job_id: str, app: str, result: Result) -> OutcomeRecord:
@@ -184,6 +186,7 @@ class OutcomeRecord:
             timestamp=ts,
             attempts=result.attempts,
             token_invalid=result.token_invalid,
+            may_duplicate=result.may_duplicate,
         )
 
 
@@ -493,9 +496,19 @@ class SpoolStore:
             self._db.executemany(
                 "UPDATE notifications SET state = ?, status = ?, reason = ?,"
                 " apns_id = coalesce(?, apns_id), timestamp = ?, attempts = attempts + ?,"
-                " updated = ? WHERE id = ?",
+                " resumed = resumed + ?, updated = ? WHERE id = ?",
                 [
-                    (r.state, r.status, r.reason, r.apns_id, r.timestamp, r.attempts, now, r.id)
+                    (
+                        r.state,
+                        r.status,
+                        r.reason,
+                        r.apns_id,
+                        r.timestamp,
+                        r.attempts,
+                        int(r.may_duplicate),
+                        now,
+                        r.id,
+                    )
                     for r in todo
                 ],
             )
