@@ -19,6 +19,7 @@ from txapns.core.backoff import Backoff
 from txapns.core.binary_channel import ChannelConfig, UnknownPolicy
 from txapns.core.errors import ClientStoppedError, PayloadTooLargeError, QueueFullError
 from txapns.core.notification import Notification
+from txapns.core.proxy import TunnelRefused
 from txapns.core.result import Outcome, Result
 
 from .test_binary_channel import error, note, parse_frames
@@ -156,6 +157,27 @@ class ClientTests(SynchronousTestCase):
         self.assertEqual({r.outcome for r in f.results}, {Outcome.REJECTED})
         self.assertEqual(f.results[0].local, "tls")
         self.assertIn("TLS failure", f.results[0].reason or "")
+        f.client.counters.check(f.client.pending())
+
+    def test_proxy_407_fails_fast_with_an_error_naming_the_proxy(self) -> None:
+        """Issue 9 item 2: no retries after a 407; the queue is rejected at once."""
+        f = Fixture()
+        f.client.start()
+        ds = f.send(0, 1)
+        refused = TunnelRefused(407, "Proxy Authentication Required", ())
+        error = refused.error("gateway.push.apple.com:2195", "http://u:***@proxy.example:3128")
+        f.endpoint.attempts[-1][1].errback(error)
+        self.assertEqual([d.called for d in ds], [True, True])
+        results = f.results
+        self.assertEqual(
+            {(r.outcome, r.local) for r in results}, {(Outcome.REJECTED, "proxy-auth")}
+        )
+        self.assertIn("http://u:***@proxy.example:3128", results[0].reason or "")
+        f.turn(120.0)
+        self.assertEqual(len(f.endpoint.attempts), 1)
+        self.assertEqual(f.reactor.getDelayedCalls(), [])
+        f.send(2)
+        self.assertEqual(len(f.endpoint.attempts), 2)  # a new send tries again
         f.client.counters.check(f.client.pending())
 
     def test_close_right_after_handshake_is_reported_as_wrong_environment(self) -> None:

@@ -34,6 +34,7 @@ from txapns.core.http2.frames import ErrorCode, rst_stream_frame
 from txapns.core.http2_policy import RetryPolicy
 from txapns.core.jwt import load_signing_key
 from txapns.core.notification import Notification, PushType
+from txapns.core.proxy import TunnelRefused
 from txapns.core.result import Outcome, Result
 from txapns.http2 import APNsHTTP2Protocol, HTTP2Client
 from txapns.testing.http2_server import FakeAPNsServer
@@ -78,6 +79,8 @@ class MemoryEndpoint:
         self.attempts = 0
         #: When set, connect() returns this (unfired) Deferred instead of connecting.
         self.hang: Deferred[Any] | None = None
+        #: When set, every connect() fails with this.
+        self.fail_with: BaseException | None = None
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
         self.attempts += 1
@@ -86,6 +89,8 @@ class MemoryEndpoint:
             return fail(ConnectionRefusedError("refused by the test"))
         if self.hang is not None:
             return self.hang
+        if self.fail_with is not None:
+            return fail(self.fail_with)
         proto = protocolFactory.buildProtocol(None)
         server_proto = self.server.factory().buildProtocol(None)
         assert proto is not None and server_proto is not None
@@ -504,6 +509,38 @@ class PoolTests(ClientTestCase):
 
 
 # --- outcomes per response ----------------------------------------------------------------------
+
+
+class ProxyTests(ClientTestCase):
+    def test_proxy_407_fails_fast_with_an_error_naming_the_proxy(self) -> None:
+        """Issue 9 item 2: a 407 is not retried (credentials don't fix themselves): what is
+        queued is rejected at once, ``local="proxy-auth"``, naming the proxy, never its
+        password. The next send tries again (once)."""
+        refused = TunnelRefused(407, "Proxy Authentication Required", ())
+        self.endpoint.fail_with = refused.error(
+            "api.push.apple.com:443", "http://pusher:***@proxy.example.com:3128"
+        )
+        client = self.make_client()
+        self.assertEqual(self.endpoint.attempts, 1)  # min_connections, at start
+        ds = [self.send(client, note(i)) for i in range(3)]
+        self.pump()
+        results = [self.result_of(d) for d in ds]
+        self.assertEqual(
+            {(r.outcome, r.local) for r in results}, {(Outcome.REJECTED, "proxy-auth")}
+        )
+        reason = results[0].reason or ""
+        self.assertIn("http://pusher:***@proxy.example.com:3128", reason)
+        self.assertIn("407", reason)
+        self.assertEqual(self.endpoint.attempts, 2)
+        self.advance(120.0, step=10.0)
+        self.assertEqual(self.endpoint.attempts, 2)  # gave up: no retries in the background
+        self.assertEqual(client.counters.rejected_by_reason["proxy-auth"], 3)
+        d = self.send(client, note(9))
+        self.pump()
+        self.assertEqual(self.result_of(d).local, "proxy-auth")
+        self.assertEqual(self.endpoint.attempts, 3)
+        self.stop(client)
+        self.assertNoDelayedCalls()
 
 
 class ResponseTests(ClientTestCase):

@@ -21,6 +21,7 @@ from txapns.core.proxy import (
     DEFAULT_MAX_HEAD,
     ConnectResponseParser,
     ProxyAnswer,
+    ProxyAuthenticationError,
     ProxyClosedError,
     ProxyCredentials,
     ProxyError,
@@ -165,6 +166,13 @@ class ParserTests(SynchronousTestCase):
         self.assertEqual((error.status, error.authenticate), (407, 'Basic realm="corp"'))
         self.assertIn("407 Proxy Authentication Required", str(error))
         self.assertIn("api.push.apple.com:443", str(error))
+        # 407 is its own type, naming the proxy as it was given (password masked).
+        named = answer.error("api.push.apple.com:443", "http://u:***@proxy.example:3128")
+        assert isinstance(named, ProxyAuthenticationError)
+        self.assertEqual(named.proxy, "http://u:***@proxy.example:3128")
+        self.assertIn("the proxy http://u:***@proxy.example:3128 refused", str(named))
+        other = TunnelRefused(403, "Forbidden", ()).error("t:1", "p:2")
+        self.assertNotIsInstance(other, ProxyAuthenticationError)
 
     def test_101_is_not_a_tunnel(self) -> None:
         answer = feed_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")

@@ -497,6 +497,42 @@ class RealTLSTests(TestCase):
         yield sender.stop()
 
     @defer.inlineCallbacks
+    def test_wrong_proxy_password_fails_fast_naming_the_proxy(self) -> Any:
+        """Issue 9 item 2, end to end: the service's sender gets a 407, rejects the
+        notification at once with a message naming the proxy (never the password), and does
+        not retry."""
+        files = PKI.write(Path(self.mktemp()))
+        app = AppConfig(
+            name="app",
+            bundle_id=PKI.topic,
+            environment="sandbox",
+            protocol="http2",
+            credentials=TokenCredentials(
+                Path(files["token_key_p8"]), PKI.token_key_id, PKI.team_id
+            ),
+            ca_file=Path(files["ca_cert"]),
+            proxy=parse_proxy_url(f"http://{USER}:hunter2-wrong@127.0.0.1:{self.proxy_port}"),
+        )
+        port = self.apns_port
+        sender = make_sender(
+            app, self.reactor, address=lambda: ("127.0.0.1", port), hostname="localhost"
+        )
+        assert isinstance(sender, HTTP2Client)
+        self.addCleanup(sender.stop)
+        sender.start()
+        result = yield sender.send(Notification.create(token(7), {"aps": {"alert": "x"}}))
+        self.assertEqual((result.outcome.value, result.local), ("rejected", "proxy-auth"))
+        reason = result.reason or ""
+        self.assertIn(f"http://{USER}:***@127.0.0.1:{self.proxy_port}", reason)
+        self.assertIn("407", reason)
+        self.assertNotIn("hunter2", reason)
+        attempts = len(self.proxy.requests)
+        self.assertLessEqual(attempts, 2)  # the start's connection and the send's
+        yield sender.stop()
+        self.assertEqual(len(self.proxy.requests), attempts)
+        self.assertEqual(self.server.connections, [])
+
+    @defer.inlineCallbacks
     def test_binary_sender_through_the_proxy(self) -> Any:
         gateway = FakeGateway(self.reactor)
         listening = listen_gateway(self.reactor, gateway, tls_options=server_tls_options(PKI))

@@ -37,6 +37,7 @@ from .core.binary_channel import BinaryChannel, ChannelConfig, Pending, Resoluti
 from .core.counters import Counters
 from .core.errors import ClientStoppedError, QueueFullError, TLSFailureError
 from .core.notification import Notification, validate_binary
+from .core.proxy import ProxyAuthenticationError
 from .core.result import Result
 from .credentials import is_tls_failure
 
@@ -233,6 +234,13 @@ class APNSClientFactory(ClientFactory):
             return
         self.failures += 1
         self.counters.connection_failures += 1
+        if reason.check(ProxyAuthenticationError):
+            # The proxy wants other credentials: retrying cannot help. Reject what is held
+            # now; the next submit tries again.
+            log.error("{name}: {why}", name=self.name, why=str(reason.value))
+            self.failures = 0
+            self._fail_queue(str(reason.value), "proxy-auth")
+            return
         log.warn(
             "{name}: connection attempt {n} failed: {why}",
             name=self.name,

@@ -116,6 +116,7 @@ from .core.http2.headers import check_field
 from .core.http2_policy import CIRCUIT_REASONS, RetryPolicy, parse_response
 from .core.jwt import TOKEN_MAX_AGE, ProviderTokenSource, clock_skew_warning, parse_http_date
 from .core.notification import Notification, PushType, validate_http2
+from .core.proxy import ProxyAuthenticationError
 from .core.result import Outcome, Result
 from .credentials import is_tls_failure
 
@@ -1459,7 +1460,18 @@ class HTTP2Client:
         )
         if tls:
             self._tls_failure(reason.getErrorMessage())
+        elif reason.check(ProxyAuthenticationError):
+            self._proxy_refused(str(reason.value))
         self._maintain()
+
+    def _proxy_refused(self, why: str) -> None:
+        """The proxy wants other credentials (407): retrying cannot help, so what is held is
+        rejected now (``local="proxy-auth"``) and no connection is attempted until the next
+        send, as after ``max_tls_failures`` TLS failures."""
+        log.error("{name}: {why}", name=self.name, why=why)
+        self._failures = 0
+        self._tls_gave_up = True
+        self._fail_held(why, "proxy-auth", self.clock.seconds())
 
     def _build_protocol(self) -> APNsHTTP2Protocol:
         self._numbers += 1

@@ -74,13 +74,16 @@ class HTTPConnectEndpoint:
     :param clock: schedules the timeout; the global reactor (imported when needed) if
         ``None``.
     :param max_head: the largest answer head accepted from the proxy.
+    :param proxy_name: how errors name the proxy (``host:port``, or its URL with the password
+        masked: :meth:`~txapns.core.proxy.ProxyURL.redacted`); never give the password.
 
     ``connect(factory)`` fires with the protocol ``factory`` built, once the tunnel is
     established; the protocol's transport is the connection to the proxy, which carries the
     target's bytes from then on (any bytes that came right after the proxy's answer are
     delivered to the protocol first). It fails with a :class:`~txapns.core.proxy.ProxyError`:
-    :class:`~txapns.core.proxy.ProxyRefusedError` for a non-2xx answer (407 when credentials
-    are missing or wrong), :class:`~txapns.core.proxy.ProxyResponseError` for an answer
+    :class:`~txapns.core.proxy.ProxyRefusedError` for a non-2xx answer
+    (:class:`~txapns.core.proxy.ProxyAuthenticationError` for 407: credentials missing or
+    wrong), :class:`~txapns.core.proxy.ProxyResponseError` for an answer
     that is not HTTP, :class:`~txapns.core.proxy.ProxyClosedError`,
     :class:`~txapns.core.proxy.ProxyTimeoutError`, or a plain ``ProxyError`` when the proxy
     cannot be reached. Cancelling the ``Deferred`` cancels the connection attempt or aborts
@@ -97,6 +100,7 @@ class HTTPConnectEndpoint:
         timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         clock: IReactorTime | None = None,
         max_head: int = DEFAULT_MAX_HEAD,
+        proxy_name: str | None = None,
     ) -> None:
         if timeout is not None and not timeout > 0:
             raise ValueError("timeout must be positive (or None)")
@@ -106,6 +110,7 @@ class HTTPConnectEndpoint:
         self.target = format_authority(host, port)
         self.timeout = timeout
         self.max_head = max_head
+        self.proxy_name = proxy_name
         self._clock = clock
         self._request = build_connect_request(host, port, credentials=auth)
 
@@ -210,7 +215,7 @@ class _Attempt:
         self._fail(error)
 
     def refused(self, answer: TunnelRefused) -> None:
-        error = answer.error(self.endpoint.target)
+        error = answer.error(self.endpoint.target, self.endpoint.proxy_name)
         log.debug(
             "CONNECT {target}: refused by the proxy ({status} {reason})",
             target=self.endpoint.target,

@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_MAX_HEAD",
     "ConnectResponseParser",
     "ProxyAnswer",
+    "ProxyAuthenticationError",
     "ProxyClosedError",
     "ProxyCredentials",
     "ProxyError",
@@ -83,6 +84,27 @@ class ProxyRefusedError(ProxyError):
         self.status = status
         self.reason = reason
         self.authenticate = authenticate
+
+
+class ProxyAuthenticationError(ProxyRefusedError):
+    """The proxy answered CONNECT with ``407 Proxy Authentication Required``: the credentials
+    are missing or wrong. Retrying with the same ones cannot help, so clients give up at once.
+
+    ``proxy`` names the proxy (``host:port``, or the URL with the password masked); the
+    password is never part of it nor of the message.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        reason: str,
+        authenticate: str | None = None,
+        proxy: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, reason=reason, authenticate=authenticate)
+        self.proxy = proxy
 
 
 class ProxyTimeoutError(ProxyError):
@@ -278,17 +300,25 @@ class TunnelRefused:
         """The first header called *name* (any case), or ``None``."""
         return _header(self.headers, name)
 
-    def error(self, target: str) -> ProxyRefusedError:
-        """The :class:`ProxyRefusedError` for this answer to ``CONNECT target``."""
-        hint = ""
-        if self.status == 407:
-            hint = " (the proxy wants credentials: http://user:password@host:port)"
+    def error(self, target: str, proxy: str | None = None) -> ProxyRefusedError:
+        """The :class:`ProxyRefusedError` for this answer to ``CONNECT target`` through
+        ``proxy`` (its name for the message: ``host:port`` or a URL with the password
+        masked); a :class:`ProxyAuthenticationError` for 407."""
         reason = f" {self.reason}" if self.reason else ""
+        who = f"the proxy {proxy}" if proxy else "the proxy"
+        message = f"{who} refused CONNECT {target}: {self.status}{reason}"
+        authenticate = self.header("Proxy-Authenticate")
+        if self.status == 407:
+            return ProxyAuthenticationError(
+                f"{message} (missing or wrong credentials: give them in the proxy URL, "
+                "http://user:password@host:port)",
+                status=self.status,
+                reason=self.reason,
+                authenticate=authenticate,
+                proxy=proxy,
+            )
         return ProxyRefusedError(
-            f"the proxy refused CONNECT {target}: {self.status}{reason}{hint}",
-            status=self.status,
-            reason=self.reason,
-            authenticate=self.header("Proxy-Authenticate"),
+            message, status=self.status, reason=self.reason, authenticate=authenticate
         )
 
 

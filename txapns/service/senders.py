@@ -67,6 +67,7 @@ def tls_endpoint(
             port,
             auth=via.credentials,
             clock=reactor,
+            proxy_name=via.redacted(),
         )
         return wrapClientTLS(options, tunnel)
 
