@@ -21,7 +21,10 @@ if TYPE_CHECKING:
     from .notification import Notification
 
 
-class Outcome(enum.Enum):
+class Outcome(enum.StrEnum):
+    """A notification's fate. A :class:`str` subclass: ``outcome == "accepted"`` holds, and it
+    prints, formats and serialises (JSON) as its value."""
+
     ACCEPTED = "accepted"
     REJECTED = "rejected"
     UNKNOWN = "unknown"
