@@ -420,7 +420,7 @@ class StopTests(Harness):
         self.assertTrue(view.done)
 
     def test_failing_sender_stop_still_closes_spool(self) -> None:
-        def broken_stop() -> Deferred[None]:
+        def broken_stop(timeout: float = 10.0) -> Deferred[None]:
             d: Deferred[None] = Deferred()
             d.errback(RuntimeError("stop broke"))
             return d

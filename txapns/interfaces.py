@@ -35,6 +35,7 @@ class Sender(Protocol):
         """Notifications taken but not yet finished (queued or in flight)."""
         ...
 
-    def stop(self) -> Deferred[None]:
-        """Stop taking notifications; finish or resolve what is held; cancel every timer."""
+    def stop(self, timeout: float = 10.0) -> Deferred[None]:
+        """Stop taking notifications; finish or resolve what is held, waiting up to
+        ``timeout`` seconds for it; cancel every timer."""
         ...

@@ -52,7 +52,8 @@ DEFAULT_SPOOL = "txapns-spool.sqlite3"
 DEFAULT_RETENTION_DAYS = 7.0
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_RECIPIENTS = 10_000
-DEFAULT_DRAIN_TIMEOUT = 10.0
+#: Seconds a stop may take in all (drain, then the clients): under a container's 10 s grace.
+DEFAULT_DRAIN_TIMEOUT = 8.0
 #: Seconds between two reads of the binary feedback service (0: never read it).
 DEFAULT_FEEDBACK_INTERVAL = 3600.0
 
@@ -222,9 +223,15 @@ _APP_KEYS = {
 
 
 def load_config(
-    path: str | Path, *, now: datetime | None = None, check_files: bool = True
+    path: str | Path,
+    *,
+    now: datetime | None = None,
+    check_files: bool = True,
+    environ: Mapping[str, str] | None = None,
 ) -> ServiceConfig:
-    """Read, parse and check a TOML configuration file; raise :class:`ConfigError`."""
+    """Read, parse and check a TOML configuration file; raise :class:`ConfigError`. With
+    ``environ``, its ``TXAPNS_…`` variables override the file (see
+    :mod:`txapns.service.environ`)."""
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -236,6 +243,10 @@ def load_config(
         raise ConfigError(f"{p}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    if environ is not None:
+        from .environ import apply_environment
+
+        data = apply_environment(data, environ)
     return parse_config(data, base_dir=p.parent, now=now, check_files=check_files)
 
 

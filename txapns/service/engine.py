@@ -198,6 +198,7 @@ class Engine:
         self._apps = {name: _AppState(name, app) for name, app in apps.items()}
         self.max_inflight = max_inflight
         self.drain_timeout = drain_timeout
+        self._stop_deadline = 0.0
         self.retention = retention
         self.purge_interval = purge_interval
         self.retry_delay = retry_delay
@@ -761,6 +762,9 @@ class Engine:
         drained: Deferred[None] = Deferred()
         self._drained = drained
         timer = self._clock.callLater(self.drain_timeout, self._drain_deadline)
+        # drain_timeout bounds the whole stop, clients included: a container's stop grace
+        # period (10 s by default) must not run out while an unreachable app waits twice.
+        self._stop_deadline = self._clock.seconds() + self.drain_timeout
         self._maybe_drained()
 
         def cancel_timer(_: None) -> None:
@@ -788,8 +792,9 @@ class Engine:
         if not self.stop_senders:
             return None
         stops: list[Deferred[None]] = []
+        left = max(0.0, self._stop_deadline - self._clock.seconds())
         for st in self._apps.values():
-            d = st.app.sender.stop()
+            d = st.app.sender.stop(timeout=left)
             d.addErrback(self._sender_stop_failed, st.name)
             stops.append(d)
         return DeferredList(stops)

@@ -45,6 +45,8 @@ class FakeSender:
         self._seq = 0
         self.stopped = False
         self.stop_calls = 0
+        #: The ``timeout`` of each ``stop`` call.
+        self.stop_timeouts: list[float] = []
 
     def send(self, notification: Notification) -> Deferred[Result]:
         if self.validate is not None:
@@ -131,9 +133,10 @@ class FakeSender:
             count += 1
         return count
 
-    def stop(self) -> Deferred[None]:
+    def stop(self, timeout: float = 10.0) -> Deferred[None]:
         """Resolve what is held (as never sent, by default) and take nothing more."""
         self.stop_calls += 1
+        self.stop_timeouts.append(timeout)
         self.stopped = True
         while self._waiting:
             if self.stop_outcome is Outcome.REJECTED:
