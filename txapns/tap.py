@@ -10,11 +10,14 @@ import os
 import secrets
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
+from twisted.python.components import Componentized
 
 from .service.config import (
     DEFAULT_LISTEN,
@@ -25,7 +28,12 @@ from .service.config import (
     TokenCredentials,
     load_config,
     parse_app,
+    parse_config,
 )
+from .service.environ import apply_environment, defines_apps
+from .service.logs import FORMATS, LEVELS
+
+log = Logger(namespace="txapns.service")
 
 FAKE_APP = "demo"
 FAKE_BUNDLE = "com.example.app"
@@ -46,6 +54,8 @@ class Options(usage.Options):
         ["spool", None, None, "SQLite spool file."],
         ["demo", None, None, "Send N notifications through the HTTP API, print, stop.", int],
         ["fake-protocol", None, "http2", "Protocol of the embedded fake: http2 or binary."],
+        ["log-level", None, None, "debug, info (default), warn or error; or TXAPNS_LOG_LEVEL."],
+        ["log-format", None, None, "text (default) or json (JSON lines); or TXAPNS_LOG_FORMAT."],
         # single-app flags
         ["app", None, "default", "Single-app mode: the app's name."],
         ["bundle-id", None, None, "Single-app mode: the app's bundle id (topic)."],
@@ -64,6 +74,8 @@ class Options(usage.Options):
     def __init__(self) -> None:
         usage.Options.__init__(self)
         self["listen"] = []
+        #: Where ``TXAPNS_…`` variables are read from (tests give their own).
+        self.environ: Mapping[str, str] = os.environ
 
     def opt_listen(self, description: str) -> None:
         self["listen"].append(description)
@@ -75,6 +87,7 @@ class Options(usage.Options):
     )
 
     def postOptions(self) -> None:
+        _environment_defaults(self)
         if self["fake-protocol"] not in ("binary", "http2"):
             raise usage.UsageError("--fake-protocol must be binary or http2")
         if self["demo"] is not None and self["demo"] < 1:
@@ -96,8 +109,23 @@ class Options(usage.Options):
                 parse_proxy_url(self["proxy"])
             except ProxyURLError as e:
                 raise usage.UsageError(f"--proxy: {e}") from None
-        if not self["config"] and not single:
+        if not self["config"] and not single and not defines_apps(self.environ):
             self["fake"] = True
+
+
+def _environment_defaults(options: Options) -> None:
+    """``TXAPNS_CONFIG``, ``TXAPNS_LOG_LEVEL`` and ``TXAPNS_LOG_FORMAT`` where the command line
+    gives none; the log options checked."""
+    env = options.environ
+    if options["config"] is None and options["bundle-id"] is None and not options["fake"]:
+        options["config"] = env.get("TXAPNS_CONFIG") or None
+    for name, allowed in (("log-level", tuple(LEVELS)), ("log-format", FORMATS)):
+        variable = "TXAPNS_" + name.upper().replace("-", "_")
+        value = options[name] or env.get(variable) or allowed[1 if name == "log-level" else 0]
+        if value not in allowed:
+            source = f"--{name}" if options[name] else variable
+            raise usage.UsageError(f"{source} must be one of {', '.join(allowed)}, not {value!r}")
+        options[name] = value
 
 
 _SINGLE_APP_FLAGS = (
@@ -267,10 +295,12 @@ def build_service(options: Options) -> IService:
     from .service.senders import make_sender
     from .service.wiring import EngineService, build_engine, client_health, limits_from
 
-    top = MultiService()
+    top = _Top(options)
     fake: _FakeAPNs | None = None
     if options["config"]:
-        config = load_config(options["config"])
+        config = load_config(options["config"], environ=options.environ)
+    elif not options["fake"] and options["bundle-id"] is None:
+        config = parse_config(apply_environment({}, options.environ), base_dir=Path.cwd())
     elif not options["fake"]:
         config = ServiceConfig(apps=(_single_app(options),))
     else:
@@ -286,7 +316,7 @@ def build_service(options: Options) -> IService:
     if not config.apps:
         raise ConfigError("no app configured: give --config, the single-app flags, or --fake")
 
-    listen = tuple(options["listen"]) or (config.listen if options["config"] else (DEFAULT_LISTEN,))
+    listen = tuple(options["listen"]) or config.listen
     if options["spool"]:
         config = _replace(config, spool=Path(options["spool"]))
     key_file: str | None = options["api-key-file"] or (
@@ -300,6 +330,7 @@ def build_service(options: Options) -> IService:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")
     config = _replace(config, api_key_file=Path(key_file), listen=listen)
+    top.config = config
 
     senders = {}
     for app in config.apps:
@@ -337,6 +368,98 @@ def build_service(options: Options) -> IService:
             f"txapns: embedded fake APNs; API key in {key_file}; spool {config.spool}\n"
         )
     return top
+
+
+class _Top(MultiService):
+    """The service ``twistd apns`` runs: installs the log observer (level, format) where
+    twistd looks for one, says what it runs (one line per app and per listener), and tells
+    systemd when it is ready (``Type=notify``) and when it stops."""
+
+    def __init__(self, options: Options) -> None:
+        MultiService.__init__(self)
+        self.options = options
+        self.config: ServiceConfig | None = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        MultiService.setServiceParent(self, parent)
+        twistd = getattr(self.options, "parent", None)
+        if twistd is None or not isinstance(parent, Componentized):
+            return  # not run by twistd (tests, embedding): leave logging alone
+        if parent.getComponent(ILogObserver, None) is None:
+            from .service.logs import twistd_observer
+
+            observer = twistd_observer(
+                twistd, level=self.options["log-level"], fmt=self.options["log-format"]
+            )
+            parent.setComponent(ILogObserver, observer)
+
+    def startService(self) -> None:
+        MultiService.startService(self)
+        from twisted.internet.defer import gatherResults
+
+        from . import __version__
+
+        config = self.config
+        if config is not None:
+            log.info(
+                "txapns {version}: {n} app(s), spool {spool}, API key in {key_file}",
+                version=__version__,
+                n=len(config.apps),
+                spool=str(config.spool),
+                key_file=str(config.api_key_file),
+            )
+            for app in config.apps:
+                log.info(APP_LINE, **describe_app(app, fake=bool(self.options["fake"])))
+        waiting = []
+        for child in self:
+            port = getattr(child, "_waitingForPort", None)
+            if port is not None:
+                waiting.append(port.addCallback(self._listening))
+        if waiting:
+            gatherResults(waiting).addCallbacks(self._ready, lambda _: None)
+        else:
+            self._ready(None)
+
+    def _listening(self, port: Any) -> Any:
+        host = port.getHost()
+        where = f"{host.host}:{host.port}" if hasattr(host, "port") else str(host)
+        log.info("API listening on {address}", address=where)
+        return port
+
+    def _ready(self, _: object) -> None:
+        from .service.systemd import notify
+
+        notify("READY=1\nSTATUS=sending", self.options.environ)
+
+    def stopService(self) -> Any:
+        from .service.systemd import notify
+
+        notify("STOPPING=1", self.options.environ)
+        return MultiService.stopService(self)
+
+
+def describe_app(app: AppConfig, *, fake: bool = False) -> dict[str, str]:
+    """The fields of an app's start-up line: where it sends, how, as whom (no secrets)."""
+    host, port = app.endpoint()
+    creds = app.credentials
+    if isinstance(creds, TokenCredentials):
+        auth = f"token auth (key {creds.key_id}, team {creds.team_id})"
+    else:
+        auth = f"certificate {(creds.p12_file or creds.cert_file or Path('?')).name}"
+    target = "the embedded fake APNs" if fake else f"{host}:{port}"
+    if app.proxy is not None:
+        target += f" via proxy {app.proxy!r}"
+    return {
+        "app": app.name,
+        "protocol": app.protocol,
+        "target": target,
+        "environment": app.environment,
+        "topic": app.bundle_id,
+        "auth": auth,
+    }
+
+
+APP_LINE = "app {app}: {protocol} to {target} ({environment}), topic {topic}, {auth}"
 
 
 def _attach(child: Any, parent: MultiService) -> None:

@@ -85,9 +85,11 @@ def apply_environment(
     base = cwd if cwd is not None else Path.cwd()
     out: dict[str, Any] = dict(data)
     apps_raw = out.get("app", [])
-    apps: list[Any] = [dict(a) if isinstance(a, Mapping) else a for a in apps_raw] if isinstance(
-        apps_raw, list
-    ) else apps_raw
+    apps: list[Any] = (
+        [dict(a) if isinstance(a, Mapping) else a for a in apps_raw]
+        if isinstance(apps_raw, list)
+        else apps_raw
+    )
     by_env_name: dict[str, dict[str, Any]] = {}
     if isinstance(apps, list):
         for app in apps:
@@ -108,10 +110,10 @@ def apply_environment(
                 by_env_name[name] = app
             app[key] = value
         else:
-            key, from_file = _lookup(variable[len(PREFIX) :], _SERVICE)
-            if key is None:
+            setting, from_file = _lookup(variable[len(PREFIX) :], _SERVICE)
+            if setting is None:
                 raise ConfigError(_unknown(variable))
-            out[key] = _value(variable, environ[variable], _SERVICE[key], from_file, base)
+            out[setting] = _value(variable, environ[variable], _SERVICE[setting], from_file, base)
     if apps or "app" in out:
         out["app"] = apps
     return out
