@@ -26,6 +26,22 @@ Everything runs on loopback, each part in its own process:
 It prints the figures, the service's peak RSS (``VmHWM``) and the ratio of the end-to-end
 rate to the library's. No assertions: the issue's targets are ≥ 10,000 notifications/s
 accepted durably with batches of 500, and end-to-end delivery at ≥ half the library's rate.
+
+``--mock DIR`` (a copy of the neutral Node harness, set up with ``./make-certs.sh && npm ci``)
+starts its ``mock_h2_server.js`` on a free port and sends there instead of to the Python fake
+(HTTP/2, token auth with the harness's key); ``--target URL --cert-dir DIR`` sends to a mock
+that is already running. Against a mock, "end to end" is until the service has recorded every
+outcome, and the library uses 4 connections.
+
+``--h1load`` adds the one-event-one-push load: ``h2load --h1`` (nghttp2's C load generator,
+``apt-get install nghttp2-client``; installed when missing and running as root) posts one
+notification per request for ``--h1load-seconds`` on 1, 16 and 64 keep-alive connections
+(``--h1load-conns``), first to a bare :mod:`twisted.web` resource that reads the body and
+answers 202 (the framework's own ceiling, its own process), then to the service
+(asynchronous), then synchronous on 1 connection with p50/p99 latency. It prints each rate
+and its ratio to the bare resource at the same connection count, all in the same run.
+
+    python benchmarks/service_throughput.py --mock /tmp/apns-bench --h1load --skip-batch
 """
 
 from __future__ import annotations
@@ -134,6 +150,144 @@ def metric(text: str, name: str) -> float:
     return 0.0
 
 
+def wait_drained(conn: http.client.HTTPConnection, key: str, timeout: float = 300) -> bool:
+    """Poll ``/metrics`` until every notification the service stored has an outcome."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        _, raw = api_call(conn, key, "GET", "/metrics")
+        text = raw.decode()
+        if metric(text, "txapns_notifications_accepted_total") >= metric(
+            text, "txapns_notifications_submitted_total"
+        ):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# --- one notification per request, load from h2load --h1 -------------------------------------
+
+
+def bare_site() -> None:
+    """The reference: a bare :mod:`twisted.web` resource that reads the body and answers 202
+    (default ``Site``, same reactor as ``twistd``); prints its port, then serves."""
+    from twisted.internet import reactor as _reactor
+    from twisted.web.resource import Resource
+    from twisted.web.server import Request, Site
+
+    reactor: Any = _reactor
+
+    class Bare(Resource):
+        isLeaf = True
+
+        def render_POST(self, request: Request) -> bytes:
+            assert request.content is not None
+            request.content.read()
+            request.setResponseCode(202)
+            request.setHeader(b"content-type", b"application/json")
+            return b'{"job_id":"0"}'
+
+    port = reactor.listenTCP(0, Site(Bare()), interface="127.0.0.1")
+    print(port.getHost().port, flush=True)
+    reactor.run()
+
+
+def find_h2load() -> str:
+    """``h2load``; installed with apt-get (Debian's ``nghttp2-client``) when missing."""
+    exe = shutil.which("h2load")
+    if exe is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("h2load not found: apt-get install -y nghttp2-client", flush=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "nghttp2-client"],
+            stdout=subprocess.DEVNULL, check=False,
+        )  # fmt: skip
+        exe = shutil.which("h2load")
+    if exe is None:
+        raise SystemExit("h2load is needed for --h1load: apt-get install nghttp2-client")
+    return exe
+
+
+def h1load(
+    h2load: str, url: str, body: Path, key: str, conns: int, seconds: float, latency: bool = False
+) -> dict[str, float]:
+    """``h2load --h1``: ``conns`` keep-alive connections, one request at a time each, POSTing
+    ``body`` for ``seconds`` after a 1 s warm-up; requests/s, 2xx share, optional p50/p99."""
+    log_file = body.with_suffix(".log")
+    cmd = [
+        h2load, "--h1", "-c", str(conns), "-m", "1", "-D", f"{seconds:g}", "--warm-up-time", "1",
+        "-d", str(body), "-H", f"authorization: Bearer {key}",
+        "-H", "content-type: application/json", url,
+    ]  # fmt: skip
+    if latency:
+        log_file.unlink(missing_ok=True)
+        cmd.insert(1, f"--log-file={log_file}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    out = proc.stdout + proc.stderr
+    import re
+
+    finished = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if finished is None or codes is None:
+        raise SystemExit(f"h2load output not understood:\n{out}")
+    ok, *bad = (int(g) for g in codes.groups())
+    result = {"rate": float(finished.group(1)), "ok": ok, "bad": sum(bad)}
+    if latency:
+        durations = sorted(
+            int(line.split("\t")[2]) / 1000.0
+            for line in log_file.read_text().splitlines()
+            if line.count("\t") == 2
+        )
+        if durations:
+            result["p50"] = durations[len(durations) // 2]
+            result["p99"] = durations[min(len(durations) - 1, int(len(durations) * 0.99))]
+    return result
+
+
+def h1load_phase(
+    args: argparse.Namespace, work: Path, env: dict[str, str], port: int, key: str,
+    conn: http.client.HTTPConnection,
+) -> None:  # fmt: skip
+    h2load = find_h2load()
+    conns = [int(c) for c in args.h1load_conns.split(",")]
+    seconds = args.h1load_seconds
+    token = token_for(3, 0, 1)
+    async_body = work / "single-async.json"
+    async_body.write_text(json.dumps({"token": token, "alert": "bench", "badge": 1, "async": True}))
+    sync_body = work / "single-sync.json"
+    sync_body.write_text(json.dumps({"token": token, "alert": "bench", "badge": 1}))
+    bare = subprocess.Popen(
+        [sys.executable, __file__, "--bare-site"], stdout=subprocess.PIPE, cwd=work, env=env
+    )
+    try:
+        assert bare.stdout is not None
+        bare_url = f"http://127.0.0.1:{int(bare.stdout.readline())}/v1/apps/{APP}/notifications"
+        reference = {c: h1load(h2load, bare_url, async_body, key, c, seconds) for c in conns}
+    finally:
+        bare.send_signal(signal.SIGTERM)
+        bare.wait(30)
+    url = f"http://127.0.0.1:{port}/v1/apps/{APP}/notifications"
+    print(f"one notification per request, h2load --h1, {seconds:g} s each after a 1 s warm-up:")
+    for c in conns:
+        wait_drained(conn, key)
+        cpu0 = cpu_seconds(args.service_pid)
+        got = h1load(h2load, url, async_body, key, c, seconds)
+        cpu = cpu_seconds(args.service_pid) - cpu0
+        ref = reference[c]
+        print(
+            f"  {c:3d} connections: bare twisted.web {ref['rate']:8,.0f} requests/s; "
+            f"service async {got['rate']:8,.0f} requests/s ({got['ok']:,} 202, {got['bad']} "
+            f"other) = {got['rate'] / ref['rate']:.2f} of bare; service CPU "
+            f"{cpu / max(got['ok'], 1) * 1e6:.0f} µs/request (target ≥ 0.6)"
+        )
+    wait_drained(conn, key)
+    got = h1load(h2load, url, sync_body, key, 1, seconds, latency=True)
+    print(
+        f"  sync, 1 connection: {got['rate']:,.0f} requests/s ({got['ok']:,} 200, {got['bad']} "
+        f"other), latency p50 {got.get('p50', 0):.2f} ms, p99 {got.get('p99', 0):.2f} ms "
+        "(target p50 ≤ 2 ms)"
+    )
+    wait_drained(conn, key)
+
+
 # --- load generator (worker processes) ------------------------------------------------------
 
 
@@ -187,8 +341,9 @@ def submit_all(
 # --- the library phase (its own process) ------------------------------------------------------
 
 
-def library_phase(config: str, n: int) -> dict[str, Any]:
-    """``send_many`` of ``n`` notifications with the client ``make_sender`` builds for the app."""
+def library_phase(config: str, n: int, connections: int | None) -> dict[str, Any]:
+    """``send_many`` of ``n`` notifications with the client ``make_sender`` builds for the app
+    (an :class:`~txapns.http2.HTTP2Client` with exactly ``connections`` if given)."""
     import resource
 
     from twisted.internet import reactor as _reactor
@@ -201,7 +356,15 @@ def library_phase(config: str, n: int) -> dict[str, Any]:
 
     reactor: Any = _reactor
     app = load_config(config).apps[0]
-    client: Any = make_sender(app, reactor)
+    client: Any
+    if connections:
+        from txapns.http2 import HTTP2Client
+
+        client = HTTP2Client.for_app(
+            app, reactor, min_connections=connections, max_connections=connections
+        )
+    else:
+        client = make_sender(app, reactor)
     payload = encode_payload({"aps": {"alert": "bench library", "badge": 1}})
     topic = app.bundle_id if app.protocol == "http2" else None
     notifications = [
@@ -242,10 +405,21 @@ def library_phase(config: str, n: int) -> dict[str, Any]:
 # --- orchestration -----------------------------------------------------------------------------
 
 
-def write_config(directory: Path, protocol: str, port: int, key: str) -> Path:
+def write_config(
+    directory: Path, protocol: str, port: int, key: str, mock_certs: Path | None = None
+) -> Path:
     (directory / "api.key").write_text(key + "\n")
     pki = directory / "pki"
-    if protocol == "binary":
+    bundle_id = "com.example.app"
+    if mock_certs is not None:  # the neutral harness's CA and ES256 bench key
+        pki = mock_certs.resolve()
+        bundle_id = "com.example.bench"
+        credentials = [
+            f'key_file = "{pki}/AuthKey_BENCHKEY01.p8"',
+            'key_id = "BENCHKEY01"',
+            'team_id = "BENCHTEAM1"',
+        ]
+    elif protocol == "binary":
         credentials = ['cert_file = "pki/client.pem"', 'key_file = "pki/client-key.pem"']
     else:
         ids = json.loads((pki / "token.json").read_text())
@@ -262,12 +436,12 @@ def write_config(directory: Path, protocol: str, port: int, key: str) -> Path:
                 'spool = "spool.sqlite3"',
                 "[[app]]",
                 f'name = "{APP}"',
-                'bundle_id = "com.example.app"',
+                f'bundle_id = "{bundle_id}"',
                 'environment = "sandbox"',
                 f'protocol = "{protocol}"',
                 'host = "127.0.0.1"',
                 f"port = {port}",
-                'ca_file = "pki/ca.pem"',
+                f'ca_file = "{pki}/ca.pem"',
                 *credentials,
                 "",
             ]
@@ -291,6 +465,40 @@ def wait_for_port(log: Path, proc: subprocess.Popen[bytes], timeout: float = 30.
     raise SystemExit(f"the service did not start in {timeout}s; see {log}")
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_mock(harness: Path, work: Path, procs: list[subprocess.Popen[bytes]]) -> int:
+    """The neutral harness's Node HTTP/2 mock on a free port (records nothing to disk)."""
+    port = free_port()
+    with open(work / "mock.log", "wb") as out:
+        mock = subprocess.Popen(
+            ["node", str(harness / "mock_h2_server.js"), str(port)],
+            cwd=harness, stdout=out, stderr=subprocess.STDOUT,
+            env=dict(os.environ, CERT_DIR=str(harness / "certs"), STATS_FILE="",
+                     LIFETIME_S="3600"),
+        )  # fmt: skip
+    procs.append(mock)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if mock.poll() is not None:
+            raise SystemExit(f"the Node mock exited; see {work / 'mock.log'}")
+        try:
+            import socket
+
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return port
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("the Node mock did not start")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--protocol", choices=("binary", "http2"), default="binary")
@@ -298,14 +506,39 @@ def main() -> int:
     ap.add_argument("--single-n", type=int, default=5_000, help="requests of 1 notification")
     ap.add_argument("--batch-n", type=int, default=100_000, help="notifications, 500 a request")
     ap.add_argument("--clients", type=int, default=2, help="load-generator processes")
+    ap.add_argument(
+        "--mock", metavar="DIR", type=Path,
+        help="start DIR/mock_h2_server.js (the neutral Node harness) and send to it (HTTP/2)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--target", metavar="URL",
+        help="send to this running HTTP/2 mock (https://127.0.0.1:PORT) instead of a fake",
+    )  # fmt: skip
+    ap.add_argument(
+        "--cert-dir", type=Path, help="with --target: the harness's certs/ (ca.pem, bench key)"
+    )
+    ap.add_argument("--h1load", action="store_true", help="one-notification requests, h2load")
+    ap.add_argument("--h1load-conns", default="1,16,64", help="comma-separated connections")
+    ap.add_argument("--h1load-seconds", type=float, default=5.0)
+    ap.add_argument("--skip-library", action="store_true")
+    ap.add_argument("--skip-single", action="store_true", help="skip the http.client requests of 1")
+    ap.add_argument("--skip-batch", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     ap.add_argument(
         "--profile", metavar="FILE", help="run the service under cProfile, stats saved to FILE"
     )
     ap.add_argument("--library", metavar="CONFIG", help=argparse.SUPPRESS)
+    ap.add_argument("--library-conns", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--bare-site", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.library:
-        print(json.dumps(library_phase(args.library, args.library_n)), flush=True)
+        print(
+            json.dumps(library_phase(args.library, args.library_n, args.library_conns)),
+            flush=True,
+        )
+        return 0
+    if args.bare_site:
+        bare_site()
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="txapns-service-bench-"))
@@ -313,36 +546,59 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     env = dict(os.environ, PYTHONPATH=str(HERE.parent))
     try:
-        kind = "gateway" if args.protocol == "binary" else "http2"
-        fake = subprocess.Popen(
-            [sys.executable, "-m", "txapns.testing", kind, "--pki-dir", str(work / "pki"),
-             "--record", str(record)],
-            stdout=subprocess.PIPE, cwd=work, env=env,
-        )  # fmt: skip
-        procs.append(fake)
-        assert fake.stdout is not None
-        fake_port = int(fake.stdout.readline())
+        mock_certs: Path | None = None
+        library_conns: list[str] = []
+        if args.mock or args.target:
+            args.protocol = "http2"
+            if args.mock:
+                mock_certs = args.mock / "certs"
+                fake_port = start_mock(args.mock.resolve(), work, procs)
+            else:
+                from urllib.parse import urlparse
+
+                if args.cert_dir is None:
+                    raise SystemExit("--target needs --cert-dir (the harness's certs/)")
+                mock_certs = args.cert_dir
+                fake_port = urlparse(args.target).port or 443
+            counter = None
+            library_conns = ["--library-conns", "4"]
+            where = f"the Node mock (mock_h2_server.js) on port {fake_port}"
+        else:
+            kind = "gateway" if args.protocol == "binary" else "http2"
+            fake = subprocess.Popen(
+                [sys.executable, "-m", "txapns.testing", kind, "--pki-dir", str(work / "pki"),
+                 "--record", str(record)],
+                stdout=subprocess.PIPE, cwd=work, env=env,
+            )  # fmt: skip
+            procs.append(fake)
+            assert fake.stdout is not None
+            fake_port = int(fake.stdout.readline())
+            counter = RecordCounter(record)
+            where = f"fake APNs (python -m txapns.testing {kind}) on port {fake_port}"
         key = secrets.token_urlsafe(32)
-        config = write_config(work, args.protocol, fake_port, key)
-        counter = RecordCounter(record)
+        config = write_config(work, args.protocol, fake_port, key, mock_certs)
         print(
-            f"txapns service benchmark: protocol {args.protocol}, fake APNs "
-            f"(python -m txapns.testing {kind}) on port {fake_port}, {os.cpu_count()} CPUs"
+            f"txapns service benchmark: protocol {args.protocol}, {where}, "
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
         )
 
         # 1. The library alone, straight to the fake.
-        lib_out = subprocess.run(
-            [sys.executable, __file__, "--library", str(config), "--library-n",
-             str(args.library_n)],
-            capture_output=True, check=True, cwd=work, env=env,
-        )  # fmt: skip
-        lib = json.loads(lib_out.stdout.decode().strip().splitlines()[-1])
-        counter.wait_for(lib["accepted"], 30)
-        print(
-            f"library ({'BinaryClient' if args.protocol == 'binary' else 'HTTP2Client'}"
-            f".send_many): {lib['accepted']:,}/{lib['n']:,} accepted in {lib['seconds']:.2f} s = "
-            f"{lib['rate']:,.0f} notifications/s (peak RSS {lib['peak_rss_mb']:.0f} MB)"
-        )
+        lib: dict[str, Any] | None = None
+        if not args.skip_library:
+            lib_out = subprocess.run(
+                [sys.executable, __file__, "--library", str(config), "--library-n",
+                 str(args.library_n), *library_conns],
+                capture_output=True, check=True, cwd=work, env=env,
+            )  # fmt: skip
+            lib = json.loads(lib_out.stdout.decode().strip().splitlines()[-1])
+            if counter is not None:
+                counter.wait_for(lib["accepted"], 30)
+            print(
+                f"library ({'BinaryClient' if args.protocol == 'binary' else 'HTTP2Client'}"
+                f".send_many{', 4 connections' if library_conns else ''}): "
+                f"{lib['accepted']:,}/{lib['n']:,} accepted in {lib['seconds']:.2f} s = "
+                f"{lib['rate']:,.0f} notifications/s (peak RSS {lib['peak_rss_mb']:.0f} MB)"
+            )
 
         # 2. The service.
         log = work / "service.log"
@@ -356,6 +612,7 @@ def main() -> int:
             cwd=work, env=env,
         )  # fmt: skip
         procs.append(service)
+        args.service_pid = service.pid
         port = wait_for_port(log, service)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         for _ in range(200):
@@ -363,23 +620,35 @@ def main() -> int:
             if status == 200:
                 break
             time.sleep(0.05)
+        if args.h1load:
+            h1load_phase(args, work, env, port, key, conn)
+        if args.skip_single and args.skip_batch:
+            return 0
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(args.clients) as pool:
             # 2a. Requests of 1 notification.
-            base = counter.poll()
-            ok, failed, seconds, _ = submit_all(pool, port, key, 1, args.single_n, 1, args.clients)
-            print(
-                f"service, async requests of 1:   {ok:,} accepted durably ({failed} failed) in "
-                f"{seconds:.2f} s = {ok / seconds:,.0f} notifications/s "
-                f"({args.clients} clients)"
-            )
-            counter.wait_for(base + ok, 120)
+            if not args.skip_single:
+                base = counter.poll() if counter else 0
+                ok, failed, seconds, _ = submit_all(
+                    pool, port, key, 1, args.single_n, 1, args.clients
+                )
+                print(
+                    f"service, async requests of 1:   {ok:,} accepted durably ({failed} failed)"
+                    f" in {seconds:.2f} s = {ok / seconds:,.0f} notifications/s "
+                    f"({args.clients} clients)"
+                )
+                if counter:
+                    counter.wait_for(base + ok, 120)
+                wait_drained(conn, key)
+            if args.skip_batch:
+                return 0
 
             # 2b. Requests of 500, and delivery end to end.
             _, text = api_call(conn, key, "GET", "/metrics")
             confirmed0 = metric(text.decode(), "txapns_notifications_accepted_total")
-            base = counter.poll()
-            cpu0 = {p.pid: cpu_seconds(p.pid) for p in (service, fake)}
+            base = counter.poll() if counter else 0
+            watched = [p for p in procs if p is not service]
+            cpu0 = {p.pid: cpu_seconds(p.pid) for p in (service, *watched)}
             t0 = time.perf_counter()
             ok, failed, seconds, client_cpu = submit_all(
                 pool, port, key, 2, args.batch_n, BATCH, args.clients
@@ -388,7 +657,6 @@ def main() -> int:
             f"service, async requests of 500: {ok:,} accepted durably ({failed} failed) in "
             f"{seconds:.2f} s = {ok / seconds:,.0f} notifications/s ({args.clients} clients)"
         )
-        t_delivered = counter.wait_for(base + ok, 300)
         t_confirmed = None
         deadline = time.perf_counter() + 300
         while time.perf_counter() < deadline:
@@ -397,27 +665,32 @@ def main() -> int:
                 t_confirmed = time.perf_counter()
                 break
             time.sleep(0.01)
+        # Against a mock that records nothing to disk, "delivered" is "outcome recorded".
+        t_delivered = counter.wait_for(base + ok, 300) if counter else t_confirmed
         if t_delivered is None or t_confirmed is None:
-            print(f"  not all delivered/confirmed in time: {counter.poll() - base:,} delivered")
+            print(f"  not all delivered/confirmed in time (ok={ok:,})")
             return 1
-        cpu = {p.pid: cpu_seconds(p.pid) - cpu0[p.pid] for p in (service, fake)}
+        cpu = {p.pid: cpu_seconds(p.pid) - cpu0[p.pid] for p in (service, *watched)}
         e2e = ok / (t_delivered - t0)
         print(
-            f"service, end to end:            {ok:,} delivered to the fake in "
+            f"service, end to end:            {ok:,} delivered in "
             f"{t_delivered - t0:.2f} s = {e2e:,.0f} notifications/s; outcomes all recorded "
             f"after {t_confirmed - t0:.2f} s = {ok / (t_confirmed - t0):,.0f} notifications/s"
         )
         print(
             f"  CPU over those {t_confirmed - t0:.2f} s ({os.cpu_count()} CPUs shared): service "
             f"{cpu[service.pid]:.2f} s ({cpu[service.pid] / ok * 1e6:.0f} µs/notification), "
-            f"fake {cpu[fake.pid]:.2f} s, load generators {client_cpu:.2f} s"
+            f"{'mock' if counter is None else 'fake'} "
+            f"{sum(cpu[p.pid] for p in watched):.2f} s, load generators {client_cpu:.2f} s"
         )
         peak, current = peak_rss_mb(service.pid)
         print(f"service peak RSS {peak:.0f} MB (now {current:.0f} MB)")
-        print(
-            f"end-to-end / library = {e2e / lib['rate']:.2f} "
-            f"(target ≥ 0.5); requests of 500 accepted durably: target ≥ 10,000/s"
-        )
+        if lib is not None:
+            print(
+                f"end-to-end / library = {e2e / lib['rate']:.2f} "
+                f"(target ≥ {0.8 if counter is None else 0.5}); "
+                "requests of 500 accepted durably: target ≥ 10,000/s"
+            )
         conn.close()
         return 0
     finally:
