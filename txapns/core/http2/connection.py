@@ -15,8 +15,9 @@ while the budget is ≤ 50 µs per notification. Encoding a request with ``struc
 headers and a stateless HPACK block whose constant part is precomputed per (topic, push type,
 authorization) combination (:class:`~.headers.HeaderBlockTemplate`) costs ~3 µs, and ``h2``
 in server mode — our conformance oracle — accepts every byte of it. Responses are decoded with
-the ``hpack`` package (one decoder per connection, fed every header block in order, including
-those of streams we already reset, so its dynamic table never drifts).
+:class:`~.decoder.HeaderDecoder` (one per connection, fed every header block in order, including
+those of streams we already reset, so its dynamic table never drifts); :mod:`.decoder` says why
+it replaced ``hpack``'s decoder, which remains its test oracle.
 
 Usage::
 
@@ -46,8 +47,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 
-from hpack import Decoder, OversizedHeaderListError
-
+from .decoder import HeaderDecoder, HeaderDecodingError, HeaderListTooLargeError
 from .errors import (
     ConnectionClosingError,
     H2ProtocolError,
@@ -223,7 +223,7 @@ class H2ClientConnection:
         self._state = _IDLE
         self._out = bytearray()
         self._inbuf = bytearray()
-        self._decoder = Decoder(max_header_list_size=max_header_list_size)
+        self._decoder = HeaderDecoder(max_header_list_size=max_header_list_size)
         self._streams: dict[int, _Stream] = {}
         self._blocked: deque[_Stream] = deque()
         self._next_stream_id = 1
@@ -711,10 +711,10 @@ class H2ClientConnection:
     ) -> None:
         # Decode first, whatever the stream's state: the dynamic table must stay in sync.
         try:
-            fields = self._decoder.decode(block, raw=True)
-        except OversizedHeaderListError as exc:
+            fields = self._decoder.decode(block)
+        except HeaderListTooLargeError as exc:
             raise H2ProtocolError(ErrorCode.ENHANCE_YOUR_CALM, f"header list: {exc}") from None
-        except Exception as exc:
+        except HeaderDecodingError as exc:
             raise H2ProtocolError(_COMPRESSION_ERROR, f"HPACK: {exc}") from None
         stream = self._streams.get(stream_id)
         if stream is None:
