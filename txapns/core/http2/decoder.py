@@ -129,14 +129,14 @@ def huffman_decode(data: bytes) -> bytes:
     ends in padding longer than 7 bits, or padding that is not all 1s."""
     transitions = _TRANSITIONS
     state = 0
-    out = bytearray()
+    out: list[bytes] = []
+    append = out.append
     for byte in data:
-        key = state | byte
-        state, emitted = transitions[key] or _transition(key)
-        out += emitted
+        state, emitted = transitions[state | byte] or _transition(state | byte)
+        append(emitted)
     if state not in _ACCEPTING_SHIFTED:
         raise HeaderDecodingError("invalid Huffman string (EOS, or bad padding)")
-    return bytes(out)
+    return b"".join(out)
 
 
 # --- the decoder ---------------------------------------------------------------------------------
@@ -184,9 +184,12 @@ class HeaderDecoder:
 
     def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
         """The ``(name, value)`` fields of one complete header block, in order."""
+        # This runs for every answer: the common cases (static :status, a dynamic-table name,
+        # one insertion) are inlined rather than calls to _field/_add.
         headers: list[tuple[bytes, bytes]] = []
         list_size = 0
         limit = self.max_header_list_size
+        entries = self._entries
         pos = 0
         end = len(block)
         while pos < end:
@@ -196,7 +199,7 @@ class HeaderDecoder:
                 index = first & 0x7F
                 if index == 0x7F:
                     index, pos = _integer(block, pos, index)
-                field = self._field(index)
+                field = STATIC_TABLE[index - 1] if 0 < index <= _STATIC_LEN else self._field(index)
             elif first & 0x40:  # §6.2.1 literal with incremental indexing
                 index = first & 0x3F
                 if index == 0x3F:
@@ -207,7 +210,15 @@ class HeaderDecoder:
                     name, pos = _string(block, pos)
                 value, pos = _string(block, pos)
                 field = (name, value)
-                self._add(field)
+                size = len(name) + len(value) + ENTRY_OVERHEAD
+                if size > self._table_size:  # §4.4: an entry larger than the table empties it
+                    entries.clear()
+                    self._size = 0
+                else:
+                    entries.appendleft(field)
+                    self._size += size
+                    if self._size > self._table_size:
+                        self._evict(self._table_size)
             elif first & 0x20:  # §6.3 dynamic table size update
                 if headers:
                     raise HeaderDecodingError("table size update after a header field")
@@ -253,17 +264,6 @@ class HeaderDecoder:
             return self._entries[index - _FIRST_DYNAMIC]
         except IndexError:
             raise HeaderDecodingError(f"index {index} is beyond the tables") from None
-
-    def _add(self, field: tuple[bytes, bytes]) -> None:
-        size = len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
-        if size > self._table_size:  # §4.4: an entry larger than the table empties it
-            self._entries.clear()
-            self._size = 0
-            return
-        self._entries.appendleft(field)
-        self._size += size
-        if self._size > self._table_size:
-            self._evict(self._table_size)
 
     def _evict(self, limit: int) -> None:
         entries = self._entries

@@ -21,9 +21,13 @@ from .errors import H2ProtocolError
 from .frames import ErrorCode, error_code_name
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResponseReceived:
-    """A complete response. ``headers`` excludes ``:status``; names are lower-case bytes."""
+    """A complete response. ``headers`` excludes ``:status``; names are lower-case bytes.
+
+    Not frozen, unlike the other events: one is made per notification, and a frozen
+    dataclass's ``__init__`` (``object.__setattr__`` per field) cost three times as much.
+    Its lists made it unhashable anyway; treat it as read-only."""
 
     stream_id: int
     status: int
