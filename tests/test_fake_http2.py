@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hyperframe.frame import GoAwayFrame
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.task import Clock
@@ -407,6 +408,12 @@ class RejectionTests(FakeTestCase):
             headers=[("apns-push-type", "background"), ("apns-priority", "10")],
         )
 
+    def test_background_without_priority_is_refused(self) -> None:
+        # No apns-priority means 10, which a background push may not use (as Apple answers).
+        self.assertRejected(400, "BadPriority", headers=[("apns-push-type", "background")])
+        ok = self.send(headers=[("apns-push-type", "background"), ("apns-priority", "5")])
+        self.assertEqual(ok.status, 200)
+
     def test_bad_expiration(self) -> None:
         self.assertRejected(400, "BadExpirationDate", headers=[("apns-expiration", "soon")])
         self.assertRejected(400, "BadExpirationDate", headers=[("apns-expiration", "-1")])
@@ -694,28 +701,38 @@ class RampAndSettingsTests(FakeTestCase):
         pump.flush()
         self.assertEqual({client.responses[i].status for i in ids}, {200})
 
-    def test_ramp_on_certificate_auth(self) -> None:
+    def test_no_ramp_on_certificate_auth(self) -> None:
+        # Apple starts with one stream for token auth only: a certificate connection gets
+        # the full limit in the server's first SETTINGS.
         self.server.plaintext_client_cert = PKI.client_cert
-        client, _, pump = self.connect()
-        client.request(auth=None)
-        pump.flush()
+        client, proto, pump = self.connect()
         self.assertEqual(client.max_streams, 1000)
+        self.assertTrue(proto.ramped)
+        ids = [client.request(auth=None) for _ in range(20)]
+        pump.flush()
+        self.assertEqual({client.responses[i].status for i in ids}, {200})
 
-    def test_ramp_is_enforced(self) -> None:
+    def test_excess_streams_are_refused_not_the_connection(self) -> None:
         # A client that opens two streams before it has seen the server's SETTINGS (h2
-        # assumes no limit until then) breaks the one-stream ramp: a connection error.
+        # assumes no limit until then) gets the second refused with RST_STREAM
+        # (REFUSED_STREAM: never processed, safe to retry); the connection lives on.
         factory = self.server.factory()
         client, _, pump = connectedServerAndClient(
             lambda: factory.buildProtocol(None), H2Client, greet=False, clock=self.clock
         )
-        client.request()
-        client.request()
+        first = client.request()
+        second = client.request()
         pump.flush()
-        assert client.goaway is not None
-        self.assertEqual(client.goaway.error_code, h2.errors.ErrorCodes.PROTOCOL_ERROR)
-        self.assertEqual(self.server.stats.protocol_errors, 1)
-        self.assertEqual(self.server.accepted, [])
-        self.assertTrue(client.lost)
+        self.assertIsNone(client.goaway)
+        self.assertFalse(client.lost)
+        self.assertEqual(client.responses[first].status, 200)
+        self.assertEqual(client.responses[second].reset, h2.errors.ErrorCodes.REFUSED_STREAM)
+        self.assertEqual(self.server.stats.streams_refused, 1)
+        self.assertEqual(self.server.stats.protocol_errors, 0)
+        self.assertEqual(len(self.server.accepted), 1)
+        again = client.request()
+        pump.flush()
+        self.assertEqual(client.responses[again].status, 200)
 
     def test_without_ramp(self) -> None:
         self.server.ramp = False
@@ -918,6 +935,62 @@ class ConnectionTests(FakeTestCase):
         self.assertEqual(
             (self.server.stats.connections, self.server.stats.connections_lost), (1, 1)
         )
+
+    def test_client_goaway_lets_in_flight_streams_finish(self) -> None:
+        # A client's GOAWAY (NO_ERROR) is a graceful close: the streams it already sent are
+        # still answered, then the server closes the connection.
+        self.server.ramp = False
+        self.server.latency = 1.0
+        client, _, pump = self.connect()
+        stream_id = client.request()
+        pump.flush()
+        assert client.transport is not None
+        client.transport.write(GoAwayFrame(0, last_stream_id=0).serialize())
+        pump.flush()
+        self.assertFalse(client.lost)
+        self.clock.advance(1.0)
+        pump.flush()
+        self.assertEqual(client.responses[stream_id].status, 200)
+        self.assertTrue(client.lost)
+        self.assertEqual(self.server.stats.protocol_errors, 0)
+
+    def test_data_and_goaway_in_one_read(self) -> None:
+        # DATA and GOAWAY in one read: crediting the DATA back must not touch a connection
+        # h2 has closed (it raised ProtocolError "SEND_WINDOW_UPDATE in state CLOSED").
+        self.server.ramp = False
+        client, proto, pump = self.connect()
+        assert client.transport is not None
+        stream_id = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(
+            stream_id,
+            [
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":authority", "api.push.apple.com"),
+                (":path", f"/3/device/{TOKEN}"),
+                ("authorization", f"bearer {jwt()}"),
+                ("apns-topic", TOPIC),
+            ],
+        )
+        client.conn.send_data(stream_id, PAYLOAD, end_stream=True)
+        client.responses[stream_id] = Response()
+        data = client.conn.data_to_send() + GoAwayFrame(0, last_stream_id=0).serialize()
+        proto.dataReceived(data)
+        pump.flush()
+        self.assertEqual(client.responses[stream_id].status, 200)
+        self.assertEqual(self.server.stats.protocol_errors, 0)
+        self.assertTrue(client.lost)
+
+    def test_client_goaway_with_error_closes_at_once(self) -> None:
+        self.server.ramp = False
+        self.server.latency = 1.0
+        client, _, pump = self.connect()
+        client.request()
+        pump.flush()
+        assert client.transport is not None
+        client.transport.write(GoAwayFrame(0, last_stream_id=0, error_code=2).serialize())
+        pump.flush()
+        self.assertTrue(client.lost)
 
     def test_huge_body_is_counted_not_kept(self) -> None:
         self.server.initial_window = 1_000_000

@@ -16,10 +16,15 @@ no code with txapns' own client codec, and checks requests the way APNs does (se
   connection stays wedged (every later request gets the same answer) while
   :attr:`~FakeAPNsServer.wedge_after_expired` is true, as reported from the field: clients
   must open a new connection.
-* **Ramp**: with :attr:`~FakeAPNsServer.ramp` (the default) a connection advertises
-  ``SETTINGS_MAX_CONCURRENT_STREAMS`` 1 until its first authenticated request, then
-  :attr:`~FakeAPNsServer.max_streams` (1000). ``h2`` enforces the advertised limit: a client
-  that opens more streams gets a connection error (GOAWAY ``PROTOCOL_ERROR``).
+* **Ramp**: with :attr:`~FakeAPNsServer.ramp` (the default) a token-auth connection
+  advertises ``SETTINGS_MAX_CONCURRENT_STREAMS`` 1 until its first authenticated request,
+  then :attr:`~FakeAPNsServer.max_streams` (1000), as Apple documents for token auth. A
+  connection that presented a client certificate gets ``max_streams`` in the server's first
+  SETTINGS (the server's preface waits for the TLS handshake so it knows). A stream over the
+  advertised limit is refused with ``RST_STREAM(REFUSED_STREAM)`` (never processed, safe to
+  retry; counted in ``stats.streams_refused``); the connection lives on.
+* **Client GOAWAY**: ``NO_ERROR`` is a graceful close: the streams already received are
+  answered, then the server closes. Any other error code closes at once.
 * **Certificate auth**: over TLS, the client certificate's subject UID is its topic, plus the
   topics listed in Apple's topic extension (1.2.840.113635.100.6.3.6) if present; the UID is
   the default topic. A certificate that carries only the other environment's Apple OID gets
@@ -33,7 +38,8 @@ no code with txapns' own client codec, and checks requests the way APNs does (se
   bundle-id-like; ``TopicDisallowed`` if not one of the certificate's topics or, with token
   auth, of :attr:`~FakeAPNsServer.topics` when set), push type (``400 InvalidPushType``: an
   unknown value, or a topic without the push type's suffix), priority (``400 BadPriority``:
-  10, 5 or 1; background needs 5), ``apns-expiration`` (``400 BadExpirationDate``),
+  10, 5 or 1; background needs 5, and no header means 10), ``apns-expiration`` (``400
+  BadExpirationDate``),
   ``apns-collapse-id`` over 64 bytes (``400 BadCollapseId``), empty body (``400
   PayloadEmpty``), body over 4096 bytes, 5120 for voip (``413 PayloadTooLarge``), body not a
   JSON object (``400 BadPayload``: the fake's own reason, Apple documents none). Any other
@@ -115,17 +121,19 @@ from typing import Any
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import GoAwayFrame, HeadersFrame
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
+    IHandshakeListener,
     IListeningPort,
     IReactorSSL,
     IReactorTCP,
@@ -135,6 +143,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from txapns.core.jwt import (
     EXPIRED_PROVIDER_TOKEN,
@@ -258,6 +267,8 @@ class FakeServerStats:
     #: Streams left unanswered on purpose (never_answer scripting).
     never_answered: int = 0
     pings: int = 0
+    #: Streams over the advertised concurrency limit, refused with RST_STREAM(REFUSED_STREAM).
+    streams_refused: int = 0
     #: Connections ended because the client broke HTTP/2 (``h2`` raised).
     protocol_errors: int = 0
     #: Full signature checks done (a connection's current token is checked once).
@@ -507,15 +518,62 @@ class _FakeAPNsFactory(ServerFactory):
         return FakeAPNsProtocol(self.server)
 
 
+class _ServerH2Connection(h2.connection.H2Connection):
+    """``h2`` in server mode, with two departures from its defaults that APNs clients need.
+
+    * ``h2`` answers a stream over the advertised ``SETTINGS_MAX_CONCURRENT_STREAMS`` with a
+      connection error (GOAWAY ``PROTOCOL_ERROR``), which kills every other stream too.
+      RFC 9113 §5.1.2 lets a server refuse just that stream; here the stream is taken in (so
+      the connection's HPACK state stays right) and noted in :attr:`refused`, and the
+      protocol resets it with ``REFUSED_STREAM``.
+    * ``h2`` closes its state machine on any GOAWAY it receives, after which it refuses to
+      send the answers of streams already received. A client's ``NO_ERROR`` GOAWAY is a
+      graceful close, so it is reported (``ConnectionTerminated``) without closing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        #: Streams over the limit, to be reset with REFUSED_STREAM.
+        self.refused: set[int] = set()
+        self._lift_limit = False
+
+    @property
+    def open_inbound_streams(self) -> int:
+        return 0 if self._lift_limit else super().open_inbound_streams
+
+    def _receive_headers_frame(self, frame: HeadersFrame) -> Any:
+        try:
+            return super()._receive_headers_frame(frame)
+        except h2.exceptions.TooManyStreamsError:
+            pass  # raised before anything was decoded: take the stream in, then refuse it
+        self.refused.add(frame.stream_id)
+        self._lift_limit = True
+        try:
+            return super()._receive_headers_frame(frame)
+        finally:
+            self._lift_limit = False
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> Any:
+        if frame.error_code != h2.errors.ErrorCodes.NO_ERROR:
+            return super()._receive_goaway_frame(frame)
+        event = h2.events.ConnectionTerminated()
+        event.error_code = h2.errors.ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
+@implementer(IHandshakeListener)
 class FakeAPNsProtocol(Protocol):
     """One HTTP/2 connection of a :class:`FakeAPNsServer`."""
 
     def __init__(self, server: FakeAPNsServer) -> None:
         self.server = server
         self.number = 0
-        self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=False, header_encoding=None)
-        )
+        self.h2 = _ServerH2Connection()
+        self._started = False
+        #: The client sent GOAWAY (NO_ERROR): close once its streams are answered.
+        self._client_leaving = False
         self._streams: dict[int, _Stream] = {}
         #: Streams completed by the client and waiting for their (delayed or flow-controlled)
         #: answer.
@@ -531,7 +589,6 @@ class FakeAPNsProtocol(Protocol):
         self._adopted_at = 0.0
         self._wedged = False
         self._cert: _CertInfo | None = None
-        self._cert_checked = False
         self.accepted_count = 0
         self._max_processed = 0
         #: last-stream-id of the GOAWAY this connection sent, if any.
@@ -548,15 +605,32 @@ class FakeAPNsProtocol(Protocol):
         self.number = server._next_connection()
         server.stats.connections += 1
         server.connections.append(self)
+        if not ISSLTransport.providedBy(self.transport):
+            self._start()
+        # Over TLS the client certificate (and so the ramp) is known only after the
+        # handshake: handshakeCompleted (or the first bytes, whichever comes first) starts.
+
+    def handshakeCompleted(self) -> None:
+        if not self._closed:
+            self._start()
+
+    def _start(self) -> None:
+        """Send the server's preface, once the connection's certificate is known."""
+        if self._started:
+            return
+        self._started = True
+        server = self.server
+        self._connection_facts()
+        # Apple starts token connections with one stream; certificate ones get the limit.
+        self.ramped = not server.ramp or self._cert is not None
         initial: dict[h2.settings.SettingCodes, int] = {
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: (
-                1 if server.ramp else server.max_streams
+                server.max_streams if self.ramped else 1
             ),
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 64 * 1024,
         }
         if server.initial_window is not None:
             initial[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] = server.initial_window
-        self.ramped = not server.ramp
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values=initial)
         self.h2.initiate_connection()
         if server.conn_window is not None:
@@ -572,8 +646,7 @@ class FakeAPNsProtocol(Protocol):
             self._blackholed = True
         if self._blackholed or self._closed or self._broken:
             return
-        if not self._cert_checked:
-            self._connection_facts()
+        self._start()
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
@@ -678,10 +751,19 @@ class FakeAPNsProtocol(Protocol):
         elif isinstance(event, h2.events.PingReceived):
             self.server.stats.pings += 1
         elif isinstance(event, h2.events.ConnectionTerminated):
-            self._flush()
-            self._close(broken=True)
+            if event.error_code == h2.errors.ErrorCodes.NO_ERROR:
+                self._client_leaving = True
+                self._maybe_close_after_goaway()
+            else:
+                self._flush()
+                self._close(broken=True)
 
     def _on_request(self, stream_id: int, headers: list[Any]) -> None:
+        if stream_id in self.h2.refused:
+            self.h2.refused.discard(stream_id)
+            self.server.stats.streams_refused += 1
+            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
         if self.goaway_last_stream_id is not None and stream_id > self.goaway_last_stream_id:
             self.server.stats.streams_ignored += 1
             return
@@ -704,7 +786,9 @@ class FakeAPNsProtocol(Protocol):
         withheld = min(self._withheld, size)
         self._withheld -= withheld
         if size - withheld > 0:
-            self.h2.increment_flow_control_window(size - withheld)
+            # The client's GOAWAY may have closed h2's connection in this same read.
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.increment_flow_control_window(size - withheld)
 
     def _on_stream_ended(self, stream_id: int) -> None:
         stream = self._streams.get(stream_id)
@@ -794,7 +878,7 @@ class FakeAPNsProtocol(Protocol):
 
     def _maybe_close_after_goaway(self) -> None:
         if (
-            self.goaway_last_stream_id is not None
+            (self.goaway_last_stream_id is not None or self._client_leaving)
             and not self._closed
             and not self._awaiting
             and not self._streams
@@ -824,7 +908,6 @@ class FakeAPNsProtocol(Protocol):
         name = protocol.decode("ascii", "replace") if isinstance(protocol, bytes) else "none"
         self.server.stats.alpn[name] += 1
         self._cert = self._read_client_cert()
-        self._cert_checked = True
 
     def _read_client_cert(self) -> _CertInfo | None:
         if ISSLTransport.providedBy(self.transport):
@@ -1008,8 +1091,8 @@ class FakeAPNsProtocol(Protocol):
                 return _error(400, "InvalidPushType")
 
         priority = _int_header(fields.get(b"apns-priority"))
-        if priority is not None and (
-            priority not in (1, 5, 10) or (push_type is PushType.BACKGROUND and priority != 5)
+        if (priority is not None and priority not in (1, 5, 10)) or (
+            push_type is PushType.BACKGROUND and priority != 5  # no header means 10
         ):
             return _error(400, "BadPriority")
         expiration = _int_header(fields.get(b"apns-expiration"))
