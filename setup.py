@@ -31,6 +31,8 @@ setup(
         "cryptography>=41",
         "h2>=4.1",
         "hpack>=4.0",
+        # txapns send's progress bar on a terminal.
+        "tqdm>=4.66",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "build", "wheel"],
@@ -41,6 +43,7 @@ setup(
             "wheel",
             "mypy>=1.10",
             "mypy-zope",
+            "types-tqdm",
             "ruff>=0.5",
             "sphinx>=7",
         ],

@@ -2,43 +2,133 @@
 
     txapns send --fake 0123…abcd --title Hi --body "Hello"
     txapns send --config apns.toml --app shop --tokens tokens.txt --results results.jsonl
+    txapns send --bundle-id com.example.app --key-file AuthKey_ABC123DEFG.p8 \\
+        --key-id ABC123DEFG --team-id DEF123GHIJ 0123…abcd --alert Hi
     txapns doctor --config apns.toml
 
-It drives the same clients as the service, without the HTTP API or the spool.
+It drives the same clients as the service, without the HTTP API or the spool. Tokens are
+streamed through the client's ``send_many``: memory stays flat for any number of tokens.
+
+Exit codes (also in ``txapns --help``):
+
+* 0: every notification accepted (``doctor``: every check passed);
+* 1: some notifications rejected or with an unknown outcome (``doctor``: a check failed:
+  credential refused, probe unanswered, APNs unreachable);
+* 2: bad input or configuration: nothing was sent;
+* 3: interrupted (Ctrl-C, SIGTERM) or ``--timeout`` reached; results so far are written.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import shutil
+import signal
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from .core.errors import APNsError, ValidationError
 from .core.notification import Notification, PushType, shorten
 from .core.payload import Alert, build_payload
-from .core.result import Result
+from .core.result import Outcome, Result
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 3
+
+_EPILOG = """\
+exit codes:
+  0  every notification accepted (doctor: every check passed)
+  1  some rejected or unknown (doctor: a check failed)
+  2  bad input or configuration: nothing sent
+  3  interrupted (Ctrl-C, SIGTERM) or --timeout reached; results so far are written
+"""
+
+#: Probe answers that prove the connection and the credential work: APNs checked the
+#: credential and the topic, then refused the probe's made-up device token.
+_PROBE_OK_REASONS = frozenset(
+    {"BadDeviceToken", "Unregistered", "ExpiredToken", "DeviceTokenNotForTopic", "InvalidToken"}
+)
+
+#: What to fix, for the answers a misconfigured app gets.
+_HINTS = {
+    "InvalidProviderToken": "Apple refused the token: check key_id, team_id and the .p8 key",
+    "ExpiredProviderToken": "Apple says the token is expired: check the system clock",
+    "MissingProviderToken": "no credential was sent: give a .p8 key or a client certificate",
+    "BadEnvironmentKeyIdInToken": "the key is not for this environment: check `environment`",
+    "BadCertificateEnvironment": "the certificate is for the other environment: check "
+    "`environment`",
+    "BadCertificate": "Apple refused the certificate: check cert_file/p12_file",
+    "TopicDisallowed": "this credential may not push to the bundle id: check bundle_id",
+    "BadTopic": "the bundle id is malformed: check bundle_id",
+    "MissingTopic": "no topic: set bundle_id",
+    "tls": "the TLS handshake failed: check the certificate, ca_file and host",
+}
+
+
+class _UsageError(Exception):
+    """Bad input or configuration: one line on stderr, exit 2."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("txapns")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="txapns", description="Send Apple push notifications.")
+    p = argparse.ArgumentParser(
+        prog="txapns",
+        description="Send Apple push notifications.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"txapns {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def target(sp: argparse.ArgumentParser) -> None:
         g = sp.add_mutually_exclusive_group()
         g.add_argument("--fake", action="store_true", help="use an embedded fake APNs")
         g.add_argument("--config", help="TOML configuration file (as for twistd apns)")
-        sp.add_argument("--app", help="app name in the configuration (default: the first)")
+        sp.add_argument("--app", help="app name in the configuration (send: default the first)")
         sp.add_argument(
             "--fake-protocol", choices=("binary", "http2"), default="http2", help="with --fake"
         )
+        one = sp.add_argument_group(
+            "credentials for a one-off app (instead of --config; as twistd apns' flags)"
+        )
+        one.add_argument("--bundle-id", help="the app's bundle id (topic); selects this mode")
+        one.add_argument("--environment", choices=("production", "sandbox"), default="production")
+        one.add_argument("--protocol", choices=("http2", "binary"), default="http2")
+        one.add_argument("--key-file", help="token auth: the .p8 key from Apple")
+        one.add_argument("--key-id", help="token auth: the key's 10-character id")
+        one.add_argument("--team-id", help="token auth: your 10-character team id")
+        one.add_argument("--cert-file", help="certificate auth: PEM certificate (and key)")
+        one.add_argument("--cert-key", help="certificate auth: PEM key of --cert-file")
+        one.add_argument("--p12-file", help="certificate auth: PKCS#12 certificate and key")
+        one.add_argument("--passphrase-file", help="passphrase of the key or PKCS#12")
+        one.add_argument("--proxy", help="HTTP CONNECT proxy, http://[user:pass@]host:port")
+        one.add_argument("--host", help="APNs host (default: Apple's for the environment)")
+        one.add_argument("--port", type=int, help="APNs port")
+        one.add_argument("--ca-file", help="CA certificates to trust for the APNs host")
 
-    send = sub.add_parser("send", help="send one notification, or one per token")
+    send = sub.add_parser(
+        "send",
+        help="send one notification, or one per token",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     target(send)
     send.add_argument("token", nargs="*", help="device token(s), hex")
     send.add_argument("--tokens", help="file with one hex token per line ('-' = stdin)")
@@ -53,11 +143,49 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--expiration", type=int)
     send.add_argument("--collapse-id")
     send.add_argument("--results", help="write one JSON line per result to this file")
-    send.add_argument("--no-progress", action="store_true")
+    send.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    send.add_argument(
+        "--json", action="store_true", help="print the result (or the summary) as JSON"
+    )
+    send.add_argument(
+        "--max-queue",
+        type=int,
+        metavar="N",
+        default=10_000,
+        help="HTTP/2: hold at most N notifications at a time (default 10,000); tokens are "
+        "read as room frees, so memory stays flat for any number of tokens, and an "
+        "interruption has at most N unsent ones to report",
+    )
+    send.add_argument(
+        "--timeout",
+        type=_seconds,
+        help="give up after this many seconds (exit 3; results so far are written)",
+    )
 
-    doctor = sub.add_parser("doctor", help="check credentials and connectivity")
+    doctor = sub.add_parser(
+        "doctor",
+        help="check credentials and connectivity of every app",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     target(doctor)
+    doctor.add_argument(
+        "--timeout", type=_seconds, default=15.0, help="seconds to wait for APNs per app (15)"
+    )
     return p
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e9:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+# --- input ------------------------------------------------------------------------------------
 
 
 def _payload(args: argparse.Namespace) -> dict[str, Any] | str:
@@ -69,15 +197,108 @@ def _payload(args: argparse.Namespace) -> dict[str, Any] | str:
     return build_payload(alert, badge=args.badge, sound=args.sound)
 
 
-def _tokens(args: argparse.Namespace) -> Iterator[str]:
+def _open_tokens(args: argparse.Namespace) -> tuple[TextIO | None, int | None]:
+    """The token file (opened now, so a missing one is a usage error) and, for a regular
+    file, its number of token lines (for the progress bar's total and ETA)."""
+    if not args.tokens:
+        return None, len(args.token)
+    if args.tokens == "-":
+        return sys.stdin, None
+    try:
+        stream = open(args.tokens, encoding="utf-8", errors="replace")  # noqa: SIM115
+    except OSError as e:
+        raise _UsageError(f"cannot read --tokens {args.tokens!r}: {e.strerror}") from None
+    total = len(args.token)
+    for line in stream:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            total += 1
+    stream.seek(0)
+    return stream, total
+
+
+def _tokens(args: argparse.Namespace, stream: TextIO | None) -> Iterator[str]:
     yield from args.token
-    if args.tokens:
-        stream: TextIO = sys.stdin if args.tokens == "-" else open(args.tokens)  # noqa: SIM115
+    if stream is not None:
         with stream:
             for line in stream:
                 line = line.strip()
                 if line and not line.startswith("#"):
                     yield line
+
+
+_ONE_OFF_FLAGS = (
+    "key_file",
+    "key_id",
+    "team_id",
+    "cert_file",
+    "cert_key",
+    "p12_file",
+    "passphrase_file",
+    "proxy",
+    "host",
+    "port",
+    "ca_file",
+)
+
+
+def _load_apps(args: argparse.Namespace) -> list[Any]:
+    """The apps to use (configured, one-off from flags, or none for --fake)."""
+    from .service.config import load_config
+
+    one_off = [f for f in _ONE_OFF_FLAGS if getattr(args, f) is not None]
+    if args.config:
+        if args.bundle_id or one_off:
+            raise _UsageError("give either --config or the credential flags, not both")
+        config = load_config(args.config)
+        if args.app:
+            names = [a.name for a in config.apps]
+            if args.app not in names:
+                raise _UsageError(
+                    f"no app {args.app!r} in {args.config}; configured: {', '.join(names)}"
+                )
+            return [config.app(args.app)]
+        if not config.apps:
+            raise _UsageError(f"{args.config} configures no app")
+        return list(config.apps)
+    if args.bundle_id:
+        if args.fake:
+            raise _UsageError("--fake runs without credentials; drop --bundle-id and the rest")
+        return [_one_off_app(args)]
+    if one_off:
+        flag = "--" + one_off[0].replace("_", "-")
+        raise _UsageError(f"{flag} is a credential flag: give --bundle-id too (or --config)")
+    args.fake = True
+    return []
+
+
+def _one_off_app(args: argparse.Namespace) -> Any:
+    from .tap import _single_app
+
+    options = {
+        "app": args.app or "cli",
+        "bundle-id": args.bundle_id,
+        "environment": args.environment,
+        "protocol": args.protocol,
+        "key-file": args.key_file,
+        "key-id": args.key_id,
+        "team-id": args.team_id,
+        "cert-file": args.cert_file,
+        "cert-key": args.cert_key,
+        "p12-file": args.p12_file,
+        "passphrase-file": args.passphrase_file,
+        "proxy": args.proxy,
+    }
+    app = _single_app(options)
+    if args.port is not None and not 0 < args.port < 65536:
+        raise _UsageError(f"--port must be within 1..65535, not {args.port}")
+    ca_file = Path(args.ca_file) if args.ca_file else None
+    if ca_file is not None and not ca_file.is_file():
+        raise _UsageError(f"cannot read --ca-file {args.ca_file!r}")
+    return dataclasses.replace(app, host=args.host, port=args.port, ca_file=ca_file)
+
+
+# --- output -----------------------------------------------------------------------------------
 
 
 def _result_json(result: Result) -> dict[str, Any]:
@@ -86,79 +307,215 @@ def _result_json(result: Result) -> dict[str, Any]:
         "outcome": result.outcome.value,
         "status": result.status,
         "reason": result.reason,
+        "local": result.local,
         "apns_id": result.apns_id,
         "timestamp": result.timestamp.isoformat() if result.timestamp else None,
         "attempts": result.attempts,
     }
 
 
+class _Tally:
+    """Counts outcomes and reasons as results come (nothing per notification is kept)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+
+    def add(self, outcome: str, reason: str | None) -> None:
+        self.counts[outcome] += 1
+        if outcome != Outcome.ACCEPTED.value:
+            self.reasons[reason or "?"] += 1
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def failed(self) -> int:
+        return self.done - self.counts[Outcome.ACCEPTED.value]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "total": self.done,
+            **{o.value: self.counts[o.value] for o in Outcome},
+            "reasons": dict(self.reasons.most_common()),
+        }
+
+    def write(self, out: TextIO) -> None:
+        out.write(f"{'outcome':<12}{'count':>10}\n")
+        for outcome in Outcome:
+            out.write(f"{outcome.value:<12}{self.counts[outcome.value]:>10}\n")
+        for reason, n in self.reasons.most_common():
+            out.write(f"  {reason:<30}{n:>10}\n")
+        out.write(f"{'total':<12}{self.done:>10}\n")
+
+
 class _Progress:
-    def __init__(self, out: TextIO, enabled: bool) -> None:
+    """A progress bar (tqdm) on a terminal; elsewhere a plain line every few seconds."""
+
+    PLAIN_EVERY = 5.0
+
+    def __init__(self, out: TextIO, total: int | None, tally: _Tally, enabled: bool) -> None:
         self.out = out
-        self.enabled = enabled and out.isatty()
-        self.done = 0
-        self.last = 0.0
+        self.tally = tally
+        self.enabled = enabled
+        self.total = total
+        self._bar: Any = None
+        self._next_line = time.monotonic() + self.PLAIN_EVERY
+        self._shown_failed = -1
+        if enabled and out.isatty():
+            from tqdm import tqdm
+
+            try:
+                columns = os.get_terminal_size(out.fileno()).columns
+            except OSError:
+                columns = 0
+            # A terminal that reports no width (some ptys) gets a fixed one, not an empty bar.
+            width: dict[str, Any] = {"dynamic_ncols": True} if columns > 0 else {"ncols": 100}
+            self._bar = tqdm(total=total, unit="push", file=out, mininterval=0.2, **width)
 
     def tick(self) -> None:
-        self.done += 1
+        if not self.enabled:
+            return
+        bar = self._bar
+        if bar is not None:
+            bar.update(1)
+            failed = self.tally.failed
+            if failed != self._shown_failed and bar.n == bar.last_print_n:
+                self._shown_failed = failed
+                bar.set_postfix(failed=failed, refresh=False)
+            return
         now = time.monotonic()
-        if self.enabled and now - self.last > 0.2:
-            self.last = now
-            self.out.write(f"\r{self.done} sent")
+        if now >= self._next_line:
+            self._next_line = now + self.PLAIN_EVERY
+            self.out.write(self._line() + "\n")
             self.out.flush()
 
+    def _line(self) -> str:
+        tally = self.tally
+        of = f"/{self.total}" if self.total is not None else ""
+        return (
+            f"txapns send: {tally.done}{of} done, {tally.counts['accepted']} accepted, "
+            f"{tally.counts['rejected']} rejected, {tally.counts['unknown']} unknown"
+        )
+
     def close(self) -> None:
-        if self.enabled:
-            self.out.write("\r")
+        if self._bar is not None:
+            self._bar.set_postfix(failed=self.tally.failed, refresh=False)
+            self._bar.close()
+        elif self.enabled:
+            self.out.write(self._line() + "\n")
 
 
-def _print_summary(counts: Counter[str], reasons: Counter[str], out: TextIO) -> None:
-    total = sum(counts.values())
-    out.write(f"{'outcome':<12}{'count':>10}\n")
-    for outcome in ("accepted", "rejected", "unknown"):
-        out.write(f"{outcome:<12}{counts[outcome]:>10}\n")
-    for reason, n in reasons.most_common():
-        out.write(f"  {reason:<30}{n:>10}\n")
-    out.write(f"{'total':<12}{total:>10}\n")
+# --- running ------------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from twisted.internet import task
-
-    box = {"code": 0}
-
-    def run(reactor: Any) -> Any:
-        from twisted.internet.defer import ensureDeferred
-
-        coro = _send(reactor, args) if args.command == "send" else _doctor(reactor, args)
-        d = ensureDeferred(coro)
-        return d.addCallback(lambda code: box.__setitem__("code", code))
-
+    prog = f"txapns {args.command}"
     try:
-        task.react(run)
-    except SystemExit as e:
-        if e.code not in (0, None):
-            return int(e.code) if isinstance(e.code, int) else 1
+        return _main(args)
+    except _UsageError as e:
+        sys.stderr.write(f"{prog}: {e}\n")
+        return EXIT_USAGE
+    except APNsError as e:  # ConfigError, ValidationError, CredentialError, …
+        sys.stderr.write(f"{prog}: {e}\n")
+        return EXIT_USAGE
+    except OSError as e:
+        where = f" {e.filename!r}" if e.filename else ""
+        sys.stderr.write(f"{prog}: {e.strerror or e}{where}\n")
+        return EXIT_USAGE
+
+
+def _main(args: argparse.Namespace) -> int:
+    """Everything that can be checked is checked before the reactor runs."""
+    from .service.config import check_clock
+
+    if args.command == "send":
+        payload = _payload(args)
+        push_type = PushType(args.push_type) if args.push_type else None
+        # Validate the notification's fields (not the token) once, before anything is sent.
+        Notification.create(
+            "00" * 32,
+            payload,
+            push_type=push_type,
+            priority=args.priority,
+            expiry=args.expiration,
+            collapse_id=args.collapse_id,
+        )
+        if args.max_queue < 1:
+            raise _UsageError("--max-queue must be at least 1")
+        apps = _load_apps(args)
+        tokens_file, total = _open_tokens(args)
+        if total == 0:
+            raise _UsageError("no device token given")
+        results = None
+        if args.results:
+            try:
+                results = open(args.results, "w", encoding="utf-8")  # noqa: SIM115
+            except OSError as e:
+                raise _UsageError(
+                    f"cannot write --results {args.results!r}: {e.strerror}"
+                ) from None
+        runner = _SendRun(args, apps[0] if apps else None, payload, push_type)
+        return _react(lambda reactor: runner.run(reactor, tokens_file, total, results))
+    apps = _load_apps(args)
+    from datetime import UTC, datetime
+
+    check_clock(datetime.now(UTC))
+    return _react(lambda reactor: _doctor(reactor, args, apps))
+
+
+def _react(start: Callable[[Any], Any]) -> int:
+    """Run the reactor until ``start(reactor)``'s coroutine returns its exit code."""
+    from twisted.internet import reactor as _reactor
+    from twisted.internet.defer import ensureDeferred
+
+    reactor: Any = _reactor
+    box = {"code": EXIT_FAILED}
+
+    def go() -> None:
+        d = ensureDeferred(start(reactor))
+
+        def done(code: int) -> None:
+            box["code"] = code
+
+        def failed(failure: Any) -> None:
+            if failure.check(APNsError):
+                sys.stderr.write(f"txapns: {failure.getErrorMessage()}\n")
+                box["code"] = EXIT_USAGE
+            else:  # a bug: show where
+                failure.printTraceback(sys.stderr)
+                box["code"] = EXIT_FAILED
+
+        d.addCallbacks(done, failed)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(go)
+    reactor.run()
     return box["code"]
 
 
-async def _connect(reactor: Any, args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    """Returns (sender, app, fake service or None), the sender started."""
-    from .service.config import load_config
+async def _connect(reactor: Any, app: Any, fake_protocol: str) -> tuple[Any, Any, Any]:
+    """Returns (sender, app, fake or None), the sender started. ``app=None``: the fake."""
     from .service.senders import make_sender
 
-    fake = None
-    if args.config:
-        config = load_config(args.config)
-        app = config.app(args.app) if args.app else config.apps[0]
+    fake: Any = None
+    if app is not None:
         sender = make_sender(app, reactor)
     else:
         from .tap import _fake_app, _FakeAPNs
 
-        fake = _FakeAPNs(reactor, args.fake_protocol)
+        fake = _FakeAPNs(reactor, fake_protocol)
         fake.startService()
-        app = _fake_app(fake, Path(tempfile.mkdtemp(prefix="txapns-cli-")))
+        # The fake keeps no record per notification: memory stays flat for a million.
+        if fake_protocol == "binary":
+            fake.server.delivered = _Discard()
+        else:
+            fake.server.accepted = _Discard()
+        workdir = tempfile.mkdtemp(prefix="txapns-cli-")
+        fake.workdir = workdir
+        app = _fake_app(fake, Path(workdir))
         sender = make_sender(app, reactor, address=fake.address, hostname="localhost")
     start = getattr(sender, "start", None)
     if start is not None:
@@ -166,108 +523,240 @@ async def _connect(reactor: Any, args: argparse.Namespace) -> tuple[Any, Any, An
     return sender, app, fake
 
 
-async def _send(reactor: Any, args: argparse.Namespace) -> int:
-    from twisted.internet.defer import Deferred
+class _Discard(list[Any]):
+    """A list that keeps nothing (for the embedded fake's records)."""
 
-    payload = _payload(args)
-    tokens = list(_tokens(args))
-    if not tokens:
-        sys.stderr.write("txapns send: no device token given\n")
-        return 2
-    sender, app, fake = await _connect(reactor, args)
-    results_file = open(args.results, "w") if args.results else None  # noqa: SIM115
-    counts: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    progress = _Progress(sys.stderr, not args.no_progress and len(tokens) > 1)
-    pending: list[Deferred[Result]] = []
+    def append(self, item: Any) -> None:
+        pass
 
-    def record(result: Result) -> None:
-        counts[result.outcome.value] += 1
-        if not result.accepted:
-            reasons[result.reason or "?"] += 1
-        if results_file is not None:
-            results_file.write(json.dumps(_result_json(result)) + "\n")
-        if len(tokens) == 1:
-            sys.stdout.write(
-                f"{shorten(result.notification.token)}  {result.outcome.value}  "
-                f"status={result.status} reason={result.reason} apns_id={result.apns_id}\n"
+
+async def _close(sender: Any, fake: Any, timeout: float = 0.0) -> None:
+    await sender.stop(timeout)
+    if fake is not None:
+        await fake.stopService()
+        shutil.rmtree(fake.workdir, ignore_errors=True)
+
+
+def _on_signals(reactor: Any, handler: Callable[[str], None]) -> Callable[[], None]:
+    """Route SIGINT and SIGTERM to ``handler`` (in the reactor thread); returns an undo."""
+    previous: dict[int, Any] = {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        reactor.callFromThread(handler, name)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, on_signal)
+
+    def undo() -> None:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+    return undo
+
+
+class _SendRun:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        app: Any,
+        payload: dict[str, Any] | str,
+        push_type: PushType | None,
+    ) -> None:
+        self.args = args
+        self.app = app
+        self.payload = payload
+        self.push_type = push_type
+        self.tally = _Tally()
+        self.stopped: str | None = None
+        self.sender: Any = None
+
+    def _interrupt(self, why: str) -> None:
+        if self.stopped is not None:
+            return
+        self.stopped = why
+        sys.stderr.write(f"\ntxapns send: {why}: stopping; results so far are kept\n")
+        if self.sender is not None:
+            # Finish what is in flight (briefly); the token stream stops being read.
+            self.sender.stop(2.0)
+
+    async def run(
+        self, reactor: Any, tokens_file: TextIO | None, total: int | None, results: TextIO | None
+    ) -> int:
+        args = self.args
+        tally = self.tally
+        single = total == 1 and tokens_file is None
+        undo = _on_signals(reactor, self._interrupt)
+        timer = None
+        if args.timeout is not None:
+            timer = reactor.callLater(
+                args.timeout, self._interrupt, f"timed out after {args.timeout:g} s"
             )
-        progress.tick()
+        progress = _Progress(sys.stderr, total, tally, not args.no_progress and not single)
+        sender, app, fake = await _connect(reactor, self.app, args.fake_protocol)
+        self.sender = sender
+        if hasattr(sender, "max_queue"):
+            sender.max_queue = args.max_queue
+        topic = (self.push_type or PushType.ALERT).topic_for(app.bundle_id)
+        last: list[Result] = []
 
-    push_type = PushType(args.push_type) if args.push_type else PushType.ALERT
-    topic = push_type.topic_for(app.bundle_id)
-    try:
-        for token in tokens:
-            try:
-                n = Notification.create(
-                    token,
-                    payload,
-                    push_type=args.push_type,
-                    priority=args.priority,
-                    expiry=args.expiration,
-                    collapse_id=args.collapse_id,
-                    topic=topic,
-                )
-                pending.append(sender.send(n).addCallback(record))
-            except ValidationError as e:
-                counts["rejected"] += 1
-                reasons[f"invalid: {type(e).__name__}"] += 1
-                sys.stderr.write(f"txapns send: {shorten(token)}: {e}\n")
-        from twisted.internet.defer import gatherResults
+        def record(result: Result) -> None:
+            tally.add(result.outcome.value, result.reason or result.local)
+            if results is not None:
+                results.write(json.dumps(_result_json(result)) + "\n")
+            if single:
+                last.append(result)
+            progress.tick()
 
-        await gatherResults(pending)
-    except APNsError as e:
-        sys.stderr.write(f"txapns send: {e}\n")
-        return 1
-    finally:
-        progress.close()
-        if results_file is not None:
-            results_file.close()
-        await sender.stop()
-        if fake is not None:
-            await fake.stopService()
-    if len(tokens) > 1:
-        _print_summary(counts, reasons, sys.stdout)
-    return 0 if counts["accepted"] == len(tokens) else 1
+        def notifications() -> Iterator[Notification]:
+            for line_no, token in enumerate(_tokens(args, tokens_file), 1):
+                if self.stopped is not None:
+                    return
+                try:
+                    yield Notification.create(
+                        token,
+                        self.payload,
+                        push_type=self.push_type,
+                        priority=args.priority,
+                        expiry=args.expiration,
+                        collapse_id=args.collapse_id,
+                        topic=topic,
+                    )
+                except ValidationError as e:
+                    reason = f"invalid: {type(e).__name__}"
+                    tally.add(Outcome.REJECTED.value, reason)
+                    sys.stderr.write(f"txapns send: token #{line_no} {shorten(token)}: {e}\n")
+                    if results is not None:
+                        results.write(
+                            json.dumps(
+                                {"token": None, "line": line_no, "outcome": "rejected"}
+                                | {"reason": reason, "local": "invalid"}
+                            )
+                            + "\n"
+                        )
+
+        try:
+            await sender.send_many(notifications(), record)
+        finally:
+            # Results first: every result has come by now; then the client and the fake.
+            if timer is not None and timer.active():
+                timer.cancel()
+            progress.close()
+            if results is not None:
+                results.close()
+            await _close(sender, fake)
+            undo()
+        if single and last:
+            self._print_one(last[0])
+        elif args.json:
+            sys.stdout.write(json.dumps(tally.summary()) + "\n")
+        else:
+            tally.write(sys.stdout)
+        if self.stopped is not None:
+            return EXIT_INTERRUPTED
+        return EXIT_OK if tally.failed == 0 and tally.done else EXIT_FAILED
+
+    def _print_one(self, result: Result) -> None:
+        if self.args.json:
+            sys.stdout.write(json.dumps(_result_json(result)) + "\n")
+            return
+        sys.stdout.write(
+            f"{shorten(result.notification.token)}  {result.outcome.value}  "
+            f"status={result.status} reason={result.reason} apns_id={result.apns_id}\n"
+        )
 
 
-async def _doctor(reactor: Any, args: argparse.Namespace) -> int:
+async def _doctor(reactor: Any, args: argparse.Namespace, apps: list[Any]) -> int:
+    """Check every app (or the one ``--app`` names): its credential files, then a probe
+    through APNs, each within ``--timeout``. One line per app; exit 1 if any fails."""
     from datetime import UTC, datetime
 
-    from .service.config import ConfigError, check_credentials, load_config
+    from twisted.internet.defer import Deferred
 
+    from .service.config import ConfigError, check_credentials
+
+    interrupted: list[str] = []
+    waiting: list[Deferred[Result | None]] = []
+
+    def on_signal(name: str) -> None:
+        interrupted.append(name)
+        for d in waiting:
+            if not d.called:
+                d.callback(None)
+
+    undo = _on_signals(reactor, on_signal)
     ok = True
-    if args.config:
-        try:
-            config = load_config(args.config)
-        except ConfigError as e:
-            sys.stdout.write(f"FAIL configuration: {e}\n")
-            return 1
-        apps = [config.app(args.app)] if args.app else list(config.apps)
-        for app in apps:
-            try:
-                check_credentials(app, now=datetime.now(UTC))
-                sys.stdout.write(f"ok   {app.name}: credentials look right\n")
-            except ConfigError as e:
-                ok = False
-                sys.stdout.write(f"FAIL {app.name}: {e}\n")
-    sender, app, fake = await _connect(reactor, args)
+    try:
+        for app in apps or [None]:
+            name = app.name if app is not None else "fake"
+            if app is not None:
+                try:
+                    check_credentials(app, now=datetime.now(UTC))
+                except ConfigError as e:
+                    ok = False
+                    sys.stdout.write(f"FAIL {name}: {e}\n")
+                    continue
+            waiter: Deferred[Result | None] = Deferred()
+            waiting[:] = [waiter]
+            verdict = await _probe(reactor, app, args, waiter)
+            if interrupted:
+                sys.stdout.write(f"FAIL {name}: interrupted ({interrupted[0]})\n")
+                return EXIT_INTERRUPTED
+            ok = ok and verdict.startswith("ok")
+            sys.stdout.write(f"{verdict[:4]} {name}: {verdict[4:].strip()}\n")
+            sys.stdout.flush()
+    finally:
+        undo()
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+async def _probe(reactor: Any, app: Any, args: argparse.Namespace, waiter: Any) -> str:
+    """Send one probe (an all-zero token, which APNs refuses only after it has checked the
+    credential and the topic) and wait for it at most ``--timeout``: the verdict, "ok   …"
+    or "FAIL …". ``waiter`` fires with the result, or ``None`` (timeout, signal)."""
+
+    def finish(value: object) -> None:
+        if not waiter.called:
+            waiter.callback(value)
+
+    sender, app, fake = await _connect(reactor, app, args.fake_protocol)
+    host, port = fake.address() if fake is not None else app.endpoint()
     probe = Notification.create(
         "00" * 32, build_payload("txapns doctor"), topic=PushType.ALERT.topic_for(app.bundle_id)
     )
+    sender.send(probe).addBoth(finish)
+    timer = reactor.callLater(args.timeout, finish, None)
     try:
-        result = await sender.send(probe)
+        result = await waiter
     finally:
-        await sender.stop()
-        if fake is not None:
-            await fake.stopService()
-    if result.local in ("tls", "circuit-open"):
-        ok = False
-        sys.stdout.write(f"FAIL {app.name}: connection: {result.reason}\n")
-    else:
-        # A rejection of the probe's all-zero token still proves the connection and auth work.
-        sys.stdout.write(f"ok   {app.name}: connected; probe answered: {result}\n")
-    return 0 if ok else 1
+        if timer.active():
+            timer.cancel()
+        await _close(sender, fake)
+    where = f"{host}:{port}"
+    if result is None:
+        return (
+            f"FAIL no answer from APNs at {where} within {args.timeout:g} s: check the "
+            "network, firewall or proxy (--timeout to wait longer)"
+        )
+    if not isinstance(result, Result):
+        return f"FAIL probe failed: {result}"
+    if result.accepted or (result.reason in _PROBE_OK_REASONS and result.status != 403):
+        return f"ok   connected to {where}; credential and topic accepted ({_describe(result)})"
+    hint = _HINTS.get(result.reason or "") or _HINTS.get(result.local or "")
+    what = "no answer from" if result.outcome is Outcome.UNKNOWN else "refused by"
+    line = f"FAIL {what} {where}: {_describe(result)}"
+    return f"{line}; {hint}" if hint else line
+
+
+def _describe(result: Result) -> str:
+    parts = [result.outcome.value]
+    if result.status is not None:
+        parts.append(str(result.status))
+    if result.reason:
+        parts.append(result.reason)
+    if result.local and result.local != result.reason:
+        parts.append(f"({result.local})")
+    return " ".join(parts)
 
 
 if __name__ == "__main__":

@@ -140,7 +140,8 @@ _SINGLE_APP_FLAGS = (
 )
 
 
-def _single_app(options: Options) -> AppConfig:
+def _single_app(options: Mapping[str, Any]) -> AppConfig:
+    """The app of the single-app flags (also ``txapns send``'s credential flags)."""
     entry: dict[str, Any] = {
         "name": options["app"],
         "bundle_id": options["bundle-id"],

@@ -243,6 +243,8 @@ def _start_http2(reactor: Any, args: argparse.Namespace, pki: Any, recorder: Rec
     server = Server(clock=reactor, sandbox=not args.production)
     server.accepted = _HTTP2Record(recorder)
     server.add_token_key(pki.token_key_id, pki.team_id, pki.token_public_key)
+    # As Apple: a token key may push only to its team's apps (and their suffixed topics).
+    server.topics = {pki.topic}
     server.bad_tokens.update(t.lower() for t in args.bad_token)
     server.latency = args.latency
     port = listen_http2(
