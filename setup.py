@@ -35,8 +35,13 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={
+        # The Redis Streams spool backend (many instances on one queue); hiredis parses
+        # replies in C, which txredisapi uses when it is installed.
+        "redis": ["txredisapi>=1.4.10", "hiredis>=2"],
         "test": ["pytest>=8", "hypothesis>=6.100", "build", "wheel"],
         "dev": [
+            "txredisapi>=1.4.10",
+            "hiredis>=2",
             "pytest>=8",
             "hypothesis>=6.100",
             "build",

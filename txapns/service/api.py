@@ -36,6 +36,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from ..core.errors import PayloadTooLargeError, ValidationError
 from ..core.payload import Alert, build_payload
+from .backend import SpoolUnavailableError
 from .engine import Accepted, Engine, NotAcceptingError, RecipientError, Template, UnknownAppError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .spool import InvalidToken, JobView
@@ -534,6 +535,13 @@ class ApiResource(Resource):
             return Response(400, err.body())
         if isinstance(e, ValidationError):
             return Response(400, ApiError(400, "invalid_notification", str(e)).body())
+        if isinstance(e, SpoolUnavailableError):
+            return Response(
+                503,
+                ApiError(503, "spool_unavailable", str(e)).body(),
+                "application/json",
+                (("Retry-After", str(e.retry_after)),),
+            )
         if isinstance(e, NotAcceptingError):
             return Response(
                 503,

@@ -145,12 +145,36 @@ class AppConfig:
         return (self.feedback_host or self.host or host, self.feedback_port or port)
 
 
+#: Seconds a Redis stream entry may stay pending before a live instance takes it over: four
+#: times the HTTP/2 client's 30 s deadline, so a healthy instance's slow sends are never stolen.
+DEFAULT_CLAIM_AFTER = 120.0
+DEFAULT_MAX_DELIVERIES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSpoolConfig:
+    """``[spool] backend = "redis"``: a queue shared by many instances (docs/cluster.rst)."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "txapns"
+    #: ``host:port`` of Sentinels; with them, ``url`` gives only the database and password.
+    sentinel: tuple[str, ...] = ()
+    sentinel_master: str = "mymaster"
+    wait_replicas: int = 0
+    claim_after: float = DEFAULT_CLAIM_AFTER
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    #: This instance's consumer name; ``None``: hostname-pid.
+    instance_id: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
     apps: tuple[AppConfig, ...] = ()
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
     api_key_file: Path | None = None
     spool: Path = Path(DEFAULT_SPOOL)
+    #: Set: the Redis backend; ``None``: the SQLite file ``spool``.
+    redis: RedisSpoolConfig | None = None
     retention_days: float = DEFAULT_RETENTION_DAYS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_recipients: int = DEFAULT_MAX_RECIPIENTS
@@ -293,7 +317,7 @@ def parse_config(
     api_key_file = _opt_path(data, "api_key_file", base_dir, "service")
     if check_files and api_key_file is not None:
         read_api_key(api_key_file)
-    spool = _opt_path(data, "spool", base_dir, "service") or base_dir / DEFAULT_SPOOL
+    spool, redis = _parse_spool(data.get("spool"), base_dir)
     webhook = _opt_str(data, "invalid_token_webhook", "service")
     if webhook is not None and not webhook.startswith(("http://", "https://")):
         raise ConfigError(f"invalid_token_webhook must be an http(s) URL, not {webhook!r}")
@@ -302,6 +326,7 @@ def parse_config(
         listen=tuple(listen_raw),
         api_key_file=api_key_file,
         spool=spool,
+        redis=redis,
         retention_days=_positive(data, "retention_days", DEFAULT_RETENTION_DAYS),
         max_body_bytes=int(_positive(data, "max_body_bytes", DEFAULT_MAX_BODY_BYTES, integer=True)),
         max_recipients=int(_positive(data, "max_recipients", DEFAULT_MAX_RECIPIENTS, integer=True)),
@@ -476,6 +501,74 @@ def check_ids_not_swapped(key_id: str, team_id: str, key_file: Path, where: str 
     raise ConfigError(
         f"{where}: key_id {key_id!r} does not match the key file {key_file.name!r} "
         f"(Apple names it AuthKey_<key id>.p8)"
+    )
+
+
+_SPOOL_KEYS = {
+    "backend",
+    "path",
+    "url",
+    "prefix",
+    "sentinel",
+    "sentinel_master",
+    "wait_replicas",
+    "claim_after",
+    "max_deliveries",
+    "instance_id",
+}
+
+
+def _parse_spool(raw: object, base_dir: Path) -> tuple[Path, RedisSpoolConfig | None]:
+    """``spool = "file"`` (SQLite) or a ``[spool]`` table choosing the backend."""
+    if raw is None or isinstance(raw, str):
+        path = _opt_path({"spool": raw}, "spool", base_dir, "service")
+        return path or base_dir / DEFAULT_SPOOL, None
+    if not isinstance(raw, dict):
+        raise ConfigError("spool must be a file name or a [spool] table")
+    unknown = sorted(set(raw) - _SPOOL_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"unknown [spool] setting(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(_SPOOL_KEYS))}"
+        )
+    backend = raw.get("backend", "sqlite")
+    path = _opt_path(raw, "path", base_dir, "[spool]") or base_dir / DEFAULT_SPOOL
+    if backend == "sqlite":
+        extra = sorted(set(raw) - {"backend", "path"})
+        if extra:
+            raise ConfigError(f'[spool] {", ".join(extra)} only apply to backend = "redis"')
+        return path, None
+    if backend != "redis":
+        raise ConfigError(f'[spool] backend must be "sqlite" or "redis", not {backend!r}')
+    defaults = RedisSpoolConfig()
+    url = _opt_str(raw, "url", "[spool]") or defaults.url
+    if not url.startswith("redis://"):
+        raise ConfigError(f"[spool] url must start with redis://, not {url!r}")
+    sentinel = raw.get("sentinel", [])
+    if isinstance(sentinel, str):
+        sentinel = [sentinel]
+    if not isinstance(sentinel, list) or not all(
+        isinstance(x, str) and re.fullmatch(r"[^:\s]+:\d{1,5}", x) for x in sentinel
+    ):
+        raise ConfigError('[spool] sentinel must be a list of "host:port"')
+    wait = raw.get("wait_replicas", 0)
+    if not isinstance(wait, int) or isinstance(wait, bool) or wait < 0:
+        raise ConfigError("[spool] wait_replicas must be a whole number >= 0")
+    instance_id = _opt_str(raw, "instance_id", "[spool]")
+    if instance_id is not None and not _APP_NAME.match(instance_id):
+        raise ConfigError(f"[spool] instance_id {instance_id!r}: use letters, digits, . _ -")
+    prefix = _opt_str(raw, "prefix", "[spool]") or defaults.prefix
+    if not re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", prefix):
+        raise ConfigError(f"[spool] prefix {prefix!r}: use letters, digits, . _ : -")
+    return path, RedisSpoolConfig(
+        url=url,
+        prefix=prefix,
+        sentinel=tuple(sentinel),
+        sentinel_master=_opt_str(raw, "sentinel_master", "[spool]") or defaults.sentinel_master,
+        wait_replicas=wait,
+        claim_after=_positive(raw, "claim_after", DEFAULT_CLAIM_AFTER),
+        max_deliveries=int(_positive(raw, "max_deliveries", DEFAULT_MAX_DELIVERIES, integer=True)),
+        instance_id=instance_id,
     )
 
 

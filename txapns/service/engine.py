@@ -51,9 +51,10 @@ from ..core.notification import (
 from ..core.payload import encode_payload
 from ..core.result import Outcome, Result
 from ..interfaces import Sender
+from .backend import ConsumerHooks, SpoolBackend
 from .config import ServiceConfig
 from .metrics import AppGauges, ServiceMetrics
-from .spool import JobView, OutcomeRecord, Recovery, Spool, StoredJob
+from .spool import JobView, OutcomeRecord, Recovery, SpooledNotification, StoredJob
 
 log = Logger()
 
@@ -177,7 +178,7 @@ class Engine:
     def __init__(
         self,
         apps: Mapping[str, EngineApp],
-        spool: Spool,
+        spool: SpoolBackend,
         clock: IReactorTime,
         *,
         max_inflight: int = 1000,
@@ -230,7 +231,7 @@ class Engine:
 
     @property
     def accepting(self) -> bool:
-        return self.state == "running"
+        return self.state == "running" and self.spool.available
 
     def _now(self) -> float:
         return self._clock.seconds()
@@ -248,7 +249,7 @@ class Engine:
         }
 
     def metrics_text(self) -> str:
-        return self.metrics.render(self.gauges())
+        return self.metrics.render(self.gauges()) + self.spool.metrics_text()
 
     def health(self) -> dict[str, object]:
         apps: dict[str, object] = {}
@@ -269,7 +270,11 @@ class Engine:
             if st.app.health is not None:
                 entry.update(st.app.health())
             apps[name] = entry
-        return {"status": "ok" if self.accepting else self.state, "apps": apps}
+        status = self.state if self.state != "running" else "ok" if self.accepting else "spool"
+        out: dict[str, object] = {"status": status, "apps": apps}
+        if self.spool is not None:  # (some tests build an engine without one)
+            out["spool"] = self.spool.health()
+        return out
 
     def job(self, job_id: str) -> Deferred[JobView | None]:
         return self.spool.job(job_id)
@@ -374,7 +379,11 @@ class Engine:
         self._state(app)
         if not self.accepting:
             raise NotAcceptingError(
-                "the service is stopping" if self.state != "new" else "the service is starting"
+                "the spool cannot store now"
+                if self.state == "running"
+                else "the service is stopping"
+                if self.state != "new"
+                else "the service is starting"
             )
         if not notifications:
             raise ValidationError("no recipients: give at least one device token")
@@ -405,6 +414,9 @@ class Engine:
             )
             return Accepted(stored.job_id, 0, True, stored.async_)
         self.metrics.app(app).submitted += len(items)
+        if self.spool.shared:
+            # In the shared queue now: whichever instance has room sends it (_feed).
+            return Accepted(stored.job_id, len(items), False, stored.async_)
         for ident, n in zip(stored.ids, items, strict=True):
             self._enqueue(_Item(ident, stored.job_id, app, n, send_at))
         log.debug(
@@ -715,6 +727,32 @@ class Engine:
         for name in self._apps:
             self._pump_soon(name)
         self._arm_schedule()
+        if self.spool.shared:
+            self.spool.start_consuming(
+                ConsumerHooks(self._feed, self._room, self._waiters.keys, self._job_finished)
+            )
+
+    def _feed(self, app: str, items: Sequence[SpooledNotification]) -> None:
+        """Work a shared spool read for this instance (entries delivered before count as
+        possible duplicates)."""
+        st = self._apps.get(app)
+        if st is None:
+            return
+        resumed = 0
+        for s in items:
+            st.ready.append(_Item(s.id, s.job_id, app, s.notification, None, s.resumed))
+            resumed += s.resumed > 0
+        if resumed:
+            self.metrics.app(app).resumed_maybe_duplicate += resumed
+        self._pump_soon(app)
+
+    def _room(self, app: str) -> int:
+        """How many more notifications of ``app`` this instance takes from a shared spool."""
+        st = self._apps.get(app)
+        if st is None or self.state != "running":
+            return 0
+        limit = st.app.max_inflight or self.max_inflight
+        return limit - len(st.inflight) - st.reserved - len(st.ready)
 
     def purge(self) -> Deferred[int]:
         """Delete finished jobs older than the retention period now."""

@@ -301,6 +301,16 @@ class ServiceMetrics:
 _Sample = tuple[str, Mapping[str, str], float]
 
 
+def family_lines(
+    name: str, kind: str, text: str, samples: Iterable[tuple[Mapping[str, str], float]]
+) -> list[str]:
+    """One metric family in the exposition format, for parts that render their own (e.g. the
+    Redis spool's queue gauges)."""
+    lines = [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+    lines += [f"{name}{_labels(labels)} {_number(value)}" for labels, value in samples]
+    return lines
+
+
 def _labels(labels: Mapping[str, str]) -> str:
     if not labels:
         return ""

@@ -774,6 +774,25 @@ class Spool:
     def pending_operations(self) -> int:
         return len(self._queue)
 
+    # -- the parts of SpoolBackend a single-process spool answers trivially --
+
+    #: The engine's own queue is fed by recover() and its submissions: no other process
+    #: reads this spool.
+    shared = False
+
+    @property
+    def available(self) -> bool:
+        return not self._closing
+
+    def start_consuming(self, hooks: object) -> None:
+        """Nothing to consume: :meth:`recover` gave the engine everything."""
+
+    def health(self) -> dict[str, object]:
+        return {"backend": "sqlite", "path": str(self.store.path)}
+
+    def metrics_text(self) -> str:
+        return ""
+
     # -- operations --
 
     def add_job(

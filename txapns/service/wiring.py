@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -36,7 +36,8 @@ from twisted.web.iweb import IAgent
 
 from ..interfaces import Sender
 from .api import Limits
-from .config import ServiceConfig
+from .backend import SpoolBackend
+from .config import RedisSpoolConfig, ServiceConfig
 from .engine import Engine, InvalidTokenWebhook, engine_apps
 from .feedback import FeedbackPolling
 from .spool import Spool, SpoolStore, thread_runner
@@ -44,7 +45,7 @@ from .spool import Spool, SpoolStore, thread_runner
 log = Logger()
 
 
-class _Reactor(IReactorTime, IReactorFromThreads):
+class _Reactor(IReactorTime, IReactorFromThreads, IReactorTCP):
     """What :func:`build_engine` needs of the reactor (typing only)."""
 
 
@@ -60,18 +61,25 @@ def build_engine(
     health: Mapping[str, Callable[[], Mapping[str, object]]] | None = None,
     agent: IAgent | None = None,
     synchronous: str = "FULL",
-) -> tuple[Engine, ThreadPool]:
+) -> tuple[Engine, ThreadPool | None]:
     """Open the spool (blocking, before the reactor runs) and build the engine.
 
-    Returns the engine and the (not yet started) one-thread pool the spool runs in; give both
-    to :class:`EngineService`. ``agent`` is needed only for ``invalid_token_webhook``.
+    Returns the engine and the (not yet started) one-thread pool the SQLite spool runs in
+    (``None`` for the Redis backend); give both to :class:`EngineService`. ``agent`` is
+    needed only for ``invalid_token_webhook``.
     """
     apps = engine_apps(config, senders, health)
     if config.invalid_token_webhook is not None and agent is None:
         raise ValueError("invalid_token_webhook is set: give an Agent")
-    store = SpoolStore(config.spool, synchronous=synchronous)
-    pool = ThreadPool(minthreads=1, maxthreads=1, name="txapns-spool")
-    spool = Spool(store, reactor, thread_runner(reactor, pool))
+    spool: SpoolBackend
+    pool: ThreadPool | None = None
+    if config.redis is not None:
+        spool = redis_spool(config.redis, reactor, [a.name for a in config.apps],
+                            results_ttl=config.retention_seconds)  # fmt: skip
+    else:
+        store = SpoolStore(config.spool, synchronous=synchronous)
+        pool = ThreadPool(minthreads=1, maxthreads=1, name="txapns-spool")
+        spool = Spool(store, reactor, thread_runner(reactor, pool))
     webhook = None
     if config.invalid_token_webhook is not None and agent is not None:
         webhook = InvalidTokenWebhook(agent, config.invalid_token_webhook, reactor)
@@ -84,6 +92,35 @@ def build_engine(
         webhook=webhook,
     )
     return engine, pool
+
+
+def redis_spool(
+    config: RedisSpoolConfig, reactor: _Reactor, apps: list[str], *, results_ttl: float
+) -> SpoolBackend:
+    """The Redis Streams spool for ``config`` (connections open in the background)."""
+    from .redis_spool import RedisAddress, RedisLink, RedisSettings, RedisSpool, default_instance_id
+
+    sentinels = tuple((h, int(p)) for h, p in (s.rsplit(":", 1) for s in config.sentinel))
+    address = RedisAddress.from_url(
+        config.url, sentinels=sentinels, sentinel_master=config.sentinel_master
+    )
+    settings = RedisSettings(
+        prefix=config.prefix,
+        instance_id=config.instance_id or default_instance_id(),
+        claim_after=config.claim_after,
+        max_deliveries=config.max_deliveries,
+        wait_replicas=config.wait_replicas,
+        results_ttl=results_ttl,
+    )
+    # Reads block for settings.block seconds: their connections get a longer reply timeout.
+    link = RedisLink(reactor, address, reply_timeout=5.0 + settings.wait_timeout)
+    return RedisSpool(
+        link,
+        lambda: RedisLink(reactor, address, reply_timeout=settings.block + 5.0),
+        reactor,
+        apps,
+        settings,
+    )
 
 
 def client_health(

@@ -1,0 +1,405 @@
+"""The Redis Streams spool against a real ``redis-server`` (started per test class).
+
+Each test uses its own key prefix, so tests share the server but not data. The engine runs on
+the real reactor (``txredisapi`` uses it), with :class:`~txapns.service.testing.FakeSender`
+in place of an APNs client.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from txapns.core.notification import Notification
+from txapns.core.result import Outcome, Result
+from txapns.service.api import job_json, make_site
+from txapns.service.backend import ConsumerHooks, SpoolUnavailableError
+from txapns.service.config import ConfigError, RedisSpoolConfig, parse_config
+from txapns.service.engine import Engine, EngineApp, NotAcceptingError, Template
+from txapns.service.redis_spool import RedisAddress, RedisLink, RedisSettings, RedisSpool
+from txapns.service.spool import OutcomeRecord, SpooledNotification
+from txapns.service.testing import FakeSender, accept
+
+from .redis_server import SKIP, RedisServer, wait_until
+from .test_service_running import ApiClient, deferred_test, metric, token
+
+ALERT = Template(payload={"aps": {"alert": "hi"}})
+_prefixes = itertools.count()
+
+
+class RedisCase(TestCase):
+    """A redis-server for the class; spools with a fresh prefix per test."""
+
+    skip = SKIP
+    timeout = 60
+    server: RedisServer
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.server = RedisServer(Path(tempfile.mkdtemp(prefix="txapns-redis-")))
+        cls.server.start()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.server.stop()
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor: Any = reactor
+        self.prefix = f"t{next(_prefixes)}-{id(self)}"
+        if self.server.process is None:
+            self.server.start()
+
+    def spool(self, apps: tuple[str, ...] = ("a",), **settings: Any) -> RedisSpool:
+        settings.setdefault("prefix", self.prefix)
+        settings.setdefault("instance_id", f"i{next(_prefixes)}")
+        settings.setdefault("schedule_interval", 0.05)
+        address = RedisAddress.from_url(self.server.url)
+        link = RedisLink(self.reactor, address, reply_timeout=5)
+        spool = RedisSpool(
+            link,
+            lambda: RedisLink(self.reactor, address, reply_timeout=10),
+            self.reactor,
+            apps,
+            RedisSettings(**settings),
+        )
+        self.addCleanup(lambda: spool.close().addErrback(lambda f: None))
+        return spool
+
+    async def connected(self, spool: RedisSpool) -> None:
+        await wait_until(self.reactor, lambda: spool.available, what="Redis connection")
+
+    def engine(self, spool: RedisSpool, sender: FakeSender, **kw: Any) -> Engine:
+        kw.setdefault("purge_interval", 0)
+        engine = Engine({"a": EngineApp(sender, bundle_id="com.example.a")}, spool, self.reactor,
+                        **kw)  # fmt: skip
+
+        def stop() -> Deferred[None] | None:
+            return engine.stop() if engine.state == "running" else None
+
+        self.addCleanup(stop)
+        return engine
+
+    def notifications(self, engine: Engine, n: int, first: int = 0) -> list[Notification]:
+        return engine.prepare("a", ALERT, [token(first + i) for i in range(n)])
+
+
+class Collector:
+    """ConsumerHooks that keep what they are fed."""
+
+    def __init__(self, room: int = 1000) -> None:
+        self.items: list[SpooledNotification] = []
+        self.space = room
+        self.done: list[str] = []
+        self.waits: list[str] = []
+
+    def hooks(self) -> ConsumerHooks:
+        return ConsumerHooks(self.feed, self.room, lambda: self.waits, self.done.append)
+
+    def feed(self, app: str, items: Any) -> None:
+        self.items.extend(items)
+
+    def room(self, app: str) -> int:
+        return self.space - len(self.items)
+
+
+def outcome(item: SpooledNotification, state: str = "accepted", **kw: Any) -> OutcomeRecord:
+    return OutcomeRecord(
+        id=item.id, job_id=item.job_id, app=item.app, token=item.notification.token_hex,
+        state=state, status=kw.pop("status", 200 if state == "accepted" else None), **kw,
+    )  # fmt: skip
+
+
+class StoreTests(RedisCase):
+    @deferred_test
+    async def test_job_and_notifications_stored_then_sent_and_acknowledged(self) -> None:
+        spool = self.spool()
+        await self.connected(spool)
+        sender = FakeSender(auto=accept)
+        engine = self.engine(spool, sender)
+        await engine.start()
+        ns = self.notifications(engine, 25)
+        accepted = await engine.submit("a", ns)
+        view = await engine.wait(accepted.job_id)
+        self.assertEqual(view.status, "done")
+        self.assertEqual(view.counts["accepted"], 25)
+        self.assertEqual([r.token for r in view.results], [n.token_hex for n in ns])
+        self.assertEqual(sorted(n.token for n in sender.sent), sorted(n.token for n in ns))
+        q = f"{self.prefix}:{{a}}:q"
+        # Acknowledged and deleted: nothing pending, nothing left in the stream.
+        await wait_until(self.reactor, lambda: self.server.cli("XLEN", q) == "0")
+        self.assertEqual(self.server.cli("XPENDING", q, "txapns").splitlines()[0], "0")
+        body = job_json(view)
+        self.assertEqual(body["may_duplicate"], 0)
+
+    @deferred_test
+    async def test_idempotency_key_makes_one_job(self) -> None:
+        spool = self.spool()
+        await self.connected(spool)
+        engine = self.engine(spool, FakeSender())
+        await engine.start()
+        ns = self.notifications(engine, 3)
+        first, second = await Deferred.fromCoroutine(self._both(engine, ns))
+        self.assertFalse(first.duplicate)
+        self.assertTrue(second.duplicate)
+        self.assertEqual(first.job_id, second.job_id)
+        self.assertEqual(await spool.find_job("a", "k1"), first.job_id)
+        q = f"{self.prefix}:{{a}}:q"
+        # Three entries, not six (some may already be read: count stream + pending).
+        total = int(self.server.cli("XLEN", q))
+        self.assertEqual(total, 3)
+
+    async def _both(self, engine: Engine, ns: list[Notification]) -> tuple[Any, Any]:
+        d1 = engine.submit("a", ns, idempotency_key="k1", async_=True)
+        d2 = engine.submit("a", ns, idempotency_key="k1", async_=True)
+        return await d1, await d2
+
+    @deferred_test
+    async def test_scheduled_job_waits_for_its_time_then_goes_to_the_stream(self) -> None:
+        spool = self.spool()
+        await self.connected(spool)
+        collector = Collector()
+        spool.start_consuming(collector.hooks())
+        stored = await spool.add_job(
+            "a",
+            [Notification.create(bytes(32), b'{"aps":{}}')],
+            now=self.reactor.seconds(),
+            send_at=self.reactor.seconds() + 0.3,
+            async_=True,
+        )
+        self.assertEqual(self.server.cli("ZCARD", f"{self.prefix}:{{a}}:sched"), "1")
+        self.assertEqual(collector.items, [])
+        await wait_until(self.reactor, lambda: collector.items, what="the scheduled entry")
+        self.assertEqual(collector.items[0].job_id, stored.job_id)
+        self.assertEqual(self.server.cli("ZCARD", f"{self.prefix}:{{a}}:sched"), "0")
+
+    @deferred_test
+    async def test_invalid_token_feed_with_since_paging(self) -> None:
+        spool = self.spool()
+        await self.connected(spool)
+        collector = Collector()
+        spool.start_consuming(collector.hooks())
+        ns = [Notification.create(bytes([i]) * 32, b'{"aps":{}}') for i in range(1, 4)]
+        await spool.add_job("a", ns, now=1.0)
+        await wait_until(self.reactor, lambda: len(collector.items) == 3)
+        bad = [
+            outcome(i, "rejected", status=410, reason="Unregistered", timestamp=1234.0,
+                    token_invalid=True)
+            for i in collector.items[:2]
+        ]  # fmt: skip
+        await spool.record_outcomes(bad, now=2.0)
+        feed = await spool.invalid_tokens("a")
+        self.assertEqual(sorted(t.token for t in feed), sorted(n.token_hex for n in ns[:2]))
+        self.assertEqual({(t.reason, t.status, t.timestamp, t.source) for t in feed},
+                         {("Unregistered", 410, 1234.0, "apns")})  # fmt: skip
+        self.assertEqual(await spool.invalid_tokens("a", since=feed[-1].reported_at), [])
+        await spool.add_invalid_tokens("a", [("AB" * 32, 99.0)], now=3.0)
+        later = await spool.invalid_tokens("a", since=feed[-1].reported_at)
+        self.assertEqual([(t.token, t.source) for t in later], [("ab" * 32, "feedback")])
+
+
+class TakeoverTests(RedisCase):
+    @deferred_test
+    async def test_pending_entries_of_a_silent_instance_are_claimed_and_flagged(self) -> None:
+        dead = self.spool(claim_after=0.2)
+        live = self.spool(claim_after=0.2)
+        await self.connected(dead)
+        await self.connected(live)
+        first = Collector()
+        dead.start_consuming(first.hooks())
+        stored = await dead.add_job(
+            "a", [Notification.create(bytes([7]) * 32, b'{"aps":{}}')], now=1.0
+        )
+        await wait_until(self.reactor, lambda: first.items, what="the first delivery")
+        # The first instance goes silent: its loops stop, the entry stays pending.
+        first.space = 0
+        for loop in dead._loops:
+            loop.stop()
+        second = Collector()
+        live.start_consuming(second.hooks())
+        await wait_until(self.reactor, lambda: second.items, what="the takeover")
+        item = second.items[0]
+        self.assertEqual(item.resumed, 1)
+        await live.record_outcomes([outcome(item)], now=2.0)
+        view = await live.job(stored.job_id)
+        assert view is not None
+        self.assertEqual(view.status, "done")
+        self.assertEqual(view.results[0].resumed, 1)
+        self.assertTrue(job_json(view)["results"][0]["may_duplicate"])  # type: ignore[index]
+        self.assertEqual(live.gauges["a"].claimed, 1)
+        # The silent one's late outcome does not count twice, but marks the duplicate.
+        await dead.record_outcomes([outcome(first.items[0])], now=3.0)
+        again = await live.job(stored.job_id)
+        assert again is not None
+        self.assertEqual(again.counts["accepted"], 1)
+
+    @deferred_test
+    async def test_after_max_deliveries_finished_unknown(self) -> None:
+        spool = self.spool(claim_after=0.1, max_deliveries=1)
+        await self.connected(spool)
+        stored = await spool.add_job(
+            "a", [Notification.create(bytes([9]) * 32, b'{"aps":{}}')], now=1.0
+        )
+        # Another consumer takes it and never answers (delivery 1).
+        q = f"{self.prefix}:{{a}}:q"
+        self.server.cli("XGROUP", "CREATE", q, "txapns", "0", "MKSTREAM")
+        self.server.cli("XREADGROUP", "GROUP", "txapns", "ghost", "COUNT", "1", "STREAMS", q, ">")
+        collector = Collector()
+        spool.start_consuming(collector.hooks())
+        # The takeover would be delivery 2 > max_deliveries: finished unknown, never sent.
+        await wait_until(self.reactor, lambda: spool.gauges["a"].dead_letters == 1, what="dl")
+        await wait_until(self.reactor, lambda: spool._held_outcomes() == 0)
+        self.assertEqual(collector.items, [])
+        view = await spool.job(stored.job_id)
+        assert view is not None
+        self.assertEqual(view.status, "done")
+        self.assertEqual(view.results[0].state, "unknown")
+        self.assertEqual(view.results[0].reason, "gave up after 1 deliveries")
+        self.assertEqual(self.server.cli("XLEN", q), "0")
+
+
+class OutageTests(RedisCase):
+    @deferred_test
+    async def test_redis_down_refuses_holds_outcomes_and_resumes(self) -> None:
+        spool = self.spool()
+        await self.connected(spool)
+        sender = FakeSender()
+        engine = self.engine(spool, sender)
+        await engine.start()
+        accepted = await engine.submit("a", self.notifications(engine, 5), async_=True)
+        await wait_until(self.reactor, lambda: len(sender.waiting) == 5, what="sends")
+        self.server.kill()
+        await wait_until(self.reactor, lambda: not engine.accepting, what="refusal")
+        self.assertEqual(engine.health()["status"], "spool")
+        self.assertRaises(NotAcceptingError, engine.submit, "a", self.notifications(engine, 1))
+        error = await spool.job(accepted.job_id).addCallbacks(lambda _: None, lambda f: f.value)
+        self.assertIsInstance(error, SpoolUnavailableError)
+        sender.answer_all()  # outcomes arrive while Redis is down: held in memory
+        await wait_until(self.reactor, lambda: spool._held_outcomes() == 5)
+        self.server.start()
+        await wait_until(self.reactor, lambda: engine.accepting, timeout=20, what="recovery")
+        await wait_until(self.reactor, lambda: spool._held_outcomes() == 0)
+        view = await spool.job(accepted.job_id)
+        assert view is not None
+        self.assertEqual(view.status, "done")
+        self.assertEqual(view.counts["accepted"], 5)
+        # And new work goes through again.
+        again = await engine.submit("a", self.notifications(engine, 2, first=10), async_=True)
+        await wait_until(self.reactor, lambda: len(sender.waiting) == 2, what="resumed sends")
+        sender.answer_all()
+        done = await engine.wait(again.job_id)
+        self.assertEqual(done.counts["accepted"], 2)
+
+    @deferred_test
+    async def test_api_answers_503_while_redis_is_down(self) -> None:
+        spool = self.spool()
+        await self.connected(spool)
+        sender = FakeSender(auto=accept)
+        engine = self.engine(spool, sender)
+        await engine.start()
+        key = b"redis-outage-key-0123456789"
+        port = self.reactor.listenTCP(0, make_site(engine, key), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        api = ApiClient(self.reactor, f"http://127.0.0.1:{port.getHost().port}", key)
+        self.addCleanup(api.close)
+        body = {"tokens": [token(1)], "alert": "x", "async": True}
+        ok = await api.post("a", body)
+        self.assertEqual(ok.code, 202, ok.raw)
+        health = await api.call("GET", "/healthz")
+        self.assertEqual((health.code, health.json["spool"]["redis"]), (200, "up"))
+        self.server.kill()
+        await wait_until(self.reactor, lambda: not spool.available, what="refusal")
+        refused = await api.post("a", body)
+        self.assertEqual(refused.code, 503, refused.raw)
+        self.assertIsNotNone(refused.header("Retry-After"))
+        job = await api.call("GET", f"/v1/jobs/{ok.json['job_id']}")
+        self.assertEqual(job.code, 503, job.raw)
+        self.assertIsNotNone(job.header("Retry-After"))
+        health = await api.call("GET", "/healthz")
+        self.assertEqual((health.code, health.json["spool"]["redis"]), (503, "down"))
+        text = (await api.call("GET", "/metrics")).raw.decode()
+        self.assertEqual(metric(text, "txapns_redis_up"), 0)
+        self.server.start()
+        await wait_until(self.reactor, lambda: spool.available, timeout=20, what="recovery")
+        again = await api.post("a", body)
+        self.assertEqual(again.code, 202, again.raw)
+        done = await api.wait_job(again.json["job_id"])
+        self.assertEqual(done["counts"]["accepted"], 1)
+
+    @deferred_test
+    async def test_stop_puts_unsent_entries_back_unflagged(self) -> None:
+        spool = self.spool()
+        await self.connected(spool)
+        sender = FakeSender(capacity=2)
+        engine = self.engine(spool, sender, drain_timeout=0.1, retry_delay=10)
+        await engine.start()
+        accepted = await engine.submit("a", self.notifications(engine, 6), async_=True)
+        await wait_until(self.reactor, lambda: len(sender.waiting) == 2, what="sends")
+        await engine.stop()  # 2 were sent (the fake says "stopped"), 4 never sent
+        q = f"{self.prefix}:{{a}}:q"
+        self.assertEqual(self.server.cli("XLEN", q), "6")
+        other = self.spool()
+        await self.connected(other)
+        collector = Collector()
+        other.start_consuming(collector.hooks())
+        await wait_until(self.reactor, lambda: len(collector.items) == 6, what="re-reads")
+        self.assertEqual([i.resumed for i in collector.items], [0] * 6)
+        self.assertEqual({i.job_id for i in collector.items}, {accepted.job_id})
+
+
+class ConfigTests(SynchronousTestCase):
+    def parse(self, spool: object) -> Any:
+        return parse_config({"spool": spool}, base_dir=Path("/etc/txapns"), check_files=False)
+
+    def test_string_is_the_sqlite_file(self) -> None:
+        config = self.parse("s.db")
+        self.assertEqual(config.spool, Path("/etc/txapns/s.db"))
+        self.assertIsNone(config.redis)
+
+    def test_redis_table(self) -> None:
+        config = self.parse(
+            {"backend": "redis", "url": "redis://10.0.0.5:6380/2", "prefix": "push",
+             "wait_replicas": 1, "claim_after": 60, "max_deliveries": 3, "instance_id": "web-1",
+             "sentinel": ["10.0.0.6:26379"]}
+        )  # fmt: skip
+        self.assertEqual(
+            config.redis,
+            RedisSpoolConfig(
+                url="redis://10.0.0.5:6380/2", prefix="push", sentinel=("10.0.0.6:26379",),
+                wait_replicas=1, claim_after=60.0, max_deliveries=3, instance_id="web-1",
+            ),
+        )  # fmt: skip
+        address = RedisAddress.from_url(config.redis.url)
+        self.assertEqual((address.host, address.port, address.db), ("10.0.0.5", 6380, 2))
+
+    def test_errors(self) -> None:
+        for bad in (
+            {"backend": "mongo"},
+            {"backend": "redis", "url": "http://x"},
+            {"backend": "redis", "claim_after": 0},
+            {"backend": "redis", "wait_replicas": -1},
+            {"backend": "redis", "colour": "red"},
+            {"backend": "sqlite", "url": "redis://x"},
+            {"backend": "redis", "sentinel": ["nohost"]},
+            "",
+            3,
+        ):
+            with self.assertRaises(ConfigError, msg=repr(bad)):
+                self.parse(bad)
+
+    def test_defaults(self) -> None:
+        config = self.parse({"backend": "redis"})
+        self.assertEqual(config.redis, RedisSpoolConfig())
+        self.assertEqual(config.redis.claim_after, 120.0)
+
+
+class ResultTests(SynchronousTestCase):
+    def test_dead_letter_result_is_not_a_rejection(self) -> None:
+        r = Result(Notification.create(bytes(32), b"{}"), Outcome.UNKNOWN, reason="x")
+        self.assertIs(r.outcome, Outcome.UNKNOWN)

@@ -1,0 +1,1232 @@
+"""A spool on Redis Streams, shared by many ``twistd apns`` instances.
+
+Every instance serves the API and sends. A submission is stored by one Lua script (job hash,
+idempotency key, one stream entry per notification: atomic), so the API answers only what
+Redis holds. Each app has one stream and one consumer group; each instance is a consumer
+named by its instance id and reads bounded batches (``XREADGROUP COUNT``) for as much as its
+engine has room for. An outcome is recorded, acknowledged and deleted by one script
+(``XACK`` + ``XDEL``: the stream holds only unfinished work, so memory follows the backlog).
+
+Key layout (``P`` is the configured prefix; ``{app}`` is a hash tag)::
+
+    P:{app}:q          stream, one entry per unsent notification: n = "job idx token [apns-id]"
+    P:{app}:sched      sorted set of entries not due yet, scored by send_at
+    P:{app}:idem:KEY   idempotency key -> job id (SET NX semantics, expires with the job)
+    P:{app}:bad        sorted set token -> reported_at (Redis time): the invalid-token feed
+    P:{app}:bad:d      hash token -> JSON details of the feed entry
+    P:job:ID           hash: app, created, async, total, remaining, status, finished, tokens,
+                       payload, fields (the template every notification of the job shares)
+    P:job:ID:r         hash idx -> JSON outcome (first recorded wins)
+    P:job:ID:d         hash idx -> 1: recorded twice (delivered twice, possibly)
+
+Failure handling, in short:
+
+* **Takeover**: entries pending (delivered, not acknowledged) longer than ``claim_after`` are
+  claimed with ``XAUTOCLAIM`` by a live instance. An entry delivered more than once is
+  flagged ``may_duplicate``; after ``max_deliveries`` it is finished ``unknown`` instead.
+* **Redis unreachable**: :attr:`RedisSpool.available` turns false (the API answers 503,
+  ``/healthz`` fails), reads stop, outcomes not yet written wait in memory (bounded: an
+  instance reads no more while they wait) and are written first when Redis answers again.
+* **A clean stop** puts back (fresh entries, not flagged) what was read but never sent;
+  what was in flight without an outcome stays pending, for another instance to claim.
+
+Redis Cluster is not supported: the scripts compute job keys from their ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .._twisted import cancel_call
+from ..core.notification import Notification
+from .backend import ConsumerHooks, SpoolUnavailableError
+from .metrics import family_lines
+from .spool import (
+    QUEUED,
+    STATES,
+    InvalidToken,
+    JobView,
+    NotificationView,
+    OutcomeRecord,
+    Recovery,
+    SpoolClosedError,
+    SpooledNotification,
+    SpoolError,
+    StoredJob,
+    decode_notification,
+    encode_fields,
+)
+
+log = Logger()
+
+GROUP = "txapns"
+
+
+# --- scripts ----------------------------------------------------------------------------------
+
+# Store a job: idempotency key (first one wins), the job hash, and every notification, in the
+# stream or (send_at later than Redis's clock) the scheduled set. KEYS: stream, sched, idem.
+# ARGV: job prefix, job id, has idem, ttl, app, created, async, send_at, total, tokens,
+# payload, fields, entries...
+_STORE = """
+local jk = ARGV[1] .. ARGV[2]
+if ARGV[3] == '1' then
+  local old = redis.call('GET', KEYS[3])
+  if old then
+    return {0, old, redis.call('HGET', ARGV[1] .. old, 'async') or '0'}
+  end
+  redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[4])
+end
+redis.call('HSET', jk, 'app', ARGV[5], 'created', ARGV[6], 'async', ARGV[7],
+  'send_at', ARGV[8], 'total', ARGV[9], 'remaining', ARGV[9], 'status', 'pending',
+  'tokens', ARGV[10], 'payload', ARGV[11], 'fields', ARGV[12],
+  'idem', ARGV[3] == '1' and KEYS[3] or '')
+local later = false
+if ARGV[8] ~= '' then
+  local t = redis.call('TIME')
+  later = tonumber(ARGV[8]) > tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+for i = 13, #ARGV do
+  if later then
+    redis.call('ZADD', KEYS[2], ARGV[8], ARGV[i])
+  else
+    redis.call('XADD', KEYS[1], '*', 'n', ARGV[i])
+  end
+end
+return {1, ARGV[2], ARGV[7]}
+"""
+
+# Record outcomes (first one per notification wins; a second marks it possibly duplicated),
+# finish jobs, add dead tokens to the feed, then XACK + XDEL each entry.
+# KEYS: stream, bad, bad details. ARGV: group, job prefix, ttl, then 6 per record:
+# entry id, job id, index, outcome JSON, dead token (or ''), its feed JSON.
+_RECORD = """
+local t = redis.call('TIME')
+local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+local finished = {}
+for i = 4, #ARGV, 6 do
+  local eid, job, idx, tok = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 4]
+  local jk = ARGV[2] .. job
+  if job ~= '' and redis.call('EXISTS', jk) == 1 then
+    if redis.call('HSETNX', jk .. ':r', idx, ARGV[i + 3]) == 1 then
+      local left = redis.call('HINCRBY', jk, 'remaining', -1)
+      if left <= 0 and redis.call('HGET', jk, 'status') == 'pending' then
+        redis.call('HSET', jk, 'status', 'done', 'finished', now)
+        for _, k in ipairs({jk, jk .. ':r', jk .. ':d'}) do
+          redis.call('EXPIRE', k, ARGV[3])
+        end
+        local ik = redis.call('HGET', jk, 'idem')
+        if ik and ik ~= '' then redis.call('EXPIRE', ik, ARGV[3]) end
+        finished[#finished + 1] = job
+      end
+    else
+      redis.call('HSET', jk .. ':d', idx, '1')
+      redis.call('EXPIRE', jk .. ':d', ARGV[3])
+    end
+  end
+  if tok ~= '' then
+    redis.call('ZADD', KEYS[2], now, tok)
+    redis.call('HSET', KEYS[3], tok, ARGV[i + 5])
+  end
+  if eid ~= '' then
+    redis.call('XACK', KEYS[1], ARGV[1], eid)
+    redis.call('XDEL', KEYS[1], eid)
+  end
+end
+return finished
+"""
+
+# Move due scheduled entries into the stream (atomically: exactly one instance moves each).
+# KEYS: sched, stream. ARGV: at most this many.
+_MOVE_DUE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, m in ipairs(due) do
+  redis.call('XADD', KEYS[2], '*', 'n', m)
+  redis.call('ZREM', KEYS[1], m)
+end
+return #due
+"""
+
+# Claim entries idle longer than min-idle, with their delivery counts.
+# KEYS: stream. ARGV: group, consumer, min idle ms, start, count.
+_CLAIM = """
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+  'COUNT', ARGV[5])
+local counts = {}
+for i, e in ipairs(r[2]) do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
+  counts[i] = (p[1] and p[1][4]) or 1
+end
+return {r[1], r[2], counts}
+"""
+
+# Put entries read but never sent back as fresh entries (delivery count 1 again).
+# KEYS: stream. ARGV: group, then (entry id, value) pairs.
+_REQUEUE = """
+for i = 2, #ARGV, 2 do
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    redis.call('XADD', KEYS[1], '*', 'n', ARGV[i + 1])
+  end
+end
+return 1
+"""
+
+# A job's hashes in one read. ARGV: job key.
+_JOB = """
+local jk = ARGV[1]
+return {redis.call('HGETALL', jk), redis.call('HGETALL', jk .. ':r'),
+  redis.call('HGETALL', jk .. ':d')}
+"""
+
+# Forget feed entries reported before ARGV[1]. KEYS: bad, bad details.
+_PURGE_FEED = """
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+for _, tok in ipairs(old) do redis.call('HDEL', KEYS[2], tok) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+return #old
+"""
+
+
+class Script:
+    """A Lua script run with ``EVALSHA``, sent whole (``EVAL``) when Redis does not know it
+    (a restarted Redis forgets its script cache)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+
+    def __call__(
+        self, link: RedisLink, keys: Sequence[str], args: Sequence[object]
+    ) -> Deferred[Any]:
+        d = link.call("EVALSHA", self.sha, len(keys), *keys, *args)
+
+        def retry(failure: Failure) -> Deferred[Any]:
+            if "NOSCRIPT" not in failure.getErrorMessage():
+                return failure  # type: ignore[return-value]
+            return link.call("EVAL", self.source, len(keys), *keys, *args)
+
+        return d.addErrback(retry)
+
+
+STORE, RECORD, MOVE_DUE, CLAIM, REQUEUE, JOB, PURGE_FEED = (
+    Script(s) for s in (_STORE, _RECORD, _MOVE_DUE, _CLAIM, _REQUEUE, _JOB, _PURGE_FEED)
+)
+
+
+# --- connection -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RedisAddress:
+    """Where Redis is: ``redis://[user:password@]host[:port][/db]``, or Sentinels."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    #: ``(host, port)`` of Sentinels; when given, ``host``/``port`` are not used.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    #: The primary's name the Sentinels know.
+    sentinel_master: str = "mymaster"
+
+    @classmethod
+    def from_url(cls, url: str, **extra: Any) -> RedisAddress:
+        parts = urlsplit(url)
+        if parts.scheme != "redis":
+            raise ValueError(f"a Redis URL starts with redis://, not {url!r}")
+        path = parts.path.strip("/")
+        if path and not path.isdigit():
+            raise ValueError(f"the Redis URL's path is a database number, not {path!r}")
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 6379,
+            db=int(path or 0),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            **extra,
+        )
+
+
+class RedisLink:
+    """One connection to Redis through ``txredisapi``, reconnecting by itself.
+
+    :meth:`call` fails at once (:class:`SpoolUnavailableError`) while not connected, instead
+    of waiting for a reconnection: the API must answer 503 now, not hang. Every command has a
+    reply timeout (``txredisapi`` drops the connection when it passes, which fails the
+    commands behind it too), so no wait is unbounded, even on a half-open connection.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        address: RedisAddress,
+        *,
+        reply_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        import txredisapi  # type: ignore[import-untyped]  # (imports the global reactor)
+
+        self.address = address
+        options: dict[str, Any] = {
+            "dbid": address.db,
+            "password": address.password,
+            "username": address.username,
+            "replyTimeout": reply_timeout,
+            "convertNumbers": False,
+        }
+        if address.sentinels:
+            sentinel = txredisapi.Sentinel(list(address.sentinels))
+            self._handler = sentinel.master_for(
+                address.sentinel_master, poolsize=1, isLazy=True, **options
+            )
+            self._factory = self._handler._factory
+            self._sentinel: Any = sentinel
+        else:
+            from twisted.internet.endpoints import HostnameEndpoint
+
+            self._factory = txredisapi.RedisFactory(
+                f"{address.host}:{address.port}",
+                address.db,
+                1,
+                isLazy=True,
+                charset="utf-8",
+                password=address.password,
+                replyTimeout=reply_timeout,
+                convertNumbers=False,
+                username=address.username,
+            )
+            self._factory.maxDelay = 1.0  # retry a lost Redis every second, not every 10
+            self._factory.startConnecting(
+                HostnameEndpoint(reactor, address.host, address.port, timeout=connect_timeout)
+            )
+            self._handler = self._factory.handler
+            self._sentinel = None
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._factory.size)
+
+    def call(self, *args: object) -> Deferred[Any]:
+        if not self.connected:
+            return fail(SpoolUnavailableError("Redis is not connected"))
+        try:
+            d: Deferred[Any] = self._handler.execute_command(*args)
+        except Exception as e:  # the connection went away this very turn
+            return fail(SpoolUnavailableError(f"Redis: {e}"))
+        return d
+
+    def close(self) -> Deferred[Any]:
+        d: Deferred[Any] = self._factory.disconnect()
+        if self._sentinel is not None:
+            d.addBoth(lambda _: self._sentinel.disconnect())
+        return d
+
+
+def is_unavailable(failure: Failure) -> bool:
+    """Is this failure Redis being unreachable (rather than a bug or a script error)?"""
+    import txredisapi
+
+    return bool(failure.check(SpoolUnavailableError, txredisapi.ConnectionError, ConnectionError))
+
+
+def default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+# --- the spool ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    prefix: str = "txapns"
+    #: This instance's consumer name (stable across restarts, or hostname-pid).
+    instance_id: str = field(default_factory=default_instance_id)
+    #: Seconds an entry may stay pending before a live instance takes it over. It must be
+    #: longer than an instance may legitimately hold one (queue wait + deadline + retries).
+    claim_after: float = 120.0
+    #: Deliveries after which an entry is finished ``unknown`` instead of sent again.
+    max_deliveries: int = 5
+    #: With N > 0, a submission is acknowledged only once ``WAIT N`` says N replicas have it.
+    wait_replicas: int = 0
+    wait_timeout: float = 1.0
+    #: Most entries one XREADGROUP asks for.
+    read_batch: int = 500
+    #: Seconds a read blocks for new entries (finite: a dead connection is noticed).
+    block: float = 2.0
+    #: Seconds between two moves of due scheduled entries (and two takeover scans).
+    schedule_interval: float = 0.5
+    #: Seconds between two checks of the jobs synchronous requests wait for.
+    waiter_interval: float = 0.05
+    #: Seconds between two reads of the queue gauges for ``/metrics``.
+    gauge_interval: float = 5.0
+    #: Seconds job views, idempotency keys and feed entries are kept after a job is done.
+    results_ttl: float = 7 * 86400.0
+    #: Seconds an outcome write may wait before its Deferred fails (the outcome itself stays
+    #: in memory until Redis takes it).
+    write_timeout: float = 10.0
+    #: Seconds a clean stop waits to write what is left.
+    close_timeout: float = 5.0
+
+
+@dataclass(slots=True)
+class _Held:
+    """An entry this instance read and has not finished."""
+
+    app: str
+    entry_id: str
+    value: str
+    job_id: str
+    index: int
+    deliveries: int
+    inflight: bool = False
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Outcome records waiting to be written, and whom to tell."""
+
+    app: str
+    args: list[str]
+    done: Deferred[list[str]]
+
+
+@dataclass(slots=True)
+class QueueGauges:
+    depth: int = 0
+    pending: int = 0
+    oldest_pending_age: float = 0.0
+    scheduled: int = 0
+    claimed: int = 0
+    dead_letters: int = 0
+    read: int = 0
+
+
+def _parse_entry(value: str) -> tuple[str, int, str, str | None]:
+    parts = value.split(" ")
+    return parts[0], int(parts[1]), parts[2], parts[3] if len(parts) > 3 else None
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, Any]:
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+class RedisSpool:
+    """The :class:`~txapns.service.backend.SpoolBackend` on Redis Streams (see the module)."""
+
+    shared = True
+
+    def __init__(
+        self,
+        link: RedisLink,
+        blocking_link: Callable[[], RedisLink],
+        clock: IReactorTime,
+        apps: Iterable[str],
+        settings: RedisSettings | None = None,
+    ) -> None:
+        self.link = link
+        self._clock = clock
+        self.settings = s = settings or RedisSettings()
+        self.apps = tuple(apps)
+        self._p = s.prefix
+        self._job_prefix = f"{s.prefix}:job:"
+        self._blocking = {app: blocking_link() for app in self.apps}
+        self._hooks: ConsumerHooks | None = None
+        self._closing = False
+        self._up = True
+        self._next_id = 1
+        self._held: dict[int, _Held] = {}
+        self._held_entries: dict[str, int] = {}
+        self._outbox: list[_Pending] = []
+        self._unwritten: dict[str, int] = dict.fromkeys(self.apps, 0)
+        self._writing = 0
+        self._flush_call: IDelayedCall | None = None
+        self._reading: dict[str, bool] = dict.fromkeys(self.apps, False)
+        self._wake_calls: dict[str, IDelayedCall] = {}
+        self._claim_cursor: dict[str, str] = dict.fromkeys(self.apps, "0-0")
+        self._payloads: dict[str, tuple[str, str, float | None]] = {}
+        self._loops: list[LoopingCall] = []
+        self._groups_ready: set[str] = set()
+        self.gauges = {app: QueueGauges() for app in self.apps}
+        self.outages = 0
+
+    # -- keys --
+
+    def _key(self, app: str, kind: str) -> str:
+        return f"{self._p}:{{{app}}}:{kind}"
+
+    # -- availability --
+
+    @property
+    def available(self) -> bool:
+        return self._up and not self._closing and self.link.connected
+
+    def _down(self, failure: Failure, what: str) -> None:
+        if self._closing:
+            return
+        if self._up:
+            self.outages += 1
+            log.error(
+                "Redis unavailable ({what}): {why}; refusing new work until it answers",
+                what=what,
+                why=failure.getErrorMessage(),
+            )
+        self._up = False
+
+    def _probe(self) -> None:
+        """While down: PING; on an answer, write what waits, then read again."""
+        if self._up or self._closing:
+            return
+        self.link.call("PING").addCallbacks(self._back, lambda f: None)
+
+    def _back(self, _: object) -> None:
+        if self._up or self._closing:
+            return
+        log.info(
+            "Redis answers again; writing {count} held outcomes first", count=self._held_outcomes()
+        )
+        self._up = True
+        self._groups_ready.clear()
+        self._flush()
+        for app in self.apps:
+            self._wake(app)
+
+    def _held_outcomes(self) -> int:
+        return sum(self._unwritten.values())
+
+    def _failed(self, failure: Failure, what: str) -> Failure:
+        """Errback for reads/stores: an outage becomes SpoolUnavailableError (503)."""
+        if is_unavailable(failure) or failure.check(TimeoutError):
+            self._down(failure, what)
+            if not failure.check(SpoolUnavailableError):
+                return Failure(SpoolUnavailableError(f"Redis: {failure.getErrorMessage()}"))
+        return failure
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise SpoolClosedError("the spool is closed")
+        if not self.available:
+            raise SpoolUnavailableError("Redis is unavailable")
+
+    # -- submissions --
+
+    def add_job(
+        self,
+        app: str,
+        notifications: Sequence[Notification],
+        *,
+        now: float,
+        send_at: float | None = None,
+        async_: bool = False,
+        idempotency_key: str | None = None,
+    ) -> Deferred[StoredJob]:
+        try:
+            self._check_open()
+        except SpoolError as e:
+            return fail(e)
+        if not notifications:
+            return fail(ValueError("a job needs notifications"))
+        job_id = uuid.uuid4().hex
+        first = notifications[0]
+        entries = [
+            f"{job_id} {i} {n.token_hex}" if n.apns_id is None else
+            f"{job_id} {i} {n.token_hex} {n.apns_id}"
+            for i, n in enumerate(notifications)
+        ]  # fmt: skip
+        args: list[object] = [
+            self._job_prefix,
+            job_id,
+            "1" if idempotency_key is not None else "0",
+            int(self.settings.results_ttl),
+            app,
+            repr(now),
+            "1" if async_ else "0",
+            "" if send_at is None else repr(send_at),
+            len(notifications),
+            ",".join(n.token_hex for n in notifications),
+            first.payload,
+            encode_fields(first),
+            *entries,
+        ]
+        keys = [
+            self._key(app, "q"),
+            self._key(app, "sched"),
+            self._key(app, f"idem:{idempotency_key or ''}"),
+        ]
+        d = STORE(self.link, keys, args)
+        if self.settings.wait_replicas > 0:
+            d.addCallback(self._wait_replicas)
+        return d.addCallbacks(
+            self._stored, self._failed, callbackArgs=(len(notifications),), errbackArgs=("store",)
+        )
+
+    def _wait_replicas(self, reply: Any) -> Deferred[Any]:
+        want = self.settings.wait_replicas
+
+        def check(count: Any) -> Any:
+            if int(count) < want:
+                raise SpoolUnavailableError(
+                    f"only {count} of {want} Redis replicas confirmed the job in "
+                    f"{self.settings.wait_timeout}s"
+                )
+            return reply
+
+        d = self.link.call("WAIT", want, int(self.settings.wait_timeout * 1000))
+        return d.addCallback(check)
+
+    def _stored(self, reply: Any, count: int) -> StoredJob:
+        fresh, job_id, async_flag = int(reply[0]), str(reply[1]), str(reply[2]) == "1"
+        if not fresh:
+            return StoredJob(job_id, (), True, async_flag)
+        return StoredJob(job_id, (), False, async_flag)
+
+    # -- the engine's bookkeeping --
+
+    def mark_inflight(self, ids: Sequence[int], *, now: float) -> Deferred[None]:
+        """Local only: an entry handed to the client is what the PEL already says."""
+        held = self._held
+        for i in ids:
+            h = held.get(i)
+            if h is not None:
+                h.inflight = True
+        return succeed(None)
+
+    def requeue(self, ids: Sequence[int], *, now: float) -> Deferred[None]:
+        """Not sent after all: the engine keeps it queued; a stop puts it back in Redis."""
+        for i in ids:
+            h = self._held.get(i)
+            if h is not None:
+                h.inflight = False
+        return succeed(None)
+
+    def recover(self, *, now: float) -> Deferred[Recovery]:
+        """Nothing to recover locally: unfinished work is in the stream, for any instance."""
+        return succeed(Recovery((), 0, {}))
+
+    def record_outcomes(
+        self, records: Sequence[OutcomeRecord], *, now: float
+    ) -> Deferred[list[str]]:
+        if self._closing and not self._held:
+            return fail(SpoolClosedError("the spool is closed"))
+        by_app: dict[str, list[str]] = {}
+        for r in records:
+            h = self._held.pop(r.id, None)
+            if h is None:
+                continue  # recorded already, or put back at a stop
+            self._held_entries.pop(h.entry_id, None)
+            args = by_app.setdefault(h.app, [])
+            args += self._record_args(h, r, now)
+        done: Deferred[list[str]] = Deferred()
+        if not by_app:
+            done.callback([])
+            return done
+        self._enqueue_writes(by_app, done)
+        return done
+
+    def _record_args(self, h: _Held, r: OutcomeRecord, now: float) -> list[str]:
+        outcome = json.dumps(
+            [r.state, r.status, r.reason, r.apns_id, r.timestamp, r.attempts,
+             1 if h.deliveries > 1 else 0, now],
+            separators=(",", ":"),
+        )  # fmt: skip
+        bad = tok = ""
+        if r.token_invalid:
+            tok = r.token
+            bad = json.dumps([r.timestamp, r.reason, r.status, "apns"], separators=(",", ":"))
+        return [h.entry_id, h.job_id, str(h.index), outcome, tok, bad]
+
+    def _enqueue_writes(self, by_app: dict[str, list[str]], done: Deferred[list[str]]) -> None:
+        """Queue one part per app; ``done`` fires once every part is written."""
+        left = [len(by_app)]
+        finished: list[str] = []
+
+        def part_done(jobs: list[str]) -> None:
+            finished.extend(jobs)
+            left[0] -= 1
+            if left[0] == 0 and not done.called:
+                done.callback(finished)
+
+        def part_failed(failure: Failure) -> None:
+            if not done.called:
+                done.errback(failure)
+
+        for app, args in by_app.items():
+            p = _Pending(app, args, Deferred())
+            p.done.addCallbacks(part_done, part_failed)
+            self._unwritten[app] = self._unwritten.get(app, 0) + len(args) // 6
+            self._outbox.append(p)
+        timer = self._clock.callLater(self.settings.write_timeout, self._write_late, done)
+        done.addBoth(self._cancel_timer, timer)
+        self._schedule_flush()
+
+    @staticmethod
+    def _cancel_timer(result: object, timer: IDelayedCall) -> object:
+        cancel_call(timer)
+        return result
+
+    def _write_late(self, done: Deferred[list[str]]) -> None:
+        if not done.called:
+            done.errback(
+                SpoolUnavailableError(
+                    "outcomes not written to Redis yet; held in memory until it answers"
+                )
+            )
+
+    def _schedule_flush(self) -> None:
+        if self._flush_call is None or not self._flush_call.active():
+            self._flush_call = self._clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        """Write held outcomes, one script per app and at most 1,000 outcomes each."""
+        self._flush_call = None
+        if not self._up or not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, []
+        by_app: dict[str, list[_Pending]] = {}
+        for p in outbox:
+            by_app.setdefault(p.app, []).append(p)
+        for app, parts in by_app.items():
+            chunk: list[_Pending] = []
+            size = 0
+            for p in parts:
+                chunk.append(p)
+                size += len(p.args)
+                if size >= 6000:
+                    self._write(app, chunk)
+                    chunk, size = [], 0
+            if chunk:
+                self._write(app, chunk)
+
+    def _write(self, app: str, parts: list[_Pending]) -> None:
+        args: list[object] = [GROUP, self._job_prefix, int(self.settings.results_ttl)]
+        for p in parts:
+            args += p.args
+        keys = [self._key(app, "q"), self._key(app, "bad"), self._key(app, "bad:d")]
+        self._writing += 1
+        d = RECORD(self.link, keys, args)
+        d.addCallbacks(
+            self._written, self._write_failed, callbackArgs=(app, parts), errbackArgs=(app, parts)
+        )
+
+    def _written(self, finished: list[str], app: str, parts: list[_Pending]) -> None:
+        self._writing -= 1
+        self._unwritten[app] -= sum(len(p.args) // 6 for p in parts)
+        finished = [str(f) for f in finished]
+        for i, p in enumerate(parts):
+            p.done.callback(finished if i == 0 else [])
+        self._wake(app)
+
+    def _write_failed(self, failure: Failure, app: str, parts: list[_Pending]) -> None:
+        self._writing -= 1
+        if is_unavailable(failure) or failure.check(TimeoutError):
+            # Held, in order, until Redis answers again (then _back flushes).
+            self._down(failure, "record outcomes")
+            self._outbox[:0] = parts
+            return
+        self._unwritten[app] -= sum(len(p.args) // 6 for p in parts)
+        log.failure("could not record {app} outcomes in Redis", failure, app=app)
+        for p in parts:
+            p.done.errback(failure)
+
+    def add_invalid_tokens(
+        self,
+        app: str,
+        entries: Sequence[tuple[str, float | None]],
+        *,
+        now: float,
+        source: str = "feedback",
+    ) -> Deferred[None]:
+        args: list[object] = [GROUP, self._job_prefix, int(self.settings.results_ttl)]
+        for token, ts in entries:
+            detail = json.dumps([ts, source, None, source], separators=(",", ":"))
+            args += ["", "", "", "", token.lower(), detail]
+        keys = [self._key(app, "q"), self._key(app, "bad"), self._key(app, "bad:d")]
+        d = RECORD(self.link, keys, args)
+        return d.addCallbacks(lambda _: None, self._failed, errbackArgs=("feedback",))
+
+    def purge(self, *, before: float) -> Deferred[int]:
+        """Finished jobs expire by themselves (``results_ttl``); forget old feed entries."""
+        ds = [
+            PURGE_FEED(self.link, [self._key(app, "bad"), self._key(app, "bad:d")], [repr(before)])
+            for app in self.apps
+        ]
+        return DeferredList(ds, fireOnOneErrback=True, consumeErrors=True).addCallback(lambda _: 0)
+
+    # -- reads for the API --
+
+    def job(self, job_id: str) -> Deferred[JobView | None]:
+        if not job_id.isalnum():
+            return succeed(None)
+        d = JOB(self.link, [], [self._job_prefix + job_id])
+        return d.addCallbacks(
+            self._job_view, self._failed, callbackArgs=(job_id,), errbackArgs=("read a job",)
+        )
+
+    def _job_view(self, reply: Any, job_id: str) -> JobView | None:
+        meta = _pairs(reply[0])
+        if not meta:
+            return None
+        outcomes = _pairs(reply[1])
+        dups = _pairs(reply[2])
+        tokens = meta["tokens"].split(",")
+        send_at = float(meta["send_at"]) if meta.get("send_at") else None
+        created = float(meta["created"])
+        counts = dict.fromkeys(STATES, 0)
+        results: list[NotificationView] = []
+        for i, token in enumerate(tokens):
+            raw = outcomes.get(str(i))
+            if raw is None:
+                counts[QUEUED] += 1
+                results.append(
+                    NotificationView(i, i, token, QUEUED, None, None, None, None, 0, 0, send_at,
+                                     created)
+                )  # fmt: skip
+                continue
+            state, status, reason, apns_id, ts, attempts, dup, updated = json.loads(raw)
+            counts[state] += 1
+            resumed = 1 if dup or str(i) in dups else 0
+            results.append(
+                NotificationView(i, i, token, state, status, reason, apns_id, ts, attempts,
+                                 resumed, send_at, updated)
+            )  # fmt: skip
+        finished = float(meta["finished"]) if meta.get("finished") else None
+        return JobView(
+            job_id=job_id,
+            app=meta["app"],
+            created=created,
+            status="done" if meta["status"] == "done" else "pending",
+            async_=meta["async"] == "1",
+            total=int(meta["total"]),
+            finished=finished,
+            counts=counts,
+            results=tuple(results),
+        )
+
+    def find_job(self, app: str, idempotency_key: str) -> Deferred[str | None]:
+        d = self.link.call("GET", self._key(app, f"idem:{idempotency_key}"))
+        return d.addErrback(self._failed, "find a job")
+
+    def invalid_tokens(
+        self, app: str, *, since: float | None = None, limit: int = 10_000
+    ) -> Deferred[list[InvalidToken]]:
+        """As :meth:`~txapns.service.spool.SpoolStore.invalid_tokens`: oldest first, ``limit``
+        of them plus any sharing the last one's ``reported_at`` (Redis's clock)."""
+        d = Deferred.fromCoroutine(self._invalid_tokens(app, since, limit))
+        return d.addErrback(self._failed, "feed")
+
+    async def _invalid_tokens(
+        self, app: str, since: float | None, limit: int
+    ) -> list[InvalidToken]:
+        low = "-inf" if since is None else f"({since!r}"
+        key = self._key(app, "bad")
+        flat = await self.link.call(
+            "ZRANGEBYSCORE", key, low, "+inf", "WITHSCORES", "LIMIT", 0, limit
+        )
+        rows = [(str(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+        if len(rows) == limit:
+            last_token, last_at = rows[-1]
+            same = await self.link.call("ZRANGEBYSCORE", key, repr(last_at), repr(last_at))
+            rows += [(t, last_at) for t in sorted(map(str, same)) if t > last_token]
+        if not rows:
+            return []
+        values = await self.link.call("HMGET", self._key(app, "bad:d"), *[t for t, _ in rows])
+        return self._tokens(app, rows, values)
+
+    @staticmethod
+    def _tokens(
+        app: str, rows: list[tuple[str, float]], values: list[str | None]
+    ) -> list[InvalidToken]:
+        out: list[InvalidToken] = []
+        for (token, at), raw in zip(rows, values, strict=True):
+            ts, reason, status, source = json.loads(raw) if raw else (None, None, None, "apns")
+            out.append(InvalidToken(app, token, ts, reason, status, source, at))
+        return out
+
+    # -- consuming --
+
+    def start_consuming(self, hooks: ConsumerHooks) -> None:
+        self._hooks = hooks
+        for fn, every in (
+            (self._tick, self.settings.schedule_interval),
+            (self._poll_waiters, self.settings.waiter_interval),
+            (self._refresh_gauges, self.settings.gauge_interval),
+        ):
+            loop = LoopingCall(fn)
+            loop.clock = self._clock
+            loop.start(every, now=True).addErrback(self._loop_failed)
+            self._loops.append(loop)
+        for app in self.apps:
+            self._wake(app)
+
+    def _loop_failed(self, failure: Failure) -> None:
+        log.failure("a Redis spool loop stopped", failure)
+
+    def _ensure_group(self, app: str) -> Deferred[None]:
+        if app in self._groups_ready:
+            return succeed(None)
+        d = self.link.call("XGROUP", "CREATE", self._key(app, "q"), GROUP, "0", "MKSTREAM")
+
+        def created(_: object) -> None:
+            self._groups_ready.add(app)
+
+        def exists(failure: Failure) -> None:
+            if "BUSYGROUP" not in failure.getErrorMessage():
+                failure.raiseException()
+            self._groups_ready.add(app)
+
+        return d.addCallbacks(created, exists)
+
+    def _room(self, app: str) -> int:
+        if self._hooks is None or self._closing or not self._up:
+            return 0
+        return self._hooks.room(app) - self._unwritten.get(app, 0)
+
+    def _wake(self, app: str) -> None:
+        """Read for ``app`` soon, if a read is not running already."""
+        if self._reading.get(app) or self._closing or self._hooks is None:
+            return
+        call = self._wake_calls.get(app)
+        if call is not None and call.active():
+            if call.getTime() <= self._clock.seconds():
+                return
+            call.cancel()
+        self._wake_calls[app] = self._clock.callLater(0, self._read, app)
+
+    def _read(self, app: str) -> None:
+        self._wake_calls.pop(app, None)
+        if self._reading[app] or not self._up:
+            return
+        room = min(self._room(app), self.settings.read_batch)
+        if room <= 0:
+            return  # woken again by an outcome (room freed) or the next tick
+        self._reading[app] = True
+        link = self._blocking[app]
+        block_ms = int(self.settings.block * 1000)
+
+        def read(_: object) -> Deferred[Any]:
+            return link.call(
+                "XREADGROUP", "GROUP", GROUP, self.settings.instance_id, "COUNT", room,
+                "BLOCK", block_ms, "STREAMS", self._key(app, "q"), ">",
+            )  # fmt: skip
+
+        d = self._ensure_group(app).addCallback(read)
+        d.addCallback(self._got, app)
+        d.addCallbacks(self._read_done, self._read_failed, callbackArgs=(app,), errbackArgs=(app,))
+
+    def _got(self, reply: Any, app: str) -> Deferred[None] | None:
+        if not reply:
+            return None
+        entries = reply[0][1]
+        return self._take(app, [(str(e[0]), e[1], 1) for e in entries if e[1]])
+
+    def _read_done(self, _: object, app: str) -> None:
+        self._reading[app] = False
+        self._wake(app)
+
+    def _read_failed(self, failure: Failure, app: str) -> None:
+        self._reading[app] = False
+        if is_unavailable(failure) or failure.check(TimeoutError):
+            self._down(failure, f"read {app}")
+        elif "NOGROUP" in failure.getErrorMessage():
+            log.error(
+                "Redis lost the consumer group of {app} (data lost or flushed?); recreating it "
+                "from the start of the stream",
+                app=app,
+            )
+            self._groups_ready.discard(app)
+            self._wake_calls[app] = self._clock.callLater(1.0, self._read, app)
+        else:
+            log.failure("reading {app} from Redis failed; retrying in 1s", failure, app=app)
+            self._wake_calls[app] = self._clock.callLater(1.0, self._read, app)
+
+    def _take(self, app: str, entries: list[tuple[str, Any, int]]) -> Deferred[None]:
+        """Turn stream entries into work for the engine (dead-lettering the worn-out ones)."""
+        parsed: list[tuple[str, str, int, tuple[str, int, str, str | None]]] = []
+        for entry_id, fields, deliveries in entries:
+            if entry_id in self._held_entries:
+                continue  # ours already (claimed back from ourselves): not twice
+            flat = fields if isinstance(fields, list) else []
+            value = str(flat[1]) if len(flat) >= 2 else ""
+            parsed.append((entry_id, value, deliveries, _parse_entry(value)))
+        missing = sorted({p[3][0] for p in parsed if p[3][0] not in self._payloads})
+        d: Deferred[Any] = succeed(None)
+        if missing:
+            d = DeferredList(
+                [self.link.call("HMGET", self._job_prefix + j, "payload", "fields", "send_at")
+                 for j in missing],
+                fireOnOneErrback=True, consumeErrors=True,
+            )  # fmt: skip
+
+            def cache(results: list[tuple[bool, Any]]) -> None:
+                if len(self._payloads) > 4096:
+                    self._payloads.clear()
+                for j, (_, v) in zip(missing, results, strict=True):
+                    if v[0] is not None:
+                        self._payloads[j] = (v[0], v[1], float(v[2]) if v[2] else None)
+
+            d.addCallback(cache)
+        return d.addCallback(lambda _: self._feed(app, parsed))
+
+    def _feed(
+        self, app: str, parsed: list[tuple[str, str, int, tuple[str, int, str, str | None]]]
+    ) -> None:
+        items: list[SpooledNotification] = []
+        dead: list[OutcomeRecord] = []
+        gone: list[OutcomeRecord] = []
+        limit = self.settings.max_deliveries
+        for entry_id, value, deliveries, (job_id, index, token, apns_id) in parsed:
+            ident = self._next_id
+            self._next_id += 1
+            self._held[ident] = _Held(app, entry_id, value, job_id, index, deliveries)
+            self._held_entries[entry_id] = ident
+            template = self._payloads.get(job_id)
+            if template is None or deliveries > limit:
+                (gone if template is None else dead).append(
+                    OutcomeRecord(
+                        id=ident,
+                        job_id=job_id,
+                        app=app,
+                        token=token,
+                        state="unknown",
+                        reason=f"gave up after {deliveries - 1} deliveries",
+                    )
+                )
+                continue
+            payload, fields, send_at = template
+            n = decode_notification(token, payload.encode("utf-8"), fields, apns_id)
+            items.append(SpooledNotification(ident, job_id, app, n, send_at, deliveries - 1))
+        self.gauges[app].read += len(items)
+        if dead:
+            self.gauges[app].dead_letters += len(dead)
+            log.warn(
+                "{app}: {count} notifications were delivered {limit} times without an outcome; "
+                "finished as unknown",
+                app=app,
+                count=len(dead),
+                limit=limit,
+            )
+        if gone:
+            log.warn("{app}: {count} queued notifications of purged jobs dropped", app=app,
+                     count=len(gone))  # fmt: skip
+        if dead or gone:
+            self.record_outcomes(dead + gone, now=self._clock.seconds()).addErrback(
+                lambda f: log.failure("could not record dead letters", f)
+            )
+        if items and self._hooks is not None:
+            self._hooks.feed(app, items)
+
+    def _tick(self) -> None:
+        """Every ``schedule_interval``: probe Redis if down; move due scheduled entries;
+        take over entries pending too long."""
+        if self._closing:
+            return
+        if not self._up:
+            self._probe()
+            return
+        for app in self.apps:
+            self._wake(app)
+            MOVE_DUE(self.link, [self._key(app, "sched"), self._key(app, "q")], [1000]).addErrback(
+                self._tick_failed, "move scheduled"
+            )
+            self._claim(app)
+
+    def _claim(self, app: str) -> None:
+        room = min(self._room(app), self.settings.read_batch)
+        if room <= 0 or app not in self._groups_ready:
+            return
+        args = [
+            GROUP,
+            self.settings.instance_id,
+            int(self.settings.claim_after * 1000),
+            self._claim_cursor[app],
+            room,
+        ]
+        d = CLAIM(self.link, [self._key(app, "q")], args)
+
+        def claimed(reply: Any) -> Deferred[None] | None:
+            self._claim_cursor[app] = str(reply[0])
+            entries, counts = reply[1], reply[2]
+            taken = [(str(e[0]), e[1], int(c)) for e, c in zip(entries, counts, strict=True) if e]
+            if not taken:
+                return None
+            self.gauges[app].claimed += len(taken)
+            log.info(
+                "{app}: took over {count} notifications pending over {after}s (another "
+                "instance stopped?)",
+                app=app,
+                count=len(taken),
+                after=self.settings.claim_after,
+            )
+            return self._take(app, taken)
+
+        d.addCallback(claimed).addErrback(self._tick_failed, "claim")
+
+    def _tick_failed(self, failure: Failure, what: str) -> None:
+        if is_unavailable(failure) or failure.check(TimeoutError):
+            self._down(failure, what)
+        else:
+            log.failure("Redis spool: {what} failed", failure, what=what)
+
+    def _poll_waiters(self) -> None:
+        """Jobs someone waits for may be finished by another instance: look."""
+        if self._hooks is None or not self._up:
+            return
+        waiting = list(self._hooks.waiting())
+        if not waiting:
+            return
+        hooks = self._hooks
+
+        def check(status: Any, job_id: str) -> None:
+            if status == "done":
+                hooks.finished(job_id)
+
+        for job_id in waiting:
+            d = self.link.call("HGET", self._job_prefix + job_id, "status")
+            d.addCallback(check, job_id)
+            d.addErrback(lambda f: None)  # down: _tick notices and probes
+
+    def _refresh_gauges(self) -> None:
+        if not self._up:
+            return
+        for app in self.apps:
+            q = self._key(app, "q")
+            g = self.gauges[app]
+
+            def depth(n: Any, g: QueueGauges = g) -> None:
+                g.depth = int(n)
+
+            def pending(reply: Any, g: QueueGauges = g) -> None:
+                g.pending = int(reply[0]) if reply else 0
+                if g.pending and reply[1]:
+                    g.oldest_pending_age = max(
+                        0.0, self._clock.seconds() - int(str(reply[1]).split("-")[0]) / 1000
+                    )
+                else:
+                    g.oldest_pending_age = 0.0
+
+            def scheduled(n: Any, g: QueueGauges = g) -> None:
+                g.scheduled = int(n)
+
+            self.link.call("XLEN", q).addCallback(depth).addErrback(lambda f: None)
+            if app in self._groups_ready:
+                self.link.call("XPENDING", q, GROUP).addCallback(pending).addErrback(lambda f: None)
+            self.link.call("ZCARD", self._key(app, "sched")).addCallback(scheduled).addErrback(
+                lambda f: None
+            )
+
+    # -- observability --
+
+    def health(self) -> dict[str, object]:
+        return {
+            "backend": "redis",
+            "redis": "up" if self.available else "down",
+            "instance_id": self.settings.instance_id,
+            "held_outcomes": self._held_outcomes(),
+            "outages": self.outages,
+        }
+
+    def metrics_text(self) -> str:
+        g = self.gauges
+        apps = sorted(g)
+
+        def per_app(values: dict[str, float]) -> list[tuple[dict[str, str], float]]:
+            return [({"app": a}, values[a]) for a in apps]
+
+        lines: list[str] = []
+        lines += family_lines(
+            "txapns_redis_up", "gauge", "1 while Redis answers this instance.",
+            [({}, 1 if self.available else 0)],
+        )  # fmt: skip
+        for name, kind, text, attr in (
+            ("txapns_redis_queue_depth", "gauge", "Entries in the app's stream (unfinished).",
+             "depth"),
+            ("txapns_redis_pending", "gauge", "Entries delivered to an instance, not finished.",
+             "pending"),
+            ("txapns_redis_oldest_pending_age_seconds", "gauge",
+             "Age of the oldest pending entry (since it was queued).", "oldest_pending_age"),
+            ("txapns_redis_scheduled", "gauge", "Entries waiting for their send_at.",
+             "scheduled"),
+            ("txapns_redis_claimed_total", "counter",
+             "Entries this instance took over from a stopped one.", "claimed"),
+            ("txapns_redis_dead_letters_total", "counter",
+             "Entries finished unknown after max_deliveries.", "dead_letters"),
+        ):  # fmt: skip
+            lines += family_lines(name, kind, text, per_app({a: getattr(g[a], attr) for a in apps}))
+        lines += family_lines(
+            "txapns_redis_held_outcomes", "gauge",
+            "Outcomes waiting in memory for Redis to take them.",
+            per_app({a: self._unwritten.get(a, 0) for a in apps}),
+        )  # fmt: skip
+        return "\n".join(lines) + "\n"
+
+    # -- stopping --
+
+    def close(self) -> Deferred[None]:
+        """Stop reading; write held outcomes and put back unsent entries (within
+        ``close_timeout``); close the connections."""
+        if self._closing:
+            return fail(SpoolClosedError("the spool is already closed"))
+        self._closing = True
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        for call in self._wake_calls.values():
+            cancel_call(call)
+        self._wake_calls.clear()
+        # Reads first: a blocking read still waiting would take the entries put back below.
+        readers = [link.close() for link in self._blocking.values()]
+        done: Deferred[Any] = DeferredList(readers, consumeErrors=True)
+        done.addCallback(lambda _: self._finish_writes())
+        timer = self._clock.callLater(self.settings.close_timeout, done.cancel)
+        done.addBoth(self._cancel_timer, timer)
+
+        def report(_: object) -> Deferred[Any]:
+            left = self._held_outcomes()
+            if left:
+                log.warn(
+                    "closing with {count} outcomes Redis never took; their notifications stay "
+                    "pending and another instance sends them again, flagged may_duplicate",
+                    count=left,
+                )
+            return self.link.close()
+
+        return done.addBoth(report).addCallback(lambda _: None)
+
+    def _finish_writes(self) -> Deferred[Any]:
+        self._flush()
+        steps: list[Deferred[Any]] = [p.done for p in self._outbox]
+        steps += self._put_back()
+        return DeferredList(steps, consumeErrors=True)
+
+    def _put_back(self) -> list[Deferred[Any]]:
+        by_app: dict[str, list[object]] = {}
+        for ident, h in list(self._held.items()):
+            if not h.inflight:
+                by_app.setdefault(h.app, []).extend((h.entry_id, h.value))
+                del self._held[ident]
+        if not self._up:
+            return []
+        return [
+            REQUEUE(self.link, [self._key(app, "q")], [GROUP, *args]).addErrback(
+                lambda f: log.failure("could not put back unsent entries", f)
+            )
+            for app, args in by_app.items()
+        ]
