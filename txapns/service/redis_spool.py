@@ -917,8 +917,12 @@ class RedisSpool:
         room = min(self._room(app), self.settings.read_batch)
         if room <= 0:
             return  # woken again by an outcome (room freed) or the next tick
-        self._reading[app] = True
         link = self._blocking[app]
+        if not link.connected:
+            # Still connecting (or reconnecting): the main link decides whether Redis is down.
+            self._wake_calls[app] = self._clock.callLater(0.1, self._read, app)
+            return
+        self._reading[app] = True
         block_ms = int(self.settings.block * 1000)
 
         def read(_: object) -> Deferred[Any]:
