@@ -1056,6 +1056,44 @@ class HTTP2Client:
         a Deferred; an exception it raises is logged, not propagated."""
         self._admit(notification, on_result)
 
+    def withdraw(self, notification: Notification) -> bool:
+        """Take back a notification given to :meth:`send` or :meth:`send_to` that is not on
+        the wire: still queued, or waiting for a retry after APNs said it was not processed.
+        Its result, rejected with ``local="withdrawn"``, is delivered at once; returns True.
+
+        Returns False, and the result comes as usual, when it is too late (in flight, or an
+        earlier attempt's outcome was unknown, so it may have been delivered), or when the
+        client does not hold it (finished already, or never given)."""
+        item: _Item | None = None
+        for holder in (self._queue, self._held):
+            for candidate in holder:
+                if candidate.notification is notification:
+                    if candidate.maybe_delivered:
+                        return False
+                    holder.remove(candidate)
+                    item = candidate
+                    break
+            if item is not None:
+                break
+        else:
+            for i, entry in enumerate(self._delayed):
+                if entry[2].notification is notification:
+                    if entry[2].maybe_delivered:
+                        return False
+                    item = entry[2]
+                    del self._delayed[i]
+                    heapq.heapify(self._delayed)
+                    self._arm_delay()
+                    break
+        if item is None:
+            return False
+        result = self._result(
+            item, _REJECTED, self.clock.seconds(), reason="withdrawn", local="withdrawn"
+        )
+        self._finish(item, result)
+        self._after_results()
+        return True
+
     def broadcast(
         self,
         channel_id: str,
