@@ -51,6 +51,7 @@ setup(
             "types-tqdm",
             "ruff>=0.5",
             "sphinx>=7",
+            "furo>=2024.1",
         ],
     },
     entry_points={"console_scripts": ["txapns = txapns.cli:main"]},

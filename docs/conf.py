@@ -19,8 +19,12 @@ nitpicky = False
 # Re-exported names (txapns.core re-exports the models) make some short cross-references
 # ambiguous; the first match is right for every one of them.
 suppress_warnings = ["ref.python"]
-html_theme = "alabaster"
-html_static_path: list[str] = []
+# Furo: maintained and readable at any width; custom.css wraps long code lines instead of
+# hiding them behind scrollbars. The release is shown in the title.
+html_theme = "furo"
+html_title = f"txapns {release}"
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 exclude_patterns = ["_build", "examples"]
 
 

@@ -22,7 +22,7 @@ from txapns.core.result import Outcome
 
 A = Action
 
-#: (status, reason, action): Apple's table in docs/apns-reference.md §2, row by row.
+#: (status, reason, action): Apple's table in docs/apns.rst (Responses), row by row.
 CLASSIFICATION = [
     (200, None, A.ACCEPTED),
     # 400: caller bugs, don't retry.

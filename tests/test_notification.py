@@ -1,7 +1,7 @@
 """The notification model: token parsing, field validation and the per-protocol rules.
 
 Expected values are literal (golden strings, exact sizes, exact messages), taken from Apple's
-rules as summarised in ``apns-reference.md``, never computed by the code under test.
+rules as summarised in ``docs/apns.rst``, never computed by the code under test.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A Live Activity can subscribe to a *channel* instead of handing its push token to the
 provider; one request to ``POST /4/broadcasts/apps/<bundle id>`` with ``apns-channel-id``
-reaches every subscriber (``docs/apns-reference.md`` §2, "Broadcast push"). Channels are made,
+reaches every subscriber (the docs' :ref:`apns-broadcast`). Channels are made,
 read, listed and deleted on a separate management host (:data:`MANAGEMENT_HOSTS`).
 
 This module holds what can be decided without a network:

@@ -1,6 +1,6 @@
 """What an HTTP/2 response means and what to do about it, as data (sans-IO).
 
-Apple's table (``docs/apns-reference.md`` §2, "Responses") is encoded here once:
+Apple's table (the docs' :ref:`apns-responses`) is encoded here once:
 
 * :func:`parse_response` turns a response's status, headers and JSON body into an
   :class:`ApnsResponse` (``apns-id``, ``apns-unique-id``, ``reason``, and the 410

@@ -6,7 +6,7 @@ team's ``AuthKey_<KEYID>.p8`` key::
     header  {"alg": "ES256", "kid": "<10-char key id>"}
     claims  {"iss": "<10-char team id>", "iat": <UNIX seconds>}
 
-Apple's rules that shape this module (``docs/apns-reference.md`` §2):
+Apple's rules that shape this module (the docs' :ref:`apns-tokens`):
 
 * a token older than one hour is rejected (``403 ExpiredProviderToken``);
 * a connection that changes tokens more often than every 20 minutes is rejected

@@ -2,7 +2,7 @@
 
 :class:`FakeAPNsServer` speaks HTTP/2 through the ``h2`` package in server mode, so it shares
 no code with txapns' own client codec, and checks requests the way APNs does (see
-``docs/apns-reference.md`` §2):
+the docs' :ref:`apns-http2`):
 
 * **Token auth**: ``authorization: bearer <JWT>`` is verified for real (ES256 signature with
   the public key registered by :meth:`FakeAPNsServer.add_token_key`, ``iss`` equal to that
