@@ -230,6 +230,36 @@ class DispatchTests(Harness):
         )
         self.assertRaises(UnknownAppError, self.engine.invalid_tokens, "zzz")
 
+    def test_room_in_the_window_stores_in_flight_in_one_transaction(self) -> None:
+        # Nothing queued and room in the window: the job is stored as in flight and handed to
+        # the sender after that one commit; no second transaction (and fsync) to mark it.
+        before = (self.spool.batches, self.spool.operations)
+        accepted = self.successResultOf(self.submit_and_turn(3))
+        self.assertEqual(
+            (self.spool.batches, self.spool.operations), (before[0] + 1, before[1] + 1)
+        )
+        self.assertEqual(len(self.sender.sent), 3)
+        self.assertEqual(self.states(), {"inflight": 3})
+        # An idempotent repeat stores nothing and gives its reserved room back.
+        again = self.successResultOf(self.submit_and_turn(3, idempotency_key=None))
+        self.assertFalse(again.duplicate)
+        first = self.successResultOf(self.submit_and_turn(1, first=7, idempotency_key="k"))
+        repeat = self.successResultOf(self.submit_and_turn(1, first=7, idempotency_key="k"))
+        self.assertEqual((repeat.duplicate, repeat.job_id), (True, first.job_id))
+        self.assertEqual(self.engine.gauges()["a"].queued, 0)
+        self.assertEqual(len(self.sender.sent), 7)
+        self.sender.answer_all()
+        self.turn()
+        self.assertTrue(self.result(self.engine.wait(accepted.job_id)).done)
+
+    def test_a_full_window_or_a_queue_keeps_the_two_steps(self) -> None:
+        self.engine.max_inflight = 2
+        self.successResultOf(self.submit_and_turn(5))  # more than the window: queued first
+        self.assertEqual(self.states(), {"inflight": 2, "queued": 3})
+        self.successResultOf(self.submit_and_turn(1, first=10))  # behind a queue: queued
+        self.assertEqual(self.states(), {"inflight": 2, "queued": 4})
+        self.assertEqual(len(self.sender.sent), 2)
+
     def test_window_bounds_inflight(self) -> None:
         self.engine.max_inflight = 2
         self.successResultOf(self.submit_and_turn(5))

@@ -537,7 +537,10 @@ class RedisSpool:
         send_at: float | None = None,
         async_: bool = False,
         idempotency_key: str | None = None,
+        inflight: bool = False,
     ) -> Deferred[StoredJob]:
+        if inflight:  # the engine never asks a shared spool: its consumers hand work out
+            return fail(ValueError("a shared spool cannot store notifications in flight"))
         try:
             self._check_open()
         except SpoolError as e:

@@ -389,8 +389,11 @@ class SpoolStore:
         send_at: float | None = None,
         async_: bool = False,
         idempotency_key: str | None = None,
+        inflight: bool = False,
     ) -> StoredJob:
-        """Store a job and its notifications as ``queued``; honour the idempotency key."""
+        """Store a job and its notifications as ``queued`` (``inflight`` if the caller hands
+        them to a client as soon as this commits: one transaction instead of two); honour the
+        idempotency key."""
         with self.transaction():
             if idempotency_key is not None:
                 row = self._db.execute(
@@ -417,6 +420,7 @@ class SpoolStore:
             )
             first = self._next_id
             ids = tuple(range(first, first + count))
+            state = INFLIGHT if inflight else QUEUED
             fields_cache: dict[tuple[object, ...], str] = {}
 
             def fields_of(n: Notification) -> str:
@@ -439,7 +443,7 @@ class SpoolStore:
                         n.payload,
                         fields_of(n),
                         send_at,
-                        QUEUED,
+                        state,
                         n.apns_id,
                         now,
                     )
@@ -804,6 +808,7 @@ class Spool:
         send_at: float | None = None,
         async_: bool = False,
         idempotency_key: str | None = None,
+        inflight: bool = False,
     ) -> Deferred[StoredJob]:
         items = list(notifications)
         return self._call(
@@ -814,6 +819,7 @@ class Spool:
                 send_at=send_at,
                 async_=async_,
                 idempotency_key=idempotency_key,
+                inflight=inflight,
             )
         )
 
