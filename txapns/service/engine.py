@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from ..core.notification import (
 )
 from ..core.payload import encode_payload
 from ..core.result import Outcome, Result
+from ..http2 import new_apns_id
 from ..interfaces import Sender
 from .backend import ConsumerHooks, SpoolBackend
 from .config import ServiceConfig
@@ -345,7 +345,8 @@ class Engine:
             validate_http2(proto, token_auth=st.app.token_auth)
         out: list[Notification] = []
         append = out.append
-        new_id = uuid.uuid4 if st.app.protocol != "binary" and proto.apns_id is None else None
+        # new_apns_id: a v4 UUID's text for a third of str(uuid.uuid4())'s cost.
+        new_id = new_apns_id if st.app.protocol != "binary" and proto.apns_id is None else None
         # The shared fields were validated once above; each recipient only differs in its
         # token (and apns-id), so build it with the plain constructor: dataclasses.replace
         # costs several times more, and this loop runs for every recipient of a batch.
@@ -356,7 +357,7 @@ class Engine:
                 raw = parse_token(token)
             except ValidationError as e:
                 raise RecipientError(i, e) from None
-            ident = str(new_id()) if new_id is not None else proto.apns_id
+            ident = new_id() if new_id is not None else proto.apns_id
             append(Notification(raw, *fields, ident))
         return out
 
