@@ -6,7 +6,9 @@ One :class:`Engine` serves several apps, each with its own :class:`~txapns.inter
 1. validates every notification first (:meth:`Engine.prepare`: nothing is half-accepted),
 2. stores the job durably (:meth:`Engine.submit` fires once the spool committed it),
 3. marks notifications ``inflight`` in the spool, then hands them to the app's Sender, at
-   most ``max_inflight`` at a time per app, backing off when the Sender's queue is full,
+   most ``max_inflight`` at a time per app, backing off when the Sender's queue is full
+   (a job that finds the window free and nothing queued is stored as ``inflight`` in the
+   same transaction as the job, so it reaches the Sender after one commit, not two),
 4. records each :class:`~txapns.core.result.Result` in the spool as it arrives, and wakes
    whoever waits for the job (:meth:`Engine.wait`).
 
