@@ -38,7 +38,8 @@ setup(
         # The Redis Streams spool backend (many instances on one queue); hiredis parses
         # replies in C, which txredisapi uses when it is installed.
         "redis": ["txredisapi>=1.4.10", "hiredis>=2"],
-        "test": ["pytest>=8", "hypothesis>=6.100", "build", "wheel"],
+        # aioapns: a third-party client the interop tests drive against the fake.
+        "test": ["pytest>=8", "hypothesis>=6.100", "build", "wheel", "aioapns>=3"],
         "dev": [
             "txredisapi>=1.4.10",
             "hiredis>=2",
@@ -46,6 +47,7 @@ setup(
             "hypothesis>=6.100",
             "build",
             "wheel",
+            "aioapns>=3",
             "mypy>=1.10",
             "mypy-zope",
             "types-tqdm",

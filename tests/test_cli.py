@@ -61,9 +61,9 @@ def lines_of(path: str) -> list[dict[str, Any]]:
 class FakeProcess:
     """``python -m txapns.testing http2`` in a subprocess; the port from stdout's first line."""
 
-    def __init__(self, test: TestCase, *args: str) -> None:
+    def __init__(self, test: TestCase, *args: str, pki: str | None = None) -> None:
         self.dir = tempfile.mkdtemp()
-        self.pki = os.path.join(self.dir, "pki")
+        self.pki = pki or os.path.join(self.dir, "pki")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "txapns.testing", "http2", "--pki-dir", self.pki, *args],
             stdout=subprocess.PIPE,

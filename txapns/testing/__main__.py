@@ -6,16 +6,34 @@
         [--record FILE] [--reject-prefix ff] [--reject-token HEX] [--shutdown-after N]
         [--silent-close-probability X] [--seed S] [--feedback-token HEX] [--verbose]
     python -m txapns.testing http2 --pki-dir DIR [--port P] [--record FILE]
-        [--reject-prefix ff] [--bad-token HEX] [--latency S] [--verbose]
+        [--reject-prefix ff] [--bad-token HEX] [--latency S] [--no-ramp] [--verbose]
+        [--topic BUNDLE …] [--ca CA.pem [--ca-key KEY.pem]] [--server-cert PEM [--server-key
+        PEM]] [--token-key KEYID=FILE.p8 … [--team-id TEAM]] [--new-pki]
 
 The fake listens over TLS on 127.0.0.1 (``--port 0``, the default, picks a free port). Its
-throwaway PKI (:func:`txapns.testing.pki.make_test_pki`) is written to ``--pki-dir`` first:
-``ca.pem`` (to trust the fake), ``client.pem`` + ``client-key.pem`` (certificate
-authentication), ``AuthKey_<key id>.p8`` (token authentication; the key id and team id are in
-``token.json``), so a service or CLI configuration can point at them.
+test PKI (:func:`txapns.testing.pki.make_test_pki`) is written to ``--pki-dir``: ``ca.pem``
+(to trust the fake), ``client.pem`` + ``client-key.pem`` (certificate authentication),
+``AuthKey_<key id>.p8`` (token authentication; the key id and team id are in
+``token.json``), so a service or CLI configuration can point at them. A PKI already in
+``--pki-dir`` (from an earlier start) is reused, so the CA, key id and team id stay the same
+from one start to the next; ``--new-pki`` makes a fresh one.
+
+Existing material instead: ``--ca`` (with ``--ca-key``, unless the key is in the same file)
+issues the fake's server and client certificates from your own CA, so clients that trust it
+need no change; ``--server-cert`` (with ``--server-key``) serves with your certificate, and
+client certificates are then checked against ``--ca``; ``--token-key KEYID=FILE`` (repeatable)
+accepts provider tokens signed by your ``.p8`` key under that key id, for ``--team-id``.
+
+As Apple does, a token key may push only to its team's apps: ``--topic`` (repeatable; the
+first is also the client certificate's) lists them, suffixed topics (``.voip``, …) included;
+another topic gets ``400 TopicDisallowed``. The HTTP/2 fake starts token connections with one
+concurrent stream until the first authenticated request, as Apple does; ``--no-ramp``
+advertises the full limit at once (for clients that send a burst before reading the server's
+SETTINGS: the early streams are otherwise refused with ``RST_STREAM(REFUSED_STREAM)``).
 
 When it is ready it prints the listening port on the first line of stdout (and, with
-``--feedback-port``, the feedback service's port on the second), then flushes. Every
+``--feedback-port``, the feedback service's port on the second), then flushes; ``--verbose``
+logs go to stderr only. Every
 notification the fake accepts is appended to ``--record`` as one JSON line
 ``{"token": hex, "payload": text, "id": identifier or apns-id}`` as it is accepted (written
 out before the reactor's next turn), so the record survives a crash of the client under
@@ -114,6 +132,13 @@ def _hex(value: str) -> bytes:
         raise argparse.ArgumentTypeError(f"{value!r} is not an even number of hex digits") from None
 
 
+def _token_key(value: str) -> tuple[str, str]:
+    key_id, sep, path = value.partition("=")
+    if not sep or not key_id or not path:
+        raise argparse.ArgumentTypeError(f"{value!r} is not KEYID=FILE")
+    return key_id, path
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m txapns.testing",
@@ -129,7 +154,19 @@ def _parser() -> argparse.ArgumentParser:
             "--pki-dir", required=True, help="directory to write the test PKI to (made if missing)"
         )
         p.add_argument("--record", help="append accepted notifications here as JSON lines")
-        p.add_argument("--topic", default="com.example.app", help="client certificate topic")
+        p.add_argument(
+            "--topic",
+            action="append",
+            default=[],
+            metavar="BUNDLE",
+            help="the team's app bundle ids (repeatable; default com.example.app); the first "
+            "is the client certificate's topic",
+        )
+        p.add_argument("--new-pki", action="store_true", help="do not reuse --pki-dir's PKI")
+        p.add_argument("--ca", help="PEM of an existing CA certificate (and its key)")
+        p.add_argument("--ca-key", help="PEM key of --ca, if not in the same file")
+        p.add_argument("--server-cert", help="PEM server certificate chain (and its key)")
+        p.add_argument("--server-key", help="PEM key of --server-cert, if not in the same file")
         p.add_argument(
             "--reject-prefix",
             type=_hex,
@@ -178,6 +215,20 @@ def _parser() -> argparse.ArgumentParser:
     http2.add_argument(
         "--production", action="store_true", help="no apns-unique-id (production responses)"
     )
+    http2.add_argument(
+        "--no-ramp",
+        action="store_true",
+        help="advertise the full stream limit at once, also for token connections",
+    )
+    http2.add_argument(
+        "--token-key",
+        action="append",
+        default=[],
+        type=_token_key,
+        metavar="KEYID=FILE",
+        help="also accept tokens signed by this .p8 key under this key id (repeatable)",
+    )
+    http2.add_argument("--team-id", help="team of the --token-key keys (default: the PKI's)")
     return parser
 
 
@@ -240,11 +291,13 @@ def _start_http2(reactor: Any, args: argparse.Namespace, pki: Any, recorder: Rec
                     return http2_server._error(410, "Unregistered", timestamp=ms)
             return super()._scripted(token)
 
-    server = Server(clock=reactor, sandbox=not args.production)
+    server = Server(clock=reactor, sandbox=not args.production, ramp=not args.no_ramp)
     server.accepted = _HTTP2Record(recorder)
     server.add_token_key(pki.token_key_id, pki.team_id, pki.token_public_key)
+    for key_id, path in args.token_key:
+        server.add_token_key(key_id, args.team_id or pki.team_id, _read_p8(path))
     # As Apple: a token key may push only to its team's apps (and their suffixed topics).
-    server.topics = {pki.topic}
+    server.topics = set(args.topic)
     server.bad_tokens.update(t.lower() for t in args.bad_token)
     server.latency = args.latency
     port = listen_http2(
@@ -258,19 +311,88 @@ def _start_http2(reactor: Any, args: argparse.Namespace, pki: Any, recorder: Rec
     return [port]
 
 
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise SystemExit(
+            f"python -m txapns.testing: cannot read {what} {path!r}: {e.strerror}"
+        ) from None
+
+
+def _pem(data: bytes, private: bool) -> bytes:
+    """The private-key blocks (``private``) or the certificate blocks of a PEM file that may
+    hold both (a chain and its key in one file)."""
+    import re
+
+    found = re.finditer(rb"-----BEGIN ([A-Z ]+)-----.+?-----END \1-----\s*", data, re.S)
+    return b"".join(m.group(0) for m in found if m.group(1).endswith(b"PRIVATE KEY") == private)
+
+
+def _read_p8(path: str) -> Any:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        return load_pem_private_key(_read(path, "--token-key"), password=None)
+    except ValueError:
+        raise SystemExit(f"python -m txapns.testing: {path!r} is not a PEM .p8 key") from None
+
+
+def _pki(args: argparse.Namespace) -> Any:
+    """The PKI: --pki-dir's from an earlier start (stable ids), or a new one (from --ca if
+    given); --server-cert replaces the server certificate; --ca is trusted for clients."""
+    import dataclasses
+
+    from .pki import make_test_pki, read_test_pki
+
+    topic = args.topic[0]
+    ca_file = _read(args.ca, "--ca") if args.ca else None
+    ca_pem = _pem(ca_file, private=False) if ca_file is not None else None
+    ca_key = _pem(_read(args.ca_key, "--ca-key") if args.ca_key else ca_file or b"", True)
+    pki = None
+    if not args.new_pki and os.path.exists(os.path.join(args.pki_dir, "token.json")):
+        try:
+            pki = read_test_pki(args.pki_dir)
+        except (OSError, ValueError):
+            pki = None  # an incomplete or foreign directory: make a new one
+        if pki is not None and (pki.topic != topic or (ca_pem and pki.ca_cert not in ca_pem)):
+            pki = None
+    if pki is None:
+        if ca_pem is not None and args.server_cert is None:
+            try:
+                pki = make_test_pki(topic, ca_cert=ca_pem, ca_key=ca_key or None)
+            except ValueError as e:
+                raise SystemExit(f"python -m txapns.testing: --ca: {e}") from None
+        else:
+            pki = make_test_pki(topic)
+        pki.write(args.pki_dir)
+    if args.server_cert:
+        chain = _read(args.server_cert, "--server-cert")
+        key = _read(args.server_key, "--server-key") if args.server_key else chain
+        pki = dataclasses.replace(
+            pki, server_cert=_pem(chain, private=False), server_key=_pem(key, private=True)
+        )
+    if ca_pem is not None:
+        pki = dataclasses.replace(pki, ca_cert=ca_pem)
+    return pki
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from twisted.internet import reactor as _reactor
 
-    from .pki import make_test_pki
-
     reactor: Any = _reactor
+    if not args.topic:
+        args.topic = ["com.example.app"]
     if args.verbose:
         from twisted.logger import globalLogBeginner, textFileLogObserver
 
-        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
-    pki = make_test_pki(args.topic)
-    pki.write(args.pki_dir)
+        # stdout stays the fake's own: its first line is the port.
+        globalLogBeginner.beginLoggingTo(
+            [textFileLogObserver(sys.stderr)], redirectStandardIO=False
+        )
+    pki = _pki(args)
     with open(os.path.join(args.pki_dir, "token.json"), "w", encoding="utf-8") as f:
         json.dump({"key_id": pki.token_key_id, "team_id": pki.team_id, "topic": pki.topic}, f)
     recorder = Recorder(args.record, reactor)

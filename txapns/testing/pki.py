@@ -22,6 +22,7 @@ import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -43,6 +44,7 @@ __all__ = [
     "TEST_PASSPHRASE",
     "TestPKI",
     "make_test_pki",
+    "read_test_pki",
     "server_tls_options",
 ]
 
@@ -132,16 +134,77 @@ def _write_file(path: str, data: bytes, mode: int) -> None:
     os.chmod(path, mode)  # the file may have existed with another mode
 
 
-def make_test_pki(topic: str = DEFAULT_TOPIC, *, expired_client: bool = False) -> TestPKI:
+def make_test_pki(
+    topic: str = DEFAULT_TOPIC,
+    *,
+    expired_client: bool = False,
+    ca_cert: bytes | None = None,
+    ca_key: bytes | None = None,
+) -> TestPKI:
     """Make a throwaway PKI whose client certificate is for *topic*.
 
     With the default arguments the same instance is returned for the whole process, so its
     cost is paid once per test run; any other arguments make fresh material (a new CA too).
-    ``expired_client=True`` makes a client certificate that expired a day ago.
+    ``expired_client=True`` makes a client certificate that expired a day ago. With
+    ``ca_cert`` and ``ca_key`` (PEM; RSA or EC) the server and client certificates are
+    issued by that existing CA instead of a new one, so clients that already trust it need
+    no change; the team id is then derived from that CA's public key (stable).
     """
+    if ca_cert is not None or ca_key is not None:
+        if ca_cert is None or ca_key is None:
+            raise ValueError("an existing CA needs both its certificate and its key")
+        key = serialization.load_pem_private_key(ca_key, password=None)
+        cert = x509.load_pem_x509_certificate(ca_cert)
+        if cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ) != key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ):
+            raise ValueError("the CA key does not belong to the CA certificate")
+        return _generate(topic, expired_client=expired_client, ca=(cert, key, ca_key))
     if topic == DEFAULT_TOPIC and not expired_client:
         return _default_pki()
     return _generate(topic, expired_client=expired_client)
+
+
+def read_test_pki(directory: str | os.PathLike[str]) -> TestPKI:
+    """The PKI that :meth:`TestPKI.write` wrote to *directory* (the CA key, never written,
+    is left empty). The ids come back the same: they are derived from the keys."""
+    d = os.fspath(directory)
+
+    def read(name: str) -> bytes:
+        with open(os.path.join(d, name), "rb") as f:
+            return f.read()
+
+    token_files = sorted(n for n in os.listdir(d) if n.startswith("AuthKey_") and n.endswith(".p8"))
+    if len(token_files) != 1:
+        raise ValueError(f"{d}: expected one AuthKey_<key id>.p8, found {len(token_files)}")
+    token_key_p8 = read(token_files[0])
+    token_key = serialization.load_pem_private_key(token_key_p8, password=None)
+    ca_cert = read("ca.pem")
+    client_cert = read("client.pem")
+    uids = x509.load_pem_x509_certificate(client_cert).subject.get_attributes_for_oid(
+        NameOID.USER_ID
+    )
+    topic = str(uids[0].value) if uids else DEFAULT_TOPIC
+    return TestPKI(
+        ca_cert=ca_cert,
+        ca_key=b"",
+        server_cert=read("server.pem"),
+        server_key=read("server-key.pem"),
+        client_cert=client_cert,
+        client_key=read("client-key.pem"),
+        client_key_encrypted=read("client-key-encrypted.pem"),
+        client_p12=read("client.p12"),
+        client_bundle=read("client-bundle.pem"),
+        topic=topic,
+        token_key_p8=token_key_p8,
+        token_key_id=token_files[0][len("AuthKey_") : -len(".p8")],
+        team_id=_ten_chars(x509.load_pem_x509_certificate(ca_cert).public_key()),
+        token_public_key=token_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+    )
 
 
 @functools.cache
@@ -161,40 +224,51 @@ def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _ten_chars(key: ec.EllipticCurvePrivateKey) -> str:
-    """A stable 10-character upper-case id (like Apple's key and team ids) for *key*."""
-    der = key.public_key().public_bytes(
+def _ten_chars(key: Any) -> str:
+    """A stable 10-character upper-case id (like Apple's key and team ids) for *key* (a
+    private or public key)."""
+    public = key.public_key() if hasattr(key, "public_key") else key
+    der = public.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return base64.b32encode(hashlib.sha256(der).digest()).decode("ascii")[:10]
 
 
-def _generate(topic: str, *, expired_client: bool) -> TestPKI:
+def _generate(
+    topic: str, *, expired_client: bool, ca: tuple[x509.Certificate, Any, bytes] | None = None
+) -> TestPKI:
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-    ca_key, server_key, client_key, token_key = (_new_key() for _ in range(4))
+    new_ca_key, server_key, client_key, token_key = (_new_key() for _ in range(4))
+    ca_key: Any = new_ca_key if ca is None else ca[1]
     team_id = _ten_chars(ca_key)
 
-    ca_name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, "txapns test CA"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "txapns tests"),
-        ]
-    )
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - 365 * _DAY)
-        .not_valid_after(now + 3650 * _DAY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    if ca is None:
+        ca_name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, "txapns test CA"),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "txapns tests"),
+            ]
+        )
+        ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
+        ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - 365 * _DAY)
+            .not_valid_after(now + 3650 * _DAY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(_key_usage(cert_sign=True), critical=True)
+            .add_extension(ca_ski, critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        ca_key_pem = _pkcs8(new_ca_key)
+    else:
+        ca_cert, _, ca_key_pem = ca
+        ca_name = ca_cert.subject
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
 
     server_cert = (
         x509.CertificateBuilder()
@@ -254,7 +328,7 @@ def _generate(topic: str, *, expired_client: bool) -> TestPKI:
     client_key_pem = _pkcs8(client_key)
     return TestPKI(
         ca_cert=ca_cert.public_bytes(pem),
-        ca_key=_pkcs8(ca_key),
+        ca_key=ca_key_pem,
         server_cert=server_cert.public_bytes(pem),
         server_key=_pkcs8(server_key),
         client_cert=client_cert_pem,
@@ -309,12 +383,12 @@ def server_tls_options(
     """
     server_cert = x509.load_pem_x509_certificate(pki.server_cert)
     server_key = serialization.load_pem_private_key(pki.server_key, password=None)
-    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert)
+    ca_certs = x509.load_pem_x509_certificates(pki.ca_cert)
     return CertificateOptions(
         privateKey=pyopenssl_private_key(server_key),
         certificate=pyopenssl_certificate(server_cert),
         verify=True,
-        caCerts=[pyopenssl_certificate(ca_cert)],
+        caCerts=[pyopenssl_certificate(c) for c in ca_certs],
         requireCertificate=require_client_cert,
         acceptableProtocols=list(alpn) or None,
         raiseMinimumTo=TLSVersion.TLSv1_2,
