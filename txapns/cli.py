@@ -646,6 +646,9 @@ class _SendRun:
                 results.close()
             await _close(sender, fake)
             undo()
+        if tally.done == 0 and self.stopped is None:
+            sys.stderr.write("txapns send: no device token given\n")
+            return EXIT_USAGE
         if single and last:
             self._print_one(last[0])
         elif args.json:
