@@ -212,3 +212,31 @@ class SystemdTests(SynchronousTestCase):
         sock.setblocking(False)
         self.assertEqual(sock.recv(4096), b"READY=1\nSTATUS=sending")
         self.assertEqual(sock.recv(4096), b"STOPPING=1")
+
+
+class TLSHintTests(SynchronousTestCase):
+    """The hint travels in the error itself, so an API result's ``reason`` and ``txapns send``
+    carry it too, not only the service log."""
+
+    def test_certificate_verify_failed_names_ca_file(self) -> None:
+        from OpenSSL import SSL
+
+        from txapns.core.errors import TLSFailureError
+        from txapns.credentials import as_connection_error
+
+        error = as_connection_error(SSL.Error([("SSL routines", "", "certificate verify failed")]))
+        self.assertIsInstance(error, TLSFailureError)
+        self.assertIn("certificate verify failed", str(error))
+        self.assertIn("ca_file", str(error))
+        gave_up = TLSFailureError(f"{error}; gave up after 3 attempts")
+        self.assertEqual(str(gave_up).count("(hint:"), 1)
+        self.assertEqual(str(TLSFailureError("handshake timed out")), "handshake timed out")
+
+    def test_log_line_gets_one_hint(self) -> None:
+        from txapns.core.errors import TLSFailureError
+
+        out = io.StringIO()
+        publisher = LogPublisher(make_observer(out=out))
+        log = Logger(namespace="txapns.sample", observer=publisher)
+        log.error("{error}", error=str(TLSFailureError("x: certificate verify failed")))
+        self.assertEqual(out.getvalue().count("(hint:"), 1)

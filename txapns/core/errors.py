@@ -78,8 +78,35 @@ class ConnectionFailedError(APNsError):
     """A connection to APNs could not be made or was lost."""
 
 
+#: (what OpenSSL says, what to do): appended to a :class:`TLSFailureError`'s message, which
+#: becomes a result's ``reason`` and a log line, where a newcomer meets it.
+TLS_HINTS: tuple[tuple[str, str], ...] = (
+    (
+        "certificate verify failed",
+        "the server's certificate is not trusted: for APNs itself install the system's CA "
+        "certificates (ca-certificates); for a test server or a TLS-inspecting proxy set the "
+        "app's ca_file to the CA certificate that signed it",
+    ),
+)
+
+
+def tls_hint(text: str) -> str | None:
+    """What to do about a TLS error whose text holds a known phrase, or ``None``."""
+    for phrase, hint in TLS_HINTS:
+        if phrase in text:
+            return hint
+    return None
+
+
 class TLSFailureError(ConnectionFailedError):
-    """TLS handshake or certificate verification failed; retrying will not help."""
+    """TLS handshake or certificate verification failed; retrying will not help. The
+    message ends with ``(hint: …)`` for a cause with a known remedy."""
+
+    def __init__(self, message: str = "", *args: object) -> None:
+        hint = tls_hint(message)
+        if hint is not None and "(hint:" not in message:
+            message = f"{message} (hint: {hint})"
+        super().__init__(message, *args)
 
 
 class CredentialError(APNsError):

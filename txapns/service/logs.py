@@ -27,6 +27,8 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
+from ..core.errors import TLS_HINTS
+
 LEVELS: dict[str, LogLevel] = {
     "debug": LogLevel.debug,
     "info": LogLevel.info,
@@ -87,8 +89,9 @@ class _HintingObserver:
         level = event.get("log_level")
         fmt = event.get("log_format")
         if level in _WARN_AND_ABOVE and isinstance(fmt, str):
-            hint = hint_for(formatEvent(event))
-            if hint is not None and "txapns_hint" not in event:
+            text = formatEvent(event)
+            hint = hint_for(text)
+            if hint is not None and "txapns_hint" not in event and "(hint:" not in text:
                 event = dict(event, txapns_hint=hint, log_format=fmt + " (hint: {txapns_hint})")
         self.target(event)
 
@@ -180,12 +183,7 @@ def _log_file(options: Mapping[str, Any]) -> IO[str]:
 
 #: Error texts a newcomer meets, and what to do about each.
 _HINTS: tuple[tuple[str, str], ...] = (
-    (
-        "certificate verify failed",
-        "the server's certificate is not trusted: for APNs itself check the system's CA "
-        "bundle (ca-certificates); for a test server or a TLS-inspecting proxy set the "
-        "app's ca_file to the CA certificate that signed it",
-    ),
+    *TLS_HINTS,
     (
         "InvalidProviderToken",
         "APNs refused the provider token: check key_id and team_id against the key in "
