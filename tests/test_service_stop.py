@@ -66,3 +66,33 @@ class StopBudgetTests(Harness):
         self.turn()
         self.successResultOf(stopped)
         self.assertEqual(self.sender.stop_timeouts, [4.0])
+
+
+class FeedbackInTheBudgetTests(Harness):
+    def test_a_feedback_read_cut_short_counts_against_drain_timeout(self) -> None:
+        from txapns.service.wiring import EngineService
+
+        class SlowPoller:
+            def __init__(self, clock: Any) -> None:
+                self.clock = clock
+
+            def start(self, sink: Any) -> None:
+                pass
+
+            def stop(self) -> Deferred[None]:
+                d: Deferred[None] = Deferred()
+                self.clock.callLater(5.0, d.callback, None)  # the read is cut after 5 s
+                return d
+
+        self.engine = self.fresh(drain_timeout=8.0)
+        service = EngineService(self.engine, feedback=[SlowPoller(self.clock)])  # type: ignore[list-item]
+        service.startService()
+        self.turn()
+        self.submit_and_turn(1)
+        stopped = service.stopService()
+        self.clock.advance(5.0)
+        self.assertNoResult(stopped)
+        self.clock.advance(3.0)  # 8 s in all, not 5 + 8
+        self.turn()
+        self.successResultOf(stopped)
+        self.assertEqual(self.sender.stop_timeouts, [0.0])

@@ -816,8 +816,10 @@ class Engine:
         d, self._drained = self._drained, None
         d.callback(None)
 
-    def stop(self) -> Deferred[None]:
-        """Stop accepting, drain in flight (up to ``drain_timeout``), stop Senders, close spool."""
+    def stop(self, timeout: float | None = None) -> Deferred[None]:
+        """Stop accepting, drain in flight, stop Senders, close spool: all within ``timeout``
+        seconds (default ``drain_timeout``)."""
+        budget = self.drain_timeout if timeout is None else max(0.0, timeout)
         if self.state in ("stopping", "stopped"):
             raise RuntimeError(f"engine already {self.state}")
         self.state = "stopping"
@@ -831,15 +833,15 @@ class Engine:
             "stopping: {inflight} in flight to drain (up to {timeout}s); {waiting} stay in the "
             "spool",
             inflight=sum(len(st.inflight) + st.reserved for st in self._apps.values()),
-            timeout=self.drain_timeout,
+            timeout=budget,
             waiting=waiting,
         )
         drained: Deferred[None] = Deferred()
         self._drained = drained
-        timer = self._clock.callLater(self.drain_timeout, self._drain_deadline)
+        timer = self._clock.callLater(budget, self._drain_deadline)
         # drain_timeout bounds the whole stop, clients included: a container's stop grace
         # period (10 s by default) must not run out while an unreachable app waits twice.
-        self._stop_deadline = self._clock.seconds() + self.drain_timeout
+        self._stop_deadline = self._clock.seconds() + budget
         self._maybe_drained()
 
         def cancel_timer(_: None) -> None:

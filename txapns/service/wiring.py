@@ -200,7 +200,10 @@ class EngineService(Service):
         # Feedback first: a read in progress was already cleared at Apple, so its tokens
         # must reach the spool before the engine closes it.
         pollers = gatherResults([p.stop() for p in self.feedback])
-        d = pollers.addBoth(lambda _: self.engine.stop())
+        # One budget for the whole stop: a feedback read cut short counts against it.
+        clock = self.engine._clock
+        deadline = clock.seconds() + self.engine.drain_timeout
+        d = pollers.addBoth(lambda _: self.engine.stop(deadline - clock.seconds()))
 
         def stop_pool(result: object) -> object:
             if self.threadpool is not None:
