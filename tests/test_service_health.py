@@ -269,6 +269,15 @@ class UnavailableTests(Harness):
         self.assertEqual(self.states(), {"accepted": 5})
         self.assertEqual(self.engine.health()["status"], "ok")
 
+    def test_proxy_refusing_its_credentials_is_no_rejection(self) -> None:
+        self.successResultOf(self.submit_and_turn(2))
+        self.sender.answer_all(
+            Outcome.REJECTED, reason="proxy 127.0.0.1:3128 answered 407", local="proxy-auth"
+        )
+        self.turn()
+        self.assertEqual(self.states(), {"queued": 2})
+        self.assertIn("407", self.engine.problem("a") or "")
+
     def test_tls_give_up_is_no_rejection(self) -> None:
         self.successResultOf(self.submit_and_turn(2))
         self.sender.answer_all(Outcome.REJECTED, reason="TLS failure: bad cert", local="tls")

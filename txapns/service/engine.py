@@ -112,7 +112,7 @@ def _not_sent_unavailable(result: Result) -> bool:
     if result.outcome is not Outcome.REJECTED:
         return False
     if result.local is not None:
-        return result.local in ("circuit-open", "tls")
+        return result.local in ("circuit-open", "tls", "proxy-auth")
     return result.status == 403 and result.reason in CIRCUIT_REASONS
 
 
