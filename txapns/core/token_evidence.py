@@ -174,3 +174,37 @@ def mismatch_message(kind: EvidenceKind | str, answers: int, suspects: int, toke
         MISMATCH_HINT.format(reason=reason)
         + f"; {suspects} of {answers} recent answers, {tokens}+ different tokens"
     )
+
+
+def environment_verdict(
+    environment: str, here: list[Result], other: list[Result] | None
+) -> tuple[bool, str]:
+    """What probes of known device tokens say about ``environment`` (``"production"`` or
+    ``"sandbox"``): ``(ok, line)``. ``here``: the answers in the configured environment;
+    ``other``: the same tokens' answers in the other one (``None``: not probed)."""
+    other_env = "sandbox" if environment == "production" else "production"
+    answered = [r for r in here if answered_by_apns(r)]
+    if not answered:
+        return False, f"no answer from APNs to the {len(here)} token probe(s) in {environment}"
+    bad = [r for r in answered if evidence_kind(r) in SUSPECT_KINDS]
+    if len(bad) * 2 < len(answered) or len(bad) == 0:
+        return True, (
+            f"environment {environment!r} fits: {len(answered) - len(bad)} of {len(answered)} "
+            "probed token(s) accepted or known"
+        )
+    there = [r for r in other or [] if answered_by_apns(r)]
+    if there and all(r.accepted for r in there):
+        return False, (
+            f"most tokens are rejected as BadDeviceToken in {environment} and accepted in "
+            f"{other_env}: set environment = {other_env!r}"
+        )
+    if other is None:
+        return False, (
+            f"most tokens are rejected as BadDeviceToken in {environment}: is `environment` "
+            "right? (the other environment was not probed)"
+        )
+    return False, (
+        f"the probed tokens are rejected as BadDeviceToken in {environment}, and not accepted "
+        f"in {other_env} either: they are not tokens of this app (check bundle_id and the "
+        "tokens)"
+    )
