@@ -95,3 +95,12 @@ class VerdictTests(SynchronousTestCase):
         n = Notification.create("ab" * 32, {"aps": {}})
         good, _ = environment_verdict("sandbox", [ok(n), ok(n), bad(n)], None)
         self.assertTrue(good)
+
+
+class DoctorOptionTests(SynchronousTestCase):
+    def test_doctor_takes_tokens_checked_as_apns_would(self) -> None:
+        from txapns.cli import _parser
+
+        args = _parser().parse_args(["doctor", "--token", "AB" * 32, "--token", "cd" * 32])
+        self.assertEqual(args.token, ["ab" * 32, "cd" * 32])
+        self.assertRaises(SystemExit, _parser().parse_args, ["doctor", "--token", "zz"])

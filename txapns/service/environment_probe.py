@@ -23,6 +23,20 @@ from ..core.token_evidence import SUSPECT_KINDS, environment_verdict, evidence_k
 from ..interfaces import Sender
 from .config import AppConfig, Environment
 
+
+def device_token_arg(text: str) -> str:
+    """``argparse`` type for ``--token``: a device token in hex, checked as APNs would."""
+    import argparse
+
+    from ..core.errors import ValidationError
+    from ..core.notification import parse_token
+
+    try:
+        return parse_token(text).hex()
+    except ValidationError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 #: Builds a started-or-startable Sender for an app (``make_sender`` by default).
 SenderFactory = Callable[[AppConfig, Any], Sender]
 
