@@ -48,6 +48,17 @@ def evidence_kind(result: Result) -> EvidenceKind | None:
     return EvidenceKind.UNREGISTERED
 
 
+def recorded_kind(source: str, status: int | None, reason: str | None) -> EvidenceKind:
+    """The kind of a feed entry recorded before kinds were (an older spool's rows)."""
+    if source == "feedback":
+        return EvidenceKind.FEEDBACK
+    if status == 8:
+        return EvidenceKind.INVALID_TOKEN
+    if reason == "BadDeviceToken":
+        return EvidenceKind.BAD_TOKEN
+    return EvidenceKind.UNREGISTERED
+
+
 def answered_by_apns(result: Result) -> bool:
     """APNs itself answered about this notification (as opposed to a local outcome)."""
     return result.local is None and result.outcome is not Outcome.UNKNOWN
