@@ -141,6 +141,9 @@ class EngineApp:
     max_inflight: int | None = None
 
 
+#: How often the service's engine checks its apps' connections and paused apps (seconds).
+WATCH_INTERVAL = 5.0
+
 #: In-flight bound of binary-protocol apps. The binary protocol never confirms a notification:
 #: the client counts one as accepted once its quiet window (1 s) passed without an error, so
 #: the in-flight bound divided by that window caps the app's throughput. This lets a binary
@@ -252,7 +255,7 @@ class Engine:
         mismatch: MismatchPolicy | None = None,
         offline_threshold: float = 60.0,
         probe_interval: float = 30.0,
-        watch_interval: float = 5.0,
+        watch_interval: float = 0.0,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
@@ -268,6 +271,9 @@ class Engine:
         self.offline_threshold = offline_threshold
         #: Seconds between attempts to send for an app paused as unavailable.
         self.probe_interval = probe_interval
+        #: Seconds between watchdog rounds (:meth:`_watch`); 0: none (the service sets
+        #: :data:`WATCH_INTERVAL`). Without it, an app paused as unavailable is only tried
+        #: again when a result arrives, and ``offline_since`` is only noted by ``health()``.
         self.watch_interval = watch_interval
         self._watch_loop: LoopingCall | None = None
         self.max_inflight = max_inflight
