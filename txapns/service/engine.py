@@ -59,7 +59,6 @@ from ..core.notification import (
 )
 from ..core.payload import encode_payload
 from ..core.result import Outcome, Result
-from ..http2 import new_apns_id
 from ..core.token_evidence import (
     SUSPECT_KINDS,
     EvidenceKind,
@@ -70,6 +69,7 @@ from ..core.token_evidence import (
     evidence_kind,
     mismatch_message,
 )
+from ..http2 import new_apns_id
 from ..interfaces import Sender
 from .backend import ConsumerHooks, SpoolBackend
 from .config import ServiceConfig
