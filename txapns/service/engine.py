@@ -729,8 +729,10 @@ class Engine:
         inflight = st.inflight
         app_metrics = self.metrics.app(st.name)
         now = self._now()
+        # Paused meanwhile (or handed over directly at submission): back to the queue.
+        held = st.paused is not None or _sender_unavailable(st.app.sender) is not None
         for item in batch:
-            if self.state != "running" or st.blocked:
+            if self.state != "running" or st.blocked or held:
                 back.append(item)
                 continue
             # In flight before the hand-over: a Sender may call back at once.
