@@ -167,6 +167,11 @@ class ServiceMetrics:
         def per_app(value: Mapping[str, float]) -> list[_Sample]:
             return [("", {"app": n}, value[n]) for n in names]
 
+        def per_label(label: str, counts: Mapping[str, Counter[str]]) -> list[_Sample]:
+            return [
+                ("", {"app": n, label: k}, v) for n in names for k, v in sorted(counts[n].items())
+            ]
+
         family(
             "txapns_notifications_submitted_total",
             "counter",
@@ -189,21 +194,13 @@ class ServiceMetrics:
             "txapns_notifications_rejected_total",
             "counter",
             "Notifications rejected, by reason.",
-            [
-                ("", {"app": n, "reason": r}, v)
-                for n in names
-                for r, v in sorted(m[n].rejected_by_reason.items())
-            ],
+            per_label("reason", {n: m[n].rejected_by_reason for n in names}),
         )
         family(
             "txapns_notifications_unknown_total",
             "counter",
             "Notifications whose delivery is unknown, by reason.",
-            [
-                ("", {"app": n, "reason": r}, v)
-                for n in names
-                for r, v in sorted(m[n].unknown_by_reason.items())
-            ],
+            per_label("reason", {n: m[n].unknown_by_reason for n in names}),
         )
         family(
             "txapns_invalid_tokens_total",
@@ -216,11 +213,7 @@ class ServiceMetrics:
             "counter",
             "Device tokens published as no longer valid, by kind of evidence (unregistered, "
             "bad_token, invalid_token, feedback).",
-            [
-                ("", {"app": n, "kind": k}, v)
-                for n in names
-                for k, v in sorted(m[n].invalid_by_kind.items())
-            ],
+            per_label("kind", {n: m[n].invalid_by_kind for n in names}),
         )
         family(
             "txapns_tokens_held_back_total",
@@ -233,7 +226,7 @@ class ServiceMetrics:
             "txapns_app_pauses_total",
             "counter",
             "Times the app was paused, by why (unavailable, environment).",
-            [("", {"app": n, "why": k}, v) for n in names for k, v in sorted(m[n].pauses.items())],
+            per_label("why", {n: m[n].pauses for n in names}),
         )
         family(
             "txapns_app_paused",
