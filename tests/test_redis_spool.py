@@ -196,12 +196,14 @@ class StoreTests(RedisCase):
         await spool.record_outcomes(bad, now=2.0)
         feed = await spool.invalid_tokens("a")
         self.assertEqual(sorted(t.token for t in feed), sorted(n.token_hex for n in ns[:2]))
-        self.assertEqual({(t.reason, t.status, t.timestamp, t.source) for t in feed},
-                         {("Unregistered", 410, 1234.0, "apns")})  # fmt: skip
+        self.assertEqual({(t.reason, t.status, t.timestamp, t.source, t.kind) for t in feed},
+                         {("Unregistered", 410, 1234.0, "apns", "unregistered")})  # fmt: skip
         self.assertEqual(await spool.invalid_tokens("a", since=feed[-1].reported_at), [])
         await spool.add_invalid_tokens("a", [("AB" * 32, 99.0)], now=3.0)
         later = await spool.invalid_tokens("a", since=feed[-1].reported_at)
-        self.assertEqual([(t.token, t.source) for t in later], [("ab" * 32, "feedback")])
+        self.assertEqual(
+            [(t.token, t.source, t.kind) for t in later], [("ab" * 32, "feedback", "feedback")]
+        )
 
 
 class TakeoverTests(RedisCase):

@@ -46,10 +46,16 @@ class MetricsTests(SynchronousTestCase):
         a.record(Result(n, Outcome.ACCEPTED, 200), 0.02)
         a.record(Result(n, Outcome.REJECTED, 410, "Unregistered"), 0.2)
         a.record(Result(n, Outcome.UNKNOWN, None, 'odd "reason"\n'), None)
+        a.invalid_by_kind["unregistered"] += 1  # the engine counts what it publishes
+        a.tokens_held_back = 7
+        a.pauses["environment"] += 1
         m.http_responses[("notifications", 200)] += 2
         counters = Counters(retried=2, replayed=1, connections_made=4)
         text = m.render(
-            {"shop": AppGauges(queued=5, inflight=2, counters=counters), "b": AppGauges()}
+            {
+                "shop": AppGauges(queued=5, inflight=2, counters=counters),
+                "b": AppGauges(paused="environment"),
+            }
         )
         lines = text.splitlines()
         for line in lines:
@@ -65,6 +71,13 @@ class MetricsTests(SynchronousTestCase):
             'txapns_notifications_unknown_total{app="shop",reason="odd \\"reason\\"\\n"} 1', lines
         )
         self.assertIn('txapns_invalid_tokens_total{app="shop"} 1', lines)
+        self.assertIn(
+            'txapns_invalid_tokens_by_kind_total{app="shop",kind="unregistered"} 1', lines
+        )
+        self.assertIn('txapns_tokens_held_back_total{app="shop"} 7', lines)
+        self.assertIn('txapns_app_pauses_total{app="shop",why="environment"} 1', lines)
+        self.assertIn('txapns_app_paused{app="b",why="environment"} 1', lines)
+        self.assertIn('txapns_app_paused{app="b",why="offline"} 0', lines)
         self.assertIn('txapns_retries_total{app="shop"} 3', lines)
         self.assertIn('txapns_connections_made_total{app="shop"} 4', lines)
         self.assertIn('txapns_queue_depth{app="shop",state="queued"} 5', lines)
@@ -141,6 +154,7 @@ class HealthWiringTests(SynchronousTestCase):
                 "connecting": 0,
                 "pending": 0,
                 "tls_failures": 0,
+                "unavailable": None,
                 "stopped": False,
             },
         )

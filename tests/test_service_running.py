@@ -329,15 +329,22 @@ class BinaryRunningServiceTests(RunningServiceMixin, TestCase):
         await self.start_service()
         empty = await self.api.call("GET", f"/v1/apps/{FAKE_APP}/invalid-tokens")
         self.assertEqual((empty.code, empty.json["tokens"]), (200, []))
-        reply = await self.api.post(FAKE_APP, {"tokens": [token(1), INVALID], "alert": "x"})
+        # Enough good answers around it for the BadDeviceToken/InvalidToken answer to mean a
+        # dead token, not a wrong environment (the detector needs 10 answers by default).
+        tokens = [token(i) for i in range(1, 11)] + [INVALID]
+        reply = await self.api.post(FAKE_APP, {"tokens": tokens, "alert": "x"})
         self.assertEqual(reply.code, 200, reply.raw)
         feed = await self.api.call("GET", f"/v1/apps/{FAKE_APP}/invalid-tokens")
         self.assertEqual(feed.code, 200)
         self.assertEqual(feed.json["app"], FAKE_APP)
         status, reason = self.invalid_answer
+        kind = "invalid_token" if status == 8 else "bad_token"
         self.assertEqual(
-            [(t["token"], t["status"], t["reason"], t["source"]) for t in feed.json["tokens"]],
-            [(INVALID, status, reason, "apns")],
+            [
+                (t["token"], t["status"], t["reason"], t["source"], t["kind"])
+                for t in feed.json["tokens"]
+            ],
+            [(INVALID, status, reason, "apns", kind)],
         )
         later = feed.json["next_since"] + 1
         after = await self.api.call("GET", f"/v1/apps/{FAKE_APP}/invalid-tokens?since={later}")

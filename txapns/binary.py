@@ -140,8 +140,12 @@ class APNSClientFactory(ClientFactory):
         sentinel_on_drain: bool = True,
         name: str = "binary",
         on_room: Callable[[], None] | None = None,
+        hold_when_unavailable: bool = False,
     ) -> None:
         self.clock = clock
+        self.hold_when_unavailable = hold_when_unavailable
+        #: Why nothing can be sent (TLS kept failing), until a notification is confirmed.
+        self.unavailable: str | None = None
         self.endpoint = endpoint
         self.counters = counters if counters is not None else Counters()
         self.channel = BinaryChannel(config, self.counters)
@@ -304,8 +308,13 @@ class APNSClientFactory(ClientFactory):
             log.error("{name}: {why}", name=self.name, why=why)
             if self.tls_failures >= self.max_tls_failures:
                 err = TLSFailureError(f"{why}; gave up after {self.tls_failures} attempts")
-                self._fail_queue(str(err), "tls")
                 self.tls_failures = 0
+                if self.hold_when_unavailable:
+                    # Keep the queue; reconnect with a growing backoff.
+                    self.unavailable = str(err)
+                    self._schedule_reconnect()
+                    return
+                self._fail_queue(str(err), "tls")
                 self.failures = 0
                 return
             self._schedule_reconnect()
@@ -408,6 +417,8 @@ class APNSClientFactory(ClientFactory):
     # --- results ------------------------------------------------------------------------
 
     def _deliver(self, resolved: list[Resolution]) -> None:
+        if self.unavailable is not None and self.channel.accepted_here:
+            self.unavailable = None  # the gateway confirmed something: TLS works again
         for item, result in resolved:
             handle = item.handle
             if isinstance(handle, Deferred):
@@ -482,7 +493,11 @@ class BinaryClient:
         rng: random.Random | None = None,
         max_tls_failures: int = 3,
         sentinel_on_drain: bool = True,
+        hold_when_unavailable: bool = False,
     ) -> None:
+        """``hold_when_unavailable``: when TLS fails ``max_tls_failures`` times in a row, keep
+        the queue and reconnect with backoff (:attr:`unavailable` says why) instead of
+        rejecting it (``local="tls"``), as :class:`~txapns.http2.HTTP2Client` does."""
         if connections < 1:
             raise ValueError("connections must be at least 1")
         self.clock = clock
@@ -501,6 +516,7 @@ class BinaryClient:
                 sentinel_on_drain=sentinel_on_drain,
                 name=f"binary[{i}]",
                 on_room=self._room_freed,
+                hold_when_unavailable=hold_when_unavailable,
             )
             for i in range(connections)
         ]
@@ -578,8 +594,14 @@ class BinaryClient:
             "connecting": sum(1 for f in factories if f.connecting),
             "pending": self.pending(),
             "tls_failures": sum(f.tls_failures for f in factories),
+            "unavailable": self.unavailable,
             "stopped": self.stopped,
         }
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why a connection cannot send now (TLS keeps failing), or ``None``."""
+        return next((f.unavailable for f in self.factories if f.unavailable), None)
 
     def drain(self) -> Deferred[None]:
         from twisted.internet.defer import gatherResults

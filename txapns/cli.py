@@ -162,6 +162,8 @@ def _parser() -> argparse.ArgumentParser:
         help="give up after this many seconds (exit 3; results so far are written)",
     )
 
+    from .service.environment_probe import device_token_arg
+
     doctor = sub.add_parser(
         "doctor",
         help="check credentials and connectivity of every app",
@@ -171,6 +173,15 @@ def _parser() -> argparse.ArgumentParser:
     target(doctor)
     doctor.add_argument(
         "--timeout", type=_seconds, default=15.0, help="seconds to wait for APNs per app (15)"
+    )
+    doctor.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        type=device_token_arg,
+        help="a real device token (hex; repeatable): probe it with a silent background push "
+        "to check `environment` (a token of the other environment is rejected as "
+        "BadDeviceToken)",
     )
     return p
 
@@ -707,6 +718,12 @@ async def _doctor(reactor: Any, args: argparse.Namespace, apps: list[Any]) -> in
                 return EXIT_INTERRUPTED
             ok = ok and verdict.startswith("ok")
             sys.stdout.write(f"{verdict[:4]} {name}: {verdict[4:].strip()}\n")
+            if app is not None and args.token and verdict.startswith("ok"):
+                from .service.environment_probe import probe_environment
+
+                good, line = await probe_environment(reactor, app, args.token, timeout=args.timeout)
+                ok = ok and good
+                sys.stdout.write(f"{'ok  ' if good else 'FAIL'} {name}: {line}\n")
             sys.stdout.flush()
     finally:
         undo()

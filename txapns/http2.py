@@ -39,6 +39,8 @@ What happens to a notification, by cause:
 |                                     | queued is rejected (``local="circuit-open"``) and  |
 |                                     | ``send`` raises :class:`CircuitOpenError` until a  |
 |                                     | probe after ``circuit_reset`` seconds is answered  |
+|                                     | (``hold_when_unavailable``: all of it is held,     |
+|                                     | the probe included, and sent once it is accepted)  |
 +-------------------------------------+----------------------------------------------------+
 | above a GOAWAY's last-stream-id,    | never processed: re-sent (``counters.replayed``)   |
 | RST_STREAM(REFUSED_STREAM)          |                                                    |
@@ -885,6 +887,13 @@ class HTTP2Client:
     :param close_timeout: seconds ``stop`` waits for connections to close before aborting them.
     :param connect_timeout: seconds a TLS handshake may take.
     :param rng: randomness for jitter and token refresh ages.
+    :param hold_when_unavailable: when APNs refuses the credential (circuit open) or TLS
+        fails ``max_tls_failures`` times in a row, keep what is queued (and the notification
+        whose answer opened the circuit) instead of rejecting it, take new notifications
+        while the circuit is open, and keep probing (after ``circuit_reset``) or reconnecting
+        (with backoff); :attr:`unavailable` says why nothing is sent meanwhile. For callers
+        that keep their own durable queue and report the pause themselves (the service);
+        the default rejects, so that a plain caller learns of the failure at once.
     """
 
     def __init__(
@@ -911,6 +920,7 @@ class HTTP2Client:
         connect_timeout: float = 30.0,
         rng: random.Random | None = None,
         name: str = "http2",
+        hold_when_unavailable: bool = False,
     ) -> None:
         if not 0 <= min_connections <= max_connections or max_connections < 1:
             raise ValueError("need 0 <= min_connections <= max_connections, max_connections >= 1")
@@ -936,6 +946,8 @@ class HTTP2Client:
         self.connect_timeout = connect_timeout
         self.rng = rng or random.Random()
         self.name = name
+        self.hold_when_unavailable = hold_when_unavailable
+        self._tls_gave_up_why: str | None = None
         self.counters = Counters()
         self._token = token
         if token is not None:
@@ -1241,8 +1253,18 @@ class HTTP2Client:
             "pending": self._pending,
             "breaker": self.breaker,
             "breaker_reason": self.breaker_reason,
+            "unavailable": self.unavailable,
             "per_connection": [c.info() for c in self.connections],
         }
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why nothing can be sent now (circuit open, TLS failing), or ``None``."""
+        if self.breaker == BREAKER_OPEN:
+            return f"APNs refused the credential ({self.breaker_reason}); circuit open"
+        if self._tls_gave_up:
+            return self._tls_gave_up_why
+        return None
 
     # --- admission ------------------------------------------------------------------------
 
@@ -1260,7 +1282,7 @@ class HTTP2Client:
     def _admit(self, n: Notification, handle: Any, request: _Request | None = None) -> _Item:
         if not self.accepting:
             raise ClientStoppedError("the client is stopping; it takes no new notifications")
-        if self.breaker == BREAKER_OPEN:
+        if self.breaker == BREAKER_OPEN and not self.hold_when_unavailable:
             raise CircuitOpenError(
                 f"APNs refused this credential ({self.breaker_reason}); sends fail fast until "
                 f"a probe succeeds (every {self.circuit_reset:g} s)"
@@ -1545,6 +1567,7 @@ class HTTP2Client:
         self._failures = 0
         self._tls_failures = 0
         self._tls_gave_up = False
+        self._tls_gave_up_why = None
         self._backoff_done = False
 
     def _check_clock(self, conn: APNsHTTP2Protocol, event: ResponseReceived, now: float) -> None:
@@ -1619,8 +1642,11 @@ class HTTP2Client:
         error = TLSFailureError(f"{why}; gave up after {self._tls_failures} attempts in a row")
         log.error("{name}: {error}", name=self.name, error=str(error))
         self._tls_failures = 0
-        self._failures = 0
         self._tls_gave_up = True
+        self._tls_gave_up_why = str(error)
+        if self.hold_when_unavailable:
+            return  # keep the queue; reconnect with a growing backoff
+        self._failures = 0
         self._fail_held(str(error), "tls", self.clock.seconds())
 
     # --- answers --------------------------------------------------------------------------
@@ -1710,6 +1736,11 @@ class HTTP2Client:
             item.duplicate,
         )
         probe = item is self._probe
+        if decision.open_circuit and self.hold_when_unavailable:
+            # The credential's fault, not the notification's: keep it for the next probe.
+            self._open_circuit(status, reason or str(status), now)
+            self._queue.appendleft(item)
+            return
         self._finish(item, result)
         if decision.open_circuit:
             self._open_circuit(status, reason or str(status), now)
@@ -1764,7 +1795,7 @@ class HTTP2Client:
         if not replay:
             return
         self.counters.replayed += len(replay)
-        if self.breaker == BREAKER_OPEN:
+        if self.breaker == BREAKER_OPEN and not self.hold_when_unavailable:
             for item in replay:
                 self._finish_circuit_open(item, now)
             return
@@ -1806,7 +1837,7 @@ class HTTP2Client:
             request = item.request
             if (
                 decide(item.failures).retry
-                and self.breaker != BREAKER_OPEN
+                and (self.breaker != BREAKER_OPEN or self.hold_when_unavailable)
                 and (request is None or request.resend_unknown)
             ):
                 resend.append(item)
@@ -1853,7 +1884,7 @@ class HTTP2Client:
     def _requeue(self, item: _Item, delay: float, now: float, *, front: bool = True) -> None:
         """Back into the queue (at the front: it is older than what is queued), or into the
         delayed set."""
-        if self.breaker == BREAKER_OPEN:
+        if self.breaker == BREAKER_OPEN and not self.hold_when_unavailable:
             self._finish_circuit_open(item, now)
             return
         if delay > 0:
@@ -1903,15 +1934,17 @@ class HTTP2Client:
         self.breaker_status = status
         log.error(
             "{name}: APNs refused the credential ({reason}); circuit open: queued "
-            "notifications are rejected and sends fail for {reset} s",
+            "notifications are {fate} for {reset} s",
             name=self.name,
             reason=reason,
+            fate="held" if self.hold_when_unavailable else "rejected and sends fail",
             reset=self.circuit_reset,
         )
         call = self._breaker_call
         cancel_call(call)
         self._breaker_call = self.clock.callLater(self.circuit_reset, self._half_open)
-        self._fail_held(reason, "circuit-open", now)
+        if not self.hold_when_unavailable:
+            self._fail_held(reason, "circuit-open", now)
         # The probe gets a fresh connection (and, with token auth, a fresh token).
         for conn in list(self.connections):
             conn.deliberate = True

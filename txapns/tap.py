@@ -337,10 +337,10 @@ def build_service(options: Options) -> IService:
     for app in config.apps:
         if fake is not None:
             senders[app.name] = make_sender(
-                app, reactor, address=fake.address, hostname="localhost"
+                app, reactor, address=fake.address, hostname="localhost", hold_when_unavailable=True
             )
         else:
-            senders[app.name] = make_sender(app, reactor)
+            senders[app.name] = make_sender(app, reactor, hold_when_unavailable=True)
     _attach(_StartSenders(senders), top)
     if fake is not None:
         pollers = feedback_pollers(

@@ -367,6 +367,7 @@ def invalid_json(app: str, tokens: list[InvalidToken], since: float | None) -> d
                 "reason": t.reason,
                 "status": t.status,
                 "source": t.source,
+                "kind": t.kind,
                 "reported_at": t.reported_at,
             }
             for t in tokens
@@ -645,7 +646,7 @@ class ApiResource(Resource):
 
     def _healthz(self, request: Request) -> Response:
         health = self.engine.health()
-        return Response(200 if self.engine.accepting else 503, health)
+        return Response(200 if health["status"] == "ok" else 503, health)
 
     def _metrics(self, request: Request) -> Response:
         return Response(200, self.engine.metrics_text(), METRICS_CONTENT_TYPE)

@@ -12,6 +12,13 @@ One :class:`Engine` serves several apps, each with its own :class:`~txapns.inter
 4. records each :class:`~txapns.core.result.Result` in the spool as it arrives, and wakes
    whoever waits for the job (:meth:`Engine.wait`).
 
+An app that cannot send is *paused*: its work stays in the spool and ``/healthz`` fails until
+it can again (:meth:`Engine.health`). That is the case when APNs refuses its credential or
+TLS keeps failing (the client reports ``unavailable``, raises :class:`CircuitOpenError`, or
+hands notifications back unsent), and when most of its answers are ``BadDeviceToken`` across
+many tokens (:class:`~txapns.core.token_evidence.MismatchDetector`): then the environment is
+wrong, and those tokens are held back from the invalid-token feed rather than reported dead.
+
 Scheduled notifications (``send_at`` in the future) wait on one timer. On start the engine
 resumes everything the spool holds unfinished (:meth:`Engine.start`); on stop it takes no
 more submissions, lets what is in flight finish up to ``drain_timeout``, stops the Senders,
@@ -24,7 +31,7 @@ import heapq
 import json
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -41,7 +48,8 @@ from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from .._twisted import cancel_call
-from ..core.errors import APNsError, QueueFullError, ValidationError
+from ..core.errors import APNsError, CircuitOpenError, QueueFullError, ValidationError
+from ..core.http2_policy import CIRCUIT_REASONS
 from ..core.notification import (
     Notification,
     PushType,
@@ -51,6 +59,16 @@ from ..core.notification import (
 )
 from ..core.payload import encode_payload
 from ..core.result import Outcome, Result
+from ..core.token_evidence import (
+    SUSPECT_KINDS,
+    EvidenceKind,
+    MismatchDetector,
+    MismatchPolicy,
+    Verdict,
+    answered_by_apns,
+    evidence_kind,
+    mismatch_message,
+)
 from ..http2 import new_apns_id
 from ..interfaces import Sender
 from .backend import ConsumerHooks, SpoolBackend
@@ -71,6 +89,31 @@ class UnknownAppError(APNsError, LookupError):
 
 class NotAcceptingError(APNsError):
     """The engine is not started, or is stopping: it takes no submissions."""
+
+
+class AppPausedError(NotAcceptingError):
+    """The app cannot send now (see :meth:`Engine.health`); it takes no submissions."""
+
+    def __init__(self, app: str, why: str) -> None:
+        super().__init__(f"app {app!r} is paused: {why}")
+        self.app = app
+        self.why = why
+
+
+#: Why an app is paused: its client cannot send (credential refused, TLS failing), or its
+#: answers say the environment is wrong.
+PAUSED_UNAVAILABLE = "unavailable"
+PAUSED_ENVIRONMENT = "environment"
+
+
+def _not_sent_unavailable(result: Result) -> bool:
+    """Rejected, never delivered, only because the app cannot send now (credential refused,
+    circuit open, TLS failing): the notification itself is fine and goes back to the spool."""
+    if result.outcome is not Outcome.REJECTED:
+        return False
+    if result.local is not None:
+        return result.local in ("circuit-open", "tls", "proxy-auth")
+    return result.status == 403 and result.reason in CIRCUIT_REASONS
 
 
 class RecipientError(ValidationError):
@@ -97,6 +140,9 @@ class EngineApp:
     #: (``None``: the engine's ``max_inflight``).
     max_inflight: int | None = None
 
+
+#: How often the service's engine checks its apps' connections and paused apps (seconds).
+WATCH_INTERVAL = 5.0
 
 #: In-flight bound of binary-protocol apps. The binary protocol never confirms a notification:
 #: the client counts one as accepted once its quiet window (1 s) passed without an error, so
@@ -172,6 +218,20 @@ class _AppState:
     reserved: int = 0
     #: The Sender said QueueFullError; wait for a result or the retry timer.
     blocked: bool = False
+    #: ``PAUSED_UNAVAILABLE`` / ``PAUSED_ENVIRONMENT`` while nothing is handed to the Sender.
+    paused: str | None = None
+    pause_why: str | None = None
+    paused_at: float = 0.0
+    #: Suspect answers (``bad_token``/``invalid_token``) waiting for the detector's verdict.
+    detector: MismatchDetector = field(default_factory=MismatchDetector)
+    suspects: list[tuple[_Item, Result]] = field(default_factory=list)
+    suspect_call: IDelayedCall | None = None
+    #: An operator resumed an environment pause: suspect answers are reported as they come.
+    trust_environment: bool = False
+    #: Since when the app has had work and no connection (``None``: connected or idle).
+    offline_since: float | None = None
+    #: Last ``unavailable`` the Sender reported (to log changes once).
+    unavailable: str | None = None
 
 
 class Engine:
@@ -192,13 +252,30 @@ class Engine:
         webhook: InvalidTokenWebhook | None = None,
         stop_senders: bool = True,
         max_schedule_ahead: float = 366 * 86400.0,
+        mismatch: MismatchPolicy | None = None,
+        offline_threshold: float = 60.0,
+        probe_interval: float = 30.0,
+        watch_interval: float = 0.0,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
         self.spool = spool
         self.metrics = metrics if metrics is not None else ServiceMetrics()
         self._clock = clock
-        self._apps = {name: _AppState(name, app) for name, app in apps.items()}
+        self.mismatch = mismatch or MismatchPolicy()
+        self._apps = {
+            name: _AppState(name, app, detector=MismatchDetector(self.mismatch))
+            for name, app in apps.items()
+        }
+        #: Seconds an app with work may have no connection before ``/healthz`` fails.
+        self.offline_threshold = offline_threshold
+        #: Seconds between attempts to send for an app paused as unavailable.
+        self.probe_interval = probe_interval
+        #: Seconds between watchdog rounds (:meth:`_watch`); 0: none (the service sets
+        #: :data:`WATCH_INTERVAL`). Without it, an app paused as unavailable is only tried
+        #: again when a result arrives, and ``offline_since`` is only noted by ``health()``.
+        self.watch_interval = watch_interval
+        self._watch_loop: LoopingCall | None = None
         self.max_inflight = max_inflight
         self.drain_timeout = drain_timeout
         self._stop_deadline = 0.0
@@ -246,6 +323,7 @@ class Engine:
                 inflight=len(st.inflight),
                 client_pending=st.app.sender.pending(),
                 counters=st.app.sender.counters,
+                paused=self._pause_kind(st),
             )
             for name, st in self._apps.items()
         }
@@ -254,7 +332,13 @@ class Engine:
         return self.metrics.render(self.gauges()) + self.spool.metrics_text()
 
     def health(self) -> dict[str, object]:
+        """The service's state for ``/healthz``: ``status`` is ``"ok"`` only while it accepts
+        submissions and every app can send; an app that cannot (paused, or with work and no
+        connection for ``offline_threshold`` seconds) makes it ``"unhealthy"`` and says why
+        in its ``problem``."""
         apps: dict[str, object] = {}
+        now = self._now()
+        unhealthy = False
         for name, g in self.gauges().items():
             st = self._apps[name]
             c = st.app.sender.counters
@@ -271,12 +355,64 @@ class Engine:
             }
             if st.app.health is not None:
                 entry.update(st.app.health())
+            self._observe_connectivity(st, now)
+            problem = self.problem(name)
+            entry["paused"] = self._pause_kind(st)
+            entry["problem"] = problem
+            entry["offline_since"] = st.offline_since
+            answers, suspects, tokens = st.detector.counts(now)
+            entry["answers"] = {
+                "window": answers,
+                "bad_token": suspects,
+                "bad_token_tokens": tokens,
+                "waiting": len(st.suspects),
+            }
+            unhealthy = unhealthy or problem is not None
             apps[name] = entry
         status = self.state if self.state != "running" else "ok" if self.accepting else "spool"
+        if status == "ok" and unhealthy:
+            status = "unhealthy"
         out: dict[str, object] = {"status": status, "apps": apps}
         if self.spool is not None:  # (some tests build an engine without one)
             out["spool"] = self.spool.health()
         return out
+
+    def problem(self, app: str) -> str | None:
+        """Why ``app`` cannot send now, or ``None`` when it can."""
+        st = self._state(app)
+        if st.paused is not None:
+            return f"paused ({st.paused}): {st.pause_why}"
+        unavailable = _sender_unavailable(st.app.sender)
+        if unavailable:
+            return f"paused (unavailable): {unavailable}"
+        if st.offline_since is not None and self._now() - st.offline_since > self.offline_threshold:
+            return (
+                f"no connection to APNs for {self._now() - st.offline_since:.0f} s with "
+                "notifications waiting"
+            )
+        return None
+
+    def _pause_kind(self, st: _AppState) -> str | None:
+        if st.paused is not None:
+            return st.paused
+        if _sender_unavailable(st.app.sender):
+            return PAUSED_UNAVAILABLE
+        if st.offline_since is not None and self._now() - st.offline_since > self.offline_threshold:
+            return "offline"
+        return None
+
+    def resume(self, app: str) -> None:
+        """Lift ``app``'s pause now. After an environment pause this says the environment
+        is right: the held-back notifications are sent again, and their ``bad_token``
+        answers are reported from now on (until the next start)."""
+        st = self._state(app)
+        if st.paused == PAUSED_ENVIRONMENT:
+            st.trust_environment = True
+            st.detector.reset()
+        if st.paused is not None:
+            log.info("{app}: resumed ({why})", app=app, why=st.pause_why)
+        st.paused = st.pause_why = None
+        self._pump_soon(app)
 
     def job(self, job_id: str) -> Deferred[JobView | None]:
         return self.spool.job(job_id)
@@ -379,7 +515,7 @@ class Engine:
         Raises :class:`NotAcceptingError` / :class:`UnknownAppError` synchronously. The
         Deferred fires once the job is committed to the spool.
         """
-        self._state(app)
+        st = self._state(app)
         if not self.accepting:
             raise NotAcceptingError(
                 "the spool cannot store now"
@@ -388,6 +524,10 @@ class Engine:
                 if self.state != "new"
                 else "the service is starting"
             )
+        if st.paused is not None or _sender_unavailable(st.app.sender):
+            # Refused rather than stored: a caller waiting for the outcome would wait until
+            # an operator acts. What the spool holds stays there.
+            raise AppPausedError(app, self.problem(app) or "paused")
         if not notifications:
             raise ValidationError("no recipients: give at least one device token")
         if send_at is not None and send_at > self._now() + self.max_schedule_ahead:
@@ -499,11 +639,11 @@ class Engine:
     def add_feedback(self, app: str, entries: Sequence[tuple[str, float | None]]) -> Deferred[None]:
         """Record dead tokens from the binary feedback service: ``(token hex, time)`` tuples."""
         self._state(app)
-        self.metrics.app(app).invalid_tokens += len(entries)
+        self.metrics.app(app).invalid_by_kind[EvidenceKind.FEEDBACK] += len(entries)
         d = self.spool.add_invalid_tokens(app, entries, now=self._now(), source="feedback")
         if self.webhook is not None:
             for token, ts in entries:
-                self.webhook.notify(app, token, ts, "feedback", None)
+                self.webhook.notify(app, token, ts, "feedback", None, EvidenceKind.FEEDBACK)
         return d
 
     # -- dispatch --------------------------------------------------------------------------------
@@ -551,8 +691,10 @@ class Engine:
 
     def _pump(self, name: str) -> None:
         st = self._apps[name]
-        if self.state != "running" or st.blocked or not st.ready:
+        if self.state != "running" or st.blocked or st.paused or not st.ready:
             return
+        if _sender_unavailable(st.app.sender):
+            return  # the client holds what it has; the watchdog pumps once it can send
         limit = st.app.max_inflight or self.max_inflight
         room = limit - len(st.inflight) - st.reserved
         if room <= 0:
@@ -587,8 +729,10 @@ class Engine:
         inflight = st.inflight
         app_metrics = self.metrics.app(st.name)
         now = self._now()
+        # Paused meanwhile (or handed over directly at submission): back to the queue.
+        held = st.paused is not None or _sender_unavailable(st.app.sender) is not None
         for item in batch:
-            if self.state != "running" or st.blocked:
+            if self.state != "running" or st.blocked or held:
                 back.append(item)
                 continue
             # In flight before the hand-over: a Sender may call back at once.
@@ -613,6 +757,9 @@ class Engine:
             st.blocked = True
             back.append(item)
             self._arm_retry()
+        elif isinstance(e, CircuitOpenError):
+            back.append(item)
+            self._pause(st, PAUSED_UNAVAILABLE, str(e))
         elif isinstance(e, ValidationError):
             self._finish(
                 st,
@@ -661,19 +808,140 @@ class Engine:
             # The client is stopping and never sent it: leave it in the spool for next time.
             self.metrics.app(st.name).requeued += 1
             self._requeue(st, [item])
+        elif _not_sent_unavailable(result):
+            # Not the notification's fault: back to the spool, and the app pauses.
+            self._pause(st, PAUSED_UNAVAILABLE, f"APNs refused to send: {result}")
+            self._hold_back(st, [item], held_back=False)
         else:
-            self._finish(st, item, result)
+            self._judge(st, item, result)
         st.blocked = False
         self._pump_soon(st.name)
         self._maybe_drained()
 
-    def _finish(self, st: _AppState, item: _Item, result: Result) -> None:
+    # -- invalid-token evidence and pauses -------------------------------------------------
+
+    def _judge(self, st: _AppState, item: _Item, result: Result) -> None:
+        """Finish ``item``, unless its answer is a suspect (``bad_token``/``invalid_token``)
+        that must wait for the detector's verdict on the app's recent answers."""
+        now = self._now()
+        kind = evidence_kind(result)
+        suspect = kind in SUSPECT_KINDS
+        if answered_by_apns(result):
+            st.detector.observe(now, item.notification.token, suspect)
+        if suspect and not st.trust_environment and self.mismatch.enabled:
+            st.suspects.append((item, result))
+            if st.paused == PAUSED_ENVIRONMENT:
+                self._hold_back(st, [item for item, _ in st.suspects])
+                st.suspects.clear()
+            else:
+                self._decide(st, now)
+            return
+        self._finish(st, item, result)
+        if st.suspects:
+            self._decide(st, now)
+
+    def _decide(self, st: _AppState, now: float, *, settle: bool = False) -> None:
+        verdict = st.detector.verdict(now)
+        if verdict is Verdict.MISMATCH:
+            kind = evidence_kind(st.suspects[0][1]) or EvidenceKind.BAD_TOKEN
+            self._pause(st, PAUSED_ENVIRONMENT, mismatch_message(kind, *st.detector.counts(now)))
+            held = [item for item, _ in st.suspects]
+            st.suspects.clear()
+            self._hold_back(st, held)
+        elif verdict is Verdict.CLEAN or settle:
+            publish = verdict is Verdict.CLEAN
+            done, st.suspects = st.suspects, []
+            if not publish:
+                self.metrics.app(st.name).tokens_held_back += len(done)
+                log.warn(
+                    "{app}: {count} tokens rejected as BadDeviceToken are not reported as "
+                    "invalid: most recent answers are such rejections, but from too few "
+                    "tokens to tell a wrong `environment` from dead tokens",
+                    app=st.name,
+                    count=len(done),
+                )
+            for item, result in done:
+                self._finish(st, item, result, publish=publish)
+        elif st.suspect_call is None:
+            st.suspect_call = self._clock.callLater(self.mismatch.hold, self._settle, st)
+            return
+        if not st.suspects:
+            cancel_call(st.suspect_call)
+            st.suspect_call = None
+
+    def _settle(self, st: _AppState) -> None:
+        st.suspect_call = None
+        if st.suspects:
+            self._decide(st, self._now(), settle=True)
+
+    def _pause(self, st: _AppState, kind: str, why: str) -> None:
+        if st.paused is None:
+            log.error(
+                "{app}: paused: {why}; its notifications stay in the spool",
+                app=st.name,
+                why=why,
+            )
+            self.metrics.app(st.name).pauses[kind] += 1
+        elif st.paused == PAUSED_ENVIRONMENT and kind != PAUSED_ENVIRONMENT:
+            return  # only an operator lifts an environment pause
+        st.paused, st.pause_why, st.paused_at = kind, why, self._now()
+
+    def _hold_back(self, st: _AppState, items: list[_Item], *, held_back: bool = True) -> None:
+        """Back to the spool (and the front of the queue), not finished: sent again once the
+        app is resumed."""
+        m = self.metrics.app(st.name)
+        m.requeued += len(items)
+        if held_back:
+            m.tokens_held_back += len(items)
+        if self.state == "running":
+            st.ready.extendleft(reversed(items))
+        self._requeue(st, items)
+
+    def _observe_connectivity(self, st: _AppState, now: float) -> None:
+        health = getattr(st.app.sender, "health", None)
+        connections = health().get("connections") if callable(health) else None
+        has_work = bool(st.ready or st.inflight or st.reserved or st.app.sender.pending())
+        if isinstance(connections, int) and connections == 0 and has_work:
+            if st.offline_since is None:
+                st.offline_since = now
+        else:
+            st.offline_since = None
+
+    def _watch(self) -> None:
+        """Every ``watch_interval``: track connectivity, log a Sender's pauses, and retry an
+        app paused as unavailable every ``probe_interval``."""
+        now = self._now()
+        for st in self._apps.values():
+            self._observe_connectivity(st, now)
+            unavailable = _sender_unavailable(st.app.sender)
+            if unavailable != st.unavailable:
+                if unavailable:
+                    log.error(
+                        "{app}: paused: {why}; its notifications stay in the spool",
+                        app=st.name,
+                        why=unavailable,
+                    )
+                    self.metrics.app(st.name).pauses[PAUSED_UNAVAILABLE] += 1
+                else:
+                    log.info("{app}: the client can send again", app=st.name)
+                st.unavailable = unavailable
+            if st.paused == PAUSED_UNAVAILABLE and now - st.paused_at >= self.probe_interval:
+                log.info("{app}: trying to send again", app=st.name)
+                st.paused = st.pause_why = None
+            if st.ready:
+                self._pump_soon(st.name)
+
+    def _finish(self, st: _AppState, item: _Item, result: Result, *, publish: bool = True) -> None:
         now = self._now()
         latency = result.latency
         if latency is None and item.sent_at:
             latency = now - item.sent_at
-        self.metrics.app(st.name).record(result, latency)
-        if result.token_invalid:
+        m = self.metrics.app(st.name)
+        m.record(result, latency)
+        record = OutcomeRecord.from_result(item.id, item.job_id, st.name, result)
+        if record.token_invalid and not publish:
+            record = replace(record, token_invalid=False)
+        elif record.token_invalid:
             log.debug(
                 "{app}: token {token} is no longer valid ({status} {reason})",
                 app=st.name,
@@ -681,12 +949,17 @@ class Engine:
                 status=result.status,
                 reason=result.reason,
             )
+            m.invalid_by_kind[record.kind or "unspecified"] += 1
             if self.webhook is not None:
-                ts = result.timestamp.timestamp() if result.timestamp is not None else None
                 self.webhook.notify(
-                    st.name, item.notification.token_hex, ts, result.reason, result.status
+                    st.name,
+                    item.notification.token_hex,
+                    record.timestamp,
+                    result.reason,
+                    result.status,
+                    record.kind,
                 )
-        self._records.append(OutcomeRecord.from_result(item.id, item.job_id, st.name, result))
+        self._records.append(record)
         if self._records_call is None:
             self._records_call = self._clock.callLater(0, self._flush_records)
 
@@ -730,6 +1003,10 @@ class Engine:
             raise RuntimeError(f"engine already {self.state}")
         self.state = "running"
         d = self.spool.recover(now=self._now()).addCallback(self._recovered)
+        if self.watch_interval > 0:
+            self._watch_loop = LoopingCall(self._watch)
+            self._watch_loop.clock = self._clock
+            self._watch_loop.start(self.watch_interval, now=False)
         if self.purge_interval > 0:
             self._purge_loop = LoopingCall(self._purge)
             self._purge_loop.clock = self._clock
@@ -826,8 +1103,15 @@ class Engine:
         for call in (self._sched_call, self._retry_call, self._pump_call):
             cancel_call(call)
         self._sched_call = self._retry_call = self._pump_call = None
-        if self._purge_loop is not None and self._purge_loop.running:
-            self._purge_loop.stop()
+        for loop in (self._purge_loop, self._watch_loop):
+            if loop is not None and loop.running:
+                loop.stop()
+        for st in self._apps.values():
+            # Answers still waiting for a verdict get one now (reported or held back).
+            cancel_call(st.suspect_call)
+            st.suspect_call = None
+            if st.suspects:
+                self._decide(st, self._now(), settle=True)
         waiting = sum(len(st.ready) for st in self._apps.values()) + len(self._scheduled)
         log.info(
             "stopping: {inflight} in flight to drain (up to {timeout}s); {waiting} stay in the "
@@ -904,6 +1188,12 @@ class Engine:
         return gatherResults(reads).addCallback(close) if reads else self.spool.close()
 
 
+def _sender_unavailable(sender: Sender) -> str | None:
+    """Why the Sender cannot send now (its credential refused, TLS failing), if it says."""
+    why = getattr(sender, "unavailable", None)
+    return why if isinstance(why, str) and why else None
+
+
 _CONNECTION_DONE = Failure(ResponseDone())
 
 
@@ -953,7 +1243,9 @@ class BytesProducer:
 class InvalidTokenWebhook:
     """POSTs dead tokens as JSON to an operator's URL, batched per reactor turn.
 
-    Body: ``{"invalid_tokens": [{"app", "token", "timestamp", "reason", "status"}, ...]}``.
+    Body: ``{"invalid_tokens": [{"app", "token", "timestamp", "reason", "status", "kind"},
+    ...]}``; ``kind`` is the evidence (``unregistered``, ``bad_token``, ``invalid_token``,
+    ``feedback``: see :mod:`txapns.core.token_evidence`).
     Best effort (the spool's invalid-token feed is the record): failures are logged, not
     retried.
     """
@@ -979,10 +1271,23 @@ class InvalidTokenWebhook:
         self.failed = 0
 
     def notify(
-        self, app: str, token: str, timestamp: float | None, reason: str | None, status: int | None
+        self,
+        app: str,
+        token: str,
+        timestamp: float | None,
+        reason: str | None,
+        status: int | None,
+        kind: str | None = None,
     ) -> None:
         self._pending.append(
-            {"app": app, "token": token, "timestamp": timestamp, "reason": reason, "status": status}
+            {
+                "app": app,
+                "token": token,
+                "timestamp": timestamp,
+                "reason": reason,
+                "status": status,
+                "kind": kind,
+            }
         )
         if self._timer is None:
             self._timer = self._clock.callLater(0, self._flush)

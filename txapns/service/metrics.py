@@ -36,6 +36,9 @@ COUNTER_METRICS: dict[str, str] = {
     "window_high_water": "txapns_client_window_high_water",
 }
 
+#: Why an app cannot send, as ``txapns_app_paused`` labels them.
+PAUSE_KINDS = ("unavailable", "environment", "offline")
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_BUCKETS: tuple[float, ...] = (
     0.005,
@@ -94,18 +97,27 @@ class AppMetrics:
     resumed_maybe_duplicate: int = 0
     #: Finished with ``may_duplicate``: the client re-sent it after an unknown outcome.
     may_duplicate: int = 0
-    invalid_tokens: int = 0
+    #: Tokens published in the invalid-token feed, by kind of evidence.
+    invalid_by_kind: Counter[str] = field(default_factory=Counter)
+    #: Tokens rejected as ``BadDeviceToken``/``InvalidToken`` but not published: during a
+    #: wrong-environment pause (sent again on resume), or with too little evidence.
+    tokens_held_back: int = 0
+    #: Times the app was paused, by why (``unavailable``, ``environment``).
+    pauses: Counter[str] = field(default_factory=Counter)
     latency: Histogram = field(default_factory=Histogram)
 
+    @property
+    def invalid_tokens(self) -> int:
+        return sum(self.invalid_by_kind.values())
+
     def record(self, result: Result, latency: float | None) -> None:
+        """Count an outcome (the engine counts published invalid tokens itself)."""
         if result.outcome is Outcome.ACCEPTED:
             self.accepted += 1
         elif result.outcome is Outcome.REJECTED:
             self.rejected_by_reason[result.reason or "unspecified"] += 1
         else:
             self.unknown_by_reason[result.reason or "unspecified"] += 1
-        if result.token_invalid:
-            self.invalid_tokens += 1
         if result.may_duplicate:
             self.may_duplicate += 1
         if latency is not None:
@@ -121,6 +133,8 @@ class AppGauges:
     inflight: int = 0
     client_pending: int = 0
     counters: Counters | None = None
+    #: Why the app cannot send now (one of :data:`PAUSE_KINDS`), or ``None``.
+    paused: str | None = None
 
 
 class ServiceMetrics:
@@ -153,6 +167,11 @@ class ServiceMetrics:
         def per_app(value: Mapping[str, float]) -> list[_Sample]:
             return [("", {"app": n}, value[n]) for n in names]
 
+        def per_label(label: str, counts: Mapping[str, Counter[str]]) -> list[_Sample]:
+            return [
+                ("", {"app": n, label: k}, v) for n in names for k, v in sorted(counts[n].items())
+            ]
+
         family(
             "txapns_notifications_submitted_total",
             "counter",
@@ -175,27 +194,49 @@ class ServiceMetrics:
             "txapns_notifications_rejected_total",
             "counter",
             "Notifications rejected, by reason.",
-            [
-                ("", {"app": n, "reason": r}, v)
-                for n in names
-                for r, v in sorted(m[n].rejected_by_reason.items())
-            ],
+            per_label("reason", {n: m[n].rejected_by_reason for n in names}),
         )
         family(
             "txapns_notifications_unknown_total",
             "counter",
             "Notifications whose delivery is unknown, by reason.",
-            [
-                ("", {"app": n, "reason": r}, v)
-                for n in names
-                for r, v in sorted(m[n].unknown_by_reason.items())
-            ],
+            per_label("reason", {n: m[n].unknown_by_reason for n in names}),
         )
         family(
             "txapns_invalid_tokens_total",
             "counter",
-            "Device tokens APNs reported as no longer valid.",
+            "Device tokens published as no longer valid.",
             per_app({n: m[n].invalid_tokens for n in names}),
+        )
+        family(
+            "txapns_invalid_tokens_by_kind_total",
+            "counter",
+            "Device tokens published as no longer valid, by kind of evidence (unregistered, "
+            "bad_token, invalid_token, feedback).",
+            per_label("kind", {n: m[n].invalid_by_kind for n in names}),
+        )
+        family(
+            "txapns_tokens_held_back_total",
+            "counter",
+            "Tokens rejected as BadDeviceToken/InvalidToken and not published (a wrong "
+            "environment is suspected).",
+            per_app({n: m[n].tokens_held_back for n in names}),
+        )
+        family(
+            "txapns_app_pauses_total",
+            "counter",
+            "Times the app was paused, by why (unavailable, environment).",
+            per_label("why", {n: m[n].pauses for n in names}),
+        )
+        family(
+            "txapns_app_paused",
+            "gauge",
+            "1 while the app cannot send (its work stays in the spool), with why.",
+            [
+                ("", {"app": n, "why": why}, 1 if g[n].paused == why else 0)
+                for n in names
+                for why in PAUSE_KINDS
+            ],
         )
         family(
             "txapns_retries_total",

@@ -53,6 +53,7 @@ from twisted.python.failure import Failure
 
 from .._twisted import cancel_call
 from ..core.notification import Notification
+from ..core.token_evidence import recorded_kind
 from .backend import ConsumerHooks, SpoolUnavailableError
 from .metrics import family_lines
 from .spool import (
@@ -653,7 +654,9 @@ class RedisSpool:
         bad = tok = ""
         if r.token_invalid:
             tok = r.token
-            bad = json.dumps([r.timestamp, r.reason, r.status, "apns"], separators=(",", ":"))
+            bad = json.dumps(
+                [r.timestamp, r.reason, r.status, "apns", r.kind], separators=(",", ":")
+            )
         return [h.entry_id, h.job_id, str(h.index), outcome, tok, bad]
 
     def _enqueue_writes(self, by_app: dict[str, list[str]], done: Deferred[list[str]]) -> None:
@@ -759,7 +762,8 @@ class RedisSpool:
     ) -> Deferred[None]:
         args: list[object] = [GROUP, self._job_prefix, int(self.settings.results_ttl)]
         for token, ts in entries:
-            detail = json.dumps([ts, source, None, source], separators=(",", ":"))
+            kind = "feedback" if source == "feedback" else None
+            detail = json.dumps([ts, source, None, source, kind], separators=(",", ":"))
             args += ["", "", "", "", token.lower(), detail]
         keys = [self._key(app, "q"), self._key(app, "bad"), self._key(app, "bad:d")]
         d = RECORD(self.link, keys, args)
@@ -859,8 +863,12 @@ class RedisSpool:
     ) -> list[InvalidToken]:
         out: list[InvalidToken] = []
         for (token, at), raw in zip(rows, values, strict=True):
-            ts, reason, status, source = json.loads(raw) if raw else (None, None, None, "apns")
-            out.append(InvalidToken(app, token, ts, reason, status, source, at))
+            fields: list[Any] = json.loads(raw) if raw else [None, None, None, "apns"]
+            ts, reason, status, source = fields[:4]
+            # Entries written before the kind was stored get it from what they hold.
+            kind = fields[4] if len(fields) > 4 and fields[4] else None
+            kind = kind or recorded_kind(source, status, reason)
+            out.append(InvalidToken(app, token, ts, reason, status, source, at, kind))
         return out
 
     # -- consuming --

@@ -80,9 +80,13 @@ def make_sender(
     *,
     address: Callable[[], tuple[str, int]] | None = None,
     hostname: str | None = None,
+    hold_when_unavailable: bool = False,
 ) -> Sender:
     """A client for ``app``: binary or HTTP/2, as configured. ``address`` overrides where to
-    connect (the embedded fake); the server certificate is still verified for ``hostname``."""
+    connect (the embedded fake); the server certificate is still verified for ``hostname``.
+    ``hold_when_unavailable``: the client holds, rather than rejects, what it has while the
+    credential is refused or TLS keeps failing (the service, which keeps its work in the
+    spool and pauses the app; a one-off command wants the rejection)."""
     from ..binary import BinaryClient
 
     host, port = app.endpoint()
@@ -99,10 +103,16 @@ def make_sender(
             ca_pem=ca_pem,
             proxy=app.proxy,
         )
-        return BinaryClient(reactor, endpoint)
+        return BinaryClient(reactor, endpoint, hold_when_unavailable=hold_when_unavailable)
     if app.protocol == "http2":
         from ..http2 import HTTP2Client
 
         # Token auth: the .p8 key (ES256); certificate auth: PEM or PKCS#12. TLS with ALPN h2.
-        return HTTP2Client.for_app(app, reactor, address=address, hostname=hostname)
+        return HTTP2Client.for_app(
+            app,
+            reactor,
+            address=address,
+            hostname=hostname,
+            hold_when_unavailable=hold_when_unavailable,
+        )
     raise ConfigError(f"app {app.name!r}: protocol {app.protocol!r} is not available yet")

@@ -47,6 +47,7 @@ from twisted.python.threadpool import ThreadPool
 from ..core.errors import APNsError
 from ..core.notification import Notification, PushType
 from ..core.result import Outcome, Result
+from ..core.token_evidence import evidence_kind
 
 _T = TypeVar("_T")
 log = Logger()
@@ -56,7 +57,7 @@ INFLIGHT = "inflight"
 FINISHED_STATES = (Outcome.ACCEPTED.value, Outcome.REJECTED.value, Outcome.UNKNOWN.value)
 STATES = (QUEUED, INFLIGHT, *FINISHED_STATES)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -101,10 +102,27 @@ CREATE TABLE IF NOT EXISTS invalid_tokens (
     status INTEGER,
     source TEXT NOT NULL,
     reported_at REAL NOT NULL,
+    kind TEXT,
     PRIMARY KEY (app, token)
 );
 CREATE INDEX IF NOT EXISTS invalid_tokens_reported ON invalid_tokens (app, reported_at);
 """
+
+
+#: Schema migrations: from version → (statements, to version). 1 → 2 adds the invalid-token
+#: feed's ``kind`` of evidence (see :mod:`txapns.core.token_evidence`), filled in for the rows
+#: an older version wrote from what they recorded.
+_MIGRATIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "1": (
+        (
+            "ALTER TABLE invalid_tokens ADD COLUMN kind TEXT",
+            "UPDATE invalid_tokens SET kind = CASE WHEN source = 'feedback' THEN 'feedback'"
+            " WHEN status = 8 THEN 'invalid_token' WHEN reason = 'BadDeviceToken'"
+            " THEN 'bad_token' ELSE 'unregistered' END",
+        ),
+        "2",
+    ),
+}
 
 
 class SpoolError(APNsError):
@@ -167,9 +185,12 @@ class OutcomeRecord:
     #: Apple's timestamp (UNIX seconds) for a dead token.
     timestamp: float | None = None
     attempts: int = 0
+    #: Publish the token in the invalid-token feed (the engine may hold it back).
     token_invalid: bool = False
     #: The client re-sent it after an unknown outcome (``Result.may_duplicate``).
     may_duplicate: bool = False
+    #: The kind of evidence the token is invalid (``unregistered``, ``bad_token``…), if any.
+    kind: str | None = None
 
     @classmethod
     def from_result(cls, id: int, job_id: str, app: str, result: Result) -> OutcomeRecord:
@@ -187,6 +208,7 @@ class OutcomeRecord:
             attempts=result.attempts,
             token_invalid=result.token_invalid,
             may_duplicate=result.may_duplicate,
+            kind=evidence_kind(result),
         )
 
 
@@ -202,6 +224,8 @@ class InvalidToken:
     source: str
     #: When this service learned it (its own clock); ``since`` filters on this.
     reported_at: float
+    #: The kind of evidence: ``unregistered``, ``bad_token``, ``invalid_token``, ``feedback``.
+    kind: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,10 +335,7 @@ class SpoolStore:
                         "INSERT INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
                     )
                 elif row[0] != SCHEMA_VERSION:
-                    raise SpoolError(
-                        f"spool {str(self.path)!r} has schema {row[0]}; this txapns needs "
-                        f"{SCHEMA_VERSION}"
-                    )
+                    self._migrate(str(row[0]))
             top = self._db.execute("SELECT max(id) FROM notifications").fetchone()[0]
         except sqlite3.OperationalError as e:
             self._db.close()
@@ -329,6 +350,19 @@ class SpoolStore:
             raise
         self._next_id = (top or 0) + 1
         self.closed = False
+
+    def _migrate(self, version: str) -> None:
+        """Bring an older spool's schema up to :data:`SCHEMA_VERSION` (in the caller's
+        transaction), or refuse a schema this version does not know."""
+        while version in _MIGRATIONS:
+            statements, version = _MIGRATIONS[version]
+            for statement in statements:
+                self._db.execute(statement)
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (version,))
+        if version != SCHEMA_VERSION:
+            raise SpoolError(
+                f"spool {str(self.path)!r} has schema {version}; this txapns needs {SCHEMA_VERSION}"
+            )
 
     # -- transactions --
 
@@ -520,7 +554,7 @@ class SpoolStore:
             for r in todo:
                 per_job[r.job_id] = per_job.get(r.job_id, 0) + 1
             dead = [
-                (r.app, r.token, r.timestamp, r.reason, r.status, "apns", now)
+                (r.app, r.token, r.timestamp, r.reason, r.status, "apns", now, r.kind)
                 for r in todo
                 if r.token_invalid
             ]
@@ -548,20 +582,24 @@ class SpoolStore:
         source: str = "feedback",
         reason: str | None = None,
         status: int | None = None,
+        kind: str | None = "feedback",
     ) -> None:
         """Record dead tokens learnt outside a send, e.g. feedback ``(token, time)`` tuples."""
         with self.transaction():
             self._upsert_invalid(
-                [(app, token.lower(), ts, reason, status, source, now) for token, ts in entries]
+                [
+                    (app, token.lower(), ts, reason, status, source, now, kind)
+                    for token, ts in entries
+                ]
             )
 
     def _upsert_invalid(self, rows: Sequence[tuple[object, ...]]) -> None:
         self._db.executemany(
             "INSERT INTO invalid_tokens (app, token, timestamp, reason, status, source,"
-            " reported_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (app, token) DO UPDATE SET"
-            " timestamp = excluded.timestamp, reason = excluded.reason,"
+            " reported_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (app, token)"
+            " DO UPDATE SET timestamp = excluded.timestamp, reason = excluded.reason,"
             " status = excluded.status, source = excluded.source,"
-            " reported_at = excluded.reported_at",
+            " reported_at = excluded.reported_at, kind = excluded.kind",
             rows,
         )
 
@@ -660,7 +698,7 @@ class SpoolStore:
         oldest first, ``limit`` of them, or more when the last one's ``reported_at`` is shared
         by others (an outcome batch shares its time): those are all included, so that
         polling on from the last ``reported_at`` seen neither repeats a token nor skips one."""
-        columns = "app, token, timestamp, reason, status, source, reported_at"
+        columns = "app, token, timestamp, reason, status, source, reported_at, kind"
         rows = self._db.execute(
             f"SELECT {columns} FROM invalid_tokens WHERE app = ? AND reported_at > ?"
             " ORDER BY reported_at, token LIMIT ?",

@@ -47,6 +47,10 @@ class FakeSender:
         self.stop_calls = 0
         #: The ``timeout`` of each ``stop`` call.
         self.stop_timeouts: list[float] = []
+        #: What a real client reports: why it cannot send (circuit open, TLS failing), and
+        #: its ready connections (``None``: not reported).
+        self.unavailable: str | None = None
+        self.connections: int | None = None
 
     def send(self, notification: Notification) -> Deferred[Result]:
         if self.validate is not None:
@@ -144,3 +148,10 @@ class FakeSender:
             else:
                 self.answer(0, self.stop_outcome, reason="connection closed at stop")
         return succeed(None)
+
+
+class ReportingFakeSender(FakeSender):
+    """A :class:`FakeSender` with a ``health()`` as the real clients have (connections)."""
+
+    def health(self) -> dict[str, object]:
+        return {"connections": self.connections, "unavailable": self.unavailable}

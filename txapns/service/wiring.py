@@ -38,7 +38,7 @@ from ..interfaces import Sender
 from .api import Limits
 from .backend import SpoolBackend
 from .config import RedisSpoolConfig, ServiceConfig
-from .engine import Engine, InvalidTokenWebhook, engine_apps
+from .engine import WATCH_INTERVAL, Engine, InvalidTokenWebhook, engine_apps
 from .feedback import FeedbackPolling
 from .spool import Spool, SpoolStore, thread_runner
 
@@ -90,6 +90,7 @@ def build_engine(
         drain_timeout=config.drain_timeout,
         retention=config.retention_seconds,
         webhook=webhook,
+        watch_interval=WATCH_INTERVAL,
     )
     return engine, pool
 
