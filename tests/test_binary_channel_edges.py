@@ -102,3 +102,132 @@ class MaybeDeliveredTests(SynchronousTestCase):
         h.record(h.channel.fail_all("client stopped", "stopped", h.now))
         self.assertEqual(h.outcome(1), Outcome.UNKNOWN)
         h.check()
+
+
+class MutationSurvivorTests(SynchronousTestCase):
+    """Behaviour pinned after a mutmut run of :mod:`txapns.core.binary_channel`."""
+
+    def test_queue_room(self) -> None:
+        h = Harness(max_queue=5)
+        h.submit(0, 1)
+        self.assertEqual(h.channel.queue_room(), 3)
+
+    def test_confirming_part_of_the_window_keeps_identifiers_attributed(self) -> None:
+        h = Harness(quiet=1.0)
+        h.submit(0, 1)
+        h.connect_and_write()
+        h.now = 0.5
+        h.submit(2, 3)
+        self.assertEqual(h.write(), [(3, 2), (4, 3)])
+        h.now = 1.0
+        h.record(h.channel.confirm_quiet(h.now))  # 0 and 1; 2 and 3 stay in flight
+        self.assertEqual(sorted(h.results), [0, 1])
+        h.feed(error(8, 4))
+        self.assertEqual((h.outcome(2), h.outcome(3)), (Outcome.ACCEPTED, Outcome.REJECTED))
+        h.check()
+
+    def test_identifier_zero_after_the_wrap_names_nothing(self) -> None:
+        # Across the wrap 0 sits between 0xFFFFFFFF and 1 by arithmetic, but is never written.
+        h = Harness(unknown_policy=UnknownPolicy.FAIL)
+        h.channel.connection_made()
+        h.channel._next_id = 0xFFFFFFFE
+        h.submit(0, 1, 2)
+        self.assertEqual([ident for ident, _ in h.write()], [0xFFFFFFFE, 0xFFFFFFFF, 1])
+        h.feed(error(8, 0))
+        self.assertEqual([h.outcome(i) for i in range(3)], [Outcome.UNKNOWN] * 3)
+        self.assertEqual(
+            h.results[0][0].reason,
+            "error response InvalidToken named identifier 0, which is not in flight",
+        )
+
+    def sentinel_then_more(self, h: Harness) -> None:
+        """0 and 1 written, then a sentinel (identifier 3), then 2 and 3 (4 and 5)."""
+        h.submit(0, 1)
+        h.connect_and_write()
+        self.assertNotEqual(h.channel.take_sentinel(h.now), b"")
+        h.submit(2, 3)
+        self.assertEqual(h.write(), [(4, 2), (5, 3)])
+        self.assertEqual(h.channel.pending(), 4)
+        self.assertEqual(h.channel.window_bytes, sum(p.size for p in h.channel.window))
+
+    def test_error_after_a_sentinel_in_the_middle(self) -> None:
+        h = Harness()
+        self.sentinel_then_more(h)
+        h.feed(error(8, 5))
+        self.assertEqual([h.outcome(i) for i in range(3)], [Outcome.ACCEPTED] * 3)
+        self.assertEqual(h.outcome(3), Outcome.REJECTED)
+        self.assertEqual((h.channel.pending(), h.channel.window_bytes), (0, 0))
+        h.check()
+
+    def test_silent_close_after_a_sentinel_in_the_middle(self) -> None:
+        h = Harness(unknown_policy=UnknownPolicy.FAIL)
+        self.sentinel_then_more(h)
+        h.lose()
+        self.assertEqual([h.outcome(i) for i in range(4)], [Outcome.UNKNOWN] * 4)
+        self.assertEqual((h.channel.pending(), h.channel.window_bytes), (0, 0))
+        h.check()
+
+    def test_fail_all_after_a_sentinel_in_the_middle(self) -> None:
+        h = Harness()
+        self.sentinel_then_more(h)
+        h.submit(4)
+        h.record(h.channel.fail_all("client stopped", "stopped", h.now))
+        self.assertEqual([h.outcome(i) for i in range(4)], [Outcome.UNKNOWN] * 4)
+        self.assertEqual(h.outcome(4), Outcome.REJECTED)
+        self.assertEqual(h.channel.counters.rejected_by_reason, {"stopped": 1})
+        self.assertEqual(h.channel.counters.unknown_by_reason, {"stopped": 4})
+        self.assertEqual((h.channel.pending(), h.channel.window_bytes), (0, 0))
+        h.check()
+
+    def test_a_write_after_a_sentinel_continues_the_identifiers(self) -> None:
+        h = Harness()
+        h.submit(0)
+        h.connect_and_write()
+        h.channel.take_sentinel(h.now)
+        h.submit(1)
+        self.assertEqual(h.write(), [(3, 1)])
+
+    def test_no_sentinel_after_an_error_response(self) -> None:
+        h = Harness()
+        h.submit(0, 1)
+        h.connect_and_write()
+        h.feed(error(10, 1))  # shutdown: 0 delivered, 1 waits for the next connection
+        self.assertIsNone(h.channel.broken)
+        self.assertEqual(h.channel.take_sentinel(h.now), b"")
+
+    def test_transient_statuses_counted_and_the_last_status_kept(self) -> None:
+        h = Harness(max_attempts=3)
+        h.submit(0)
+        for status in (1, 1):
+            h.connect_and_write()
+            h.feed(error(status, 1))
+            h.lose()
+        self.assertEqual(h.channel.counters.retried, 2)
+        h.connect_and_write()
+        h.feed(error(255, 1))
+        [result] = h.results[0]
+        self.assertEqual((result.outcome, result.status), (Outcome.REJECTED, 255))
+        self.assertEqual(result.reason, "Unknown after 3 attempts")
+        self.assertEqual(h.channel.counters.rejected_by_reason, {"Unknown": 1})
+        h.check()
+
+    def test_a_permanent_status_is_counted_by_name(self) -> None:
+        h = Harness()
+        h.submit(0)
+        h.connect_and_write()
+        h.feed(error(8, 1))
+        self.assertEqual(h.channel.counters.rejected_by_reason, {"InvalidToken": 1})
+
+    def test_each_silent_close_uses_one_attempt(self) -> None:
+        h = Harness(max_attempts=3)
+        h.submit(0)
+        for _ in range(2):
+            h.connect_and_write()
+            h.lose()
+            self.assertEqual(h.results, {})
+            self.assertEqual(h.channel.window_bytes, 0)
+        h.connect_and_write()
+        h.lose()
+        [result] = h.results[0]
+        self.assertEqual((result.outcome, result.attempts), (Outcome.UNKNOWN, 3))
+        h.check()
