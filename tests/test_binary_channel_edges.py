@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from txapns.core.binary_channel import UnknownPolicy
+from txapns.core.binary import encode_frame
+from txapns.core.binary_channel import BinaryChannel, ChannelConfig, Pending, UnknownPolicy
+from txapns.core.counters import Counters
+from txapns.core.notification import Notification
 from txapns.core.result import Outcome
 
-from .test_binary_channel import Harness, error
+from .test_binary_channel import Harness, error, note
 
 
 class ErrorNamingTheNextIdentifierTests(SynchronousTestCase):
@@ -230,4 +233,153 @@ class MutationSurvivorTests(SynchronousTestCase):
         h.lose()
         [result] = h.results[0]
         self.assertEqual((result.outcome, result.attempts), (Outcome.UNKNOWN, 3))
+        h.check()
+
+
+def sized(i: int, frame_size: int) -> Notification:
+    """Notification ``i`` whose command-2 frame is exactly ``frame_size`` bytes."""
+    base = len(encode_frame(1, i.to_bytes(32, "big"), b'{"p":""}'))
+    return Notification.create(i.to_bytes(32, "big"), {"p": "x" * (frame_size - base)})
+
+
+class ConfigAndStateTests(SynchronousTestCase):
+    def test_config_bounds_are_inclusive(self) -> None:
+        ChannelConfig(max_window=1, max_queue=1, max_window_bytes=4096, max_attempts=1, quiet=0.001)
+        for bad, message in [
+            ({"max_window": 0}, "window and queue bounds must be positive (bytes ≥ 4096)"),
+            ({"max_queue": 0}, "window and queue bounds must be positive (bytes ≥ 4096)"),
+            ({"max_window_bytes": 4095}, "window and queue bounds must be positive (bytes ≥ 4096)"),
+            ({"max_attempts": 0}, "max_attempts must be at least 1"),
+            ({"quiet": 0.0}, "quiet must be positive"),
+            ({"quiet": -1.0}, "quiet must be positive"),
+        ]:
+            with self.assertRaises(ValueError) as cm:
+                ChannelConfig(**bad)  # type: ignore[arg-type]
+            self.assertEqual(str(cm.exception), message)
+
+    def test_fresh_state(self) -> None:
+        p = Pending(note(1), "h", 5.0)
+        self.assertEqual(
+            (p.handle, p.submitted_at, p.sent_at, p.size, p.writes, p.tries),
+            ("h", 5.0, 0.0, 0, 0, 0),
+        )
+        self.assertIs(p.maybe_delivered, False)
+        self.assertIs(p.sentinel, False)
+        counters = Counters()
+        ch = BinaryChannel(counters=counters)
+        self.assertIs(ch.counters, counters)
+        self.assertEqual(ch.config, ChannelConfig())
+        self.assertEqual((ch.window_bytes, ch.accepted_here, ch._sentinels), (0, 0, 0))
+        self.assertEqual((ch._next_id, ch._first_id), (1, 1))
+        self.assertIs(ch.connected, False)
+        self.assertIsNone(ch.error)
+        self.assertIsNone(ch.broken)
+        self.assertFalse(ch.writable())
+        self.assertEqual(ch.take_frames(0.0), b"")
+        self.assertIsNot(BinaryChannel().counters, BinaryChannel().counters)
+
+    def test_a_new_connection_starts_afresh(self) -> None:
+        h = Harness(quiet=1.0)
+        h.submit(0, 1)
+        h.connect_and_write()
+        h.now = 1.0
+        h.record(h.channel.confirm_quiet(h.now))
+        self.assertEqual(h.channel.accepted_here, 2)
+        h.lose()
+        self.assertIs(h.channel.connected, False)
+        h.submit(2, 3)
+        h.channel.connection_made()
+        self.assertEqual((h.channel.accepted_here, h.channel._first_id), (0, 1))
+        self.assertEqual(h.write(), [(1, 2), (2, 3)])
+        h.feed(error(8, 1))
+        self.assertEqual(h.outcome(2), Outcome.REJECTED)
+        self.assertEqual([p.handle for p in h.channel.queue], [3])
+
+
+class TakeFramesTests(SynchronousTestCase):
+    def test_byte_bound_of_one_write(self) -> None:
+        h = Harness()
+        for i in range(4):
+            h.channel.submit(sized(i, 100), i, 0.0)
+        h.channel.connection_made()
+        self.assertEqual(len(h.channel.take_frames(0.0, max_bytes=200)), 200)
+        self.assertEqual(len(h.channel.take_frames(0.0, max_bytes=101)), 200)
+        self.assertEqual(h.channel.window_bytes, 400)
+
+    def test_window_byte_bound_is_inclusive(self) -> None:
+        h = Harness(max_window_bytes=4096)
+        for i in range(3):
+            h.channel.submit(sized(i, 2048), i, 0.0)
+        h.channel.connection_made()
+        self.assertEqual(len(h.write()), 2)
+        self.assertEqual(h.channel.window_bytes, 4096)
+        self.assertTrue(h.channel.window_full())
+        self.assertFalse(h.channel.writable())
+
+    def test_expiry_and_priority_are_written(self) -> None:
+        h = Harness()
+        n = Notification.create(b"\x01" * 32, {"aps": {}}, expiry=1_700_000_000, priority=5)
+        h.channel.submit(n, 0, 0.0)
+        h.channel.connection_made()
+        self.assertEqual(
+            h.channel.take_frames(0.0), encode_frame(1, n.token, n.payload, 1_700_000_000, 5)
+        )
+
+
+class ReadTests(SynchronousTestCase):
+    def test_an_error_response_before_garbage_still_decides(self) -> None:
+        h = Harness()
+        h.submit(0, 1, 2)
+        h.connect_and_write()
+        h.feed(error(8, 2) + b"\x07junk")
+        self.assertEqual([h.outcome(i) for i in (0, 1)], [Outcome.ACCEPTED, Outcome.REJECTED])
+        self.assertIn("command", h.channel.broken or "")
+        h.lose()
+        self.assertEqual([i for _, i in h.connect_and_write()], [2])
+
+    def test_garbage_is_named_in_the_unknown_reason(self) -> None:
+        h = Harness(unknown_policy=UnknownPolicy.FAIL)
+        h.submit(0)
+        h.connect_and_write()
+        h.feed(b"\x07")
+        broken = h.channel.broken
+        assert broken is not None
+        h.lose()
+        self.assertEqual(h.results[0][0].reason, f"test close (dropped: {broken})")
+        self.assertEqual(h.channel.counters.unknown_by_reason, {"silent-close": 1})
+
+    def test_undelivered_close_requeues_without_using_an_attempt(self) -> None:
+        h = Harness(max_attempts=1)
+        h.submit(0, 1)
+        h.connect_and_write()
+        h.channel.take_sentinel(h.now)
+        self.assertEqual(h.channel.connection_lost(h.now, "tls refused", undelivered=True), [])
+        self.assertEqual([p.handle for p in h.channel.queue], [0, 1])
+        self.assertEqual((h.channel.window_bytes, h.channel._sentinels), (0, 0))
+        self.assertEqual(h.channel.pending(), 2)
+        self.assertTrue(all(not p.maybe_delivered for p in h.channel.queue))
+        self.assertEqual([i for _, i in h.connect_and_write()], [0, 1])
+        h.check()
+
+
+class ConfirmQuietTests(SynchronousTestCase):
+    def test_results_and_bytes_of_a_confirmation(self) -> None:
+        h = Harness(quiet=1.0)
+        h.submit(0, 1)
+        h.connect_and_write()
+        h.channel.take_sentinel(h.now)
+        h.now = 0.5
+        h.submit(2)
+        h.write()
+        h.now = 1.2
+        h.record(h.channel.confirm_quiet(h.now))
+        [result] = h.results[0]
+        self.assertEqual(
+            (result.notification, result.outcome, result.attempts, result.latency),
+            (note(0), Outcome.ACCEPTED, 1, 1.2),
+        )
+        self.assertEqual(sorted(h.results), [0, 1])
+        self.assertEqual(h.channel.window_bytes, h.channel.window[0].size)
+        self.assertEqual((h.channel._sentinels, h.channel.pending()), (0, 1))
+        self.assertEqual((h.channel.counters.accepted, h.channel.accepted_here), (2, 2))
         h.check()
