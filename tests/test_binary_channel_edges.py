@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from txapns.core.binary import encode_frame
 from txapns.core.binary_channel import BinaryChannel, ChannelConfig, Pending, UnknownPolicy
 from txapns.core.counters import Counters
+from txapns.core.errors import QueueFullError
 from txapns.core.notification import Notification
 from txapns.core.result import Outcome
 
@@ -383,3 +384,57 @@ class ConfirmQuietTests(SynchronousTestCase):
         self.assertEqual((h.channel._sentinels, h.channel.pending()), (0, 1))
         self.assertEqual((h.channel.counters.accepted, h.channel.accepted_here), (2, 2))
         h.check()
+
+    def test_fields_of_a_rejection(self) -> None:
+        h = Harness()
+        h.now = 2.0
+        h.submit(0)
+        h.now = 3.5
+        h.connect_and_write()
+        h.feed(error(8, 1))
+        [result] = h.results[0]
+        fields = ("notification", "outcome", "status", "reason", "apns_id", "attempts")
+        self.assertEqual(
+            [getattr(result, f) for f in (*fields, "latency", "local", "timestamp")],
+            [note(0), Outcome.REJECTED, 8, "InvalidToken", None, 1, 1.5, None, None],
+        )
+
+    def test_confirmations_add_up_across_a_sentinel(self) -> None:
+        h = Harness(quiet=1.0)
+        h.now = 1.0
+        h.submit(0)
+        h.connect_and_write()
+        h.channel.take_sentinel(h.now)
+        h.submit(1)
+        h.write()
+        h.now = 2.5
+        h.record(h.channel.confirm_quiet(h.now))  # all of it, past the sentinel, in one call
+        self.assertEqual(sorted(h.results), [0, 1])
+        self.assertEqual(h.results[0][0].latency, 1.5)
+        self.assertEqual(h.channel.window_bytes, 0)
+        h.submit(2)
+        h.write()
+        h.now = 4.0
+        h.record(h.channel.confirm_quiet(h.now))
+        self.assertEqual(h.channel.accepted_here, 3)
+        h.check()
+
+    def test_queue_full_message(self) -> None:
+        h = Harness(max_queue=1)
+        h.submit(0)
+        with self.assertRaises(QueueFullError) as cm:
+            h.submit(1)
+        self.assertEqual(
+            str(cm.exception),
+            "pending queue is full (1 notifications); wait for results or raise max_queue",
+        )
+
+    def test_replays_add_up(self) -> None:
+        h = Harness()
+        h.submit(0, 1, 2)
+        h.connect_and_write()
+        h.feed(error(8, 1))
+        h.lose()
+        h.connect_and_write()
+        h.feed(error(8, 1))
+        self.assertEqual(h.channel.counters.replayed, 3)
