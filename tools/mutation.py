@@ -100,6 +100,19 @@ EQUIVALENT: dict[str, str] = {
     f"{_BC}connection_lost__mutmut_7": _RESET_ON_CONNECT,
     f"{_BC}connection_lost__mutmut_10": _RESET_ON_CONNECT,
     f"{_BC}connection_lost__mutmut_19": _RESET_ON_CONNECT,
+    "txapns.core.counters.xǁCountersǁnote_window__mutmut_1": ">= sets the value it already has",
+    "txapns.core.http2_policy.x_classify__mutmut_8": "200 is in _BY_STATUS, decided before",
+    "txapns.core.http2_policy.x_classify__mutmut_9": "200 is in _BY_STATUS, decided before",
+    "txapns.core.http2_policy.x_classify__mutmut_12": "500 is in _BY_STATUS, decided before",
+    "txapns.core.http2_policy.x_classify__mutmut_13": "500 is in _BY_STATUS, decided before",
+    "txapns.core.http2_policy.x__text__mutmut_7": "codec names are case-insensitive",
+    "txapns.core.http2_policy.x_parse_response__mutmut_17": "neither '' nor None is a dict",
+    "txapns.core.http2_policy.xǁRetryPolicyǁdecide_response__mutmut_7": (
+        "decide() finishes ACCEPTED and REJECTED the same way"
+    ),
+    "txapns.core.binary.x_encode_simple__mutmut_9": (
+        "command 0 can only fail on a length, explained before the struct error is used"
+    ),
 }
 
 #: mutmut's exit codes (mutmut.stats.status_by_exit_code).
