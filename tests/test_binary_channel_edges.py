@@ -17,6 +17,7 @@ from txapns.core.notification import Notification
 from txapns.core.result import Outcome
 
 from .test_binary_channel import Harness, error, note
+from .test_core_edges import assert_invalid
 
 
 class ErrorNamingTheNextIdentifierTests(SynchronousTestCase):
@@ -246,17 +247,19 @@ def sized(i: int, frame_size: int) -> Notification:
 class ConfigAndStateTests(SynchronousTestCase):
     def test_config_bounds_are_inclusive(self) -> None:
         ChannelConfig(max_window=1, max_queue=1, max_window_bytes=4096, max_attempts=1, quiet=0.001)
-        for bad, message in [
-            ({"max_window": 0}, "window and queue bounds must be positive (bytes ≥ 4096)"),
-            ({"max_queue": 0}, "window and queue bounds must be positive (bytes ≥ 4096)"),
-            ({"max_window_bytes": 4095}, "window and queue bounds must be positive (bytes ≥ 4096)"),
-            ({"max_attempts": 0}, "max_attempts must be at least 1"),
-            ({"quiet": 0.0}, "quiet must be positive"),
-            ({"quiet": -1.0}, "quiet must be positive"),
-        ]:
-            with self.assertRaises(ValueError) as cm:
-                ChannelConfig(**bad)  # type: ignore[arg-type]
-            self.assertEqual(str(cm.exception), message)
+        bounds = "window and queue bounds must be positive (bytes ≥ 4096)"
+        assert_invalid(
+            self,
+            ChannelConfig,
+            [
+                ({"max_window": 0}, bounds),
+                ({"max_queue": 0}, bounds),
+                ({"max_window_bytes": 4095}, bounds),
+                ({"max_attempts": 0}, "max_attempts must be at least 1"),
+                ({"quiet": 0.0}, "quiet must be positive"),
+                ({"quiet": -1.0}, "quiet must be positive"),
+            ],
+        )
 
     def test_fresh_state(self) -> None:
         p = Pending(note(1), "h", 5.0)

@@ -16,6 +16,16 @@ from txapns.core.errors import ChannelError, ProtocolError, RequestError
 from txapns.core.http2_policy import Action, RetryPolicy, classify, parse_response
 
 
+def assert_invalid(
+    case: SynchronousTestCase, factory: Any, cases: list[tuple[dict[str, Any], str]]
+) -> None:
+    """``factory(**kwargs)`` raises ValueError with exactly that message, for each case."""
+    for kwargs, message in cases:
+        with case.assertRaises(ValueError) as cm:
+            factory(**kwargs)
+        case.assertEqual(str(cm.exception), message, kwargs)
+
+
 class BackoffEdgeTests(SynchronousTestCase):
     def test_no_failure_no_delay(self) -> None:
         b = Backoff(initial=1.0, factor=2.0, cap=60.0, jitter=0.5)
@@ -65,13 +75,14 @@ class RetryPolicyEdgeTests(SynchronousTestCase):
     def test_bounds_and_messages(self) -> None:
         RetryPolicy(max_attempts=1, too_many_requests_delay=0.0)
         RetryPolicy(too_many_requests_delay=0.5)
-        for bad, message in [
-            ({"max_attempts": 0}, "max_attempts must be at least 1"),
-            ({"too_many_requests_delay": -0.1}, "too_many_requests_delay must not be negative"),
-        ]:
-            with self.assertRaises(ValueError) as cm:
-                RetryPolicy(**bad)  # type: ignore[arg-type]
-            self.assertEqual(str(cm.exception), message)
+        assert_invalid(
+            self,
+            RetryPolicy,
+            [
+                ({"max_attempts": 0}, "max_attempts must be at least 1"),
+                ({"too_many_requests_delay": -0.1}, "too_many_requests_delay must not be negative"),
+            ],
+        )
 
     def test_jitter_defaults_to_the_middle_and_is_passed_on(self) -> None:
         policy = RetryPolicy(backoff=Backoff(initial=2.0, factor=2.0, cap=60.0, jitter=0.5))
