@@ -68,7 +68,6 @@ CLIENTS = ("http2.py", "binary.py")
 #: mutmut's name, with why. Reviewed by hand: see docs/testing.rst.
 _BC = "txapns.core.binary_channel.xǁBinaryChannelǁ"
 _SENTINEL_UNREAD = "a sentinel's notification, submitted_at and writes are never read"
-_FIRST_ID_UNREAD = "_first_id is set by take_frames before it is read (the window is empty)"
 _SENTINELS_RESET = "_sentinels is set to 0 at the end of _on_error (the window is cleared)"
 _AFTER_ERROR = (
     "after an error response the window is empty (take_frames and take_sentinel refuse while "
@@ -87,8 +86,6 @@ EQUIVALENT: dict[str, str] = {
     f"{_BC}take_sentinel__mutmut_31": _SENTINEL_UNREAD,
     f"{_BC}take_sentinel__mutmut_18": "dead branch: the method returned early on an empty window",
     f"{_BC}take_sentinel__mutmut_35": "= 1 and += 1 agree: reached only when _sentinels is 0",
-    f"{_BC}connection_made__mutmut_8": _FIRST_ID_UNREAD,
-    f"{_BC}connection_made__mutmut_9": _FIRST_ID_UNREAD,
     f"{_BC}_on_error__mutmut_23": _SENTINELS_RESET,
     f"{_BC}_on_error__mutmut_24": _SENTINELS_RESET,
     f"{_BC}_on_error__mutmut_25": _SENTINELS_RESET,
