@@ -12,8 +12,17 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txapns.core import binary
 from txapns.core.backoff import Backoff
-from txapns.core.errors import ChannelError, ProtocolError, RequestError
+from txapns.core.errors import (
+    ChannelError,
+    InvalidFieldError,
+    InvalidPriorityError,
+    InvalidTokenError,
+    PayloadError,
+    ProtocolError,
+    RequestError,
+)
 from txapns.core.http2_policy import Action, RetryPolicy, classify, parse_response
+from txapns.core.notification import Notification, parse_token, validate_binary, validate_http2
 
 
 def assert_invalid(
@@ -239,3 +248,47 @@ class BinaryCodecEdgeTests(SynchronousTestCase):
         self.assertEqual(
             str(cm3.exception), "feedback connection closed inside a tuple: 10 bytes pending"
         )
+
+
+class NotificationEdgeTests(SynchronousTestCase):
+    def test_only_angle_brackets_are_stripped_from_a_token(self) -> None:
+        self.assertEqual(parse_token("<" + "ab" * 32 + ">"), b"\xab" * 32)
+        for bad in ("ab" * 32 + "X", "X" + "ab" * 32):
+            self.assertRaises(InvalidTokenError, parse_token, bad)
+
+    def test_messages(self) -> None:
+        cases: list[tuple[type[Exception], str, Any]] = [
+            (
+                InvalidFieldError,
+                "collapse id must be a string, not 5",
+                lambda: Notification.create(T, {"aps": {}}, collapse_id=5),
+            ),
+            (
+                InvalidFieldError,
+                "topic must be a string, not 5",
+                lambda: Notification.create(T, {"aps": {}}, topic=5),
+            ),
+            (
+                InvalidPriorityError,
+                "priority 10 with content-available only is rejected by APNs; use priority 5 "
+                "for background updates",
+                lambda: validate_http2(
+                    Notification.create(T, {"aps": {"content-available": 1}}, priority=10),
+                    token_auth=False,
+                ),
+            ),
+            (
+                InvalidTokenError,
+                "the binary protocol sends to device tokens only (no broadcasts)",
+                lambda: validate_binary(Notification(b"", b'{"aps":{}}')),
+            ),
+            (
+                PayloadError,
+                "APNs rejects an empty payload (PayloadEmpty)",
+                lambda: validate_http2(Notification.create(T, {}), token_auth=False),
+            ),
+        ]
+        for error, message, call in cases:
+            with self.assertRaises(error) as cm:
+                call()
+            self.assertEqual(str(cm.exception), message)

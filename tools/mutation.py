@@ -107,6 +107,11 @@ EQUIVALENT: dict[str, str] = {
     "txapns.core.http2_policy.xǁRetryPolicyǁdecide_response__mutmut_7": (
         "decide() finishes ACCEPTED and REJECTED the same way"
     ),
+    "txapns.core.notification.xǁNotificationǁaps__mutmut_3": "a None default ends as {} too",
+    "txapns.core.notification.xǁNotificationǁaps__mutmut_5": "a None default ends as {} too",
+    "txapns.core.notification.x_validate_http2__mutmut_14": (
+        "a JSON object cannot be only X, braces and whitespace: X needs quotes"
+    ),
     "txapns.core.binary.x_encode_simple__mutmut_9": (
         "command 0 can only fail on a length, explained before the struct error is used"
     ),
