@@ -23,6 +23,7 @@ from txapns.core.errors import (
 )
 from txapns.core.http2_policy import Action, RetryPolicy, classify, parse_response
 from txapns.core.notification import Notification, parse_token, validate_binary, validate_http2
+from txapns.core.payload import build_payload, encode_payload
 
 
 def assert_invalid(
@@ -290,5 +291,38 @@ class NotificationEdgeTests(SynchronousTestCase):
         ]
         for error, message, call in cases:
             with self.assertRaises(error) as cm:
+                call()
+            self.assertEqual(str(cm.exception), message)
+
+
+class PayloadEdgeTests(SynchronousTestCase):
+    def test_live_activity_keys(self) -> None:
+        aps = build_payload(stale_date=1, dismissal_date=2, content_state={"a": 1}, attributes={})
+        self.assertEqual(
+            aps,
+            {
+                "aps": {
+                    "stale-date": 1,
+                    "dismissal-date": 2,
+                    "content-state": {"a": 1},
+                    "attributes": {},
+                }
+            },
+        )
+
+    def test_messages(self) -> None:
+        for call, message in [
+            (lambda: build_payload(content_state=5), "content-state must be a mapping, not int"),
+            (lambda: build_payload(attributes=5), "attributes must be a mapping, not int"),
+            (
+                lambda: encode_payload('{"a": NaN}'),
+                "payload is not valid UTF-8 JSON: NaN is not JSON",
+            ),
+            (
+                lambda: encode_payload({"x": object()}),
+                "payload cannot be encoded as JSON: Object of type object is not JSON serializable",
+            ),
+        ]:
+            with self.assertRaises(PayloadError) as cm:
                 call()
             self.assertEqual(str(cm.exception), message)

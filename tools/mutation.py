@@ -112,6 +112,17 @@ EQUIVALENT: dict[str, str] = {
     "txapns.core.notification.x_validate_http2__mutmut_14": (
         "a JSON object cannot be only X, braces and whitespace: X needs quotes"
     ),
+    **{
+        f"txapns.core.payload.x_encode_payload__mutmut_{n}": why
+        for n, why in [
+            (6, "codec names are case-insensitive"),
+            (17, "codec names are case-insensitive"),
+            (43, "codec names are case-insensitive"),
+            (13, "a str encoded to UTF-8 and decoded again is the same str"),
+            (30, "ensure_ascii=None is falsy like False"),
+            (31, "allow_nan=None is falsy like False"),
+        ]
+    },
     "txapns.core.binary.x_encode_simple__mutmut_9": (
         "command 0 can only fail on a length, explained before the struct error is used"
     ),
