@@ -157,11 +157,14 @@ CONFTEST = f"""\
 from hypothesis import HealthCheck, settings
 
 _init = settings.__init__
+_SUPPRESS = [HealthCheck.differing_executors, HealthCheck.too_slow]
 
 
 def _fewer_examples(self, parent=None, **kw):
     if kw.get("max_examples", 0) > {MAX_EXAMPLES}:
         kw["max_examples"] = {MAX_EXAMPLES}
+    if "suppress_health_check" in kw:
+        kw["suppress_health_check"] = [*kw["suppress_health_check"], *_SUPPRESS]
     _init(self, parent, **kw)
 
 
@@ -172,7 +175,7 @@ settings.register_profile(
     max_examples={MAX_EXAMPLES},
     derandomize=True,
     database=None,
-    suppress_health_check=[HealthCheck.differing_executors, HealthCheck.too_slow],
+    suppress_health_check=_SUPPRESS,
 )
 settings.load_profile("mutation")
 """
