@@ -315,6 +315,14 @@ class PayloadEdgeTests(SynchronousTestCase):
             (lambda: build_payload(content_state=5), "content-state must be a mapping, not int"),
             (lambda: build_payload(attributes=5), "attributes must be a mapping, not int"),
             (
+                lambda: build_payload(stale_date=-1),
+                "stale-date must be UNIX seconds (an integer), not -1",
+            ),
+            (
+                lambda: build_payload(dismissal_date=-1),
+                "dismissal-date must be UNIX seconds (an integer), not -1",
+            ),
+            (
                 lambda: encode_payload('{"a": NaN}'),
                 "payload is not valid UTF-8 JSON: NaN is not JSON",
             ),
