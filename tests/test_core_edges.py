@@ -21,6 +21,7 @@ from txapns.core.errors import (
     ProtocolError,
     RequestError,
 )
+from txapns.core.http2.events import ConnectionTerminated
 from txapns.core.http2_policy import Action, RetryPolicy, classify, parse_response
 from txapns.core.notification import Notification, parse_token, validate_binary, validate_http2
 from txapns.core.payload import build_payload, encode_payload
@@ -334,3 +335,12 @@ class PayloadEdgeTests(SynchronousTestCase):
             with self.assertRaises(PayloadError) as cm:
                 call()
             self.assertEqual(str(cm.exception), message)
+
+
+class H2EventEdgeTests(SynchronousTestCase):
+    def test_terminated_as_error_keeps_code_and_reason(self) -> None:
+        error = ConnectionTerminated(1, "bad frame", [3]).as_error()
+        self.assertEqual(
+            (error.error_code, error.reason, str(error)),
+            (1, "bad frame", "PROTOCOL_ERROR: bad frame"),
+        )
