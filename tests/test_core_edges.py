@@ -21,6 +21,7 @@ from txapns.core.errors import (
     ProtocolError,
     RequestError,
 )
+from txapns.core.http2 import frames
 from txapns.core.http2.events import ConnectionTerminated
 from txapns.core.http2_policy import Action, RetryPolicy, classify, parse_response
 from txapns.core.notification import Notification, parse_token, validate_binary, validate_http2
@@ -343,4 +344,11 @@ class H2EventEdgeTests(SynchronousTestCase):
         self.assertEqual(
             (error.error_code, error.reason, str(error)),
             (1, "bad frame", "PROTOCOL_ERROR: bad frame"),
+        )
+
+    def test_frame_helpers(self) -> None:
+        self.assertEqual(frames.unpack_u32(b"\x00\x00\x00\x01\x00\x00\x00\x02", 4), 2)
+        self.assertEqual(
+            frames.goaway_frame(5, 0),
+            bytes.fromhex("000008070000000000") + bytes.fromhex("0000000500000000"),
         )
