@@ -55,6 +55,8 @@ setup(
             "sphinx>=7",
             "furo>=2024.1",
         ],
+        # tools/mutation.py; pinned: mutant names and the results cache depend on the version.
+        "mutation": ["mutmut==3.8.1"],
     },
     entry_points={"console_scripts": ["txapns = txapns.cli:main"]},
     classifiers=[

@@ -1,0 +1,300 @@
+"""Mutation testing of txapns' sans-IO core and the two clients with mutmut.
+
+    python tools/mutation.py                  # every module of txapns/core, one by one
+    python tools/mutation.py core/jwt.py      # one module (path under txapns/)
+    python tools/mutation.py --clients        # txapns/http2.py and txapns/binary.py (slow)
+    python tools/mutation.py --list           # the modules and the tests run against each
+
+Each module is mutated in its own scratch copy of the project (``build/mutation/<module>``), with
+mutmut's test selection restricted to the test modules that are about it (``TARGETS``): mutmut
+then runs, for each mutant, only those of these tests that execute the mutated function. One
+worker (``--max-children 1``) under ``nice -n 19``: the machine is shared. A scratch copy is
+kept, so a re-run only tests mutants of functions that changed; ``--retest`` also tests the
+earlier survivors again (after adding tests); ``--fresh`` starts over.
+
+Prints the kill rate per module: killed / (mutants - equivalent), where ``EQUIVALENT`` lists
+the surviving mutants judged equivalent (each with why), and lists every other survivor;
+``cd build/mutation/<module> && mutmut show <name>`` shows one. Exits 1 when a core module is
+under ``--min`` percent (95 by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build" / "mutation"
+
+_H2 = ["test_http2_connection.py", "test_http2_connection_edges.py", "test_http2_conformance.py"]
+
+#: Module (under txapns/) → the test modules that test it. Unit tests only: in memory, with a
+#: Clock; the integration tests over real sockets are too slow to run per mutant.
+TARGETS: dict[str, list[str]] = {
+    "core/backoff.py": ["test_http2_policy.py", "test_binary_client.py"],
+    "core/binary.py": ["test_binary_codec.py", "test_binary_channel.py"],
+    "core/binary_channel.py": [
+        "test_binary_channel.py",
+        "test_binary_channel_edges.py",
+        "test_binary_client.py",
+    ],
+    "core/broadcast.py": ["test_broadcast.py"],
+    "core/counters.py": ["test_result_counters.py", "test_binary_channel.py"],
+    "core/errors.py": ["test_notification.py", "test_payload.py", "test_result_counters.py"],
+    "core/http2_policy.py": ["test_http2_policy.py"],
+    "core/jwt.py": ["test_jwt.py"],
+    "core/notification.py": ["test_notification.py"],
+    "core/payload.py": ["test_payload.py", "test_notification.py"],
+    "core/proxy.py": ["test_proxy.py"],
+    "core/result.py": ["test_result_counters.py"],
+    "core/http2/connection.py": _H2,
+    "core/http2/errors.py": _H2,
+    "core/http2/events.py": _H2,
+    "core/http2/frames.py": _H2,
+    "core/http2/headers.py": _H2,
+    "http2.py": ["test_http2_client.py", "test_http2_client_edges.py"],
+    "binary.py": ["test_binary_client.py", "test_binary_iosim.py"],
+}
+CLIENTS = ("http2.py", "binary.py")
+
+#: Surviving mutants judged equivalent (no behaviour can tell them from the original), by
+#: mutmut's name, with why. Reviewed by hand: see docs/testing.rst.
+_BC = "txapns.core.binary_channel.xǁBinaryChannelǁ"
+_SENTINEL_UNREAD = "a sentinel's notification, submitted_at and writes are never read"
+_SENTINELS_RESET = "_sentinels is set to 0 at the end of _on_error (the window is cleared)"
+_AFTER_ERROR = (
+    "after an error response the window is empty (take_frames and take_sentinel refuse while "
+    "error is set), so going on resolves nothing either"
+)
+_RESET_ON_CONNECT = (
+    "error/broken while disconnected: nothing reads them before connection_made resets them"
+)
+EQUIVALENT: dict[str, str] = {
+    f"{_BC}__init____mutmut_15": "connection_made replaces the decoder before any read",
+    f"{_BC}take_sentinel__mutmut_3": "after an error response the window is empty: b'' anyway",
+    f"{_BC}take_sentinel__mutmut_4": "disconnected implies an empty window: returns b'' anyway",
+    f"{_BC}take_sentinel__mutmut_9": _SENTINEL_UNREAD,
+    f"{_BC}take_sentinel__mutmut_10": _SENTINEL_UNREAD,
+    f"{_BC}take_sentinel__mutmut_30": _SENTINEL_UNREAD,
+    f"{_BC}take_sentinel__mutmut_31": _SENTINEL_UNREAD,
+    f"{_BC}take_sentinel__mutmut_18": "dead branch: the method returned early on an empty window",
+    f"{_BC}take_sentinel__mutmut_35": "= 1 and += 1 agree: reached only when _sentinels is 0",
+    f"{_BC}_on_error__mutmut_23": _SENTINELS_RESET,
+    f"{_BC}_on_error__mutmut_24": _SENTINELS_RESET,
+    f"{_BC}_on_error__mutmut_25": _SENTINELS_RESET,
+    f"{_BC}_on_error__mutmut_43": _SENTINELS_RESET,
+    f"{_BC}_on_error__mutmut_44": _SENTINELS_RESET,
+    f"{_BC}_on_error__mutmut_45": _SENTINELS_RESET,
+    f"{_BC}data_received__mutmut_7": "ErrorResponseDecoder raises only DecodeError",
+    f"{_BC}connection_lost__mutmut_6": _AFTER_ERROR,
+    f"{_BC}connection_lost__mutmut_7": _RESET_ON_CONNECT,
+    f"{_BC}connection_lost__mutmut_10": _RESET_ON_CONNECT,
+    f"{_BC}connection_lost__mutmut_19": _RESET_ON_CONNECT,
+    "txapns.core.counters.xǁCountersǁnote_window__mutmut_1": ">= sets the value it already has",
+    "txapns.core.http2_policy.x_classify__mutmut_8": "200 is in _BY_STATUS, decided before",
+    "txapns.core.http2_policy.x_classify__mutmut_9": "200 is in _BY_STATUS, decided before",
+    "txapns.core.http2_policy.x_classify__mutmut_12": "500 is in _BY_STATUS, decided before",
+    "txapns.core.http2_policy.x_classify__mutmut_13": "500 is in _BY_STATUS, decided before",
+    "txapns.core.http2_policy.x__text__mutmut_7": "codec names are case-insensitive",
+    "txapns.core.http2_policy.x_parse_response__mutmut_17": "neither '' nor None is a dict",
+    "txapns.core.http2_policy.xǁRetryPolicyǁdecide_response__mutmut_7": (
+        "decide() finishes ACCEPTED and REJECTED the same way"
+    ),
+    "txapns.core.notification.xǁNotificationǁaps__mutmut_3": "a None default ends as {} too",
+    "txapns.core.notification.xǁNotificationǁaps__mutmut_5": "a None default ends as {} too",
+    "txapns.core.notification.x_validate_http2__mutmut_14": (
+        "a JSON object cannot be only X, braces and whitespace: X needs quotes"
+    ),
+    **{
+        f"txapns.core.payload.x_encode_payload__mutmut_{n}": why
+        for n, why in [
+            (6, "codec names are case-insensitive"),
+            (17, "codec names are case-insensitive"),
+            (43, "codec names are case-insensitive"),
+            (13, "a str encoded to UTF-8 and decoded again is the same str"),
+            (30, "ensure_ascii=None is falsy like False"),
+            (31, "allow_nan=None is falsy like False"),
+        ]
+    },
+    "txapns.core.binary.x_encode_simple__mutmut_9": (
+        "command 0 can only fail on a length, explained before the struct error is used"
+    ),
+}
+
+#: mutmut's exit codes (mutmut.stats.status_by_exit_code).
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped"}
+STATUS.update({36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout"})
+STATUS.update({37: "type check", -11: "segfault", -9: "segfault"})
+
+
+def _config(module: str, tests: list[str]) -> str:
+    if module.startswith("core/"):
+        tests = [*tests, "test_core_edges.py"]
+    selection = ", ".join(json.dumps(f"tests/{t}") for t in tests)
+    return f"""
+[tool.mutmut]
+source_paths = ["txapns/"]
+only_mutate = ["txapns/{module}"]
+pytest_add_cli_args_test_selection = [{selection}]
+pytest_add_cli_args = ["-p", "no:randomly", "-p", "no:cacheprovider", "-q"]
+use_git_change_detection = false
+also_copy = ["conftest.py"]
+"""
+
+
+#: mutmut runs the tests many times in one process (and forks): hypothesis must not object to
+#: that, and must draw the same examples every time, so that a verdict is reproducible. At most
+#: MAX_EXAMPLES examples per property: each runs once per mutant the unit tests let through.
+MAX_EXAMPLES = 50
+CONFTEST = f"""\
+from hypothesis import HealthCheck, settings
+
+_init = settings.__init__
+_SUPPRESS = [HealthCheck.differing_executors, HealthCheck.too_slow]
+
+
+def _fewer_examples(self, parent=None, **kw):
+    if kw.get("max_examples", 0) > {MAX_EXAMPLES}:
+        kw["max_examples"] = {MAX_EXAMPLES}
+    if "suppress_health_check" in kw:
+        kw["suppress_health_check"] = [*kw["suppress_health_check"], *_SUPPRESS]
+    _init(self, parent, **kw)
+
+
+settings.__init__ = _fewer_examples
+
+settings.register_profile(
+    "mutation",
+    max_examples={MAX_EXAMPLES},
+    derandomize=True,
+    database=None,
+    suppress_health_check=_SUPPRESS,
+)
+settings.load_profile("mutation")
+"""
+
+
+def prepare(module: str, fresh: bool) -> Path:
+    """A scratch copy of the project whose pyproject configures mutmut for ``module``."""
+    work = BUILD / module.replace("/", "_").removesuffix(".py")
+    if fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    for name in ("txapns", "tests"):
+        dest = work / name
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(
+            ROOT / name, dest, ignore=shutil.ignore_patterns("__pycache__", "_trial_temp*")
+        )
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    (work / "conftest.py").write_text(CONFTEST, encoding="utf-8")
+    (work / "pyproject.toml").write_text(
+        pyproject + _config(module, TARGETS[module]), encoding="utf-8"
+    )
+    return work
+
+
+def _meta(work: Path, module: str) -> dict[str, int | None]:
+    path = work / "mutants" / "txapns" / f"{module}.meta"
+    if not path.exists():
+        return {}
+    codes: dict[str, int | None] = json.loads(path.read_text())["exit_code_by_key"]
+    return codes
+
+
+def run(module: str, fresh: bool, retest: bool) -> tuple[Counter[str], list[str], float]:
+    work = prepare(module, fresh)
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    mutmut = Path(sys.executable).with_name("mutmut")
+    cmd = ["nice", "-n", "19", str(mutmut), "run", "--max-children", "1"]
+    started = time.monotonic()
+    log = work / "mutmut.log"
+    with log.open("w") as out:
+        code = subprocess.call(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # mutmut keeps earlier verdicts; after adding tests, test the survivors again.
+        again = [n for n, c in _meta(work, module).items() if STATUS.get(c) != "killed"]
+        if retest and again and code == 0:
+            code = subprocess.call(
+                cmd + again, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+    elapsed = time.monotonic() - started
+    if code != 0:
+        sys.exit(f"mutmut failed for {module} (exit {code}); see {log}")
+    statuses: Counter[str] = Counter()
+    survivors = []
+    for name, exit_code in sorted(_meta(work, module).items()):
+        status = STATUS.get(exit_code or 0, "suspicious") if exit_code is not None else "not run"
+        if status in ("survived", "no tests") and name in EQUIVALENT:
+            status = "equivalent"
+        statuses[status] += 1
+        if status in ("survived", "no tests", "suspicious", "not run"):
+            survivors.append(f"{status}: {name}")
+    return statuses, survivors, elapsed
+
+
+def score(c: Counter[str]) -> float:
+    total = sum(c.values()) - c["equivalent"]
+    caught = c["killed"] + c["timeout"] + c["type check"] + c["segfault"]
+    return 100.0 * caught / total if total else 100.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", help="paths under txapns/, e.g. core/jwt.py")
+    parser.add_argument("--clients", action="store_true", help="the two clients")
+    parser.add_argument("--fresh", action="store_true", help="discard earlier results")
+    parser.add_argument(
+        "--retest", action="store_true", help="test earlier survivors again (after new tests)"
+    )
+    parser.add_argument("--list", action="store_true", help="show modules and their tests")
+    parser.add_argument("--min", type=float, default=95.0, help="required core score (%%)")
+    args = parser.parse_args()
+    if args.list:
+        for module, tests in TARGETS.items():
+            print(f"txapns/{module}: {' '.join(tests)}")
+        return 0
+    modules = args.modules or (
+        list(CLIENTS) if args.clients else [m for m in TARGETS if m.startswith("core/")]
+    )
+    unknown = [m for m in modules if m not in TARGETS]
+    if unknown:
+        parser.error(f"not a target: {', '.join(unknown)} (see --list)")
+    rows = []
+    low = False
+    for module in modules:
+        c, survivors, elapsed = run(module, args.fresh, args.retest)
+        pct = score(c)
+        low |= module.startswith("core/") and pct < args.min
+        rows.append((module, c, pct, elapsed))
+        print(
+            f"txapns/{module}: {pct:.1f} % ({c['killed'] + c['timeout']} killed of "
+            f"{sum(c.values()) - c['equivalent']}, {c['equivalent']} equivalent) "
+            f"in {elapsed:.0f} s",
+            flush=True,
+        )
+        for line in survivors:
+            print("    " + line, flush=True)
+    print()
+    print(
+        f"{'module':34} {'mutants':>7} {'killed':>6} {'timeout':>7} {'survived':>8} "
+        f"{'no tests':>8} {'equiv':>5} {'score':>6} {'time':>6}"
+    )
+    for module, c, pct, elapsed in rows:
+        print(
+            f"txapns/{module:27} {sum(c.values()):7} {c['killed']:6} {c['timeout']:7} "
+            f"{c['survived']:8} {c['no tests']:8} {c['equivalent']:5} {pct:5.1f}% "
+            f"{elapsed:5.0f}s"
+        )
+    return 1 if low else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
