@@ -38,6 +38,7 @@ from .binary import (
 from .counters import Counters
 from .errors import ProtocolError, QueueFullError
 from .notification import Notification
+from .queue_time import QueueTimeLimit
 from .result import Outcome, Result
 
 #: Identifiers cycle through 1..2**32-1 (0 is never used).
@@ -355,6 +356,30 @@ class BinaryChannel:
         self.window_bytes = 0
         self._sentinels = 0
         return out
+
+    def expire_queued(
+        self, now: float, limit: QueueTimeLimit, local: str, reason: str
+    ) -> list[Resolution]:
+        """Finish what waited ``limit`` without being written (the window is left alone):
+        rejected with ``local``, or unknown when an earlier attempt may have delivered it."""
+        expired, kept = limit.split(self.queue, now)
+        if not expired:
+            return []
+        self.queue = deque(kept)
+        out: list[Resolution] = []
+        for item in expired:
+            if item.maybe_delivered:
+                out.append((item, self._result(item, Outcome.UNKNOWN, now, reason=reason)))
+                self.counters.record_unknown(local)
+            else:
+                result = self._result(item, Outcome.REJECTED, now, reason=reason, local=local)
+                out.append((item, result))
+                self.counters.record_rejected(local)
+        return out
+
+    def waiting(self) -> deque[Pending]:
+        """What waits to be written (for :meth:`QueueTimeLimit.next_check`)."""
+        return self.queue
 
     # --- internals -------------------------------------------------------------------------
 

@@ -99,7 +99,7 @@ def make_sender(
             ca_pem=ca_pem,
             proxy=app.proxy,
         )
-        return BinaryClient(reactor, endpoint)
+        return BinaryClient(reactor, endpoint, max_queue_time=app.max_queue_time)
     if app.protocol == "http2":
         from ..http2 import HTTP2Client
 
