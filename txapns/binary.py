@@ -437,7 +437,7 @@ class APNSClientFactory(ClientFactory):
         self._quiet_call = None
         was_full = self.channel.window_full()
         self._deliver(self.channel.confirm_quiet(self.clock.seconds()))
-        if was_full or self.channel.queue:
+        if was_full or self.channel.queue or self.channel.isolating:
             self._schedule_flush()
         self._rearm_quiet()
 
