@@ -421,15 +421,9 @@ class BinaryChannel:
         self._after = []
         self._probing = False
         for position, item in enumerate(held):
-            if item.sentinel:
-                continue
-            if item.maybe_delivered or position < in_flight:
-                out.append((item, self._result(item, Outcome.UNKNOWN, now, reason=reason)))
-                self.counters.record_unknown(local)
-            else:
-                result = self._result(item, Outcome.REJECTED, now, reason=reason, local=local)
-                out.append((item, result))
-                self.counters.record_rejected(local)
+            if not item.sentinel:
+                maybe = item.maybe_delivered or position < in_flight
+                out.append(self._give_up(item, now, reason, local, maybe))
         self.window.clear()
         self.queue.clear()
         self.window_bytes = 0
@@ -453,16 +447,17 @@ class BinaryChannel:
             expired = lost + after_lost + expired
             if not self._suspects:
                 self._end_isolation("", "isolation", now)  # the rest back to the queue
-        out: list[Resolution] = []
-        for item in expired:
-            if item.maybe_delivered:
-                out.append((item, self._result(item, Outcome.UNKNOWN, now, reason=reason)))
-                self.counters.record_unknown(local)
-            else:
-                result = self._result(item, Outcome.REJECTED, now, reason=reason, local=local)
-                out.append((item, result))
-                self.counters.record_rejected(local)
-        return out
+        return [self._give_up(item, now, reason, local, item.maybe_delivered) for item in expired]
+
+    def _give_up(
+        self, item: Pending, now: float, reason: str, local: str, maybe_delivered: bool
+    ) -> Resolution:
+        """Finished locally: unknown if it may have been delivered, else rejected."""
+        if maybe_delivered:
+            self.counters.record_unknown(local)
+            return (item, self._result(item, Outcome.UNKNOWN, now, reason=reason))
+        self.counters.record_rejected(local)
+        return (item, self._result(item, Outcome.REJECTED, now, reason=reason, local=local))
 
     def waiting(self) -> list[Pending]:
         """What waits to be written (for :meth:`QueueTimeLimit.next_check`)."""
