@@ -141,17 +141,86 @@ class ErrorResponseTests(SynchronousTestCase):
         h.feed(data[-1:])
         self.assertEqual(h.outcome(1), Outcome.REJECTED)
 
-    def test_identifier_zero_makes_the_window_unknown_without_looping(self) -> None:
+    def test_identifier_zero_isolates_the_bad_notification(self) -> None:
+        """Issue 9 item 5: an error naming identifier 0 (say #2 of 0–5 is bad: 0–1 were
+        delivered, 3–5 discarded) is isolated by halves, second half first and alone; the bad
+        one ends rejected with its status, the rest accepted, possible duplicates flagged."""
+        h = Harness(quiet=1.0)
+        h.submit(*range(6))
+        h.connect_and_write()
+        h.feed(error(8, 0))
+        h.lose()
+        self.assertEqual(h.results, {})
+        self.assertTrue(h.channel.isolating)
+        self.assertEqual([i for _, i in h.connect_and_write()], [3, 4, 5])  # alone
+        h.submit(6)  # not written while isolating
+        self.assertEqual(h.write(), [])
+        h.now = 1.0
+        h.record(h.channel.confirm_quiet(h.now))  # passed: after the bad one, discarded then
+        self.assertEqual({h.outcome(i) for i in (3, 4, 5)}, {Outcome.ACCEPTED})
+        self.assertEqual({h.results[i][0].may_duplicate for i in (3, 4, 5)}, {False})
+        self.assertEqual([i for _, i in h.write()], [1, 2])  # second half of 0–2
+        h.feed(error(8, 0))  # #1 delivered again, #2 refused
+        h.lose()
+        self.assertEqual([i for _, i in h.connect_and_write()], [2])  # second half of 1–2
+        h.feed(error(8, 0))  # written alone: the error is its own
+        self.assertEqual((h.outcome(2), h.results[2][0].status), (Outcome.REJECTED, 8))
+        self.assertEqual(h.results[2][0].reason, "InvalidToken")
+        self.assertFalse(h.channel.isolating)
+        h.lose()
+        # 0 and 1 may have been delivered before the bad one: re-sent (unknown policy), in
+        # order, before what was queued meanwhile; flagged.
+        self.assertEqual([i for _, i in h.connect_and_write()], [0, 1, 6])
+        h.now = 3.0
+        h.record(h.channel.confirm_quiet(h.now))
+        self.assertEqual({h.outcome(i) for i in (0, 1, 6)}, {Outcome.ACCEPTED})
+        self.assertEqual([h.results[i][0].may_duplicate for i in (0, 1, 6)], [True, True, False])
+        self.assertEqual(h.channel.counters.may_duplicate, 2)
+        self.assertEqual(h.channel.counters.unknown, 0)
+        h.check()
+
+    def test_identifier_zero_with_a_lone_notification_names_it(self) -> None:
+        h = Harness()
+        h.submit(0)
+        h.connect_and_write()
+        h.feed(error(8, 0))
+        self.assertEqual((h.outcome(0), h.results[0][0].status), (Outcome.REJECTED, 8))
+        h.check()
+
+    def test_identifier_zero_transient_status_is_unknown_and_bounded(self) -> None:
         h = Harness(max_attempts=3)
         h.submit(0, 1)
         for _ in range(3):
             h.connect_and_write()
-            h.feed(error(8, 0))
+            h.feed(error(1, 0))  # a processing error: nothing to isolate
             h.lose()
         self.assertEqual([h.outcome(i) for i in (0, 1)], [Outcome.UNKNOWN] * 2)
         self.assertIn("identifier 0", h.results[0][0].reason or "")
-        self.assertEqual(h.channel.pending(), 0)
         self.assertEqual(h.channel.counters.unknown_by_reason["unattributed-error"], 2)
+        h.check()
+
+    def test_isolation_ends_when_the_probe_is_lost_silently(self) -> None:
+        h = Harness(quiet=1.0, unknown_policy=UnknownPolicy.FAIL)
+        h.submit(*range(4))
+        h.connect_and_write()
+        h.feed(error(8, 0))
+        h.lose()
+        self.assertEqual([i for _, i in h.connect_and_write()], [2, 3])
+        h.lose()  # no error response: the probe and the rest are unknown (FAIL policy)
+        self.assertEqual({h.outcome(i) for i in range(4)}, {Outcome.UNKNOWN})
+        self.assertFalse(h.channel.isolating)
+        h.check()
+
+    def test_fail_all_while_isolating(self) -> None:
+        h = Harness(quiet=1.0)
+        h.submit(*range(4))
+        h.connect_and_write()
+        h.feed(error(8, 0))
+        h.lose()
+        h.connect_and_write()
+        h.record(h.channel.fail_all("client stopped", "stopped", h.now))
+        self.assertEqual({h.outcome(i) for i in range(4)}, {Outcome.UNKNOWN})
+        self.assertEqual(h.channel.pending(), 0)
         h.check()
 
     def test_garbage_marks_the_connection_broken(self) -> None:

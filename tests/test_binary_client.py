@@ -180,6 +180,51 @@ class ClientTests(SynchronousTestCase):
         self.assertEqual(len(f.endpoint.attempts), 2)  # a new send tries again
         f.client.counters.check(f.client.pending())
 
+    def refuse_for(self, f: Fixture, seconds: int) -> None:
+        """Refuse every connection attempt for ``seconds`` (one-second steps)."""
+        for _ in range(seconds):
+            for _factory, d in f.endpoint.attempts:
+                if not d.called:
+                    d.errback(ConnectionRefusedError("closed port"))
+            f.turn(1.0)
+
+    def test_unreachable_ends_after_the_default_queue_time(self) -> None:
+        """Issue 9 item 1: no connection can be made; the send still ends, after
+        ``max_queue_time`` (300 s by default): rejected ``unreachable`` with the attempts."""
+        f = Fixture()
+        f.client.start()
+        [d] = f.send(0)
+        self.refuse_for(f, 299)
+        self.assertFalse(d.called)
+        self.refuse_for(f, 1)
+        [result] = f.results
+        self.assertEqual((result.outcome, result.local), (Outcome.REJECTED, "unreachable"))
+        reason = result.reason or ""
+        self.assertIn("not sent within 300 s: APNs unreachable", reason)
+        self.assertIn(f"({len(f.endpoint.attempts)} failed connection attempts", reason)
+        self.assertIn("closed port", reason)
+        f.client.counters.check(f.client.pending())
+        self.assertEqual(f.client.counters.rejected_by_reason["unreachable"], 1)
+        d = f.client.stop()
+        self.refuse_for(f, 1)
+        self.successResultOf(d)
+        self.assertEqual(f.reactor.getDelayedCalls(), [])
+
+    def test_queue_time_is_configurable_and_leaves_the_window_alone(self) -> None:
+        f = Fixture(quiet=100.0)
+        f.client = BinaryClient(f.reactor, f.endpoint, max_queue_time=5.0, config=f.client.config)
+        f.client.start()
+        _proto, _transport = f.endpoint.accept()
+        [written] = f.send(0)
+        f.turn()  # written: in flight, waiting for the quiet window
+        f.client.factories[0].proto.pauseProducing()  # type: ignore[union-attr]
+        f.send(1)  # not written: the transport is full
+        f.turn(5.0)
+        self.assertFalse(written.called)
+        [result] = f.results
+        self.assertEqual((result.notification, result.local), (note(1), "queue-time"))
+        f.client.counters.check(f.client.pending())
+
     def test_close_right_after_handshake_is_reported_as_wrong_environment(self) -> None:
         f = Fixture(max_attempts=5)
         f.client.start()

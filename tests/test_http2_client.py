@@ -511,6 +511,67 @@ class PoolTests(ClientTestCase):
 # --- outcomes per response ----------------------------------------------------------------------
 
 
+class QueueTimeTests(ClientTestCase):
+    def test_unreachable_ends_after_the_default_queue_time(self) -> None:
+        """Issue 9 item 1: a closed port; the deadline never starts (nothing is written), yet
+        the send ends: rejected, ``local="unreachable"``, with the failed attempts."""
+        self.endpoint.refuse = 10**6
+        client = self.make_client(deadline=2.0)
+        d = self.send(client, note(1))
+        self.advance(299.0, step=1.0)
+        self.assertNoResult(d)
+        self.advance(1.0)
+        result = self.result_of(d)
+        self.assertEqual(
+            (result.outcome, result.local, result.attempts), (Outcome.REJECTED, "unreachable", 0)
+        )
+        reason = result.reason or ""
+        self.assertIn("not sent within 300 s", reason)
+        self.assertIn(f"{self.endpoint.attempts} failed connection attempts", reason)
+        self.assertIn("refused by the test", reason)
+        self.assertEqual(client.counters.rejected_by_reason["unreachable"], 1)
+        self.stop(client)
+        self.assertNoDelayedCalls()
+
+    def test_configurable_and_each_notification_its_own_limit(self) -> None:
+        self.endpoint.refuse = 10**6
+        client = self.make_client(max_queue_time=10.0)
+        first = self.send(client, note(1))
+        self.advance(4.0)
+        second = self.send(client, note(2))
+        self.advance(6.0)
+        self.assertEqual(self.result_of(first).local, "unreachable")
+        self.assertNoResult(second)
+        self.advance(4.0)
+        self.assertEqual(self.result_of(second).local, "unreachable")
+        self.stop(client)
+
+    def test_maybe_delivered_then_unreachable_is_unknown(self) -> None:
+        self.server.latency = 1.0
+        client = self.make_client(max_queue_time=10.0)
+        d = self.send(client, note(1))
+        self.pump()
+        self.endpoint.refuse = 10**6
+        self.server.drop_connections()  # in flight: unknown, re-sent; no connection now
+        self.advance(10.0, step=1.0)
+        result = self.result_of(d)
+        self.assertEqual((result.outcome, result.local), (Outcome.UNKNOWN, "unreachable"))
+        self.assertEqual(client.counters.unknown_by_reason["unreachable"], 1)
+        self.stop(client)
+
+    def test_in_flight_is_left_to_its_deadline_and_connected_is_queue_time(self) -> None:
+        self.server.latency = 100.0
+        # Token auth: one stream until APNs has answered one; the first is never answered,
+        # so the second waits, connected.
+        client = self.make_client(max_queue_time=5.0, deadline=30.0, max_connections=1)
+        ds = [self.send(client, note(i)) for i in range(2)]
+        self.advance(5.0, step=1.0)
+        self.assertNoResult(ds[0])
+        queued = self.result_of(ds[1])
+        self.assertEqual((queued.outcome, queued.local), (Outcome.REJECTED, "queue-time"))
+        self.stop(client, timeout=1.0)
+
+
 class ProxyTests(ClientTestCase):
     def test_proxy_407_fails_fast_with_an_error_naming_the_proxy(self) -> None:
         """Issue 9 item 2: a 407 is not retried (credentials don't fix themselves): what is

@@ -128,6 +128,25 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(cfg.max_recipients, 10)
         self.assertEqual(cfg.apps[0].endpoint(), ("127.0.0.1", 8443))
 
+    def test_max_queue_time_reaches_the_client(self) -> None:
+        """Issue 9 item 1: the queue-time limit is an app setting (300 s by default)."""
+        from twisted.internet.task import Clock
+
+        from txapns.http2 import HTTP2Client
+        from txapns.service.senders import make_sender
+
+        self.assertEqual(self.load(self.token_app()).apps[0].max_queue_time, 300.0)
+        cfg = self.load(self.token_app() + "max_queue_time = 60\n")
+        self.assertEqual(cfg.apps[0].max_queue_time, 60.0)
+        sender = make_sender(cfg.apps[0], Clock())
+        assert isinstance(sender, HTTP2Client)
+        assert sender.queue_time is not None
+        self.assertEqual(sender.queue_time.limit, 60.0)
+        for bad in ("0", "-1", '"5"', "true"):
+            self.assertRefused(
+                self.token_app() + f"max_queue_time = {bad}\n", "app 'shop'", "max_queue_time"
+            )
+
     def test_certificate_pem_with_encrypted_key(self) -> None:
         key, cert = make_cert(NOW + dt.timedelta(days=30))
         (self.dir / "c.pem").write_bytes(cert.public_bytes(Encoding.PEM))

@@ -30,7 +30,7 @@ class DocstringTests(SynchronousTestCase):
         self.assertEqual(problems, [])
         (table,) = tree.findall(nodes.table)
         rows = [row.astext() for row in table.findall(nodes.row)]
-        self.assertEqual(len(rows), 10)  # the header and nine causes
+        self.assertEqual(len(rows), 11)  # the header and ten causes
         retired = next(r for r in rows if "ExpiredProviderToken" in r)
         for reason in ("IdleTimeout", "UnrelatedKeyIdInToken", "TooManyProviderTokenUpdates"):
             self.assertIn(reason, retired)

@@ -372,6 +372,57 @@ class MayDuplicateTests(Harness):
         self.assertIn('txapns_may_duplicate_total{app="a"} 1', self.engine.metrics_text())
 
 
+class UnreachableTests(Harness):
+    """Issue 9 item 1, service side: a notification the client gave up on because APNs could
+    not be reached (``local="unreachable"`` or ``"queue-time"``) stays in the spool and is
+    handed to the client again, until its expiration has passed."""
+
+    def give_up(self, index: int = 0) -> None:
+        self.sender.answer(
+            index, Outcome.REJECTED, reason="not sent within 300 s: APNs unreachable",
+            local="unreachable",
+        )
+        self.turn()
+
+    def test_stays_in_the_spool_and_is_sent_again(self) -> None:
+        self.start()
+        accepted = self.successResultOf(self.submit_and_turn(1))
+        self.give_up()
+        self.assertEqual(len(self.sender.sent), 2)  # handed over again
+        self.assertEqual(self.states(), {"inflight": 1})
+        self.assertEqual(self.engine.metrics.app("a").requeued, 1)
+        self.assertEqual(self.engine.metrics.app("a").rejected_by_reason, {})
+        waited = self.engine.wait(accepted.job_id)
+        self.sender.answer_all()
+        self.turn()
+        self.assertEqual(self.successResultOf(waited).counts["accepted"], 1)
+
+    def test_finished_once_its_expiration_has_passed(self) -> None:
+        self.start()
+        now = int(self.clock.seconds())
+        template = Template(payload={"aps": {"alert": "x"}}, expiry=now + 100)
+        accepted = self.successResultOf(self.submit_and_turn(2, template=template))
+        self.give_up()  # before the expiration: kept
+        self.assertEqual(len(self.sender.sent), 3)
+        self.clock.advance(100)
+        waited = self.engine.wait(accepted.job_id)
+        self.sender.answer_all(Outcome.REJECTED, reason="not sent", local="unreachable")
+        self.turn()
+        view = self.successResultOf(waited)
+        self.assertEqual(view.counts["rejected"], 2)
+        self.assertEqual(len(self.sender.sent), 3)
+        self.assertIn("expired", view.results[0].reason or "")
+
+    def test_expiration_zero_is_now_or_never(self) -> None:
+        self.start()
+        template = Template(payload={"aps": {"alert": "x"}}, expiry=0)
+        accepted = self.successResultOf(self.submit_and_turn(1, template=template))
+        waited = self.engine.wait(accepted.job_id)
+        self.give_up()
+        self.assertEqual(self.successResultOf(waited).counts["rejected"], 1)
+        self.assertEqual(len(self.sender.sent), 1)
+
+
 class RecoveryTests(Harness):
     def test_resume_after_crash(self) -> None:
         # A previous run stored 3, had 1 in flight and 1 finished when it died.

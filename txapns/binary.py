@@ -38,6 +38,7 @@ from .core.counters import Counters
 from .core.errors import ClientStoppedError, QueueFullError, TLSFailureError
 from .core.notification import Notification, validate_binary
 from .core.proxy import ProxyAuthenticationError
+from .core.queue_time import DEFAULT_MAX_QUEUE_TIME, ConnectFailures, QueueTimeLimit
 from .core.result import Result
 from .credentials import is_tls_failure
 
@@ -141,6 +142,7 @@ class APNSClientFactory(ClientFactory):
         name: str = "binary",
         on_room: Callable[[], None] | None = None,
         hold_when_unavailable: bool = False,
+        max_queue_time: float | None = DEFAULT_MAX_QUEUE_TIME,
     ) -> None:
         self.clock = clock
         self.hold_when_unavailable = hold_when_unavailable
@@ -158,6 +160,8 @@ class APNSClientFactory(ClientFactory):
         self.sentinel_on_drain = sentinel_on_drain
         self.name = name
         self.on_room = on_room
+        self.queue_time = None if max_queue_time is None else QueueTimeLimit(max_queue_time)
+        self.connect_failures = ConnectFailures()
         self.proto: APNSProtocol | None = None
         self.failures = 0
         self.tls_failures = 0
@@ -173,6 +177,7 @@ class APNSClientFactory(ClientFactory):
         self._quiet_call: IDelayedCall | None = None
         self._retry_call: IDelayedCall | None = None
         self._drain_call: IDelayedCall | None = None
+        self._queue_time_call: IDelayedCall | None = None
         self._connect_attempt: Deferred[IProtocol] | None = None
         self._drained: list[Deferred[None]] = []
         self._closed: list[Deferred[None]] = []
@@ -190,6 +195,10 @@ class APNSClientFactory(ClientFactory):
         if not self.accepting:
             raise ClientStoppedError("the client is stopping; it takes no new notifications")
         item = self.channel.submit(notification, handle, self.clock.seconds())
+        if self._queue_time_call is None and self.queue_time is not None:
+            self._queue_time_call = self.clock.callLater(
+                self.queue_time.limit, self._queue_time_check
+            )
         if self.proto is None:
             if self.started and not self.connecting and self._retry_call is None:
                 self._connect()
@@ -238,6 +247,7 @@ class APNSClientFactory(ClientFactory):
             return
         self.failures += 1
         self.counters.connection_failures += 1
+        self.connect_failures.failed(reason.getErrorMessage())
         if reason.check(ProxyAuthenticationError):
             # The proxy wants other credentials: retrying cannot help. Reject what is held
             # now; the next submit tries again.
@@ -302,6 +312,7 @@ class APNSClientFactory(ClientFactory):
             self._fire_closed()
             return
         if tls_failed or wrong_env:
+            self.connect_failures.failed(why)
             self.tls_failures += 1
             self.failures += 1
             self.counters.connection_failures += 1
@@ -321,6 +332,7 @@ class APNSClientFactory(ClientFactory):
             return
         self.tls_failures = 0
         self.failures = 0
+        self.connect_failures.succeeded()
         if after_error:
             log.debug("{name}: closed after an error response; reconnecting", name=self.name)
             self._connect()
@@ -334,6 +346,30 @@ class APNSClientFactory(ClientFactory):
             return
         delay = self.backoff.delay(self.failures, self.rng.random())
         self._retry_call = self.clock.callLater(delay, self._connect)
+
+    def _queue_time_check(self) -> None:
+        """Finish what waited ``max_queue_time`` without being written; check again when the
+        oldest of the rest is due (or after ``max_queue_time``, while anything is held)."""
+        self._queue_time_call = None
+        limit = self.queue_time
+        if limit is None or self.closing:
+            return
+        now = self.clock.seconds()
+        local, reason = limit.outcome(self.connect_failures, self.proto is not None)
+        resolved = self.channel.expire_queued(now, limit, local, reason)
+        if resolved:
+            log.warn(
+                "{name}: {n} notifications not sent within {limit} s ({local}); finishing them",
+                name=self.name,
+                n=len(resolved),
+                limit=limit.limit,
+                local=local,
+            )
+            self._deliver(resolved)
+        if self.channel.pending():
+            self._queue_time_call = self.clock.callLater(
+                limit.next_check(self.channel.waiting(), now), self._queue_time_check
+            )
 
     def _fail_queue(self, reason: str, local: str) -> None:
         self._deliver(self.channel.fail_all(reason, local, self.clock.seconds()))
@@ -410,7 +446,7 @@ class APNSClientFactory(ClientFactory):
         self._quiet_call = None
         was_full = self.channel.window_full()
         self._deliver(self.channel.confirm_quiet(self.clock.seconds()))
-        if was_full or self.channel.queue:
+        if was_full or self.channel.queue or self.channel.isolating:
             self._schedule_flush()
         self._rearm_quiet()
 
@@ -432,6 +468,9 @@ class APNSClientFactory(ClientFactory):
             if self.on_room is not None:
                 self.on_room()
             self._check_drained()
+            if self._queue_time_call is not None and not self.channel.pending():
+                self._queue_time_call.cancel()
+                self._queue_time_call = None
 
     def _check_drained(self) -> None:
         if self.draining and self.channel.pending() == 0:
@@ -452,9 +491,16 @@ class APNSClientFactory(ClientFactory):
 
     def _close(self, _: object = None) -> Deferred[None]:
         self.closing = True
-        for call in (self._flush_call, self._quiet_call, self._retry_call, self._drain_call):
+        for call in (
+            self._flush_call,
+            self._quiet_call,
+            self._retry_call,
+            self._drain_call,
+            self._queue_time_call,
+        ):
             cancel_call(call)
         self._flush_call = self._quiet_call = self._retry_call = self._drain_call = None
+        self._queue_time_call = None
         attempt, self._connect_attempt = self._connect_attempt, None
         if attempt is not None and self.proto is None:
             # Still connecting (e.g. stopped on timeout before the gateway answered): cancel
@@ -480,6 +526,12 @@ class BinaryClient:
     :class:`~txapns.core.errors.ValidationError` or :class:`QueueFullError`) and returns a
     Deferred that fires exactly once with a :class:`Result`. Notifications are sharded by
     device token, so the order of notifications to one device is kept.
+
+    A notification not written within ``max_queue_time`` seconds of ``send`` (no connection
+    can be made, or the connection never got to it) is finished rejected with
+    ``local="unreachable"`` (the reason gives the failed connection attempts and the last
+    error) or ``"queue-time"``, unknown if an earlier attempt may have delivered it; ``None``
+    sets no limit.
     """
 
     def __init__(
@@ -494,6 +546,7 @@ class BinaryClient:
         max_tls_failures: int = 3,
         sentinel_on_drain: bool = True,
         hold_when_unavailable: bool = False,
+        max_queue_time: float | None = DEFAULT_MAX_QUEUE_TIME,
     ) -> None:
         """``hold_when_unavailable``: when TLS fails ``max_tls_failures`` times in a row, keep
         the queue and reconnect with backoff (:attr:`unavailable` says why) instead of
@@ -517,6 +570,7 @@ class BinaryClient:
                 name=f"binary[{i}]",
                 on_room=self._room_freed,
                 hold_when_unavailable=hold_when_unavailable,
+                max_queue_time=max_queue_time,
             )
             for i in range(connections)
         ]

@@ -51,6 +51,9 @@ What happens to a notification, by cause:
 +-------------------------------------+----------------------------------------------------+
 | deadline passed                     | RST_STREAM(CANCEL), finished unknown ``"timeout"`` |
 +-------------------------------------+----------------------------------------------------+
+| not written within                  | rejected ``local="unreachable"`` (no connection)   |
+| ``max_queue_time`` of ``send``      | or ``"queue-time"``; unknown if maybe delivered    |
++-------------------------------------+----------------------------------------------------+
 
 Retryable failures count against ``policy.max_attempts``; past it a notification is finished
 (rejected ``local="attempts"`` with Apple's status and reason, or unknown).
@@ -119,6 +122,7 @@ from .core.http2_policy import CIRCUIT_REASONS, RetryPolicy, parse_response
 from .core.jwt import TOKEN_MAX_AGE, ProviderTokenSource, clock_skew_warning, parse_http_date
 from .core.notification import Notification, PushType, validate_http2
 from .core.proxy import ProxyAuthenticationError
+from .core.queue_time import DEFAULT_MAX_QUEUE_TIME, ConnectFailures, QueueTimeLimit
 from .core.result import Outcome, Result
 from .credentials import is_tls_failure
 
@@ -871,6 +875,11 @@ class HTTP2Client:
     :param max_connections: the pool opens more connections, up to this, when all are full.
     :param deadline: seconds a request may stay unanswered; then RST_STREAM(CANCEL) and the
         outcome is unknown (``"timeout"``).
+    :param max_queue_time: seconds from ``send`` by which a notification must have been
+        written (the ``deadline`` only starts then); past it, it is finished rejected with
+        ``local="unreachable"`` (no connection could be made; the reason gives the failed
+        attempts and the last error) or ``"queue-time"`` (connected, not reached), unknown if
+        an earlier attempt may have delivered it. ``None``: no limit.
     :param ping_interval: a connection that received nothing for this long is PINGed.
     :param ping_timeout: an unanswered PING replaces the connection after this long.
     :param max_queue: notifications held at most (queued, delayed and in flight).
@@ -907,6 +916,7 @@ class HTTP2Client:
         min_connections: int = 1,
         max_connections: int = 4,
         deadline: float = 30.0,
+        max_queue_time: float | None = DEFAULT_MAX_QUEUE_TIME,
         ping_interval: float = 60.0,
         ping_timeout: float = 10.0,
         max_queue: int = 100_000,
@@ -933,6 +943,8 @@ class HTTP2Client:
         self.min_connections = min_connections
         self.max_connections = max_connections
         self.deadline = deadline
+        self.queue_time = None if max_queue_time is None else QueueTimeLimit(max_queue_time)
+        self.connect_failures = ConnectFailures()
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.max_queue = max_queue
@@ -989,6 +1001,7 @@ class HTTP2Client:
         self._breaker_call: IDelayedCall | None = None
         self._drain_call: IDelayedCall | None = None
         self._abort_call: IDelayedCall | None = None
+        self._queue_time_call: IDelayedCall | None = None
 
     # --- construction helpers -------------------------------------------------------------
 
@@ -1033,6 +1046,7 @@ class HTTP2Client:
             alpn=(b"h2",),
             proxy=app.proxy,
         )
+        options.setdefault("max_queue_time", app.max_queue_time)
         return cls(
             reactor,
             endpoint,
@@ -1327,6 +1341,10 @@ class HTTP2Client:
         self._queue.append(item)
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self._flush)
+        if self._queue_time_call is None and self.queue_time is not None:
+            self._queue_time_call = self.clock.callLater(
+                self.queue_time.limit, self._queue_time_check
+            )
         return item
 
     # --- the turn: dispatch and write -----------------------------------------------------
@@ -1511,6 +1529,7 @@ class HTTP2Client:
             return  # cancelled by stop()
         self._failures += 1
         self.counters.connection_failures += 1
+        self.connect_failures.failed(reason.getErrorMessage())
         tls = is_tls_failure(reason)
         log.warn(
             "{name}: connection attempt failed ({n} in a row): {why}",
@@ -1565,6 +1584,7 @@ class HTTP2Client:
         """The connection answered a request or a PING: connecting works again."""
         conn.worked = True
         self._failures = 0
+        self.connect_failures.succeeded()
         self._tls_failures = 0
         self._tls_gave_up = False
         self._tls_gave_up_why = None
@@ -1600,6 +1620,8 @@ class HTTP2Client:
             return
         tls = conn.alpn_failed or is_tls_failure(reason)
         why = reason.getErrorMessage()
+        if tls or (not conn.worked and not conn.deliberate):
+            self.connect_failures.failed("ALPN did not select h2" if conn.alpn_failed else why)
         if tls:
             self._failures += 1
             self.counters.connection_failures += 1
@@ -1923,6 +1945,49 @@ class HTTP2Client:
             self._schedule_flush()
         self._arm_delay()
 
+    # --- queue time -----------------------------------------------------------------------
+
+    def _queue_time_check(self) -> None:
+        """Finish what waited ``max_queue_time`` without being written (in flight is left to
+        its deadline); check again when the oldest of the rest is due."""
+        self._queue_time_call = None
+        limit = self.queue_time
+        if limit is None or self.closing:
+            return
+        now = self.clock.seconds()
+        expired, queue = limit.split(self._queue, now)
+        held_expired, held = limit.split(self._held, now)
+        delayed_expired, delayed = limit.split(self._delayed_items(), now)
+        expired += held_expired + delayed_expired
+        if expired:
+            self._queue = deque(queue)
+            self._held = held
+            keep = set(delayed)
+            self._delayed = [entry for entry in self._delayed if entry[2] in keep]
+            heapq.heapify(self._delayed)
+            self._arm_delay()
+            connected = any(c.state == _READY for c in self.connections)
+            local, reason = limit.outcome(self.connect_failures, connected)
+            log.warn(
+                "{name}: {n} notifications not sent within {limit} s ({local}); finishing them",
+                name=self.name,
+                n=len(expired),
+                limit=limit.limit,
+                local=local,
+            )
+            for item in expired:
+                outcome = _UNKNOWN if item.maybe_delivered else _REJECTED
+                self._finish(item, self._result(item, outcome, now, reason=reason, local=local))
+            self._after_results()
+        if self._pending and not self.closing:
+            waiting = [*self._queue, *self._held, *self._delayed_items()]
+            self._queue_time_call = self.clock.callLater(
+                limit.next_check(waiting, now), self._queue_time_check
+            )
+
+    def _delayed_items(self) -> list[_Item]:
+        return [entry[2] for entry in self._delayed]
+
     # --- circuit breaker ------------------------------------------------------------------
 
     def _open_circuit(self, status: int | None, reason: str, now: float) -> None:
@@ -1992,6 +2057,9 @@ class HTTP2Client:
         if self._feeders and self._pending < self.max_queue:
             for feeder in list(self._feeders):
                 feeder.pump()
+        if self._queue_time_call is not None and self._pending == 0:
+            self._queue_time_call.cancel()
+            self._queue_time_call = None
         if not self.accepting and not self.closing and self._pending == 0:
             self._close_all()
 
@@ -2027,10 +2095,11 @@ class HTTP2Client:
             self._delay_call,
             self._breaker_call,
             self._drain_call,
+            self._queue_time_call,
         ):
             cancel_call(call)
         self._flush_call = self._retry_call = self._delay_call = None
-        self._breaker_call = self._drain_call = None
+        self._breaker_call = self._drain_call = self._queue_time_call = None
         for d in list(self._connecting):
             d.cancel()
         self._connecting.clear()

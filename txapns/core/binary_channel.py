@@ -17,6 +17,11 @@ What the legacy gateway tells us, and how this machine turns it into outcomes:
   them as unknown.
 * The window is bounded by count and bytes: when full, :meth:`take_frames` returns nothing
   (back-pressure) until older entries are confirmed. Nothing unconfirmed is ever evicted.
+* An error that names identifier 0 (gateways that cannot tell which notification was bad)
+  with a rejecting status starts an *isolation*: the window it spoiled is sent again in
+  halves, the second half first and alone, each half confirmed (quiet window) or failed before
+  the next write, until the bad notification is written alone and its error can only be its
+  own (see :meth:`BinaryChannel.isolating`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from .binary import (
 from .counters import Counters
 from .errors import ProtocolError, QueueFullError
 from .notification import Notification
+from .queue_time import UNREACHABLE, QueueTimeLimit
 from .result import Outcome, Result
 
 #: Identifiers cycle through 1..2**32-1 (0 is never used).
@@ -134,12 +140,41 @@ class BinaryChannel:
         self._sentinels = 0
         #: Notifications confirmed accepted on the current connection.
         self.accepted_here = 0
+        #: Isolation: the group known to hold a bad notification that is not being written
+        #: (the first half while the second half is the probe).
+        self._suspects: list[Pending] = []
+        #: Isolation: the probe (a half written alone) is in the window.
+        self._probing = False
+        #: Isolation: notifications taken out of the suspects that go back to the head of
+        #: the queue, in order, when the isolation ends.
+        self._after: list[Pending] = []
+        #: The gateway answered an error naming identifier 0: it cannot name notifications,
+        #: so the sentinel (whose rejection would name nothing either) is not used.
+        self.zero_ids = False
 
     # --- bookkeeping ---------------------------------------------------------------------
 
     def pending(self) -> int:
-        """Notifications held (queued or in flight), sentinels excluded."""
-        return len(self.queue) + len(self.window) - self._sentinels
+        """Notifications held (queued, in flight or being isolated), sentinels excluded."""
+        return (
+            len(self.queue)
+            + len(self.window)
+            + len(self._suspects)
+            + len(self._after)
+            - self._sentinels
+        )
+
+    @property
+    def isolating(self) -> bool:
+        """An error named identifier 0 and a rejecting status: the window it spoiled holds a
+        bad notification, which is being isolated. Nothing else is written meanwhile: each
+        write is one *probe*, the second half of the suspect group, alone. Confirmed by the
+        quiet window, the probe is accepted (it came after the bad one, which the gateway
+        discarded: no duplicate) and the bad one is in the first half; failed in turn, the
+        probe is the new suspect group and the first half goes back to the queue under the
+        unknown policy (it may have been delivered before the bad one: a possible
+        duplicate). A probe of one is the bad notification: its error is attributed to it."""
+        return self._probing or bool(self._suspects)
 
     def queue_room(self) -> int:
         return self.config.max_queue - len(self.queue)
@@ -152,13 +187,11 @@ class BinaryChannel:
 
     def writable(self) -> bool:
         """True when :meth:`take_frames` would return bytes."""
-        return (
-            self.connected
-            and self.error is None
-            and self.broken is None
-            and bool(self.queue)
-            and not self.window_full()
-        )
+        if not self.connected or self.error is not None or self.broken is not None:
+            return False
+        if self._probing or self._suspects:
+            return not self._probing and not self.window
+        return bool(self.queue) and not self.window_full()
 
     def submit(self, notification: Notification, handle: Any, now: float) -> Pending:
         """Queue a validated notification; :class:`QueueFullError` when the queue is full."""
@@ -187,6 +220,8 @@ class BinaryChannel:
         """Move queued notifications into the window; return their frames as one write."""
         if not self.writable():
             return b""
+        if self._suspects:
+            return self._take_probe(now)
         cfg = self.config
         queue, window = self.queue, self.window
         parts: list[bytes] = []
@@ -216,6 +251,30 @@ class BinaryChannel:
         self.counters.note_window(len(window))
         return b"".join(parts)
 
+    def _take_probe(self, now: float) -> bytes:
+        """Write the second half of the suspect group (all of it when it is one), alone."""
+        suspects = self._suspects
+        half = len(suspects) // 2
+        probe = suspects[half:]
+        self._suspects = suspects[:half]
+        self._probing = True
+        self._first_id = ident = self._next_id
+        parts: list[bytes] = []
+        for item in probe:
+            n = item.notification
+            frame = encode_frame(ident, n.token, n.payload, n.expiry, n.priority)
+            ident = next_identifier(ident)
+            item.sent_at = now
+            item.size = len(frame)
+            item.writes += 1
+            if item.maybe_delivered:
+                item.duplicate = True
+            self.window.append(item)
+            self.window_bytes += item.size
+            parts.append(frame)
+        self._next_id = ident
+        return b"".join(parts)
+
     def take_sentinel(self, now: float) -> bytes:
         """Write a known-bad notification so the gateway confirms everything before it.
 
@@ -223,7 +282,15 @@ class BinaryChannel:
         confirms every real notification written before it without waiting ``quiet`` seconds.
         Returns ``b""`` when there is nothing to confirm or a sentinel is already in flight.
         """
-        if not self.connected or self.error or self.broken or self._sentinels or not self.window:
+        if (
+            not self.connected
+            or self.error
+            or self.broken
+            or self._sentinels
+            or not self.window
+            or self.zero_ids
+            or self.isolating
+        ):
             return b""
         item = Pending(_SENTINEL, None, now)
         item.sentinel = True
@@ -274,13 +341,18 @@ class BinaryChannel:
             self.window.clear()
             self.window_bytes = 0
             self._sentinels = 0
-            self.queue.extendleft(reversed(requeue))
+            if self._probing:
+                self._probing = False
+                self._suspects.extend(requeue)  # the group as it was before the probe
+            else:
+                self.queue.extendleft(reversed(requeue))
             return []
         self.error = None
         if self.broken is not None:
             why = f"{why} (dropped: {self.broken})"
         out = self.confirm_quiet(now)
         out.extend(self._unknown_window(why, "silent-close", now))
+        out.extend(self._end_isolation(why, "silent-close", now))
         return out
 
     # --- confirmations -------------------------------------------------------------------
@@ -325,6 +397,10 @@ class BinaryChannel:
         self._first_id = self._advance(self._first_id, popped)
         self.counters.accepted += len(out)
         self.counters.may_duplicate += duplicates
+        if self._probing and not window:
+            self._probing = False  # the probe passed: the bad one is in the first half
+            if not self._suspects:
+                self._end_isolation("", "isolation", now)  # the bad one passed after all
         self.accepted_here += len(out)
         return out
 
@@ -339,22 +415,53 @@ class BinaryChannel:
         may have reached APNs are finished as unknown.
         """
         out: list[Resolution] = []
-        in_flight = len(self.window)
-        for position, item in enumerate((*self.window, *self.queue)):
-            if item.sentinel:
-                continue
-            if item.maybe_delivered or position < in_flight:
-                out.append((item, self._result(item, Outcome.UNKNOWN, now, reason=reason)))
-                self.counters.record_unknown(local)
-            else:
-                result = self._result(item, Outcome.REJECTED, now, reason=reason, local=local)
-                out.append((item, result))
-                self.counters.record_rejected(local)
+        in_flight = len(self.window) + len(self._suspects)
+        held = (*self.window, *self._suspects, *self._after, *self.queue)
+        self._suspects = []
+        self._after = []
+        self._probing = False
+        for position, item in enumerate(held):
+            if not item.sentinel:
+                maybe = item.maybe_delivered or position < in_flight
+                out.append(self._give_up(item, now, reason, local, maybe))
         self.window.clear()
         self.queue.clear()
         self.window_bytes = 0
         self._sentinels = 0
         return out
+
+    def expire_queued(
+        self, now: float, limit: QueueTimeLimit, local: str, reason: str
+    ) -> list[Resolution]:
+        """Finish what waited ``limit`` without being written (the window is left alone):
+        rejected with ``local``, or unknown when an earlier attempt may have delivered it."""
+        expired, kept = limit.split(self.queue, now)
+        if expired:
+            self.queue = deque(kept)
+        if local == UNREACHABLE and self.isolating and not self._probing:
+            # No connection to go on isolating with. The suspects may have been delivered.
+            lost, self._suspects = limit.split(self._suspects, now)
+            after_lost, self._after = limit.split(self._after, now)
+            for item in lost:
+                item.maybe_delivered = True
+            expired = lost + after_lost + expired
+            if not self._suspects:
+                self._end_isolation("", "isolation", now)  # the rest back to the queue
+        return [self._give_up(item, now, reason, local, item.maybe_delivered) for item in expired]
+
+    def _give_up(
+        self, item: Pending, now: float, reason: str, local: str, maybe_delivered: bool
+    ) -> Resolution:
+        """Finished locally: unknown if it may have been delivered, else rejected."""
+        if maybe_delivered:
+            self.counters.record_unknown(local)
+            return (item, self._result(item, Outcome.UNKNOWN, now, reason=reason))
+        self.counters.record_rejected(local)
+        return (item, self._result(item, Outcome.REJECTED, now, reason=reason, local=local))
+
+    def waiting(self) -> list[Pending]:
+        """What waits to be written (for :meth:`QueueTimeLimit.next_check`)."""
+        return [*self.queue, *self._suspects, *self._after]
 
     # --- internals -------------------------------------------------------------------------
 
@@ -398,12 +505,65 @@ class BinaryChannel:
     def _on_error(self, err: ErrorResponse, now: float) -> list[Resolution]:
         self.error = err
         index = self._find(err.identifier)
+        if index is None and err.identifier == 0:
+            if len(self.window) == 1 and not self.window[0].sentinel:
+                index = 0  # written alone: the error can only be its own
+            elif classify_status(err.status) == "rejected" and any(
+                not item.sentinel for item in self.window
+            ):
+                return self._isolate(err, now)
         if index is None:
             why = (
                 f"error response {status_name(err.status)} named identifier {err.identifier}, "
                 "which is not in flight"
             )
-            return self._unknown_window(why, "unattributed-error", now)
+            out = self._unknown_window(why, "unattributed-error", now)
+            out.extend(self._end_isolation(why, "unattributed-error", now))
+            return out
+        out = self._attributed(err, index, now)
+        # A probe's own error: the first half may have been delivered before the bad one.
+        if self.isolating:
+            why = f"may have been delivered before an unidentified {status_name(err.status)}"
+            out.extend(self._end_isolation(why, "isolation", now))
+        return out
+
+    def _isolate(self, err: ErrorResponse, now: float) -> list[Resolution]:
+        """An error named identifier 0 with a rejecting status: isolate the bad one."""
+        self.zero_ids = True
+        window = self.window
+        real = [item for item in window if not item.sentinel]
+        if self._sentinels:
+            # The sentinel may be what was refused: then all the rest was delivered.
+            for item in real:
+                item.maybe_delivered = True
+        window.clear()
+        self.window_bytes = 0
+        self._sentinels = 0
+        out: list[Resolution] = []
+        if self._probing:
+            # The probe failed: the bad one is in it. The first half was not written since
+            # the group's error and may have been delivered then: the unknown policy decides,
+            # and what it re-sends waits for the end of the isolation.
+            why = f"may have been delivered before an unidentified {status_name(err.status)}"
+            out, requeue = self._unknown_items(self._suspects, why, "isolation", now)
+            self._after.extend(requeue)
+        self._probing = False
+        self._suspects = real
+        self.counters.replayed += len(real)
+        return out
+
+    def _end_isolation(self, why: str, key: str, now: float) -> list[Resolution]:
+        """Stop isolating (the bad one was found, or the connection went): the suspects not
+        being written go through the unknown policy (the probe, if any, was dealt with by the
+        caller); they and the others taken out go back to the head of the queue, in order."""
+        suspects, self._suspects = self._suspects, []
+        self._probing = False
+        out, requeue = self._unknown_items(suspects, why, key, now)
+        after, self._after = self._after, []
+        self.queue.extendleft(reversed(after + requeue))
+        return out
+
+    def _attributed(self, err: ErrorResponse, index: int, now: float) -> list[Resolution]:
         window = self.window
         out: list[Resolution] = []
         accepted = 0
@@ -455,12 +615,24 @@ class BinaryChannel:
 
     def _unknown_window(self, why: str, key: str, now: float) -> list[Resolution]:
         """Everything in flight has an unknown fate; ``key`` is the stable counter label."""
+        items = [item for item in self.window if not item.sentinel]
+        self.window.clear()
+        self.window_bytes = 0
+        self._sentinels = 0
+        out, requeue = self._unknown_items(items, why, key, now)
+        self.queue.extendleft(reversed(requeue))
+        return out
+
+    def _unknown_items(
+        self, items: list[Pending], why: str, key: str, now: float
+    ) -> tuple[list[Resolution], list[Pending]]:
+        """``items`` (in order) have an unknown fate: to be re-sent (possible duplicates;
+        returned second, in order) or finished unknown (first), as the unknown policy and
+        ``max_attempts`` say."""
         out: list[Resolution] = []
         requeue: list[Pending] = []
         resend = self.config.unknown_policy is UnknownPolicy.RESEND
-        for item in self.window:
-            if item.sentinel:
-                continue
+        for item in items:
             item.tries += 1
             item.maybe_delivered = True
             if resend and item.tries < self.config.max_attempts:
@@ -469,8 +641,4 @@ class BinaryChannel:
             else:
                 out.append((item, self._result(item, Outcome.UNKNOWN, now, reason=why)))
                 self.counters.record_unknown(key)
-        self.window.clear()
-        self.window_bytes = 0
-        self._sentinels = 0
-        self.queue.extendleft(reversed(requeue))
-        return out
+        return out, requeue

@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from ..core.errors import APNsError
 from ..core.proxy import ProxyURL, ProxyURLError, format_authority, parse_proxy_url
+from ..core.queue_time import DEFAULT_MAX_QUEUE_TIME
 
 DEFAULT_LISTEN = "tcp:8325:interface=127.0.0.1"
 DEFAULT_SPOOL = "txapns-spool.sqlite3"
@@ -127,6 +128,9 @@ class AppConfig:
     feedback_port: int | None = None
     #: An HTTP CONNECT proxy to reach APNs through (its ``repr`` hides the password).
     proxy: ProxyURL | None = None
+    #: Seconds the client may hold a notification before writing it (APNs unreachable);
+    #: then it goes back to the spool until its expiration.
+    max_queue_time: float = DEFAULT_MAX_QUEUE_TIME
 
     @property
     def token_auth(self) -> bool:
@@ -243,6 +247,7 @@ _APP_KEYS = {
     "feedback_host",
     "feedback_port",
     "proxy",
+    "max_queue_time",
 }
 
 
@@ -410,7 +415,15 @@ def parse_app(entry: Mapping[str, Any], *, base_dir: Path, where: str = "app") -
         feedback_host=feedback_host,
         feedback_port=feedback_port,
         proxy=proxy,
+        max_queue_time=_app_positive(entry, "max_queue_time", DEFAULT_MAX_QUEUE_TIME, where),
     )
+
+
+def _app_positive(entry: Mapping[str, Any], key: str, default: float, where: str) -> float:
+    try:
+        return _positive(entry, key, default)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _parse_proxy(entry: Mapping[str, Any], where: str) -> ProxyURL | None:

@@ -58,6 +58,7 @@ from ..core.notification import (
     validate_http2,
 )
 from ..core.payload import encode_payload
+from ..core.queue_time import NOT_SENT
 from ..core.result import Outcome, Result
 from ..core.token_evidence import (
     SUSPECT_KINDS,
@@ -812,11 +813,27 @@ class Engine:
             # Not the notification's fault: back to the spool, and the app pauses.
             self._pause(st, PAUSED_UNAVAILABLE, f"APNs refused to send: {result}")
             self._hold_back(st, [item], held_back=False)
+        elif result.local in NOT_SENT and result.outcome is Outcome.REJECTED:
+            self._not_sent(st, item, result)
         else:
             self._judge(st, item, result)
         st.blocked = False
         self._pump_soon(st.name)
         self._maybe_drained()
+
+    def _not_sent(self, st: _AppState, item: _Item, result: Result) -> None:
+        """The client could not reach APNs within its ``max_queue_time``: the notification
+        never left, so it stays in the spool and is handed over again, until its expiration
+        has passed (an expiration of 0 means now or never: finished at once)."""
+        expiry = item.notification.expiry
+        if expiry is None or expiry > self._now():
+            self.metrics.app(st.name).requeued += 1
+            self._requeue(st, [item])
+            if self.state == "running":
+                st.ready.append(item)
+            return
+        reason = f"expired before it could be sent ({result.reason})"
+        self._finish(st, item, result._replace(reason=reason))
 
     # -- invalid-token evidence and pauses -------------------------------------------------
 

@@ -103,7 +103,12 @@ def make_sender(
             ca_pem=ca_pem,
             proxy=app.proxy,
         )
-        return BinaryClient(reactor, endpoint, hold_when_unavailable=hold_when_unavailable)
+        return BinaryClient(
+            reactor,
+            endpoint,
+            hold_when_unavailable=hold_when_unavailable,
+            max_queue_time=app.max_queue_time,
+        )
     if app.protocol == "http2":
         from ..http2 import HTTP2Client
 
