@@ -185,6 +185,20 @@ class ApiTests(TestCase):
         self.assertEqual(self.store.counts(), {})
         self.assertEqual(self.sender.sent, [])
 
+    @deferred_test
+    async def test_the_body_is_json_whatever_the_content_type_says(self) -> None:
+        # twisted.web's form parsing is off: it parsed every POST's Content-Type with the email
+        # package, and answered a JSON body labelled as a form with its own bare 400.
+        raw = json.dumps({"token": "ab" * 32, "alert": "hi", "async": True}).encode()
+        for content_type in ("multipart/form-data; boundary=x", "multipart/form-data"):
+            reply = await self.call(
+                "POST",
+                "/v1/apps/shop/notifications",
+                headers={"Content-Type": content_type},
+                producer=FileBodyProducer(BytesIO(raw)),
+            )
+            self.assertEqual(reply.code, 202, reply.raw)
+
     # -- auth --
 
     @deferred_test

@@ -200,26 +200,7 @@ class HeaderDecoder:
                 if index == 0x7F:
                     index, pos = _integer(block, pos, index)
                 field = STATIC_TABLE[index - 1] if 0 < index <= _STATIC_LEN else self._field(index)
-            elif first & 0x40:  # §6.2.1 literal with incremental indexing
-                index = first & 0x3F
-                if index == 0x3F:
-                    index, pos = _integer(block, pos, index)
-                if index:
-                    name = self._field(index)[0]
-                else:
-                    name, pos = _string(block, pos)
-                value, pos = _string(block, pos)
-                field = (name, value)
-                size = len(name) + len(value) + ENTRY_OVERHEAD
-                if size > self._table_size:  # §4.4: an entry larger than the table empties it
-                    entries.clear()
-                    self._size = 0
-                else:
-                    entries.appendleft(field)
-                    self._size += size
-                    if self._size > self._table_size:
-                        self._evict(self._table_size)
-            elif first & 0x20:  # §6.3 dynamic table size update
+            elif first & 0xE0 == 0x20:  # §6.3 dynamic table size update
                 if headers:
                     raise HeaderDecodingError("table size update after a header field")
                 size = first & 0x1F
@@ -233,9 +214,11 @@ class HeaderDecoder:
                 self._table_size = size
                 self._evict(size)
                 continue
-            else:  # §6.2.2/§6.2.3 literal without indexing / never indexed
-                index = first & 0x0F
-                if index == 0x0F:
+            else:  # §6.2.1 with incremental indexing (01), §6.2.2/§6.2.3 without (000x)
+                indexing = first & 0x40
+                mask = 0x3F if indexing else 0x0F
+                index = first & mask
+                if index == mask:
                     index, pos = _integer(block, pos, index)
                 if index:
                     name = self._field(index)[0]
@@ -243,6 +226,16 @@ class HeaderDecoder:
                     name, pos = _string(block, pos)
                 value, pos = _string(block, pos)
                 field = (name, value)
+                if indexing:
+                    size = len(name) + len(value) + ENTRY_OVERHEAD
+                    if size > self._table_size:  # §4.4: a larger entry empties the table
+                        entries.clear()
+                        self._size = 0
+                    else:
+                        entries.appendleft(field)
+                        self._size += size
+                        if self._size > self._table_size:
+                            self._evict(self._table_size)
             headers.append(field)
             list_size += len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
             if list_size > limit:
