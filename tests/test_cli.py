@@ -143,6 +143,7 @@ class SendTests(TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         answer = json.loads(result.stdout)
         self.assertEqual((answer["outcome"], answer["status"]), ("accepted", 200))
+        self.assertIs(answer["may_duplicate"], False)
 
     def test_bulk_summary_and_results_file(self) -> None:
         directory = tempfile.mkdtemp()
@@ -358,6 +359,16 @@ class DoctorTests(TestCase):
         result = run("doctor", "--config", config, "--app", "good")
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         self.assertEqual(len(result.stdout.splitlines()), 1)
+
+    def test_credential_flags(self) -> None:
+        fake = FakeProcess(self)
+        result = run("doctor", *fake.one_off())
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertTrue(result.stdout.startswith("ok   cli: connected to 127.0.0.1:"))
+        result = run("doctor", *fake.one_off(**{"team-id": "WRONGTEAM1"}))
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertIn("FAIL cli:", result.stdout)
+        self.assertIn("InvalidProviderToken", result.stdout)
 
     def test_fails_on_a_topic_the_key_may_not_use(self) -> None:
         fake = FakeProcess(self)

@@ -322,6 +322,8 @@ def _result_json(result: Result) -> dict[str, Any]:
         "apns_id": result.apns_id,
         "timestamp": result.timestamp.isoformat() if result.timestamp else None,
         "attempts": result.attempts,
+        # An earlier attempt's outcome was unknown: the device may get it twice.
+        "may_duplicate": result.may_duplicate,
     }
 
 
