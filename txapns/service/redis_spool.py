@@ -915,7 +915,7 @@ class RedisSpool:
 
     def _read(self, app: str) -> None:
         self._wake_calls.pop(app, None)
-        if self._reading[app] or not self._up:
+        if self._reading[app] or not self._up or self._closing:
             return
         room = min(self._room(app), self.settings.read_batch)
         if room <= 0:
@@ -950,6 +950,8 @@ class RedisSpool:
 
     def _read_failed(self, failure: Failure, app: str) -> None:
         self._reading[app] = False
+        if self._closing:
+            return
         if is_unavailable(failure) or failure.check(TimeoutError):
             self._down(failure, f"read {app}")
         elif "NOGROUP" in failure.getErrorMessage():
