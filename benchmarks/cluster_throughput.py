@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""Throughput and CPU cost of ``twistd apns`` instances sharing one Redis, beside SQLite.
+
+    python benchmarks/cluster_throughput.py --mock /tmp/apns-bench      # 1, 2, 3 instances
+    python benchmarks/cluster_throughput.py --mock /tmp/apns-bench --n 100000 --instances 1 3
+
+Everything runs on loopback, each part in its own process: the neutral Node HTTP/2 mock
+(``--mock DIR``: a copy of the harness, set up with ``./make-certs.sh && npm ci``; token
+auth with its bench key), a fresh ``redis-server`` per run (``appendonly yes``,
+``appendfsync always``: the setting that loses nothing acknowledged), the instances, and
+``--clients`` load-generator processes posting asynchronous requests of 500 notifications
+round-robin over the instances' APIs (``service_throughput``'s load generator).
+
+For the SQLite backend (one instance, its own spool file, ``synchronous=FULL``) and for Redis
+with 1, 2 and 3 instances, it prints:
+
+* notifications/s accepted durably (answered 202: stored in SQLite / Redis);
+* notifications/s end to end (until every instance recorded every outcome);
+* CPU µs per notification of the instances (summed) and of ``redis-server``, from
+  ``/proc/<pid>/stat`` over the whole run (accept + send + record);
+
+then the three targets of the Redis backend (durable accept ≥ 20,000/s on one instance;
+instance CPU per notification ≤ 1.3× SQLite's; ``redis-server`` ≤ 15 µs per notification) and
+a projection of the instances and Redis cores that 1,000,000 notifications a minute needs,
+from the measured CPU per notification (on a 2-core machine, more instances cannot run faster
+than the cores allow: the CPU figures are what scales). No assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from service_throughput import (  # noqa: E402  (a sibling script, not a package)
+    BATCH,
+    _submit,
+    api_call,
+    cpu_seconds,
+    metric,
+    start_mock,
+    twistd,
+    wait_for_port,
+    write_config,
+)
+
+PER_MINUTE = 1_000_000
+
+
+def start_redis(work: Path, procs: list[subprocess.Popen[bytes]]) -> tuple[int, int]:
+    """A fresh redis-server (AOF, fsync always) on a free port; (port, pid)."""
+    from service_throughput import free_port
+
+    port = free_port()
+    data = work / "redis"
+    data.mkdir()
+    log = data / "redis.log"
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+         "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+         "--logfile", str(log)],
+    )  # fmt: skip
+    procs.append(proc)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if log.exists() and "Ready to accept connections" in log.read_text():
+            return port, proc.pid
+        time.sleep(0.02)
+    raise SystemExit("redis-server did not start")
+
+
+def redis_config(config: Path, port: int, instance: int) -> Path:
+    """The service configuration with ``[spool] backend = "redis"`` instead of the file."""
+    text = config.read_text().replace(
+        'spool = "spool.sqlite3"',
+        "\n".join(
+            [
+                "[spool]",
+                'backend = "redis"',
+                f'url = "redis://127.0.0.1:{port}/0"',
+                f'instance_id = "bench-{instance}"',
+            ]
+        ),
+    )
+    out = config.with_name(f"service-{instance}.toml")
+    out.write_text(text)
+    return out
+
+
+def start_instance(work: Path, config: Path, name: str, procs: list[Any]) -> tuple[int, int]:
+    log = work / f"{name}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*twistd(), "-n", "--pidfile=", "apns", "--config", str(config),
+             "--listen", "tcp:0:interface=127.0.0.1"],
+            cwd=work, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    procs.append(proc)
+    port = wait_for_port(log, proc)
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the spool (Redis) connected: /healthz says 200
+        status, _ = api_call(conn, "-", "GET", "/healthz")
+        if status == 200:
+            break
+        time.sleep(0.05)
+    conn.close()
+    return port, proc.pid
+
+
+def drained(ports: list[int], key: str, total: int, timeout: float = 600) -> bool:
+    """Until the instances' accepted outcomes add up to ``total``."""
+    import http.client
+
+    conns = [http.client.HTTPConnection("127.0.0.1", p, timeout=30) for p in ports]
+    deadline = time.perf_counter() + timeout
+    try:
+        while time.perf_counter() < deadline:
+            done = 0.0
+            for c in conns:
+                _, raw = api_call(c, key, "GET", "/metrics")
+                done += metric(raw.decode(), "txapns_notifications_accepted_total")
+            if done >= total:
+                return True
+            time.sleep(0.05)
+        return False
+    finally:
+        for c in conns:
+            c.close()
+
+
+def run(
+    label: str, harness: Path, mock_port: int, n: int, clients: int, instances: int,
+    backend: str, run_id: int,
+) -> dict[str, Any]:  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix=f"txapns-cluster-{label}-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    key = secrets.token_urlsafe(24)
+    try:
+        base = write_config(work, "http2", mock_port, key, harness / "certs")
+        redis_pid = None
+        configs = [base]
+        if backend == "redis":
+            redis_port, redis_pid = start_redis(work, procs)
+            configs = [redis_config(base, redis_port, i) for i in range(instances)]
+        started = [start_instance(work, c, f"instance-{i}", procs) for i, c in enumerate(configs)]
+        ports = [p for p, _ in started]
+        pids = [pid for _, pid in started]
+        cpu0 = [cpu_seconds(p) for p in pids]
+        rcpu0 = cpu_seconds(redis_pid) if redis_pid else 0.0
+        share = [n // clients + (1 if w < n % clients else 0) for w in range(clients)]
+        # Each load generator posts to one instance (round-robin over workers).
+        jobs = [(ports[w % len(ports)], key, run_id, w, c, BATCH) for w, c in enumerate(share)]
+        t0 = time.perf_counter()
+        with multiprocessing.Pool(clients) as pool:
+            results = pool.map(_submit, jobs)
+        accept_s = time.perf_counter() - t0
+        ok = sum(r[0] for r in results)
+        failed = sum(r[1] for r in results)
+        finished = drained(ports, key, ok)
+        e2e_s = time.perf_counter() - t0
+        cpu = sum(cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True))
+        rcpu = (cpu_seconds(redis_pid) - rcpu0) if redis_pid else 0.0
+        return {
+            "label": label,
+            "ok": ok,
+            "failed": failed,
+            "drained": finished,
+            "accept_rate": ok / accept_s,
+            "e2e_rate": ok / e2e_s if finished else 0.0,
+            "instance_us": cpu / ok * 1e6 if ok else 0.0,
+            "redis_us": rcpu / ok * 1e6 if ok else 0.0,
+        }
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--mock", type=Path, required=True, help="the neutral harness (set up)")
+    ap.add_argument("--n", type=int, default=60_000, help="notifications per run")
+    ap.add_argument("--clients", type=int, default=3, help="load-generator processes")
+    ap.add_argument("--instances", type=int, nargs="+", default=[1, 2, 3])
+    args = ap.parse_args()
+    if shutil.which("redis-server") is None:
+        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+    procs: list[subprocess.Popen[bytes]] = []
+    work = Path(tempfile.mkdtemp(prefix="txapns-cluster-mock-"))
+    try:
+        mock_port = start_mock(args.mock, work, procs)
+        rows = [run("sqlite x1", args.mock, mock_port, args.n, args.clients, 1, "sqlite", 1)]
+        for i, count in enumerate(args.instances):
+            rows.append(
+                run(f"redis x{count}", args.mock, mock_port, args.n, args.clients, count,
+                    "redis", 2 + i)
+            )  # fmt: skip
+    finally:
+        for p in procs:
+            p.terminate()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\n{args.n} notifications per run, requests of {BATCH}, {args.clients} clients, "
+          f"{os.cpu_count()} cores; HTTP/2 to the neutral Node mock\n")  # fmt: skip
+    print(f"{'backend':<10} {'accepted/s':>11} {'end to end/s':>13} {'instance µs/n':>14} "
+          f"{'redis µs/n':>11} {'failed':>7}")  # fmt: skip
+    for r in rows:
+        print(f"{r['label']:<10} {r['accept_rate']:>11,.0f} {r['e2e_rate']:>13,.0f} "
+              f"{r['instance_us']:>14.1f} {r['redis_us']:>11.1f} {r['failed']:>7}"
+              + ("" if r["drained"] else "  (not drained!)"))  # fmt: skip
+    sqlite = rows[0]
+    one = rows[1]
+    print("\nTargets (Redis, one instance):")
+    print(f"  durable accept {one['accept_rate']:,.0f}/s (target >= 20,000/s)")
+    ratio = one["instance_us"] / sqlite["instance_us"]
+    print(f"  instance CPU {one['instance_us']:.1f} µs/n = {ratio:.2f}x SQLite's "
+          f"{sqlite['instance_us']:.1f} (target <= 1.3x)")  # fmt: skip
+    print(f"  redis-server CPU {one['redis_us']:.1f} µs/n (target <= 15)")
+    rate = PER_MINUTE / 60
+    worst = max(rows[1:], key=lambda r: r["instance_us"])
+    inst_cores = rate * worst["instance_us"] / 1e6
+    redis_cores = rate * max(r["redis_us"] for r in rows[1:]) / 1e6
+    print(f"\n1,000,000 notifications/min = {rate:,.0f}/s needs about {inst_cores:.1f} cores of "
+          f"instances (at {worst['instance_us']:.1f} µs/n): {math.ceil(inst_cores / 0.8)} "
+          f"single-threaded instances at 80% of a core each, and {redis_cores:.2f} of a "
+          "redis-server core (Redis runs commands on one thread).")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
