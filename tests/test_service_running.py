@@ -470,17 +470,19 @@ class BinaryRunningServiceTests(RunningServiceMixin, TestCase):
         self.assertEqual(again.code, 200, again.raw)
         self.assertEqual(again.header("Idempotent-Replayed"), "true")
         self.assertEqual(again.json, first.json)
-        # Async, key in the body; the replay even with other tokens sends nothing new.
-        a1 = await self.api.post(
-            FAKE_APP, {"tokens": [token(2), token(3)], "alert": "a", "async": True,
-                       "idempotency_key": "batch-9"}
-        )  # fmt: skip
-        a2 = await self.api.post(
+        # Async, key in the body: the same body replays; another body with the key is
+        # refused (422) and sends nothing new.
+        batch = {"tokens": [token(2), token(3)], "alert": "a", "async": True,
+                 "idempotency_key": "batch-9"}  # fmt: skip
+        a1 = await self.api.post(FAKE_APP, batch)
+        a2 = await self.api.post(FAKE_APP, batch)
+        other = await self.api.post(
             FAKE_APP, {"tokens": [token(4)], "alert": "b", "async": True,
                        "idempotency_key": "batch-9"}
         )  # fmt: skip
-        self.assertEqual((a1.code, a2.code), (202, 202))
+        self.assertEqual((a1.code, a2.code, other.code), (202, 202, 422))
         self.assertEqual(a2.json["job_id"], a1.json["job_id"])
+        self.assertEqual(other.json["error"]["job_id"], a1.json["job_id"])
         self.assertEqual((a1.json["duplicate"], a2.json["duplicate"]), (False, True))
         self.assertEqual(a2.header("Idempotent-Replayed"), "true")
         job = await self.api.wait_job(a1.json["job_id"])

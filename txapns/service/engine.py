@@ -370,8 +370,13 @@ class Engine:
         async_: bool = False,
         send_at: float | None = None,
         idempotency_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> Deferred[Accepted]:
         """Store ``notifications`` (already validated by :meth:`prepare`) and queue them.
+
+        ``fingerprint`` (with ``idempotency_key``) identifies the request: the key reused
+        for a request with another fingerprint fails with
+        :class:`~txapns.service.spool.IdempotencyKeyReusedError`.
 
         Raises :class:`NotAcceptingError` / :class:`UnknownAppError` synchronously. The
         Deferred fires once the job is committed to the spool.
@@ -400,6 +405,7 @@ class Engine:
             send_at=send_at,
             async_=async_,
             idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
         )
         return d.addCallback(self._stored, app, items, send_at)
 

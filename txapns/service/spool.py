@@ -28,6 +28,7 @@ are counted (``resumed`` column, :attr:`Recovery.resumed_inflight`) as possible 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -64,6 +65,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     app TEXT NOT NULL,
     created REAL NOT NULL,
     idempotency_key TEXT,
+    fingerprint TEXT,
     async INTEGER NOT NULL,
     total INTEGER NOT NULL,
     remaining INTEGER NOT NULL,
@@ -113,6 +115,19 @@ class SpoolError(APNsError):
 
 class SpoolClosedError(SpoolError):
     """The spool was closed; it takes no more operations."""
+
+
+class IdempotencyKeyReusedError(APNsError):
+    """The idempotency key names an earlier job whose request was different: nothing stored.
+
+    Raised by ``add_job`` when both requests carry a fingerprint and they differ."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"the idempotency key was used for a different request (job {job_id}); "
+            "use a new key for a new request"
+        )
+        self.job_id = job_id
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -289,6 +304,12 @@ class SpoolStore:
             raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = Path(path)
         try:
+            # Device tokens are personal data: the spool is its owner's alone (0600). SQLite
+            # gives its -wal and -shm files the database file's permissions.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError as e:
+            raise SpoolError(f"cannot open spool {str(self.path)!r}: {e.strerror}") from None
+        try:
             self._db = sqlite3.connect(
                 str(self.path), isolation_level=None, check_same_thread=False, timeout=0
             )
@@ -305,6 +326,9 @@ class SpoolStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._db.execute(statement)
+                columns = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+                if "fingerprint" not in columns:  # a spool made before fingerprints
+                    self._db.execute("ALTER TABLE jobs ADD COLUMN fingerprint TEXT")
                 row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
                 if row is None:
                     self._db.execute(
@@ -389,26 +413,34 @@ class SpoolStore:
         send_at: float | None = None,
         async_: bool = False,
         idempotency_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> StoredJob:
-        """Store a job and its notifications as ``queued``; honour the idempotency key."""
+        """Store a job and its notifications as ``queued``; honour the idempotency key.
+
+        ``fingerprint`` identifies the request (e.g. a hash of its body): a repeat of the key
+        with another fingerprint raises :class:`IdempotencyKeyReusedError` instead of
+        answering with the first job."""
         with self.transaction():
             if idempotency_key is not None:
                 row = self._db.execute(
-                    "SELECT id, async FROM jobs WHERE app = ? AND idempotency_key = ?",
+                    "SELECT id, async, fingerprint FROM jobs WHERE app = ? AND idempotency_key = ?",
                     (app, idempotency_key),
                 ).fetchone()
                 if row is not None:
+                    if fingerprint is not None and row[2] is not None and row[2] != fingerprint:
+                        raise IdempotencyKeyReusedError(row[0])
                     return StoredJob(row[0], (), True, bool(row[1]))
             job_id = uuid.uuid4().hex
             count = len(notifications)
             self._db.execute(
-                "INSERT INTO jobs (id, app, created, idempotency_key, async, total, remaining,"
-                " status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, app, created, idempotency_key, fingerprint, async, total,"
+                " remaining, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     app,
                     now,
                     idempotency_key,
+                    fingerprint if idempotency_key is not None else None,
                     int(async_),
                     count,
                     count,
@@ -804,6 +836,7 @@ class Spool:
         send_at: float | None = None,
         async_: bool = False,
         idempotency_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> Deferred[StoredJob]:
         items = list(notifications)
         return self._call(
@@ -814,6 +847,7 @@ class Spool:
                 send_at=send_at,
                 async_=async_,
                 idempotency_key=idempotency_key,
+                fingerprint=fingerprint,
             )
         )
 
