@@ -71,6 +71,7 @@ class SpoolBackend(Protocol):
         send_at: float | None = None,
         async_: bool = False,
         idempotency_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> Deferred[StoredJob]: ...
 
     def mark_inflight(self, ids: Sequence[int], *, now: float) -> Deferred[None]: ...

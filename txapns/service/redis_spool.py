@@ -537,7 +537,11 @@ class RedisSpool:
         send_at: float | None = None,
         async_: bool = False,
         idempotency_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> Deferred[StoredJob]:
+        # ``fingerprint`` (a reused key with another body: 422) is not compared here yet:
+        # a repeated key answers with the first job, as before.
+        del fingerprint
         try:
             self._check_open()
         except SpoolError as e:

@@ -289,6 +289,20 @@ def decode_notification(
     )
 
 
+def _storage_failed(e: BaseException) -> bool:
+    """An error of the storage itself (full, I/O, corrupt), not of an operation's input."""
+    return isinstance(e, sqlite3.OperationalError) or type(e) is sqlite3.DatabaseError
+
+
+def _unavailable(e: BaseException) -> Exception:
+    """The backend-neutral "cannot store now" error (the API's 503) for a storage error."""
+    from .backend import SpoolUnavailableError  # backend imports this module
+
+    error = SpoolUnavailableError(f"the spool cannot write: {e}")
+    error.__cause__ = e
+    return error
+
+
 class _Failed:
     __slots__ = ("error",)
 
@@ -340,7 +354,7 @@ class SpoolStore:
                         f"{SCHEMA_VERSION}"
                     )
             top = self._db.execute("SELECT max(id) FROM notifications").fetchone()[0]
-        except sqlite3.OperationalError as e:
+        except sqlite3.DatabaseError as e:  # OperationalError, or a corrupt/truncated file
             self._db.close()
             if "locked" in str(e):
                 raise SpoolError(
@@ -370,12 +384,15 @@ class SpoolStore:
         self._depth = 1
         try:
             yield
+            self._depth = 0
+            self._db.execute("COMMIT")
         except BaseException:
             self._depth = 0
-            self._db.execute("ROLLBACK")
+            # A failed COMMIT (disk full) leaves the transaction open, and SQLite may have
+            # rolled it back itself: either way the next transaction must be able to begin.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._depth = 0
-        self._db.execute("COMMIT")
 
     def run_batch(self, ops: Sequence[Callable[[SpoolStore], object]]) -> list[object]:
         """Run ``ops`` in one transaction, each in a savepoint; failures are returned, not raised.
@@ -383,18 +400,21 @@ class SpoolStore:
         The transaction itself failing (e.g. the disk is full at COMMIT) raises.
         """
         out: list[object] = []
-        with self.transaction():
-            for op in ops:
-                self._db.execute("SAVEPOINT op")
-                try:
-                    value = op(self)
-                except Exception as e:
-                    self._db.execute("ROLLBACK TO op")
-                    self._db.execute("RELEASE op")
-                    out.append(_Failed(e))
-                else:
-                    self._db.execute("RELEASE op")
-                    out.append(value)
+        try:
+            with self.transaction():
+                for op in ops:
+                    self._db.execute("SAVEPOINT op")
+                    try:
+                        value = op(self)
+                    except Exception as e:
+                        self._db.execute("ROLLBACK TO op")
+                        self._db.execute("RELEASE op")
+                        out.append(_Failed(_unavailable(e) if _storage_failed(e) else e))
+                    else:
+                        self._db.execute("RELEASE op")
+                        out.append(value)
+        except sqlite3.Error as e:
+            raise _unavailable(e) from e
         return out
 
     def close(self) -> None:
@@ -757,6 +777,13 @@ class Spool:
         self._timer: IDelayedCall | None = None
         self._busy = False
         self._closing = False
+        #: Why outcomes cannot be written now (the storage failed), or None.
+        self.unavailable_reason: str | None = None
+        self._outcome_failures = 0
+        #: Outcome writes waiting to be tried again: call → (records, now, their Deferred).
+        self._outcome_retries: dict[IDelayedCall, tuple[list[OutcomeRecord], float, Any]] = {}
+        #: Cap of the delay between tries of an outcome write.
+        self.max_retry_delay = 30.0
         #: Batches written and operations in them (for metrics and tests).
         self.batches = 0
         self.operations = 0
@@ -814,13 +841,18 @@ class Spool:
 
     @property
     def available(self) -> bool:
-        return not self._closing
+        """False once closing, and while outcomes cannot be written (disk full): the engine
+        then takes no submissions (503) and ``/healthz`` fails, until a retry succeeds."""
+        return not self._closing and self.unavailable_reason is None
 
     def start_consuming(self, hooks: object) -> None:
         """Nothing to consume: :meth:`recover` gave the engine everything."""
 
     def health(self) -> dict[str, object]:
-        return {"backend": "sqlite", "path": str(self.store.path)}
+        out: dict[str, object] = {"backend": "sqlite", "path": str(self.store.path)}
+        if self.unavailable_reason is not None:
+            out["error"] = self.unavailable_reason
+        return out
 
     def metrics_text(self) -> str:
         return ""
@@ -862,8 +894,62 @@ class Spool:
     def record_outcomes(
         self, records: Sequence[OutcomeRecord], *, now: float
     ) -> Deferred[list[str]]:
-        records = list(records)
-        return self._call(lambda s: s.record_outcomes(records, now=now))
+        """Record outcomes; fires once they are written. A storage failure (disk full) is
+        not the caller's: the records are kept and written again, with growing delays, until
+        it works or the spool closes. Meanwhile :attr:`available` is False. (Dropping them
+        would leave their rows in flight, to be sent again by the next start.)"""
+        done: Deferred[list[str]] = Deferred()
+        self._write_outcomes(list(records), now, done)
+        return done
+
+    def _write_outcomes(
+        self, records: list[OutcomeRecord], now: float, done: Deferred[list[str]]
+    ) -> None:
+        d = self._call(lambda s: s.record_outcomes(records, now=now))
+        d.addCallbacks(
+            self._outcomes_written,
+            self._outcomes_failed,
+            callbackArgs=(done,),
+            errbackArgs=(records, now, done),
+        )
+
+    def _outcomes_written(self, finished: list[str], done: Deferred[list[str]]) -> None:
+        if self._outcome_failures and not self._outcome_retries:
+            log.info("spool: outcomes are written again; taking submissions again")
+            self._outcome_failures = 0
+            self.unavailable_reason = None
+        done.callback(finished)
+
+    def _outcomes_failed(
+        self,
+        failure: Failure,
+        records: list[OutcomeRecord],
+        now: float,
+        done: Deferred[list[str]],
+    ) -> None:
+        from .backend import SpoolUnavailableError
+
+        if self._closing or not failure.check(SpoolUnavailableError):
+            done.errback(failure)
+            return
+        self._outcome_failures += 1
+        self.unavailable_reason = f"cannot record outcomes: {failure.getErrorMessage()}"
+        delay = min(self.max_retry_delay, 0.5 * 2 ** min(self._outcome_failures - 1, 16))
+        log.warn(
+            "spool: could not record {count} outcomes ({why}); refusing submissions, trying "
+            "again in {delay:g} s",
+            count=len(records),
+            why=failure.getErrorMessage(),
+            delay=delay,
+        )
+        call = self._clock.callLater(delay, self._retry_outcomes, records, now, done)
+        self._outcome_retries[call] = (records, now, done)
+
+    def _retry_outcomes(
+        self, records: list[OutcomeRecord], now: float, done: Deferred[list[str]]
+    ) -> None:
+        self._outcome_retries = {c: v for c, v in self._outcome_retries.items() if c.active()}
+        self._write_outcomes(records, now, done)
 
     def add_invalid_tokens(
         self,
@@ -897,6 +983,12 @@ class Spool:
         """Write what is queued, then close the store; later calls fail with SpoolClosedError."""
         if self._closing:
             return fail(SpoolClosedError("the spool is already closed"))
+        # Outcomes waiting for a retry get one last try; if it fails they errback, and
+        # their rows stay in flight: the next start resumes them (possible duplicates).
+        retries, self._outcome_retries = self._outcome_retries, {}
+        for call, (records, now, done) in retries.items():
+            call.cancel()
+            self._write_outcomes(records, now, done)
         barrier = self._call(lambda s: None)
         self._closing = True
 
