@@ -51,6 +51,8 @@ setup(
             "types-tqdm",
             "ruff>=0.5",
             "sphinx>=7",
+            # .ci/fuzz-api: fuzzes the HTTP API from docs/openapi.yaml.
+            "schemathesis>=4",
         ],
     },
     entry_points={"console_scripts": ["txapns = txapns.cli:main"]},

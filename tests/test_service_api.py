@@ -423,6 +423,10 @@ class ApiTests(TestCase):
             await self.call("GET", "/v1/apps/shop/notifications"), 405, "method_not_allowed", "POST"
         )
         self.assertError(await self.call("DELETE", "/healthz"), 405, "method_not_allowed")
+        # RFC 9110: a 405 lists the methods that are allowed.
+        self.assertEqual((await self.call("TRACE", "/healthz")).header("Allow"), "GET, HEAD")
+        put = await self.call("PUT", "/v1/apps/shop/notifications")
+        self.assertEqual(put.header("Allow"), "POST")
         self.assertNothingStored()
 
     @deferred_test

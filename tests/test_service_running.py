@@ -491,6 +491,20 @@ class BinaryRunningServiceTests(RunningServiceMixin, TestCase):
         text = (await self.api.call("GET", "/metrics")).raw.decode()
         self.assertEqual(metric(text, "txapns_notifications_submitted_total", app=FAKE_APP), 3)
 
+    @deferred_test
+    async def test_the_fake_runs_temporary_directory_is_removed_at_stop(self) -> None:
+        await self.start_service()
+        (workdir,) = [p for p in self.dir.iterdir() if p.name.startswith("txapns-")]
+        self.assertTrue((workdir / "spool.sqlite3").exists())
+        await self.service.stopService()
+        self.assertFalse(workdir.exists())
+
+    @deferred_test
+    async def test_livez_without_key(self) -> None:
+        await self.start_service()
+        reply = await self.api.call("GET", "/livez", auth=False)
+        self.assertEqual((reply.code, reply.json), (200, {"status": "alive"}))
+
 
 class HTTP2RunningServiceTests(BinaryRunningServiceTests):
     """The same, with the embedded HTTP/2 fake and client."""

@@ -91,6 +91,8 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.extra = extra
+        #: Extra response headers, e.g. ``Allow`` on a 405.
+        self.headers: tuple[tuple[str, str], ...] = ()
 
     def body(self) -> dict[str, object]:
         return {"error": {"code": self.code, "message": self.message, **self.extra}}
@@ -662,7 +664,7 @@ class ApiResource(Resource):
             route, handler = self._route(method, parts)
             d: Deferred[Response] = maybeDeferred(handler, request)
         except ApiError as e:
-            self._write(request, route, Response(e.status, e.body()))
+            self._write(request, route, Response(e.status, e.body(), headers=e.headers))
             return NOT_DONE_YET
         gone: list[bool] = []
         request.notifyFinish().addErrback(self._client_gone, gone, route)
@@ -676,9 +678,11 @@ class ApiResource(Resource):
     def _route(self, method: str, parts: list[str]) -> tuple[str, Any]:
         def allow(route: str, allowed: str, handler: Any) -> tuple[str, Any]:
             if method != allowed and not (allowed == "GET" and method == "HEAD"):
-                raise ApiError(
+                err = ApiError(
                     405, "method_not_allowed", f"{method} is not allowed here; use {allowed}"
                 )
+                err.headers = (("Allow", "GET, HEAD" if allowed == "GET" else allowed),)
+                raise err
             return route, handler
 
         if parts == ["livez"]:
