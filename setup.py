@@ -54,6 +54,8 @@ setup(
             "ruff>=0.5",
             "sphinx>=7",
             "furo>=2024.1",
+            # .ci/fuzz-api: fuzzes the HTTP API from docs/openapi.yaml.
+            "schemathesis>=4",
         ],
         # tools/mutation.py; pinned: mutant names and the results cache depend on the version.
         "mutation": ["mutmut==3.8.1"],

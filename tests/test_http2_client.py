@@ -1528,3 +1528,24 @@ class LogTests(ClientTestCase):
             self.assertNotIn(token(i).hex(), text)
         self.assertNotIn("eyJ", text)  # a JWT's base64url JSON header
         self.assertNotIn("bearer", text.lower())
+
+
+class UnencodableItemTests(ClientTestCase):
+    def test_one_unencodable_item_never_costs_the_others(self) -> None:
+        # Notification() skips create()'s checks, as a caller (or an old spool row) might:
+        # its topic can never be encoded. Before the fix, UnicodeEncodeError escaped
+        # _flush and the notifications behind it in the queue were never sent.
+        client = self.make_client()
+        good = [self.send(client, note(i)) for i in range(1, 26)]
+        for topic in ("bad\ud800", "a\r\nb"):
+            base = note(99)
+            bad = Notification(base.token, base.payload, topic=topic)
+            bad_d = self.send(client, bad)
+            good += [self.send(client, note(i)) for i in range(100, 125)]
+            self.pump()
+            result = self.result_of(bad_d)
+            self.assertEqual((result.outcome, result.local), (Outcome.REJECTED, "invalid"))
+            self.assertIn("could not be encoded", result.reason or "")
+        self.assertEqual({self.result_of(d).outcome for d in good}, {Outcome.ACCEPTED})
+        self.assertEqual(len(self.server.accepted), 75)
+        self.check()

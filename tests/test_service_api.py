@@ -437,6 +437,10 @@ class ApiTests(TestCase):
             await self.call("GET", "/v1/apps/shop/notifications"), 405, "method_not_allowed", "POST"
         )
         self.assertError(await self.call("DELETE", "/healthz"), 405, "method_not_allowed")
+        # RFC 9110: a 405 lists the methods that are allowed.
+        self.assertEqual((await self.call("TRACE", "/healthz")).header("Allow"), "GET, HEAD")
+        put = await self.call("PUT", "/v1/apps/shop/notifications")
+        self.assertEqual(put.header("Allow"), "POST")
         self.assertNothingStored()
 
     @deferred_test
@@ -492,3 +496,186 @@ class ApiTests(TestCase):
         reply = await self.post({"token": token(1), "alert": "x", "send_at": far})
         self.assertError(reply, 400, "invalid_notification", "send_at is", "limit is 31622400")
         self.assertNothingStored()
+
+    # -- every string field checked before anything is stored (issue 9, items 7, 11, 12) --
+
+    @deferred_test
+    async def test_unsendable_header_values_are_refused_before_storing(self) -> None:
+        ok = b'"token": "' + token(1).encode() + b'", "alert": "x"'
+        cases = [
+            (b'"topic": "com.example.shop\\ud800"', "topic", "surrogate"),
+            (b'"collapse_id": "c\\ud800"', "collapse id", "surrogate"),
+            (b'"topic": "a\\r\\nb"', "topic", "CR, LF or NUL"),
+            (b'"topic": "com.example.shop\\u0000"', "topic", "CR, LF or NUL"),
+            (b'"collapse_id": "c\\n1"', "collapse id", "CR, LF or NUL"),
+            (b'"topic": " com.example.shop"', "topic", "space or tab"),
+        ]
+        for field, *fragments in cases:
+            reply = await self.post(b"{" + ok + b", " + field + b"}")
+            self.assertError(reply, 400, "invalid_notification", *fragments)
+        for field, fragment in [
+            (b'"idempotency_key": "k\\ud800"', "surrogate"),
+            (b'"idempotency_key": "k\\u0000"', "control characters"),
+            (b'"idempotency_key": "k\\r\\n"', "control characters"),
+        ]:
+            reply = await self.post(b"{" + ok + b", " + field + b"}")
+            self.assertError(reply, 400, "invalid_request", fragment)
+        # Payload strings that are not Unicode text, e.g. a lone surrogate in custom data.
+        reply = await self.post(b'{"token": "' + token(1).encode() + b'", "alert": "\\udc00"}')
+        self.assertEqual(reply.code, 400, reply.raw)
+        reply = await self.post(
+            b'{"token": "' + token(1).encode() + b'", "payload": {"aps": {"alert": "\\ud800"}}}'
+        )
+        self.assertEqual(reply.code, 400, reply.raw)
+        self.assertNothingStored()
+        # The service still works.
+        self.assertEqual((await self.post({"token": token(2), "alert": "x"})).code, 200)
+
+    @deferred_test
+    async def test_idempotency_key_header_must_be_utf8(self) -> None:
+        body = {"token": token(1), "alert": "x"}
+        # Before the fix both were decoded as "k\ufffd" and the second was dropped as a repeat.
+        first = await self.post(body, headers={"Idempotency-Key": b"k\xff"})  # type: ignore[dict-item]
+        self.assertError(first, 400, "invalid_request", "not valid UTF-8")
+        second = await self.post(body, headers={"Idempotency-Key": b"k\xfe"})  # type: ignore[dict-item]
+        self.assertError(second, 400, "invalid_request", "not valid UTF-8")
+        self.assertNothingStored()
+
+    @deferred_test
+    async def test_reused_idempotency_key_with_another_body_is_422(self) -> None:
+        first = await self.post({"token": token(1), "alert": "x"}, headers={"Idempotency-Key": "k"})
+        self.assertEqual(first.code, 200, first.raw)
+        other = await self.post({"token": token(2), "alert": "x"}, headers={"Idempotency-Key": "k"})
+        err = self.assertError(other, 422, "idempotency_key_reused", "different request")
+        self.assertEqual(err["job_id"], first.json["job_id"])
+        # The same body still replays the first job.
+        again = await self.post({"token": token(1), "alert": "x"}, headers={"Idempotency-Key": "k"})
+        self.assertEqual((again.code, again.json["job_id"]), (200, first.json["job_id"]))
+        self.assertEqual(len(self.sender.sent), 1)
+
+    @deferred_test
+    async def test_since_out_of_range_is_400_not_infinity(self) -> None:
+        for since in ("9" * 400, "99999999999999999999", "1e999"):
+            reply = await self.call("GET", f"/v1/apps/shop/invalid-tokens?since={since}")
+            self.assertError(reply, 400, "invalid_request", "since")
+            self.assertNotIn(b"Infinity", reply.raw)
+        big = await self.post({"token": token(1), "alert": "x", "send_at": 10**400})
+        self.assertError(big, 400, "invalid_request", "send_at must be UNIX seconds")
+        self.assertNothingStored()
+
+    @deferred_test
+    async def test_bearer_scheme_is_case_insensitive(self) -> None:
+        for scheme in ("bearer", "BEARER", "Bearer"):
+            reply = await self.call(
+                "GET", "/healthz", auth=None, headers={"Authorization": f"{scheme} {KEY.decode()}"}
+            )
+            self.assertEqual(reply.code, 200, scheme)
+        wrong = await self.call(
+            "GET", "/healthz", auth=None, headers={"Authorization": f"Basic {KEY.decode()}"}
+        )
+        self.assertEqual(wrong.code, 401)
+
+    @deferred_test
+    async def test_livez_needs_no_key_and_says_nothing_more(self) -> None:
+        reply = await self.call("GET", "/livez", auth=None)
+        self.assertEqual(reply.code, 200, reply.raw)
+        self.assertEqual(reply.json, {"status": "alive"})
+        self.assertEqual((await self.call("GET", "/livez")).json, {"status": "alive"})
+        # /healthz, with its details, still needs the key.
+        self.assertEqual((await self.call("GET", "/healthz", auth=None)).code, 401)
+        self.assertError(await self.call("POST", "/livez", auth=None), 405, "method_not_allowed")
+
+
+class ChannelTests(SynchronousTestCase):
+    """The connection level (issue 9, item 10): the key is checked on the headers, before
+    any body is read, and slow clients are cut off by header and body deadlines."""
+
+    def setUp(self) -> None:
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        self.clock = Clock()
+        store = SpoolStore(temp_dir(self) / "spool.db")
+        self.addCleanup(store.close)
+        engine = Engine(
+            {"shop": EngineApp(FakeSender(), bundle_id=BUNDLE)},
+            Spool(store, self.clock, inline_runner),
+            self.clock,
+        )
+        self.site = make_site(
+            engine, KEY, Limits(max_body_bytes=64 * 1024, header_timeout=5, body_timeout=7),
+            reactor=self.clock,
+        )  # fmt: skip
+        self.channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        assert self.channel is not None
+        self.transport = StringTransport()
+        self.channel.makeConnection(self.transport)
+
+    def head(self, auth: bytes | None, length: int = 8 * 1024 * 1024) -> bytes:
+        lines = [b"POST /v1/apps/shop/notifications HTTP/1.1", b"Host: x"]
+        if auth is not None:
+            lines.append(b"Authorization: Bearer " + auth)
+        lines.append(b"Content-Length: %d" % length)
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+    def test_wrong_key_is_answered_on_the_headers_and_the_body_never_read(self) -> None:
+        for auth in (None, b"wrong-key-0123456789abcdef"):
+            self.setUp()
+            self.channel.dataReceived(self.head(auth))
+            answer = self.transport.value()
+            self.assertTrue(answer.startswith(b"HTTP/1.1 401 "), answer)
+            self.assertIn(b'WWW-Authenticate: Bearer realm="txapns"', answer)
+            self.assertIn(b'"code":"unauthorized"', answer)
+            self.assertTrue(self.transport.disconnecting)
+            # Whatever the client still sends is dropped, never buffered.
+            self.channel.dataReceived(b"x" * 65536)
+            request = self.channel.requests[-1]
+            self.assertIsNone(request.content)
+            self.assertEqual(self.transport.value(), answer)
+
+    def test_livez_needs_no_key_on_the_channel_either(self) -> None:
+        self.channel.dataReceived(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 200 "))
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_headers_trickled_past_the_deadline_get_408(self) -> None:
+        self.channel.dataReceived(b"POST /v1/apps/shop/notifications HTTP/1.1\r\n")
+        for _ in range(4):  # a byte a second keeps Twisted's idle timeout from firing
+            self.clock.advance(1)
+            self.channel.dataReceived(b"X")
+        self.assertEqual(self.transport.value(), b"")
+        self.clock.advance(1)
+        answer = self.transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 408 "), answer)
+        self.assertIn(b'"code":"request_timeout"', answer)
+        self.assertTrue(self.transport.disconnecting)
+        self.clock.advance(self.channel.abortTimeout or 0)
+        self.assertTrue(self.transport.disconnected or self.transport.disconnecting)
+
+    def test_body_trickled_past_the_deadline_gets_408(self) -> None:
+        self.channel.dataReceived(self.head(KEY, length=100))
+        for _ in range(6):
+            self.clock.advance(1)
+            self.channel.dataReceived(b"{")
+        self.assertEqual(self.transport.value(), b"")
+        self.clock.advance(1)
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 408 "))
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_a_prompt_request_is_served_and_the_deadlines_cancelled(self) -> None:
+        body = json.dumps({"token": token(1), "alert": "x"}).encode()
+        self.channel.dataReceived(self.head(KEY, length=len(body)) + body)
+        # The engine is not started: 503, but the request was read and routed.
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 503 "))
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(
+            [c for c in self.clock.getDelayedCalls() if c.func.__name__ == "_too_slow"], []
+        )
+        # The next request on the same connection gets its own deadline, from its first byte.
+        self.transport.clear()
+        self.clock.advance(30)  # idle, under the idle timeout: no deadline runs
+        self.assertEqual(self.transport.value(), b"")
+        self.channel.dataReceived(b"GET /healthz HTTP/1.1\r\n")
+        self.clock.advance(5)
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 408 "))

@@ -213,8 +213,9 @@ class WiringTests(TestCase):
             self.assertFalse(pool.started)
             self.assertEqual(sender.stop_calls, 1)
 
+        assert service.started is not None
         return (
-            engine.submit("shop", ns)
+            service.started.addCallback(lambda _: engine.submit("shop", ns))  # once recovered
             .addCallback(submitted)
             .addCallback(finished)
             .addCallback(stopped)

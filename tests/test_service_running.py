@@ -477,17 +477,19 @@ class BinaryRunningServiceTests(RunningServiceMixin, TestCase):
         self.assertEqual(again.code, 200, again.raw)
         self.assertEqual(again.header("Idempotent-Replayed"), "true")
         self.assertEqual(again.json, first.json)
-        # Async, key in the body; the replay even with other tokens sends nothing new.
-        a1 = await self.api.post(
-            FAKE_APP, {"tokens": [token(2), token(3)], "alert": "a", "async": True,
-                       "idempotency_key": "batch-9"}
-        )  # fmt: skip
-        a2 = await self.api.post(
+        # Async, key in the body: the same body replays; another body with the key is
+        # refused (422) and sends nothing new.
+        batch = {"tokens": [token(2), token(3)], "alert": "a", "async": True,
+                 "idempotency_key": "batch-9"}  # fmt: skip
+        a1 = await self.api.post(FAKE_APP, batch)
+        a2 = await self.api.post(FAKE_APP, batch)
+        other = await self.api.post(
             FAKE_APP, {"tokens": [token(4)], "alert": "b", "async": True,
                        "idempotency_key": "batch-9"}
         )  # fmt: skip
-        self.assertEqual((a1.code, a2.code), (202, 202))
+        self.assertEqual((a1.code, a2.code, other.code), (202, 202, 422))
         self.assertEqual(a2.json["job_id"], a1.json["job_id"])
+        self.assertEqual(other.json["error"]["job_id"], a1.json["job_id"])
         self.assertEqual((a1.json["duplicate"], a2.json["duplicate"]), (False, True))
         self.assertEqual(a2.header("Idempotent-Replayed"), "true")
         job = await self.api.wait_job(a1.json["job_id"])
@@ -495,6 +497,20 @@ class BinaryRunningServiceTests(RunningServiceMixin, TestCase):
         self.assertEqual(sorted(t for t, _ in self.delivered()), [token(1), token(2), token(3)])
         text = (await self.api.call("GET", "/metrics")).raw.decode()
         self.assertEqual(metric(text, "txapns_notifications_submitted_total", app=FAKE_APP), 3)
+
+    @deferred_test
+    async def test_the_fake_runs_temporary_directory_is_removed_at_stop(self) -> None:
+        await self.start_service()
+        (workdir,) = [p for p in self.dir.iterdir() if p.name.startswith("txapns-")]
+        self.assertTrue((workdir / "spool.sqlite3").exists())
+        await self.service.stopService()
+        self.assertFalse(workdir.exists())
+
+    @deferred_test
+    async def test_livez_without_key(self) -> None:
+        await self.start_service()
+        reply = await self.api.call("GET", "/livez", auth=False)
+        self.assertEqual((reply.code, reply.json), (200, {"status": "alive"}))
 
 
 class HTTP2RunningServiceTests(BinaryRunningServiceTests):

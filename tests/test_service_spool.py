@@ -399,3 +399,55 @@ class ThreadRunnerTests(TestCase):
             self.assertEqual(len(threads), 1)
 
         return d.addCallback(check)
+
+
+class SpoolFileTests(SynchronousTestCase):
+    def test_spool_files_are_private_to_their_owner(self) -> None:
+        # Issue 9, item 14: the spool holds device tokens; under a usual umask of 022 its
+        # files were created 0644, readable by every local user.
+        old = os.umask(0o022)
+        self.addCleanup(os.umask, old)
+        path = temp_dir(self) / "spool.db"
+        store = SpoolStore(path)
+        self.addCleanup(store.close)
+        store.add_job("a", [note(1)], now=1)
+        files = sorted(p.name for p in path.parent.iterdir())
+        self.assertIn("spool.db-wal", files)
+        for p in path.parent.iterdir():
+            self.assertEqual(p.stat().st_mode & 0o777, 0o600, p.name)
+
+    def test_unopenable_spool_is_one_spool_error(self) -> None:
+        missing_dir = temp_dir(self) / "no" / "such" / "dir" / "spool.db"
+        with self.assertRaises(SpoolError) as cm:
+            SpoolStore(missing_dir)
+        self.assertIn("cannot open spool", str(cm.exception))
+
+
+class FingerprintTests(SynchronousTestCase):
+    def test_reused_key_with_another_fingerprint_is_refused(self) -> None:
+        from txapns.service.spool import IdempotencyKeyReusedError
+
+        store = SpoolStore(temp_dir(self) / "spool.db")
+        self.addCleanup(store.close)
+        first = store.add_job("a", [note(1)], now=1, idempotency_key="k", fingerprint="f1")
+        same = store.add_job("a", [note(1)], now=2, idempotency_key="k", fingerprint="f1")
+        self.assertEqual((same.duplicate, same.job_id), (True, first.job_id))
+        with self.assertRaises(IdempotencyKeyReusedError) as cm:
+            store.add_job("a", [note(2)], now=3, idempotency_key="k", fingerprint="f2")
+        self.assertEqual(cm.exception.job_id, first.job_id)
+        # Without a fingerprint on either side, a repeat is a plain repeat (library callers).
+        self.assertTrue(store.add_job("a", [note(2)], now=4, idempotency_key="k").duplicate)
+        self.assertEqual(store.counts(), {("a", "queued"): 1})
+
+    def test_spool_without_the_fingerprint_column_is_upgraded(self) -> None:
+        import sqlite3
+
+        path = temp_dir(self) / "spool.db"
+        SpoolStore(path).close()
+        db = sqlite3.connect(path)
+        db.execute("ALTER TABLE jobs DROP COLUMN fingerprint")
+        db.commit()
+        db.close()
+        store = SpoolStore(path)
+        self.addCleanup(store.close)
+        store.add_job("a", [note(1)], now=1, idempotency_key="k", fingerprint="f")

@@ -64,9 +64,7 @@ class MakeServiceTests(SynchronousTestCase):
         service = makeService(options)
         self.assertTrue(IService.providedBy(service))
         names = [type(s).__name__ for s in IServiceCollection(service)]
-        self.assertEqual(
-            names, ["_FakeAPNs", "_StartSenders", "EngineService", "StreamServerEndpointService"]
-        )
+        self.assertEqual(names, ["_FakeAPNs", "_StartSenders", "EngineService", "_Listener"])
         self.assertFalse(service.running)
 
     def test_single_app_needs_an_api_key(self) -> None:
@@ -168,3 +166,70 @@ class ConfigErrorTests(SynchronousTestCase):
                 "(token auth), cert_file (+ key_file) or p12_file (certificate auth)"
             ],
         )
+
+
+class StartupFailureTests(SynchronousTestCase):
+    """Issue 9, item 13: a spool in use by another instance, a corrupt or truncated spool,
+    a port in use: one line on stderr, exit status 1, no traceback."""
+
+    def setUp(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="txapns-test-"))
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def twistd(self, *args: str) -> subprocess.CompletedProcess[str]:
+        twistd = Path(sys.executable).with_name("twistd")
+        return subprocess.run(
+            [str(twistd), "-n", "--pidfile=", "apns", "--fake", *args],
+            capture_output=True,
+            text=True,
+            cwd=self.dir,
+            env={**os.environ, "PYTHONWARNINGS": "ignore", "TMPDIR": str(self.dir)},
+            timeout=120,
+        )
+
+    def assertOneLineExit(self, result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+        self.assertEqual(result.returncode, 1, result.stderr + result.stdout)
+        self.assertNotIn("Traceback", result.stderr + result.stdout)
+        last = result.stderr.splitlines()[-1]
+        self.assertTrue(last.startswith("twistd apns: "), result.stderr)
+        for fragment in fragments:
+            self.assertIn(fragment, last)
+        # Only the fake's own "embedded fake APNs" line may come before it.
+        self.assertLessEqual(len(result.stderr.splitlines()), 2, result.stderr)
+
+    def test_spool_in_use_by_another_instance(self) -> None:
+        from txapns.service.spool import SpoolStore
+
+        path = self.dir / "spool.sqlite3"
+        holder = SpoolStore(path)
+        self.addCleanup(holder.close)
+        result = self.twistd("--listen", "tcp:0:interface=127.0.0.1", "--spool", str(path))
+        self.assertOneLineExit(result, "in use by another process")
+
+    def test_corrupt_and_truncated_spools(self) -> None:
+        from txapns.service.spool import SpoolStore
+
+        garbage = self.dir / "garbage.sqlite3"
+        garbage.write_bytes(b"this is no database" * 300)
+        result = self.twistd("--listen", "tcp:0:interface=127.0.0.1", "--spool", str(garbage))
+        self.assertOneLineExit(result, "cannot open spool", "not a database")
+        truncated = self.dir / "truncated.sqlite3"
+        store = SpoolStore(truncated)
+        store.close()
+        with open(truncated, "r+b") as f:
+            f.truncate(50)
+        result = self.twistd("--listen", "tcp:0:interface=127.0.0.1", "--spool", str(truncated))
+        self.assertOneLineExit(result, "cannot open spool")
+
+    def test_port_in_use(self) -> None:
+        import socket
+
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = self.twistd("--listen", f"tcp:{port}:interface=127.0.0.1")
+        self.assertOneLineExit(result, f"cannot listen on tcp:{port}:interface=127.0.0.1")
+        # The fake's temporary directory is not left behind either.
+        self.assertEqual([p.name for p in self.dir.iterdir() if p.name.startswith("txapns-")], [])

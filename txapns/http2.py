@@ -565,7 +565,9 @@ class APNsHTTP2Protocol(Protocol):
                     collapse_id=n.collapse_id,
                 )
                 body = n.payload
-        except InvalidFieldError:
+        except (InvalidFieldError, UnicodeError):
+            # Only this item's headers are bad (a notification built without create()'s
+            # checks): it alone is finished, the rest of the turn's dispatch goes on.
             return False
         try:
             stream_id = self.h2.send_request(block, body)
@@ -1876,7 +1878,10 @@ class HTTP2Client:
             self._finish(item, self._result(item, _UNKNOWN, now, reason=UNKNOWN_TIMEOUT))
 
     def _invalid(self, item: _Item, now: float) -> None:
-        reason = "the request headers could not be encoded (invalid apns-id or collapse id)"
+        reason = (
+            "the request headers could not be encoded (topic, apns-id or collapse id is not "
+            "UTF-8 text, or has CR, LF, NUL or surrounding whitespace)"
+        )
         self._finish(item, self._result(item, _REJECTED, now, reason=reason, local="invalid"))
 
     @staticmethod

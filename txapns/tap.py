@@ -12,8 +12,9 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
@@ -274,20 +275,51 @@ class _StartSenders(Service):
 
 def makeService(options: Options) -> IService:
     """The ``twistd apns`` entry point: :func:`build_service`, except that a configuration
-    it cannot use ends the process with one line on stderr and exit status 1 (as twistd does
+    it cannot use, or a spool it cannot open (in use by another instance, corrupt,
+    truncated), ends the process with one line on stderr and exit status 1 (as twistd does
     for a usage error) instead of a traceback."""
+    from .service.spool import SpoolError
+
     try:
         return build_service(options)
-    except ConfigError as e:
-        message = " ".join(str(e).split())  # one line, whatever the error text holds
-        sys.stderr.write(f"twistd apns: {message}\n")
-        raise SystemExit(1) from None
+    except (ConfigError, SpoolError) as e:
+        exit_with_one_line(str(e))
+
+
+def exit_with_one_line(message: str) -> NoReturn:
+    """One line on stderr, exit status 1. Once twistd has started logging, ``sys.stderr``
+    goes to the log: the line then goes to the log and to the process's real stderr."""
+    line = "twistd apns: " + " ".join(message.split()) + "\n"  # one line, whatever it holds
+    sys.stderr.write(line)
+    real = sys.__stderr__
+    if real is not None and real is not sys.stderr:
+        real.write(line)
+        real.flush()
+    raise SystemExit(1) from None
+
+
+class _Listener(StreamServerEndpointService):
+    """A strports listener that cannot listen (port in use, no permission) ends ``twistd``
+    with one line and exit status 1, instead of a logged traceback and a service running
+    without its API."""
+
+    def __init__(self, reactor: Any, description: str, factory: Any) -> None:
+        from twisted.internet.endpoints import serverFromString
+
+        StreamServerEndpointService.__init__(self, serverFromString(reactor, description), factory)
+        self.description = description
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            StreamServerEndpointService.privilegedStartService(self)
+        except Exception as e:
+            exit_with_one_line(f"cannot listen on {self.description}: {e}")
 
 
 def build_service(options: Options) -> IService:
     """The service ``twistd apns`` runs; raises :class:`ConfigError` for a configuration it
     cannot use."""
-    from twisted.application import strports
     from twisted.internet import reactor
     from twisted.web.client import Agent
 
@@ -306,8 +338,9 @@ def build_service(options: Options) -> IService:
         config = ServiceConfig(apps=(_single_app(options),))
     else:
         config = ServiceConfig()
-    workdir = Path(tempfile.mkdtemp(prefix="txapns-"))
     if options["fake"]:
+        # The fake's certificates, spool and API key: made for this run, removed at its end.
+        workdir = top.workdir = Path(tempfile.mkdtemp(prefix="txapns-"))
         fake = _FakeAPNs(reactor, options["fake-protocol"])
         _attach(fake, top)
         config = ServiceConfig(
@@ -326,7 +359,7 @@ def build_service(options: Options) -> IService:
     if key_file is None:
         if not options["fake"]:
             raise ConfigError("the API needs a bearer key: give --api-key-file or api_key_file")
-        key_file = str(workdir / "api-key")
+        key_file = str(top.workdir / "api-key")  # type: ignore[operator]
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")
@@ -356,7 +389,7 @@ def build_service(options: Options) -> IService:
     # running service; explicit --listen options are honoured in every mode.
     if not options["demo"] or options["listen"]:
         for description in listen:
-            _attach(strports.service(description, site), top)
+            _attach(_Listener(reactor, description, site), top)
     if options["demo"]:
         from .demo import DemoService
 
@@ -380,6 +413,8 @@ class _Top(MultiService):
         MultiService.__init__(self)
         self.options = options
         self.config: ServiceConfig | None = None
+        #: The temporary directory of a ``--fake`` run, removed once every child stopped.
+        self.workdir: Path | None = None
 
     def setServiceParent(self, parent: Any) -> None:
         MultiService.setServiceParent(self, parent)
@@ -432,11 +467,28 @@ class _Top(MultiService):
 
         notify("READY=1\nSTATUS=sending", self.options.environ)
 
+    def privilegedStartService(self) -> None:
+        try:
+            MultiService.privilegedStartService(self)
+        except SystemExit:  # a listener could not listen: nothing runs, nothing is left
+            self._remove_workdir(None)
+            raise
+
     def stopService(self) -> Any:
         from .service.systemd import notify
 
         notify("STOPPING=1", self.options.environ)
-        return MultiService.stopService(self)
+        d = MultiService.stopService(self)
+        if self.workdir is not None:
+            d.addBoth(self._remove_workdir)
+        return d
+
+    def _remove_workdir(self, result: object) -> object:
+        import shutil
+
+        if self.workdir is not None:  # after the engine closed the spool in it
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return result
 
 
 def describe_app(app: AppConfig, *, fake: bool = False) -> dict[str, str]:

@@ -96,6 +96,29 @@ def parse_token(token: str | bytes) -> bytes:
     return raw
 
 
+_FORBIDDEN_IN_HEADER = re.compile(r"[\r\n\x00]")
+
+
+def header_value(what: str, value: str) -> bytes:
+    """``value`` as the bytes of an HTTP/2 header field, or :class:`InvalidFieldError`.
+
+    Checked when a notification is built, so that a value that could never be sent (a lone
+    UTF-16 surrogate, CR, LF or NUL, surrounding whitespace: RFC 9113 §8.2.1) is refused
+    before anything is stored or queued, instead of failing later on the wire.
+    """
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidFieldError(
+            f"{what} is not valid Unicode text (character {e.start} is a lone surrogate)"
+        ) from None
+    if _FORBIDDEN_IN_HEADER.search(value):
+        raise InvalidFieldError(f"{what} must not contain CR, LF or NUL")
+    if value != value.strip(" \t"):
+        raise InvalidFieldError(f"{what} must not begin or end with a space or tab")
+    return raw
+
+
 def shorten(token: str | bytes, keep: int = 8) -> str:
     """A device token safe for logs: the first ``keep`` hex digits and an ellipsis."""
     text = token.hex() if isinstance(token, (bytes, bytearray)) else str(token)
@@ -156,11 +179,12 @@ class Notification:
                 raise InvalidFieldError(f"unknown push type {push_type!r}") from None
         if collapse_id is not None and not isinstance(collapse_id, str):
             raise InvalidFieldError(f"collapse id must be a string, not {collapse_id!r}")
-        if collapse_id is not None and len(collapse_id.encode("utf-8")) > COLLAPSE_ID_LIMIT:
-            raise InvalidFieldError(
-                f"collapse id is {len(collapse_id.encode('utf-8'))} bytes; the limit is "
-                f"{COLLAPSE_ID_LIMIT}"
-            )
+        if collapse_id is not None:
+            size = len(header_value("collapse id", collapse_id))
+            if size > COLLAPSE_ID_LIMIT:
+                raise InvalidFieldError(
+                    f"collapse id is {size} bytes; the limit is {COLLAPSE_ID_LIMIT}"
+                )
         ident: str | None = None
         if apns_id is not None:
             try:
@@ -173,6 +197,8 @@ class Notification:
             raise InvalidFieldError(f"topic must be a string, not {topic!r}")
         if topic is not None and not topic:
             raise MissingTopicError("topic must not be empty")
+        if topic is not None:
+            header_value("topic", topic)
         return cls(raw_token, body, expiry, priority, topic, pt, collapse_id, ident)
 
     def __repr__(self) -> str:

@@ -1,6 +1,7 @@
 """The HTTP API (JSON) over :mod:`twisted.web`.
 
-Routes (every one needs ``Authorization: Bearer <key>``; 401 otherwise):
+Routes (every one but ``/livez`` needs ``Authorization: Bearer <key>``; 401 otherwise, sent
+by :class:`ApiChannel` on the headers, before any body is read):
 
 * ``POST /v1/apps/{app}/notifications`` — one notification (``"token"``) or a batch
   (``"tokens"``). Waits for the outcomes and answers 200 with one result per recipient, or,
@@ -8,6 +9,7 @@ Routes (every one needs ``Authorization: Bearer <key>``; 401 otherwise):
   batch is durably stored.
 * ``GET /v1/jobs/{id}`` — progress and per-recipient results.
 * ``GET /v1/apps/{app}/invalid-tokens?since=`` — tokens APNs reported dead after ``since``.
+* ``GET /livez`` — 200 while the process answers; no key, no details.
 * ``GET /healthz`` — 200 while accepting, 503 otherwise; per-app queue and connection state.
 * ``GET /metrics`` — Prometheus text.
 
@@ -18,6 +20,7 @@ gets a 4xx with a precise message and leaves no trace. Errors are JSON:
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import io
 import json
@@ -29,17 +32,20 @@ from typing import Any
 from urllib.parse import unquote
 
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from .._twisted import cancel_call
 from ..core.errors import PayloadTooLargeError, ValidationError
 from ..core.payload import Alert, build_payload
 from .backend import SpoolUnavailableError
 from .engine import Accepted, Engine, NotAcceptingError, RecipientError, Template, UnknownAppError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .spool import InvalidToken, JobView
+from .spool import IdempotencyKeyReusedError, InvalidToken, JobView
 
 log = Logger()
 
@@ -85,6 +91,8 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.extra = extra
+        #: Extra response headers, e.g. ``Allow`` on a 405.
+        self.headers: tuple[tuple[str, str], ...] = ()
 
     def body(self) -> dict[str, object]:
         return {"error": {"code": self.code, "message": self.message, **self.extra}}
@@ -94,6 +102,12 @@ class ApiError(Exception):
 class Limits:
     max_body_bytes: int = 8 * 1024 * 1024
     max_recipients: int = 10_000
+    #: Seconds from a request's first byte to the end of its headers.
+    header_timeout: float = 10.0
+    #: Seconds from the end of a request's headers to the end of its body.
+    body_timeout: float = 30.0
+    #: Seconds a keep-alive connection may sit idle between requests.
+    idle_timeout: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,14 +179,11 @@ def parse_time(value: object, what: str) -> float:
     if isinstance(value, bool):
         raise _bad(f"{what} must be UNIX seconds or an ISO 8601 time, not a boolean")
     if isinstance(value, (int, float)):
-        f = float(value)
-        if not math.isfinite(f) or f < 0:
-            raise _bad(f"{what} must be a non-negative finite number of UNIX seconds")
-        return f
+        return _unix_seconds(value, what)
     if isinstance(value, str):
         try:
             if value.strip().replace(".", "", 1).isdigit():
-                return float(value)
+                return _unix_seconds(value, what)
             dt = datetime.fromisoformat(value)
         except ValueError:
             raise _bad(f"{what} {value!r} is neither UNIX seconds nor an ISO 8601 time") from None
@@ -180,6 +191,37 @@ def parse_time(value: object, what: str) -> float:
             raise _bad(f"{what} {value!r} has no UTC offset (add Z or +00:00)")
         return dt.timestamp()
     raise _bad(f"{what} must be UNIX seconds or an ISO 8601 time, not {_json_type(value)}")
+
+
+#: Latest time accepted as UNIX seconds (year 9999): beyond it a number is an error, not a
+#: time (a 400-digit number must not become ``Infinity``, which is not JSON).
+MAX_UNIX_SECONDS = 253_402_300_799.0
+
+
+def _unix_seconds(value: str | int | float, what: str) -> float:
+    try:
+        f = float(value)
+    except OverflowError:  # an int too large for a float
+        f = math.inf
+    if not math.isfinite(f) or not 0 <= f <= MAX_UNIX_SECONDS:
+        raise _bad(
+            f"{what} must be UNIX seconds within 0..{MAX_UNIX_SECONDS:.0f} (or an ISO 8601 time)"
+        )
+    return f
+
+
+def check_idempotency_key(key: str) -> str:
+    """Refuse a key that could collide with another once stored or echoed: it must be
+    1-255 characters of valid Unicode (no lone surrogate) without control characters."""
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise _bad(f"idempotency key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad("idempotency key is not valid Unicode text (a lone surrogate)") from None
+    if not key.isprintable():
+        raise _bad("idempotency key must not contain control characters (CR, LF, NUL…)")
+    return key
 
 
 def parse_submission(
@@ -251,8 +293,8 @@ def parse_submission(
         if key is not None and key != idempotency_header:
             raise _bad("the Idempotency-Key header and the idempotency_key field differ")
         key = idempotency_header
-    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
-        raise _bad(f"idempotency key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+    if key is not None:
+        check_idempotency_key(key)
     return ParsedSubmission(
         tokens=tokens,
         template=Template(
@@ -384,8 +426,12 @@ class Response:
 
     def encoded(self) -> bytes:
         if isinstance(self.body, str):
-            return self.body.encode("utf-8")
-        return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            return self.body.encode("utf-8", "backslashreplace")
+        text = json.dumps(self.body, separators=(",", ":"), ensure_ascii=False)
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate echoed from a request: escape it
+            return json.dumps(self.body, separators=(",", ":")).encode("ascii")
 
 
 class BoundedBody:
@@ -424,27 +470,185 @@ class BoundedBody:
         self._buf.close()
 
 
-class ApiSite(Site):
-    """A Site whose request bodies are bounded in memory (see :class:`BoundedBody`)."""
+_IDLE, _HEADERS, _BODY, _HANDLING = range(4)
 
-    def __init__(self, resource: ApiResource, *, max_body_bytes: int) -> None:
+
+class ApiChannel(HTTPChannel):
+    """An HTTP/1.1 channel that refuses a request on its headers, and bounds slow clients.
+
+    * Once a request's headers are in, a request without the right bearer key (on any route
+      that needs one) is answered 401 and the connection closed: its body is never read.
+    * A request's headers must arrive within ``header_timeout`` seconds of its first byte,
+      and its body within ``body_timeout`` seconds of its headers; otherwise 408 and close.
+      (Twisted's own idle timeout restarts on every byte, so a client trickling a byte every
+      few seconds would hold the connection and its buffer for ever.)
+    """
+
+    site: ApiSite
+    _phase = _IDLE
+    _deadline: IDelayedCall | None = None
+    _refused = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return  # answered and closing: nothing more is read
+        if self._phase == _IDLE and data:
+            self._phase = _HEADERS
+            self._arm(self.site.limits.header_timeout, "headers")
+        HTTPChannel.dataReceived(self, data)
+
+    def allHeadersReceived(self) -> None:
+        self._disarm()
+        request = self.requests[-1]
+        path = self._path.split(b"?", 1)[0]
+        # Before the base class, which would answer "Expect: 100-continue".
+        if not self.site.resource.authorized(path, request.getHeader(b"authorization")):
+            self._refuse(401, unauthorized().body(), ((b"WWW-Authenticate", _CHALLENGE),))
+            return
+        HTTPChannel.allHeadersReceived(self)
+        if self.length != 0:
+            self._phase = _BODY
+            self._arm(self.site.limits.body_timeout, "body")
+
+    def allContentReceived(self) -> None:
+        if self._refused:
+            return
+        self._disarm()
+        self._phase = _HANDLING
+        HTTPChannel.allContentReceived(self)
+
+    def requestDone(self, request: Any) -> None:
+        self._phase = _IDLE  # before the base class replays pipelined data
+        HTTPChannel.requestDone(self, request)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._disarm()
+        HTTPChannel.connectionLost(self, reason)
+
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        self._deadline = self.site.reactor.callLater(seconds, self._too_slow, what, seconds)
+
+    def _disarm(self) -> None:
+        cancel_call(self._deadline)
+        self._deadline = None
+
+    def _too_slow(self, what: str, seconds: float) -> None:
+        self._deadline = None
+        err = ApiError(
+            408, "request_timeout", f"the request {what} did not arrive within {seconds:g} s"
+        )
+        self._refuse(408, err.body(), ())
+
+    def _refuse(
+        self, code: int, body: dict[str, object], headers: tuple[tuple[bytes, bytes], ...]
+    ) -> None:
+        """Answer at once, outside any Request, and close: used before the body is read."""
+        self._disarm()
+        transport = self.transport
+        if self._refused or transport is None or getattr(transport, "disconnecting", False):
+            return  # already closing (e.g. the idle timeout fired first)
+        self._refused = True
+        self.site.resource.engine.metrics.http_responses[("other", code)] += 1
+        raw = json.dumps(body, separators=(",", ":")).encode("ascii")
+        head = [b"HTTP/1.1 %d %s" % (code, RESPONSES.get(code, b"Error"))]
+        head += [
+            b"Content-Type: application/json",
+            b"Cache-Control: no-store",
+            b"Connection: close",
+            b"Content-Length: %d" % len(raw),
+        ]
+        head += [name + b": " + value for name, value in headers]
+        transport.write(b"\r\n".join(head) + b"\r\n\r\n" + raw)
+        self.loseConnection()  # type: ignore[no-untyped-call]
+        if self.abortTimeout is not None:  # as the base class does for its own timeout
+            self._abortingCall = self.site.reactor.callLater(
+                self.abortTimeout, self.forceAbortClient
+            )
+
+
+class ApiSite(Site):
+    """A Site whose request bodies are bounded in memory (see :class:`BoundedBody`) and whose
+    connections are :class:`ApiChannel`\\ s (early 401, header and body deadlines)."""
+
+    protocol = ApiChannel  # type: ignore[assignment]
+    resource: ApiResource
+
+    def __init__(
+        self,
+        resource: ApiResource,
+        *,
+        max_body_bytes: int,
+        limits: Limits = Limits(),
+        reactor: IReactorTime | None = None,
+    ) -> None:
         # The API reads JSON only: no form parsing, which would parse every POST's
         # Content-Type with the email package (~10% of the CPU per single-notification
         # request).
         try:
-            Site.__init__(self, resource, parsePOSTFormSubmission=False)
+            Site.__init__(
+                self,
+                resource,
+                timeout=limits.idle_timeout,
+                reactor=reactor,
+                parsePOSTFormSubmission=False,
+            )
         except TypeError:  # Twisted releases without the option
-            Site.__init__(self, resource)
+            Site.__init__(self, resource, timeout=limits.idle_timeout, reactor=reactor)
         self.max_body_bytes = max_body_bytes
+        self.limits = limits
         self.displayTracebacks = False
 
     def getContentFile(self, length: int | None) -> BoundedBody:
         return BoundedBody(self.max_body_bytes, length)
 
 
-def make_site(engine: Engine, api_key: bytes, limits: Limits = Limits()) -> ApiSite:
+def make_site(
+    engine: Engine,
+    api_key: bytes,
+    limits: Limits = Limits(),
+    reactor: IReactorTime | None = None,
+) -> ApiSite:
     """The Site to listen with (strports): the API over ``engine``, bodies bounded."""
-    return ApiSite(ApiResource(engine, api_key, limits), max_body_bytes=limits.max_body_bytes)
+    return ApiSite(
+        ApiResource(engine, api_key, limits),
+        max_body_bytes=limits.max_body_bytes,
+        limits=limits,
+        reactor=reactor,
+    )
+
+
+_CHALLENGE = b'Bearer realm="txapns"'
+#: Routes that answer without the bearer key: liveness only, no details.
+OPEN_PATHS = frozenset({b"/livez"})
+
+
+def unauthorized() -> ApiError:
+    return ApiError(
+        401, "unauthorized", "missing or wrong API key: send 'Authorization: Bearer <key>'"
+    )
+
+
+def bearer_matches(header: bytes | None, key: bytes) -> bool:
+    """``Authorization: Bearer <key>``, the scheme in any case (RFC 9110 §11.1), compared
+    in constant time."""
+    if not header:
+        return False
+    scheme, _, credentials = header.partition(b" ")
+    ok = hmac.compare_digest(credentials.strip(b" "), key)
+    return ok and scheme.lower() == b"bearer"
+
+
+def idempotency_header(request: Request) -> str | None:
+    """The ``Idempotency-Key`` header as text; a key that is not UTF-8 is refused (400), never
+    decoded with replacement characters (two different keys would become one)."""
+    raw = request.getHeader(b"idempotency-key")
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad("the Idempotency-Key header is not valid UTF-8") from None
 
 
 class ApiResource(Resource):
@@ -457,8 +661,12 @@ class ApiResource(Resource):
         if len(api_key) < 16:
             raise ValueError("the API key must be at least 16 bytes")
         self.engine = engine
-        self._expected = b"Bearer " + api_key
+        self._key = api_key
         self.limits = limits
+
+    def authorized(self, path: bytes, header: bytes | None) -> bool:
+        """May a request for ``path`` with this ``Authorization`` header go on?"""
+        return path in OPEN_PATHS or bearer_matches(header, self._key)
 
     def render(self, request: Request) -> bytes | int:
         route = "other"
@@ -469,7 +677,7 @@ class ApiResource(Resource):
             route, handler = self._route(method, parts)
             d: Deferred[Response] = maybeDeferred(handler, request)
         except ApiError as e:
-            self._write(request, route, Response(e.status, e.body()))
+            self._write(request, route, Response(e.status, e.body(), headers=e.headers))
             return NOT_DONE_YET
         gone: list[bool] = []
         request.notifyFinish().addErrback(self._client_gone, gone, route)
@@ -483,11 +691,15 @@ class ApiResource(Resource):
     def _route(self, method: str, parts: list[str]) -> tuple[str, Any]:
         def allow(route: str, allowed: str, handler: Any) -> tuple[str, Any]:
             if method != allowed and not (allowed == "GET" and method == "HEAD"):
-                raise ApiError(
+                err = ApiError(
                     405, "method_not_allowed", f"{method} is not allowed here; use {allowed}"
                 )
+                err.headers = (("Allow", "GET, HEAD" if allowed == "GET" else allowed),)
+                raise err
             return route, handler
 
+        if parts == ["livez"]:
+            return allow("livez", "GET", self._livez)
         if parts == ["healthz"]:
             return allow("healthz", "GET", self._healthz)
         if parts == ["metrics"]:
@@ -503,13 +715,8 @@ class ApiResource(Resource):
         raise ApiError(404, "not_found", "no such endpoint")
 
     def _authorize(self, request: Request) -> None:
-        given = request.getHeader(b"authorization") or b""
-        if not hmac.compare_digest(given, self._expected):
-            raise ApiError(
-                401,
-                "unauthorized",
-                "missing or wrong API key: send 'Authorization: Bearer <key>'",
-            )
+        if not self.authorized(request.path, request.getHeader(b"authorization")):
+            raise unauthorized()
 
     def _write(self, request: Request, route: str, response: Response) -> None:
         self.engine.metrics.http_responses[(route, response.code)] += 1
@@ -549,6 +756,9 @@ class ApiResource(Resource):
                 "application/json",
                 (("Retry-After", str(e.retry_after)),),
             )
+        if isinstance(e, IdempotencyKeyReusedError):
+            err = ApiError(422, "idempotency_key_reused", str(e), job_id=e.job_id)
+            return Response(422, err.body())
         if isinstance(e, NotAcceptingError):
             return Response(
                 503,
@@ -596,11 +806,8 @@ class ApiResource(Resource):
                 f"the request body is over the limit of {self.limits.max_body_bytes} bytes",
                 limit=self.limits.max_body_bytes,
             )
-        header = request.getHeader(b"idempotency-key")
         parsed = parse_submission(
-            body,
-            idempotency_header=None if header is None else header.decode("utf-8", "replace"),
-            limits=self.limits,
+            body, idempotency_header=idempotency_header(request), limits=self.limits
         )
         notifications = self.engine.prepare(app, parsed.template, parsed.tokens)
         # A scheduled send is answered as stored (202), never held open until its time; the
@@ -612,6 +819,10 @@ class ApiResource(Resource):
             async_=async_,
             send_at=parsed.send_at,
             idempotency_key=parsed.idempotency_key,
+            # Only keyed requests need one; hashing the body is cheap next to parsing it.
+            fingerprint=None
+            if parsed.idempotency_key is None
+            else hashlib.sha256(body).hexdigest(),
         )
         return d.addCallback(self._accepted)
 
@@ -649,6 +860,10 @@ class ApiResource(Resource):
             since = parse_time(text, "since")
         d = self.engine.invalid_tokens(app, since)
         return d.addCallback(lambda tokens: Response(200, invalid_json(app, tokens, since)))
+
+    def _livez(self, request: Request) -> Response:
+        """Liveness for orchestrators: the process answers. No key, no details."""
+        return Response(200, {"status": "alive"})
 
     def _healthz(self, request: Request) -> Response:
         health = self.engine.health()

@@ -72,6 +72,7 @@ class SpoolBackend(Protocol):
         async_: bool = False,
         idempotency_key: str | None = None,
         inflight: bool = False,
+        fingerprint: str | None = None,
     ) -> Deferred[StoredJob]: ...
 
     def mark_inflight(self, ids: Sequence[int], *, now: float) -> Deferred[None]: ...

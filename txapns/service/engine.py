@@ -89,7 +89,8 @@ class UnknownAppError(APNsError, LookupError):
 
 
 class NotAcceptingError(APNsError):
-    """The engine is not started, or is stopping: it takes no submissions."""
+    """The engine is not started, is recovering the spool, cannot store, or is stopping: it
+    takes no submissions (the API answers 503)."""
 
 
 class AppPausedError(NotAcceptingError):
@@ -286,8 +287,15 @@ class Engine:
         self.webhook = webhook
         self.stop_senders = stop_senders
         self.max_schedule_ahead = max_schedule_ahead
-        #: "new" → "running" → "stopping" → "stopped".
+        #: "new" → "recovering" → "running" → "stopping" → "stopped".
         self.state = "new"
+        #: Why the last recovery of the spool failed (it is retried), or None.
+        self.recovery_error: str | None = None
+        self._recovery_call: IDelayedCall | None = None
+        self._recovery_failures = 0
+        self._started: Deferred[None] | None = None
+        #: Cap of the delay between tries of a failed recovery.
+        self.max_recovery_delay = 30.0
         self._scheduled: list[tuple[float, int, _Item]] = []
         self._sched_call: IDelayedCall | None = None
         self._retry_call: IDelayedCall | None = None
@@ -374,6 +382,8 @@ class Engine:
         if status == "ok" and unhealthy:
             status = "unhealthy"
         out: dict[str, object] = {"status": status, "apps": apps}
+        if self.recovery_error is not None:
+            out["error"] = self.recovery_error
         if self.spool is not None:  # (some tests build an engine without one)
             out["spool"] = self.spool.health()
         return out
@@ -510,8 +520,13 @@ class Engine:
         async_: bool = False,
         send_at: float | None = None,
         idempotency_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> Deferred[Accepted]:
         """Store ``notifications`` (already validated by :meth:`prepare`) and queue them.
+
+        ``fingerprint`` (with ``idempotency_key``) identifies the request: the key reused
+        for a request with another fingerprint fails with
+        :class:`~txapns.service.spool.IdempotencyKeyReusedError`.
 
         Raises :class:`NotAcceptingError` / :class:`UnknownAppError` synchronously. The
         Deferred fires once the job is committed to the spool.
@@ -521,6 +536,9 @@ class Engine:
             raise NotAcceptingError(
                 "the spool cannot store now"
                 if self.state == "running"
+                else "the service is starting: recovering the spool"
+                + (f" (failed: {self.recovery_error}; trying again)" if self.recovery_error else "")
+                if self.state == "recovering"
                 else "the service is stopping"
                 if self.state != "new"
                 else "the service is starting"
@@ -561,6 +579,7 @@ class Engine:
             async_=async_,
             idempotency_key=idempotency_key,
             inflight=direct,
+            fingerprint=fingerprint,
         )
         if direct:
             d.addErrback(self._direct_failed, st, len(items))
@@ -1018,8 +1037,40 @@ class Engine:
         """Start accepting, and resume what the spool holds unfinished."""
         if self.state != "new":
             raise RuntimeError(f"engine already {self.state}")
+        self.state = "recovering"
+        started = self._started = Deferred()
+        self._recover()  # may have recovered, and fired ``started``, already
+        return started
+
+    def _recover(self) -> None:
+        """Resume the spool's unfinished work. Until that has worked the engine takes no
+        submissions and ``/healthz`` answers 503 (``recovering``): new work accepted over
+        unrecovered work would be served while that waits for ever. A failed recovery
+        (a corrupt page, an I/O error, the backend down) is retried, never skipped."""
+        self._recovery_call = None
+        d = self.spool.recover(now=self._now())
+        d.addCallbacks(self._recovered, self._recovery_failed)
+
+    def _recovery_failed(self, failure: Failure) -> None:
+        if self.state != "recovering":
+            return
+        self._recovery_failures += 1
+        self.recovery_error = f"spool recovery failed: {failure.getErrorMessage()}"
+        delay = min(self.max_recovery_delay, 0.5 * 2 ** min(self._recovery_failures - 1, 16))
+        log.failure(
+            "could not recover the spool; taking no submissions; trying again in {delay:g} s",
+            failure,
+            delay=delay,
+        )
+        self._recovery_call = self._clock.callLater(delay, self._recover)
+
+    def _recovered(self, recovery: Recovery) -> None:
+        if self.state != "recovering":
+            return  # stopped meanwhile: everything stays in the spool for the next start
         self.state = "running"
-        d = self.spool.recover(now=self._now()).addCallback(self._recovered)
+        if self.recovery_error is not None:
+            log.info("spool recovered after {count} failed tries", count=self._recovery_failures)
+            self.recovery_error = None
         if self.watch_interval > 0:
             self._watch_loop = LoopingCall(self._watch)
             self._watch_loop.clock = self._clock
@@ -1029,9 +1080,6 @@ class Engine:
             self._purge_loop.clock = self._clock
             loop_done = self._purge_loop.start(self.purge_interval, now=False)
             loop_done.addErrback(self._purge_loop_failed)
-        return d
-
-    def _recovered(self, recovery: Recovery) -> None:
         for name, n in recovery.resumed_by_app.items():
             self.metrics.app(name).resumed_maybe_duplicate += n
         unknown: dict[str, int] = {}
@@ -1039,6 +1087,9 @@ class Engine:
             if s.app not in self._apps:
                 unknown[s.app] = unknown.get(s.app, 0) + 1
                 continue
+            # Counted as submitted in this process, as its outcomes will be: otherwise
+            # accepted would outnumber submitted after a restart.
+            self.metrics.app(s.app).submitted += 1
             self._enqueue(_Item(s.id, s.job_id, s.app, s.notification, s.send_at, s.resumed))
         for name, n in unknown.items():
             log.warn(
@@ -1062,6 +1113,9 @@ class Engine:
             self.spool.start_consuming(
                 ConsumerHooks(self._feed, self._room, self._waiters.keys, self._job_finished)
             )
+        started, self._started = self._started, None
+        if started is not None:
+            started.callback(None)
 
     def _feed(self, app: str, items: Sequence[SpooledNotification]) -> None:
         """Work a shared spool read for this instance (entries delivered before count as
@@ -1117,9 +1171,12 @@ class Engine:
         if self.state in ("stopping", "stopped"):
             raise RuntimeError(f"engine already {self.state}")
         self.state = "stopping"
-        for call in (self._sched_call, self._retry_call, self._pump_call):
+        for call in (self._sched_call, self._retry_call, self._pump_call, self._recovery_call):
             cancel_call(call)
-        self._sched_call = self._retry_call = self._pump_call = None
+        self._sched_call = self._retry_call = self._pump_call = self._recovery_call = None
+        started, self._started = self._started, None
+        if started is not None:
+            started.callback(None)  # never recovered: everything stays in the spool
         for loop in (self._purge_loop, self._watch_loop):
             if loop is not None and loop.running:
                 loop.stop()
@@ -1183,11 +1240,26 @@ class Engine:
 
     def _flush_writes(self, _: object) -> Deferred[Any]:
         self._flush_records()
-        d: Deferred[Any] = DeferredList(list(self._writes))
+        d: Deferred[Any] = self._at_most(DeferredList(list(self._writes)), self.drain_timeout)
         if self.webhook is not None:
             webhook_done = self.webhook.stop()
             return gatherResults([d, webhook_done])
         return d
+
+    def _at_most(self, d: Deferred[Any], seconds: float) -> Deferred[None]:
+        """Fires when ``d`` does or after ``seconds``, whichever is first, leaving ``d``
+        alone: a spool write that keeps failing (disk full, retried) must not hold the stop
+        for ever; closing the spool gives it a last try."""
+        out: Deferred[None] = Deferred()
+
+        def done(_: object = None) -> None:
+            cancel_call(timer)
+            if not out.called:
+                out.callback(None)
+
+        timer = self._clock.callLater(seconds, done)
+        d.addBoth(done)
+        return out
 
     def _close(self, _: object) -> Deferred[None]:
         self.state = "stopped"

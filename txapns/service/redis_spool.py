@@ -579,9 +579,13 @@ class RedisSpool:
         async_: bool = False,
         idempotency_key: str | None = None,
         inflight: bool = False,
+        fingerprint: str | None = None,
     ) -> Deferred[StoredJob]:
         if inflight:  # the engine never asks a shared spool: its consumers hand work out
             return fail(ValueError("a shared spool cannot store notifications in flight"))
+        # ``fingerprint`` (a reused key with another body: 422) is not compared here yet:
+        # a repeated key answers with the first job, as before.
+        del fingerprint
         try:
             self._check_open()
         except SpoolError as e:

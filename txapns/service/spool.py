@@ -28,6 +28,7 @@ are counted (``resumed`` column, :attr:`Recovery.resumed_inflight`) as possible 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     app TEXT NOT NULL,
     created REAL NOT NULL,
     idempotency_key TEXT,
+    fingerprint TEXT,
     async INTEGER NOT NULL,
     total INTEGER NOT NULL,
     remaining INTEGER NOT NULL,
@@ -131,6 +133,19 @@ class SpoolError(APNsError):
 
 class SpoolClosedError(SpoolError):
     """The spool was closed; it takes no more operations."""
+
+
+class IdempotencyKeyReusedError(APNsError):
+    """The idempotency key names an earlier job whose request was different: nothing stored.
+
+    Raised by ``add_job`` when both requests carry a fingerprint and they differ."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"the idempotency key was used for a different request (job {job_id}); "
+            "use a new key for a new request"
+        )
+        self.job_id = job_id
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -298,6 +313,20 @@ def decode_notification(
     )
 
 
+def _storage_failed(e: BaseException) -> bool:
+    """An error of the storage itself (full, I/O, corrupt), not of an operation's input."""
+    return isinstance(e, sqlite3.OperationalError) or type(e) is sqlite3.DatabaseError
+
+
+def _unavailable(e: BaseException) -> Exception:
+    """The backend-neutral "cannot store now" error (the API's 503) for a storage error."""
+    from .backend import SpoolUnavailableError  # backend imports this module
+
+    error = SpoolUnavailableError(f"the spool cannot write: {e}")
+    error.__cause__ = e
+    return error
+
+
 class _Failed:
     __slots__ = ("error",)
 
@@ -312,6 +341,12 @@ class SpoolStore:
         if synchronous not in ("NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = Path(path)
+        try:
+            # Device tokens are personal data: the spool is its owner's alone (0600). SQLite
+            # gives its -wal and -shm files the database file's permissions.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError as e:
+            raise SpoolError(f"cannot open spool {str(self.path)!r}: {e.strerror}") from None
         try:
             self._db = sqlite3.connect(
                 str(self.path), isolation_level=None, check_same_thread=False, timeout=0
@@ -329,6 +364,9 @@ class SpoolStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._db.execute(statement)
+                columns = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+                if "fingerprint" not in columns:  # a spool made before fingerprints
+                    self._db.execute("ALTER TABLE jobs ADD COLUMN fingerprint TEXT")
                 row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
                 if row is None:
                     self._db.execute(
@@ -337,7 +375,7 @@ class SpoolStore:
                 elif row[0] != SCHEMA_VERSION:
                     self._migrate(str(row[0]))
             top = self._db.execute("SELECT max(id) FROM notifications").fetchone()[0]
-        except sqlite3.OperationalError as e:
+        except sqlite3.DatabaseError as e:  # OperationalError, or a corrupt/truncated file
             self._db.close()
             if "locked" in str(e):
                 raise SpoolError(
@@ -380,12 +418,15 @@ class SpoolStore:
         self._depth = 1
         try:
             yield
+            self._depth = 0
+            self._db.execute("COMMIT")
         except BaseException:
             self._depth = 0
-            self._db.execute("ROLLBACK")
+            # A failed COMMIT (disk full) leaves the transaction open, and SQLite may have
+            # rolled it back itself: either way the next transaction must be able to begin.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._depth = 0
-        self._db.execute("COMMIT")
 
     def run_batch(self, ops: Sequence[Callable[[SpoolStore], object]]) -> list[object]:
         """Run ``ops`` in one transaction, each in a savepoint; failures are returned, not raised.
@@ -393,18 +434,21 @@ class SpoolStore:
         The transaction itself failing (e.g. the disk is full at COMMIT) raises.
         """
         out: list[object] = []
-        with self.transaction():
-            for op in ops:
-                self._db.execute("SAVEPOINT op")
-                try:
-                    value = op(self)
-                except Exception as e:
-                    self._db.execute("ROLLBACK TO op")
-                    self._db.execute("RELEASE op")
-                    out.append(_Failed(e))
-                else:
-                    self._db.execute("RELEASE op")
-                    out.append(value)
+        try:
+            with self.transaction():
+                for op in ops:
+                    self._db.execute("SAVEPOINT op")
+                    try:
+                        value = op(self)
+                    except Exception as e:
+                        self._db.execute("ROLLBACK TO op")
+                        self._db.execute("RELEASE op")
+                        out.append(_Failed(_unavailable(e) if _storage_failed(e) else e))
+                    else:
+                        self._db.execute("RELEASE op")
+                        out.append(value)
+        except sqlite3.Error as e:
+            raise _unavailable(e) from e
         return out
 
     def close(self) -> None:
@@ -424,28 +468,36 @@ class SpoolStore:
         async_: bool = False,
         idempotency_key: str | None = None,
         inflight: bool = False,
+        fingerprint: str | None = None,
     ) -> StoredJob:
         """Store a job and its notifications as ``queued`` (``inflight`` if the caller hands
         them to a client as soon as this commits: one transaction instead of two); honour the
-        idempotency key."""
+        idempotency key.
+
+        ``fingerprint`` identifies the request (e.g. a hash of its body): a repeat of the key
+        with another fingerprint raises :class:`IdempotencyKeyReusedError` instead of
+        answering with the first job."""
         with self.transaction():
             if idempotency_key is not None:
                 row = self._db.execute(
-                    "SELECT id, async FROM jobs WHERE app = ? AND idempotency_key = ?",
+                    "SELECT id, async, fingerprint FROM jobs WHERE app = ? AND idempotency_key = ?",
                     (app, idempotency_key),
                 ).fetchone()
                 if row is not None:
+                    if fingerprint is not None and row[2] is not None and row[2] != fingerprint:
+                        raise IdempotencyKeyReusedError(row[0])
                     return StoredJob(row[0], (), True, bool(row[1]))
             job_id = uuid.uuid4().hex
             count = len(notifications)
             self._db.execute(
-                "INSERT INTO jobs (id, app, created, idempotency_key, async, total, remaining,"
-                " status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, app, created, idempotency_key, fingerprint, async, total,"
+                " remaining, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     app,
                     now,
                     idempotency_key,
+                    fingerprint if idempotency_key is not None else None,
                     int(async_),
                     count,
                     count,
@@ -767,6 +819,13 @@ class Spool:
         self._timer: IDelayedCall | None = None
         self._busy = False
         self._closing = False
+        #: Why outcomes cannot be written now (the storage failed), or None.
+        self.unavailable_reason: str | None = None
+        self._outcome_failures = 0
+        #: Outcome writes waiting to be tried again: call → (records, now, their Deferred).
+        self._outcome_retries: dict[IDelayedCall, tuple[list[OutcomeRecord], float, Any]] = {}
+        #: Cap of the delay between tries of an outcome write.
+        self.max_retry_delay = 30.0
         #: Batches written and operations in them (for metrics and tests).
         self.batches = 0
         self.operations = 0
@@ -824,13 +883,18 @@ class Spool:
 
     @property
     def available(self) -> bool:
-        return not self._closing
+        """False once closing, and while outcomes cannot be written (disk full): the engine
+        then takes no submissions (503) and ``/healthz`` fails, until a retry succeeds."""
+        return not self._closing and self.unavailable_reason is None
 
     def start_consuming(self, hooks: object) -> None:
         """Nothing to consume: :meth:`recover` gave the engine everything."""
 
     def health(self) -> dict[str, object]:
-        return {"backend": "sqlite", "path": str(self.store.path)}
+        out: dict[str, object] = {"backend": "sqlite", "path": str(self.store.path)}
+        if self.unavailable_reason is not None:
+            out["error"] = self.unavailable_reason
+        return out
 
     def metrics_text(self) -> str:
         return ""
@@ -847,6 +911,7 @@ class Spool:
         async_: bool = False,
         idempotency_key: str | None = None,
         inflight: bool = False,
+        fingerprint: str | None = None,
     ) -> Deferred[StoredJob]:
         items = list(notifications)
         return self._call(
@@ -858,6 +923,7 @@ class Spool:
                 async_=async_,
                 idempotency_key=idempotency_key,
                 inflight=inflight,
+                fingerprint=fingerprint,
             )
         )
 
@@ -872,8 +938,62 @@ class Spool:
     def record_outcomes(
         self, records: Sequence[OutcomeRecord], *, now: float
     ) -> Deferred[list[str]]:
-        records = list(records)
-        return self._call(lambda s: s.record_outcomes(records, now=now))
+        """Record outcomes; fires once they are written. A storage failure (disk full) is
+        not the caller's: the records are kept and written again, with growing delays, until
+        it works or the spool closes. Meanwhile :attr:`available` is False. (Dropping them
+        would leave their rows in flight, to be sent again by the next start.)"""
+        done: Deferred[list[str]] = Deferred()
+        self._write_outcomes(list(records), now, done)
+        return done
+
+    def _write_outcomes(
+        self, records: list[OutcomeRecord], now: float, done: Deferred[list[str]]
+    ) -> None:
+        d = self._call(lambda s: s.record_outcomes(records, now=now))
+        d.addCallbacks(
+            self._outcomes_written,
+            self._outcomes_failed,
+            callbackArgs=(done,),
+            errbackArgs=(records, now, done),
+        )
+
+    def _outcomes_written(self, finished: list[str], done: Deferred[list[str]]) -> None:
+        if self._outcome_failures and not self._outcome_retries:
+            log.info("spool: outcomes are written again; taking submissions again")
+            self._outcome_failures = 0
+            self.unavailable_reason = None
+        done.callback(finished)
+
+    def _outcomes_failed(
+        self,
+        failure: Failure,
+        records: list[OutcomeRecord],
+        now: float,
+        done: Deferred[list[str]],
+    ) -> None:
+        from .backend import SpoolUnavailableError
+
+        if self._closing or not failure.check(SpoolUnavailableError):
+            done.errback(failure)
+            return
+        self._outcome_failures += 1
+        self.unavailable_reason = f"cannot record outcomes: {failure.getErrorMessage()}"
+        delay = min(self.max_retry_delay, 0.5 * 2 ** min(self._outcome_failures - 1, 16))
+        log.warn(
+            "spool: could not record {count} outcomes ({why}); refusing submissions, trying "
+            "again in {delay:g} s",
+            count=len(records),
+            why=failure.getErrorMessage(),
+            delay=delay,
+        )
+        call = self._clock.callLater(delay, self._retry_outcomes, records, now, done)
+        self._outcome_retries[call] = (records, now, done)
+
+    def _retry_outcomes(
+        self, records: list[OutcomeRecord], now: float, done: Deferred[list[str]]
+    ) -> None:
+        self._outcome_retries = {c: v for c, v in self._outcome_retries.items() if c.active()}
+        self._write_outcomes(records, now, done)
 
     def add_invalid_tokens(
         self,
@@ -907,6 +1027,12 @@ class Spool:
         """Write what is queued, then close the store; later calls fail with SpoolClosedError."""
         if self._closing:
             return fail(SpoolClosedError("the spool is already closed"))
+        # Outcomes waiting for a retry get one last try; if it fails they errback, and
+        # their rows stay in flight: the next start resumes them (possible duplicates).
+        retries, self._outcome_retries = self._outcome_retries, {}
+        for call, (records, now, done) in retries.items():
+            call.cancel()
+            self._write_outcomes(records, now, done)
         barrier = self._call(lambda s: None)
         self._closing = True
 
