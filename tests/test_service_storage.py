@@ -7,9 +7,7 @@ store operation or at COMMIT. No root, tmpfs or quota is needed."""
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -22,20 +20,11 @@ from txapns.service.engine import Engine, EngineApp, NotAcceptingError, Template
 from txapns.service.spool import Spool, SpoolStore, inline_runner
 from txapns.service.testing import FakeSender
 
+from .test_service_api import temp_dir, token
+
 BUNDLE = "com.example.a"
 ALERT = Template(payload={"aps": {"alert": "hi"}})
 FULL = "database or disk is full"
-
-
-def temp_dir(case: SynchronousTestCase) -> Path:
-    path = Path(case.mktemp())
-    path.mkdir(parents=True)
-    case.addCleanup(shutil.rmtree, path if path.is_absolute() else Path(path.parts[0]), True)
-    return path
-
-
-def token(i: int) -> str:
-    return f"{i:064x}"
 
 
 def accept(n: Notification) -> Result:
