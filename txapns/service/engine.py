@@ -846,10 +846,7 @@ class Engine:
         has passed (an expiration of 0 means now or never: finished at once)."""
         expiry = item.notification.expiry
         if expiry is None or expiry > self._now():
-            self.metrics.app(st.name).requeued += 1
-            self._requeue(st, [item])
-            if self.state == "running":
-                st.ready.append(item)
+            self._hold_back(st, [item], held_back=False)
             return
         reason = f"expired before it could be sent ({result.reason})"
         self._finish(st, item, result._replace(reason=reason))
@@ -1188,8 +1185,8 @@ class Engine:
                 self._decide(st, self._now(), settle=True)
         waiting = sum(len(st.ready) for st in self._apps.values()) + len(self._scheduled)
         log.info(
-            "stopping: {inflight} in flight to drain (up to {timeout}s); {waiting} stay in the "
-            "spool",
+            "stopping: {inflight} in flight to drain (up to {timeout:.1f} s); {waiting} stay in "
+            "the spool",
             inflight=sum(len(st.inflight) + st.reserved for st in self._apps.values()),
             timeout=budget,
             waiting=waiting,
