@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 from collections.abc import Callable, Coroutine
 from io import BytesIO
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -25,16 +23,10 @@ from txapns.service.engine import Engine, EngineApp
 from txapns.service.spool import Spool, SpoolStore, inline_runner
 from txapns.service.testing import FakeSender
 
+from .helpers import temp_dir
+
 KEY = b"test-key-0123456789abcdef"
 BUNDLE = "com.example.shop"
-
-
-def temp_dir(case: SynchronousTestCase) -> Path:
-    """A fresh directory from trial's mktemp(), removed with its top folder after the test."""
-    path = Path(case.mktemp())
-    path.mkdir(parents=True)
-    case.addCleanup(shutil.rmtree, path if path.is_absolute() else Path(path.parts[0]), True)
-    return path
 
 
 def token(i: int) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 from pathlib import Path
 
 from cryptography import x509
@@ -27,17 +26,11 @@ from txapns.service.config import (
     load_config,
 )
 
+from .helpers import temp_dir
+
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 KEY_ID = "ABC1234567"
 TEAM_ID = "TEAM987654"
-
-
-def temp_dir(case: SynchronousTestCase) -> Path:
-    """A fresh directory from trial's mktemp(), removed with its top folder after the test."""
-    path = Path(case.mktemp())
-    path.mkdir(parents=True)
-    case.addCleanup(shutil.rmtree, path if path.is_absolute() else Path(path.parts[0]), True)
-    return path
 
 
 def write_p8(path: Path) -> None:

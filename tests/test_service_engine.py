@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 import uuid
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -38,16 +36,10 @@ from txapns.service.engine import (
 from txapns.service.spool import JobView, Spool, SpoolStore, inline_runner
 from txapns.service.testing import FakeSender
 
+from .helpers import temp_dir
+
 BUNDLE = "com.example.a"
 ALERT = Template(payload={"aps": {"alert": "hi"}})
-
-
-def temp_dir(case: SynchronousTestCase) -> Path:
-    """A fresh directory from trial's mktemp(), removed with its top folder after the test."""
-    path = Path(case.mktemp())
-    path.mkdir(parents=True)
-    case.addCleanup(shutil.rmtree, path if path.is_absolute() else Path(path.parts[0]), True)
-    return path
 
 
 def token(i: int) -> str:

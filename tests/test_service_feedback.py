@@ -3,7 +3,6 @@ connections, its place in the engine's start and stop, and the running ``twistd 
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from txapns.service.wiring import EngineService
 from txapns.tap import FAKE_APP, Options, _FakeAPNs, makeService
 from txapns.testing.binary_gateway import FakeFeedbackService, encode_feedback_tuple
 
+from .helpers import temp_dir
 from .test_feedback import ManualEndpoint, MemoryEndpoint
 from .test_service_running import KEY, ApiClient, deferred_test, metric, sleep
 
@@ -30,12 +30,6 @@ TUPLE = 4 + 2 + 32  # bytes of one feedback tuple with a 32-byte token
 
 def tok(i: int) -> bytes:
     return bytes([i]) * 32
-
-
-def temp_dir(case: SynchronousTestCase) -> Path:
-    path = Path(tempfile.mkdtemp(prefix="txapns-test-"))
-    case.addCleanup(shutil.rmtree, path, True)
-    return path
 
 
 class Sink:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 from pathlib import Path
 
 from twisted.internet.defer import Deferred
@@ -18,15 +17,9 @@ from txapns.service.metrics import COUNTER_METRICS, AppGauges, Histogram, Servic
 from txapns.service.testing import FakeSender, accept
 from txapns.service.wiring import EngineService, build_engine, client_health, limits_from
 
+from .helpers import temp_dir
+
 LINE = re.compile(r'^[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)+\})? -?[0-9.e+]+$')
-
-
-def temp_dir(case: SynchronousTestCase) -> Path:
-    """A fresh directory from trial's mktemp(), removed with its top folder after the test."""
-    path = Path(case.mktemp())
-    path.mkdir(parents=True)
-    case.addCleanup(shutil.rmtree, path if path.is_absolute() else Path(path.parts[0]), True)
-    return path
 
 
 class MetricsTests(SynchronousTestCase):

@@ -11,7 +11,6 @@ class runs the same tests against the embedded HTTP/2 fake.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine
@@ -34,15 +33,10 @@ from txapns.service.config import ConfigError
 from txapns.service.engine import BytesProducer
 from txapns.tap import FAKE_APP, Options, _FakeAPNs, makeService
 
+from .helpers import temp_dir
+
 KEY = b"running-service-key-0123456789"
 INVALID = "ff" * 32  # the embedded fakes refuse tokens starting with ff
-
-
-def temp_dir(case: SynchronousTestCase) -> Path:
-    """A fresh absolute directory in the system's temp dir, removed after the test."""
-    path = Path(tempfile.mkdtemp(prefix="txapns-test-"))
-    case.addCleanup(shutil.rmtree, path, True)
-    return path
 
 
 def token(i: int) -> str:

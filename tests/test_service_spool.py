@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,15 +27,9 @@ from txapns.service.spool import (
     thread_runner,
 )
 
+from .helpers import temp_dir
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def temp_dir(case: SynchronousTestCase) -> Path:
-    """A fresh directory from trial's mktemp(), removed with its top folder after the test."""
-    path = Path(case.mktemp())
-    path.mkdir(parents=True)
-    case.addCleanup(shutil.rmtree, path if path.is_absolute() else Path(path.parts[0]), True)
-    return path
 
 
 def token(i: int) -> str:
