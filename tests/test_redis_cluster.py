@@ -170,7 +170,7 @@ class KillOneInstanceTests(ClusterCase):
         # Every job completes, readable on both live instances.
         views: dict[int, dict[str, Any]] = {}
         for batch, job_id in jobs.items():
-            views[batch] = await live[0][1].wait_job(job_id, timeout=120)
+            views[batch] = await live[0][1].wait_job(job_id, timeout=300)
             other = await live[1][1].wait_job(job_id, timeout=10)
             self.assertEqual(other["counts"], views[batch]["counts"])
         # Every entry acknowledged (so every outcome, including a late duplicate's, written),
