@@ -39,7 +39,14 @@ setup(
         # replies in C, which txredisapi uses when it is installed.
         "redis": ["txredisapi>=1.4.10", "hiredis>=2"],
         # aioapns: a third-party client the interop tests drive against the fake.
-        "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100", "build", "wheel", "aioapns>=3"],
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3",
+            "hypothesis>=6.100",
+            "build",
+            "wheel",
+            "aioapns>=3",
+        ],
         "dev": [
             "txredisapi>=1.4.10",
             "hiredis>=2",
