@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from txapns.binary import APNSProtocol, BinaryClient
+from txapns.binary import APNsProtocol, BinaryClient
 from txapns.core.backoff import Backoff
 from txapns.core.binary_channel import ChannelConfig, UnknownPolicy
 from txapns.core.errors import ClientStoppedError, PayloadTooLargeError, QueueFullError
@@ -37,10 +37,10 @@ class StubEndpoint:
         self.attempts.append((factory, d))
         return d
 
-    def accept(self, handshake: bool = True) -> tuple[APNSProtocol, StringTransport]:
+    def accept(self, handshake: bool = True) -> tuple[APNsProtocol, StringTransport]:
         factory, d = self.attempts[-1]
         proto = factory.buildProtocol(None)
-        assert isinstance(proto, APNSProtocol)
+        assert isinstance(proto, APNsProtocol)
         transport = StringTransport()
         proto.makeConnection(transport)
         if handshake:

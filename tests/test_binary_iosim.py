@@ -52,7 +52,7 @@ class SimTransport(iosim.FakeTransport):  # type: ignore[misc]
     * The protocol that owns it pauses *reading* with ``pauseProducing`` (as the fake
       gateway's ``stall`` does): the peer's writes then stay in the peer's buffer.
     * Writes accumulate in ``buffered``; above ``high_water`` bytes a registered streaming
-      producer (the client's :class:`APNSProtocol`) is paused, and resumed once the buffer
+      producer (the client's :class:`APNsProtocol`) is paused, and resumed once the buffer
       has been taken by the peer — as a TCP transport does.
     """
 

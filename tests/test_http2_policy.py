@@ -11,7 +11,7 @@ from txapns.core.binary_channel import UnknownPolicy
 from txapns.core.http2_policy import (
     CIRCUIT_REASONS,
     Action,
-    ApnsResponse,
+    APNsResponse,
     Decision,
     RetryPolicy,
     classify,
@@ -117,25 +117,25 @@ class ParseResponseTests(SynchronousTestCase):
         ident = "123E4567-E89B-12D3-A456-426614174000"
         unique = "5b3f9a53-4c2b-4e5f-9b8a-0f3c6a7e2d11"
         ts = 1_700_000_000_123
-        table: list[tuple[int, list[tuple[bytes, bytes]], bytes, ApnsResponse]] = [
-            (200, [(b"apns-id", ident.encode())], b"", ApnsResponse(200, None, ident)),
+        table: list[tuple[int, list[tuple[bytes, bytes]], bytes, APNsResponse]] = [
+            (200, [(b"apns-id", ident.encode())], b"", APNsResponse(200, None, ident)),
             (
                 200,
                 [(b"apns-id", ident.encode()), (b"apns-unique-id", unique.encode())],
                 b"",
-                ApnsResponse(200, None, ident, unique),
+                APNsResponse(200, None, ident, unique),
             ),
             (
                 400,
                 [(b"apns-id", ident.encode()), (b"content-type", b"application/json")],
                 b'{"reason":"BadDeviceToken"}',
-                ApnsResponse(400, "BadDeviceToken", ident),
+                APNsResponse(400, "BadDeviceToken", ident),
             ),
             (
                 410,
                 [(b"apns-id", ident.encode())],
                 b'{"reason":"Unregistered","timestamp":%d}' % ts,
-                ApnsResponse(
+                APNsResponse(
                     410,
                     "Unregistered",
                     ident,
@@ -144,30 +144,30 @@ class ParseResponseTests(SynchronousTestCase):
                 ),
             ),
             # Robust to junk: the status still counts.
-            (500, [], b"<html>oops</html>", ApnsResponse(500)),
-            (400, [], b"[1, 2]", ApnsResponse(400)),
-            (400, [], b'{"reason": 7}', ApnsResponse(400)),
+            (500, [], b"<html>oops</html>", APNsResponse(500)),
+            (400, [], b"[1, 2]", APNsResponse(400)),
+            (400, [], b'{"reason": 7}', APNsResponse(400)),
             (
                 410,
                 [],
                 b'{"reason":"Unregistered","timestamp":"soon"}',
-                ApnsResponse(410, "Unregistered"),
+                APNsResponse(410, "Unregistered"),
             ),
             (
                 410,
                 [],
                 b'{"reason":"Unregistered","timestamp":true}',
-                ApnsResponse(410, "Unregistered"),
+                APNsResponse(410, "Unregistered"),
             ),
             (
                 410,
                 [],
                 b'{"reason":"Unregistered","timestamp":1e300}',
-                ApnsResponse(410, "Unregistered"),
+                APNsResponse(410, "Unregistered"),
             ),
-            (400, [], b"\xff\xfe", ApnsResponse(400)),
+            (400, [], b"\xff\xfe", APNsResponse(400)),
             # The first apns-id wins.
-            (200, [(b"apns-id", b"A"), (b"apns-id", b"B")], b"", ApnsResponse(200, None, "A")),
+            (200, [(b"apns-id", b"A"), (b"apns-id", b"B")], b"", APNsResponse(200, None, "A")),
         ]
         got = [parse_response(status, headers, body) for status, headers, body, _ in table]
         self.assertEqual(got, [expected for *_, expected in table])

@@ -1,4 +1,4 @@
-"""The legacy binary provider for Twisted: :class:`APNSProtocol`, :class:`APNSClientFactory`
+"""The legacy binary provider for Twisted: :class:`APNsProtocol`, :class:`APNsClientFactory`
 and the public :class:`BinaryClient`.
 
 This module is glue. The delivery logic (window, replay, outcomes) is the sans-IO
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from ._feeder import BulkFeeder, ResultCallback
 from ._twisted import cancel_call, set_no_delay
+from .core._deprecate import renamed
 from .core.backoff import Backoff
 from .core.binary_channel import BinaryChannel, ChannelConfig, Pending, Resolution, UnknownPolicy
 from .core.counters import Counters
@@ -63,11 +64,11 @@ class _Transport(TypingProtocol):
 
 
 @implementer(IHandshakeListener, IPushProducer)
-class APNSProtocol(Protocol):
+class APNsProtocol(Protocol):
     """One connection to a binary gateway: feeds error frames to the factory's channel and
     stops writing while the transport's buffer is full."""
 
-    def __init__(self, factory: APNSClientFactory) -> None:
+    def __init__(self, factory: APNsClientFactory) -> None:
         self.factory = factory
         self.paused = False
         self.handshake_at: float | None = None
@@ -113,7 +114,7 @@ class APNSProtocol(Protocol):
         self.paused = True
 
 
-class APNSClientFactory(ClientFactory):
+class APNsClientFactory(ClientFactory):
     """A reconnecting factory for one connection slot; it owns that slot's queue.
 
     On every new connection the channel replays what was not confirmed at the head of the
@@ -123,7 +124,7 @@ class APNSClientFactory(ClientFactory):
     a probable wrong-environment certificate.
     """
 
-    protocol = APNSProtocol
+    protocol = APNsProtocol
     noisy = False
 
     def __init__(
@@ -162,7 +163,7 @@ class APNSClientFactory(ClientFactory):
         self.on_room = on_room
         self.queue_time = None if max_queue_time is None else QueueTimeLimit(max_queue_time)
         self.connect_failures = ConnectFailures()
-        self.proto: APNSProtocol | None = None
+        self.proto: APNsProtocol | None = None
         self.failures = 0
         self.tls_failures = 0
         self.started = False
@@ -182,8 +183,8 @@ class APNSClientFactory(ClientFactory):
         self._drained: list[Deferred[None]] = []
         self._closed: list[Deferred[None]] = []
 
-    def buildProtocol(self, addr: IAddress | None) -> APNSProtocol:
-        return APNSProtocol(self)
+    def buildProtocol(self, addr: IAddress | None) -> APNsProtocol:
+        return APNsProtocol(self)
 
     # --- public ------------------------------------------------------------------------
 
@@ -263,7 +264,7 @@ class APNSClientFactory(ClientFactory):
         )
         self._schedule_reconnect()
 
-    def _protocol_connected(self, proto: APNSProtocol) -> None:
+    def _protocol_connected(self, proto: APNsProtocol) -> None:
         self.proto = proto
         self.connecting = False
         self.counters.connections_made += 1
@@ -275,7 +276,7 @@ class APNSClientFactory(ClientFactory):
         log.debug("{name}: connected", name=self.name)
         self._schedule_flush()
 
-    def _protocol_lost(self, proto: APNSProtocol, reason: Failure) -> None:
+    def _protocol_lost(self, proto: APNsProtocol, reason: Failure) -> None:
         if proto is not self.proto:
             return
         self.proto = None
@@ -404,7 +405,7 @@ class APNSClientFactory(ClientFactory):
                 self.on_room()  # the queue has room again: bulk senders may pull more
         self._rearm_quiet()
 
-    def _data_received(self, proto: APNSProtocol, data: bytes) -> None:
+    def _data_received(self, proto: APNsProtocol, data: bytes) -> None:
         channel = self.channel
         resolved = channel.data_received(data, self.clock.seconds())
         if channel.broken is not None:
@@ -558,7 +559,7 @@ class BinaryClient:
         self.config = config or ChannelConfig()
         rng = rng or random.Random()
         self.factories = [
-            APNSClientFactory(
+            APNsClientFactory(
                 clock,
                 endpoint,
                 config=self.config,
@@ -587,7 +588,7 @@ class BinaryClient:
         for f in self.factories:
             f.start()
 
-    def _shard(self, notification: Notification) -> APNSClientFactory:
+    def _shard(self, notification: Notification) -> APNsClientFactory:
         factories = self.factories
         if len(factories) == 1:
             return factories[0]
@@ -730,9 +731,17 @@ class _BulkFeeder(BulkFeeder):
 
 
 __all__ = [
-    "APNSClientFactory",
-    "APNSProtocol",
+    "APNsClientFactory",
+    "APNsProtocol",
     "BinaryClient",
     "ChannelConfig",
     "UnknownPolicy",
 ]
+
+if TYPE_CHECKING:  # the old spellings, kept working (deprecated); see txapns.core._deprecate
+    APNSProtocol = APNsProtocol
+    APNSClientFactory = APNsClientFactory
+else:
+    __getattr__ = renamed(
+        __name__, {"APNSProtocol": APNsProtocol, "APNSClientFactory": APNsClientFactory}
+    )

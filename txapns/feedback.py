@@ -20,6 +20,8 @@ from .core.binary import FeedbackDecoder, FeedbackTuple
 from .core.errors import APNsError, ProtocolError
 from .credentials import as_connection_error, is_tls_failure
 
+__all__ = ["FeedbackClient", "FeedbackPoller", "FeedbackProtocol"]
+
 log = Logger(namespace="txapns.feedback")
 
 TupleCallback = Callable[[FeedbackTuple], object]

@@ -11,6 +11,8 @@ from .core.counters import Counters
 from .core.notification import Notification
 from .core.result import Result
 
+__all__ = ["Sender"]
+
 
 class Sender(Protocol):
     """A started client: the binary :class:`~txapns.binary.BinaryClient` or the HTTP/2 client.

@@ -46,6 +46,15 @@ from .notification import Notification
 from .queue_time import UNREACHABLE, QueueTimeLimit
 from .result import Outcome, Result
 
+__all__ = [
+    "SENTINEL_TOKEN",
+    "UNREACHABLE",
+    "BinaryChannel",
+    "ChannelConfig",
+    "Pending",
+    "UnknownPolicy",
+]
+
 #: Identifiers cycle through 1..2**32-1 (0 is never used).
 _ID_PERIOD = 0xFFFFFFFF
 

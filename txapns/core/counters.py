@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+__all__ = ["Counters"]
+
 
 @dataclass
 class Counters:

@@ -7,6 +7,29 @@ bug in its own data from a delivery problem. Delivery outcomes are never excepti
 
 from __future__ import annotations
 
+__all__ = [
+    "TLS_HINTS",
+    "APNsError",
+    "ChannelError",
+    "CircuitOpenError",
+    "ClientStoppedError",
+    "ConnectionFailedError",
+    "CredentialError",
+    "InvalidChannelIdError",
+    "InvalidFieldError",
+    "InvalidPriorityError",
+    "InvalidTokenError",
+    "MissingTopicError",
+    "PayloadError",
+    "PayloadTooLargeError",
+    "ProtocolError",
+    "QueueFullError",
+    "RequestError",
+    "TLSFailureError",
+    "ValidationError",
+    "tls_hint",
+]
+
 
 class APNsError(Exception):
     """Base class of every txapns exception."""

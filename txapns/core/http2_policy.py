@@ -3,7 +3,7 @@
 Apple's table (the docs' :ref:`apns-responses`) is encoded here once:
 
 * :func:`parse_response` turns a response's status, headers and JSON body into an
-  :class:`ApnsResponse` (``apns-id``, ``apns-unique-id``, ``reason``, and the 410
+  :class:`APNsResponse` (``apns-id``, ``apns-unique-id``, ``reason``, and the 410
   ``timestamp`` as an aware UTC :class:`~datetime.datetime`);
 * :func:`classify` maps ``(status, reason)`` to an :class:`Action` — accepted, rejected for
   good, retried (at once on a new connection, later, or with backoff on another connection), or
@@ -25,8 +25,9 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+from ._deprecate import renamed
 from .backoff import Backoff
 from .binary_channel import UnknownPolicy
 from .result import Outcome
@@ -34,8 +35,8 @@ from .result import Outcome
 __all__ = [
     "CIRCUIT_REASONS",
     "NEW_CONNECTION_REASONS",
+    "APNsResponse",
     "Action",
-    "ApnsResponse",
     "Decision",
     "RetryPolicy",
     "UnknownPolicy",
@@ -134,7 +135,7 @@ def refreshes_token(status: int, reason: str | None) -> bool:
     return status == 403 and reason == "ExpiredProviderToken"
 
 
-class ApnsResponse(NamedTuple):
+class APNsResponse(NamedTuple):
     """A parsed APNs response."""
 
     status: int
@@ -155,7 +156,7 @@ def _text(value: bytes | None) -> str | None:
 
 def parse_response(
     status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes
-) -> ApnsResponse:
+) -> APNsResponse:
     """Parse a response: headers are lower-case ``(name, value)`` bytes pairs.
 
     A body that is not a JSON object, or a ``timestamp`` that is not a number of milliseconds,
@@ -185,7 +186,7 @@ def parse_response(
                     timestamp = datetime.fromtimestamp(raw_ts / 1000.0, tz=UTC)
                 except (OverflowError, OSError, ValueError):
                     timestamp = None
-    return ApnsResponse(status, reason, _text(apns_id), _text(unique), timestamp)
+    return APNsResponse(status, reason, _text(apns_id), _text(unique), timestamp)
 
 
 class Decision(NamedTuple):
@@ -288,3 +289,8 @@ class RetryPolicy:
         if self.unknown_policy is UnknownPolicy.RESEND and failures < self.max_attempts:
             return _RESEND
         return _UNKNOWN
+
+if TYPE_CHECKING:  # the old spelling, kept working (deprecated); see txapns.core._deprecate
+    ApnsResponse = APNsResponse
+else:
+    __getattr__ = renamed(__name__, {"ApnsResponse": APNsResponse})

@@ -26,6 +26,24 @@ from .errors import (
 )
 from .payload import encode_payload
 
+__all__ = [
+    "BINARY_PAYLOAD_LIMIT",
+    "COLLAPSE_ID_LIMIT",
+    "HTTP2_PAYLOAD_LIMIT",
+    "HTTP2_VOIP_PAYLOAD_LIMIT",
+    "MAX_TOKEN_BYTES",
+    "MAX_UINT32",
+    "MIN_TOKEN_BYTES",
+    "Notification",
+    "PushType",
+    "header_value",
+    "http2_payload_limit",
+    "parse_token",
+    "shorten",
+    "validate_binary",
+    "validate_http2",
+]
+
 #: Apple documents 32-byte tokens; its 2018 binary page allowed up to 100.
 MIN_TOKEN_BYTES = 32
 MAX_TOKEN_BYTES = 100

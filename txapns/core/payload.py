@@ -13,6 +13,15 @@ from typing import Any
 
 from .errors import PayloadError
 
+__all__ = [
+    "INTERRUPTION_LEVELS",
+    "LIVE_ACTIVITY_EVENTS",
+    "Alert",
+    "CriticalSound",
+    "build_payload",
+    "encode_payload",
+]
+
 INTERRUPTION_LEVELS = ("passive", "active", "time-sensitive", "critical")
 LIVE_ACTIVITY_EVENTS = ("start", "update", "end")
 

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from .notification import Notification
 
+__all__ = ["Outcome", "Result"]
+
 
 class Outcome(enum.StrEnum):
     """A notification's fate. A :class:`str` subclass: ``outcome == "accepted"`` holds, and it

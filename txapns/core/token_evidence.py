@@ -25,6 +25,20 @@ from dataclasses import dataclass, field
 
 from .result import Outcome, Result
 
+__all__ = [
+    "MISMATCH_HINT",
+    "SUSPECT_KINDS",
+    "EvidenceKind",
+    "MismatchDetector",
+    "MismatchPolicy",
+    "Verdict",
+    "answered_by_apns",
+    "environment_verdict",
+    "evidence_kind",
+    "mismatch_message",
+    "recorded_kind",
+]
+
 
 class EvidenceKind(enum.StrEnum):
     UNREGISTERED = "unregistered"

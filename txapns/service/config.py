@@ -79,7 +79,8 @@ _APP_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _AUTHKEY_NAME = re.compile(r"AuthKey_([A-Za-z0-9]+)\.p8\Z")
 
 Environment = Literal["production", "sandbox"]
-Protocol = Literal["http2", "binary"]
+#: The wire protocol an app uses: the ``protocol`` value of its TOML table.
+WireProtocol = Literal["http2", "binary"]
 
 
 class ConfigError(APNsError, ValueError):
@@ -118,7 +119,7 @@ class AppConfig:
     name: str
     bundle_id: str
     environment: Environment
-    protocol: Protocol
+    protocol: WireProtocol
     credentials: Credentials
     host: str | None = None
     port: int | None = None

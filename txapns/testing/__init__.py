@@ -3,3 +3,5 @@
 Nothing in this package is meant for production: the keys it makes are throwaway and the
 servers it runs are fakes.
 """
+
+__all__: list[str] = []

@@ -85,6 +85,8 @@ from .frames import (
 )
 from .headers import encode_header_block
 
+__all__ = ["H2ClientConnection"]
+
 # Plain ints in the hot paths (IntEnum comparisons are slower).
 _DATA = 0x0
 _HEADERS = 0x1

@@ -20,6 +20,15 @@ from dataclasses import dataclass, field
 from .errors import H2ProtocolError
 from .frames import ErrorCode, error_code_name
 
+__all__ = [
+    "ConnectionTerminated",
+    "GoAwayReceived",
+    "PingAcknowledged",
+    "ResponseReceived",
+    "SettingsChanged",
+    "StreamReset",
+]
+
 
 @dataclass(slots=True)
 class ResponseReceived:

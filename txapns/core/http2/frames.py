@@ -11,6 +11,30 @@ from __future__ import annotations
 import enum
 import struct
 
+__all__ = [
+    "DEFAULT_HEADER_TABLE_SIZE",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_WINDOW",
+    "MAX_MAX_FRAME_SIZE",
+    "MAX_STREAM_ID",
+    "MAX_WINDOW",
+    "PREFACE",
+    "ErrorCode",
+    "Flag",
+    "FrameType",
+    "SettingCode",
+    "error_code_name",
+    "frame",
+    "goaway_frame",
+    "iter_settings",
+    "ping_frame",
+    "rst_stream_frame",
+    "settings_frame",
+    "unpack_u32",
+    "unpack_u32x2",
+    "window_update_frame",
+]
+
 #: ``struct`` for the 9-byte frame header: (length << 8 | type, flags, stream id).
 FRAME_HEADER = struct.Struct(">IBI")
 _U32 = struct.Struct(">I")

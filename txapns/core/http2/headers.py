@@ -26,6 +26,21 @@ from collections.abc import Iterable, Sequence
 from ..errors import InvalidFieldError
 from ..notification import PushType
 
+__all__ = [
+    "STATIC_FIELD_INDEX",
+    "STATIC_NAME_INDEX",
+    "STATIC_TABLE",
+    "HeaderBlockTemplate",
+    "check_field",
+    "device_path",
+    "encode_field",
+    "encode_header_block",
+    "encode_integer",
+    "encode_string",
+    "literal_name_prefix",
+    "valid_value",
+]
+
 #: RFC 7541 Appendix A: the static table, index 1 to 61.
 STATIC_TABLE: tuple[tuple[bytes, bytes], ...] = (
     (b":authority", b""),
