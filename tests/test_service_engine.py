@@ -27,7 +27,6 @@ from txapns.core import (
 from txapns.service.engine import (
     Engine,
     EngineApp,
-    InvalidTokenWebhook,
     NotAcceptingError,
     RecipientError,
     Template,
@@ -35,6 +34,7 @@ from txapns.service.engine import (
 )
 from txapns.service.spool import JobView, Spool, SpoolStore, inline_runner
 from txapns.service.testing import FakeSender
+from txapns.service.webhook import InvalidTokenWebhook
 
 from .helpers import temp_dir
 

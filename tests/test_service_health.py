@@ -17,10 +17,10 @@ from txapns.core import CircuitOpenError, Notification, Outcome, Result
 from txapns.service.engine import (
     AppPausedError,
     EngineApp,
-    InvalidTokenWebhook,
 )
 from txapns.service.spool import SpoolStore
 from txapns.service.testing import FakeSender, ReportingFakeSender
+from txapns.service.webhook import InvalidTokenWebhook
 
 from .test_service_engine import BUNDLE, FakeAgent, Harness, token
 

@@ -30,7 +30,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from txapns.service.config import ConfigError
-from txapns.service.engine import BytesProducer
+from txapns.service.webhook import BytesProducer
 from txapns.tap import FAKE_APP, Options, _FakeAPNs, makeService
 
 from .helpers import temp_dir

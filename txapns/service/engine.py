@@ -28,24 +28,17 @@ puts back what they never sent, and closes the spool (:meth:`Engine.stop`).
 from __future__ import annotations
 
 import heapq
-import json
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
-from zope.interface import implementer
 
 from .._twisted import cancel_call
 from ..core.errors import APNsError, CircuitOpenError, QueueFullError, ValidationError
@@ -76,6 +69,7 @@ from .backend import ConsumerHooks, SpoolBackend
 from .config import ServiceConfig
 from .metrics import AppGauges, ServiceMetrics
 from .spool import JobView, OutcomeRecord, Recovery, SpooledNotification, StoredJob
+from .webhook import InvalidTokenWebhook
 
 log = Logger()
 
@@ -1278,151 +1272,3 @@ def _sender_unavailable(sender: Sender) -> str | None:
     """Why the Sender cannot send now (its credential refused, TLS failing), if it says."""
     why = getattr(sender, "unavailable", None)
     return why if isinstance(why, str) and why else None
-
-
-_CONNECTION_DONE = Failure(ResponseDone())
-
-
-class _BodyReader(Protocol):
-    """Collects a (small) response body; fires ``done`` with it when the body ends."""
-
-    def __init__(self, done: Deferred[bytes], limit: int = 65536) -> None:
-        self.done = done
-        self.limit = limit
-        self.chunks: list[bytes] = []
-        self.size = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.size < self.limit:
-            self.chunks.append(data[: self.limit - self.size])
-            self.size += len(data)
-
-    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self.chunks))
-        else:
-            self.done.errback(reason)
-
-
-@implementer(IBodyProducer)
-class BytesProducer:
-    """A request body already in memory, written at once (no cooperator, no global reactor)."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self.body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
-class InvalidTokenWebhook:
-    """POSTs dead tokens as JSON to an operator's URL, batched per reactor turn.
-
-    Body: ``{"invalid_tokens": [{"app", "token", "timestamp", "reason", "status", "kind"},
-    ...]}``; ``kind`` is the evidence (``unregistered``, ``bad_token``, ``invalid_token``,
-    ``feedback``: see :mod:`txapns.core.token_evidence`).
-    Best effort (the spool's invalid-token feed is the record): failures are logged, not
-    retried.
-    """
-
-    def __init__(
-        self,
-        agent: IAgent,
-        url: str,
-        clock: IReactorTime,
-        *,
-        timeout: float = 10.0,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        self._agent = agent
-        self.url = url.encode("ascii")
-        self._clock = clock
-        self.timeout = timeout
-        self._headers = dict(headers or {})
-        self._pending: list[dict[str, object]] = []
-        self._timer: IDelayedCall | None = None
-        self._posts: set[Deferred[None]] = set()
-        self.posted = 0
-        self.failed = 0
-
-    def notify(
-        self,
-        app: str,
-        token: str,
-        timestamp: float | None,
-        reason: str | None,
-        status: int | None,
-        kind: str | None = None,
-    ) -> None:
-        self._pending.append(
-            {
-                "app": app,
-                "token": token,
-                "timestamp": timestamp,
-                "reason": reason,
-                "status": status,
-                "kind": kind,
-            }
-        )
-        if self._timer is None:
-            self._timer = self._clock.callLater(0, self._flush)
-
-    def _flush(self) -> None:
-        self._timer = None
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
-        body = json.dumps({"invalid_tokens": batch}, separators=(",", ":")).encode("utf-8")
-        headers = Headers({"Content-Type": ["application/json"]})
-        for k, v in self._headers.items():
-            headers.addRawHeader(k, v)
-        d = self._agent.request(b"POST", self.url, headers, BytesProducer(body))
-        d.addTimeout(self.timeout, self._clock)
-        d2: Deferred[None] = d.addCallback(self._response, len(batch)).addErrback(
-            self._post_failed, len(batch)
-        )
-        self._posts.add(d2)
-        d2.addBoth(self._done, d2)
-
-    def _response(self, response: IResponse, count: int) -> Deferred[None]:
-        def check(_: bytes) -> None:
-            if 200 <= response.code < 300:
-                self.posted += count
-            else:
-                self.failed += count
-                log.warn(
-                    "invalid-token webhook answered {code} for {count} tokens",
-                    code=response.code,
-                    count=count,
-                )
-
-        done: Deferred[bytes] = Deferred()
-        response.deliverBody(_BodyReader(done))
-        return done.addCallback(check)
-
-    def _post_failed(self, failure: Failure, count: int) -> None:
-        self.failed += count
-        log.failure("invalid-token webhook POST of {count} tokens failed", failure, count=count)
-
-    def _done(self, _: object, d: Deferred[None]) -> None:
-        self._posts.discard(d)
-
-    def stop(self) -> Deferred[Any]:
-        """Post what is pending now and wait for the posts in progress."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._flush()
-        if not self._posts:
-            return succeed(None)
-        return DeferredList(list(self._posts))

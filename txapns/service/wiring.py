@@ -38,9 +38,10 @@ from ..interfaces import Sender
 from .api import Limits
 from .backend import SpoolBackend
 from .config import RedisSpoolConfig, ServiceConfig
-from .engine import WATCH_INTERVAL, Engine, InvalidTokenWebhook, engine_apps
+from .engine import WATCH_INTERVAL, Engine, engine_apps
 from .feedback import FeedbackPolling
 from .spool import Spool, SpoolStore, thread_runner
+from .webhook import InvalidTokenWebhook
 
 log = Logger()
 
