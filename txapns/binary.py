@@ -34,13 +34,13 @@ from ._feeder import BulkFeeder, ResultCallback
 from ._twisted import cancel_call, set_no_delay
 from .core._deprecate import renamed
 from .core.backoff import Backoff
-from .core.binary_channel import BinaryChannel, ChannelConfig, Pending, Resolution, UnknownPolicy
+from .core.binary_channel import BinaryChannel, ChannelConfig, Pending, Resolution
 from .core.counters import Counters
 from .core.errors import ClientStoppedError, QueueFullError, TLSFailureError
 from .core.notification import Notification, validate_binary
 from .core.proxy import ProxyAuthenticationError
 from .core.queue_time import DEFAULT_MAX_QUEUE_TIME, ConnectFailures, QueueTimeLimit
-from .core.result import Result
+from .core.result import Result, UnknownPolicy
 from .credentials import is_tls_failure
 
 log = Logger(namespace="txapns.binary")

@@ -66,7 +66,6 @@ same way; only their header block is built differently (``_Item.request``).
 from __future__ import annotations
 
 import heapq
-import os
 import random
 import struct
 import uuid
@@ -94,7 +93,7 @@ from zope.interface import implementer
 from ._feeder import BulkFeeder, ResultCallback
 from ._twisted import cancel_call, set_no_delay
 from .core.backoff import Backoff
-from .core.binary_channel import UnknownPolicy
+from .core.breaker import BreakerState, CircuitBreaker
 from .core.broadcast import Broadcast, broadcast_path, validate_bundle_id
 from .core.counters import Counters
 from .core.errors import (
@@ -118,12 +117,23 @@ from .core.http2 import (
     encode_header_block,
 )
 from .core.http2.headers import check_field
-from .core.http2_policy import CIRCUIT_REASONS, RetryPolicy, parse_response
+from .core.http2_policy import CIRCUIT_REASONS, RetryPolicy, goaway_reason, parse_response
 from .core.jwt import TOKEN_MAX_AGE, ProviderTokenSource, clock_skew_warning, parse_http_date
-from .core.notification import Notification, PushType, validate_http2
+from .core.notification import Notification, PushType, new_apns_id, validate_http2
 from .core.proxy import ProxyAuthenticationError
 from .core.queue_time import DEFAULT_MAX_QUEUE_TIME, ConnectFailures, QueueTimeLimit
-from .core.result import Outcome, Result
+from .core.result import (
+    UNKNOWN_CONNECTION_LOST,
+    UNKNOWN_PROTOCOL_ERROR,
+    UNKNOWN_RETIRED,
+    UNKNOWN_STOPPED,
+    UNKNOWN_STREAM_RESET,
+    UNKNOWN_TIMEOUT,
+    Outcome,
+    Result,
+    UnknownPolicy,
+    counter_key,
+)
 from .credentials import is_tls_failure
 
 if TYPE_CHECKING:
@@ -135,6 +145,8 @@ __all__ = [
     "Response",
     "RetryPolicy",
     "UnknownPolicy",
+    "counter_key",
+    "new_apns_id",
 ]
 
 log = Logger(namespace="txapns.http2")
@@ -145,6 +157,7 @@ TokenAuth = tuple[ec.EllipticCurvePrivateKey, str, str]
 _ACCEPTED = Outcome.ACCEPTED
 _REJECTED = Outcome.REJECTED
 _UNKNOWN = Outcome.UNKNOWN
+_OPEN = BreakerState.OPEN
 _CANCEL = ErrorCode.CANCEL
 _NO_ERROR = ErrorCode.NO_ERROR
 _CLOSED = Failure(ConnectionDone())
@@ -168,19 +181,6 @@ _STATE_NAMES = {
     _CLOSING: "closing",
     _CLOSED_STATE: "closed",
 }
-
-# Circuit breaker states.
-BREAKER_CLOSED = "closed"
-BREAKER_OPEN = "open"
-BREAKER_HALF_OPEN = "half-open"
-
-#: The counter label of an unknown outcome for each cause.
-UNKNOWN_TIMEOUT = "timeout"
-UNKNOWN_CONNECTION_LOST = "connection-lost"
-UNKNOWN_STREAM_RESET = "stream-reset"
-UNKNOWN_PROTOCOL_ERROR = "protocol-error"
-UNKNOWN_RETIRED = "connection-retired"
-UNKNOWN_STOPPED = "stopped"
 
 
 class _Request(NamedTuple):
@@ -827,29 +827,6 @@ class APNsHTTP2Protocol(Protocol):
         }
 
 
-_VARIANT = {f"{i:x}": f"{i & 3 | 8:x}" for i in range(16)}
-
-
-def new_apns_id() -> str:
-    """A random (version 4) UUID in canonical text, as ``apns-id``; about three times
-    cheaper than ``str(uuid.uuid4())``, which matters once per notification."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
-
-
-def counter_key(result: Result) -> str:
-    """The label a final result is counted under in ``rejected_by_reason`` /
-    ``unknown_by_reason``: the local failure kind (``"tls"``, ``"circuit-open"``,
-    ``"stopped"``, ``"invalid"``), else Apple's reason (or the HTTP status), else why the
-    outcome is unknown."""
-    local = result.local
-    if local is not None and local != "attempts":
-        return local
-    if result.reason:
-        return result.reason
-    return str(result.status) if result.status is not None else "unknown"
-
-
 class _ConnectionFactory(Factory):
     noisy = False
 
@@ -986,9 +963,7 @@ class HTTP2Client:
         self._backoff_done = False
         self._replaced = 0
 
-        self.breaker = BREAKER_CLOSED
-        self.breaker_reason: str | None = None
-        self.breaker_status: int | None = None
+        self._breaker = CircuitBreaker(circuit_reset)
         self._probe: _Item | None = None
 
         self._feeders: list[_BulkFeeder] = []
@@ -1274,9 +1249,24 @@ class HTTP2Client:
         }
 
     @property
+    def breaker(self) -> BreakerState:
+        """The circuit breaker's state (a :class:`str`: ``"closed"``, ``"open"``,
+        ``"half-open"``)."""
+        return self._breaker.state
+
+    @property
+    def breaker_reason(self) -> str | None:
+        """Why the circuit breaker opened (Apple's reason), while it is not closed."""
+        return self._breaker.reason
+
+    @property
+    def breaker_status(self) -> int | None:
+        return self._breaker.status
+
+    @property
     def unavailable(self) -> str | None:
         """Why nothing can be sent now (circuit open, TLS failing), or ``None``."""
-        if self.breaker == BREAKER_OPEN:
+        if self._breaker.state is _OPEN:
             return f"APNs refused the credential ({self.breaker_reason}); circuit open"
         if self._tls_gave_up:
             return self._tls_gave_up_why
@@ -1298,7 +1288,7 @@ class HTTP2Client:
     def _admit(self, n: Notification, handle: Any, request: _Request | None = None) -> _Item:
         if not self.accepting:
             raise ClientStoppedError("the client is stopping; it takes no new notifications")
-        if self.breaker == BREAKER_OPEN and not self.hold_when_unavailable:
+        if self._breaker.state is _OPEN and not self.hold_when_unavailable:
             raise CircuitOpenError(
                 f"APNs refused this credential ({self.breaker_reason}); sends fail fast until "
                 f"a probe succeeds (every {self.circuit_reset:g} s)"
@@ -1368,7 +1358,7 @@ class HTTP2Client:
         if self._held:
             queue.extendleft(reversed(self._held))
             self._held.clear()
-        if self.breaker == BREAKER_OPEN:
+        if self._breaker.state is _OPEN:
             return
         ready = [c for c in self.connections if c.state == _READY]
         if not ready:
@@ -1376,7 +1366,7 @@ class HTTP2Client:
         now = self.clock.seconds()
         for conn in ready:
             conn.prepare(now)
-        if self.breaker == BREAKER_HALF_OPEN:
+        if self._breaker.state is BreakerState.HALF_OPEN:
             self._dispatch_probe(ready, now)
             return
         if len(ready) == 1:
@@ -1478,7 +1468,7 @@ class HTTP2Client:
         connecting or ramping); one for notifications that must avoid the only connection."""
         if not self.started or self.closing or self._retry_call is not None:
             return
-        if self.breaker == BREAKER_OPEN:
+        if self._breaker.state is _OPEN:
             return
         live_conns = [c for c in self.connections if c.state <= _READY]
         live = len(live_conns) + len(self._connecting)
@@ -1819,7 +1809,7 @@ class HTTP2Client:
         if not replay:
             return
         self.counters.replayed += len(replay)
-        if self.breaker == BREAKER_OPEN and not self.hold_when_unavailable:
+        if self._breaker.state is _OPEN and not self.hold_when_unavailable:
             for item in replay:
                 self._finish_circuit_open(item, now)
             return
@@ -1829,7 +1819,7 @@ class HTTP2Client:
     def _on_goaway(self, conn: APNsHTTP2Protocol, event: GoAwayReceived) -> None:
         streams = conn.streams
         unprocessed = [streams.pop(sid) for sid in event.unprocessed_stream_ids if sid in streams]
-        reason = _goaway_reason(event.debug_data)
+        reason = goaway_reason(event.debug_data)
         log.info(
             "{name}: connection {number}: GOAWAY {error} last-stream-id {last} ({reason}); "
             "{n} unprocessed requests re-sent, {open} still open",
@@ -1861,7 +1851,7 @@ class HTTP2Client:
             request = item.request
             if (
                 decide(item.failures).retry
-                and (self.breaker != BREAKER_OPEN or self.hold_when_unavailable)
+                and (self._breaker.state is not _OPEN or self.hold_when_unavailable)
                 and (request is None or request.resend_unknown)
             ):
                 resend.append(item)
@@ -1911,7 +1901,7 @@ class HTTP2Client:
     def _requeue(self, item: _Item, delay: float, now: float, *, front: bool = True) -> None:
         """Back into the queue (at the front: it is older than what is queued), or into the
         delayed set."""
-        if self.breaker == BREAKER_OPEN and not self.hold_when_unavailable:
+        if self._breaker.state is _OPEN and not self.hold_when_unavailable:
             self._finish_circuit_open(item, now)
             return
         if delay > 0:
@@ -1997,11 +1987,9 @@ class HTTP2Client:
 
     def _open_circuit(self, status: int | None, reason: str, now: float) -> None:
         self._probe = None
-        if self.breaker == BREAKER_OPEN:
+        breaker = self._breaker
+        if not breaker.open(status, reason, now):
             return
-        self.breaker = BREAKER_OPEN
-        self.breaker_reason = reason
-        self.breaker_status = status
         log.error(
             "{name}: APNs refused the credential ({reason}); circuit open: queued "
             "notifications are {fate} for {reset} s",
@@ -2022,22 +2010,25 @@ class HTTP2Client:
 
     def _half_open(self) -> None:
         self._breaker_call = None
-        self.breaker = BREAKER_HALF_OPEN
+        breaker = self._breaker
+        now = self.clock.seconds()
+        if not breaker.half_open(now):
+            due = breaker.half_open_at
+            if breaker.is_open and due is not None:  # early (a clock that jumped back)
+                self._breaker_call = self.clock.callLater(due - now, self._half_open)
+            return
         log.info("{name}: circuit half-open: the next notification is a probe", name=self.name)
         self._schedule_flush()
 
     def _probe_answered(self, ok: bool) -> None:
         self._probe = None
-        if ok and self.breaker == BREAKER_HALF_OPEN:
-            self.breaker = BREAKER_CLOSED
-            self.breaker_reason = None
-            self.breaker_status = None
+        if ok and self._breaker.probe_answered():
             log.info("{name}: circuit closed: the credential is accepted again", name=self.name)
             self._schedule_flush()
 
     def _finish_circuit_open(self, item: _Item, now: float) -> None:
         outcome = _UNKNOWN if item.maybe_delivered else _REJECTED
-        reason = self.breaker_reason
+        reason = self._breaker.reason
         self._finish(item, self._result(item, outcome, now, reason=reason, local="circuit-open"))
 
     def _fail_held(self, reason: str, local: str, now: float) -> None:
@@ -2147,20 +2138,6 @@ class HTTP2Client:
             + len(self._delayed)
             + sum(len(c.streams) for c in self.connections)
         )
-
-
-def _goaway_reason(debug: bytes) -> str | None:
-    """APNs puts ``{"reason": …}`` in GOAWAY's debug data."""
-    if not debug:
-        return None
-    import json
-
-    try:
-        data = json.loads(debug)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    reason = data.get("reason") if isinstance(data, dict) else None
-    return reason if isinstance(reason, str) else None
 
 
 class _BulkFeeder(BulkFeeder):

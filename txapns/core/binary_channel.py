@@ -26,7 +26,6 @@ What the legacy gateway tells us, and how this machine turns it into outcomes:
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +43,7 @@ from .counters import Counters
 from .errors import ProtocolError, QueueFullError
 from .notification import Notification
 from .queue_time import UNREACHABLE, QueueTimeLimit
-from .result import Outcome, Result
+from .result import Outcome, Result, UnknownPolicy
 
 __all__ = [
     "SENTINEL_TOKEN",
@@ -65,15 +64,6 @@ _ID_PERIOD = 0xFFFFFFFF
 #: quiet window as usual.
 SENTINEL_TOKEN = b"\xff" * 32
 _SENTINEL = Notification(SENTINEL_TOKEN, b'{"aps":{}}')
-
-
-class UnknownPolicy(enum.Enum):
-    """What to do with notifications whose fate is unknown after a silent close."""
-
-    #: Re-send them (they may be delivered twice; counted in ``resent_unknown``).
-    RESEND = "resend"
-    #: Finish them with outcome ``UNKNOWN``.
-    FAIL = "fail"
 
 
 @dataclass(frozen=True, slots=True)

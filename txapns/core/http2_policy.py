@@ -10,7 +10,7 @@ Apple's table (the docs' :ref:`apns-responses`) is encoded here once:
   a credential failure that opens the circuit breaker;
 * :class:`RetryPolicy` decides, from that action and how many attempts already failed, whether
   a notification is finished (and how) or re-sent (after which delay, on which connection). It
-  also applies the :class:`~txapns.core.binary_channel.UnknownPolicy` to notifications whose
+  also applies the :class:`~txapns.core.result.UnknownPolicy` to notifications whose
   outcome is unknown (a reset stream, a lost connection, a stream at or below a GOAWAY's
   last-stream-id that was never answered).
 
@@ -29,8 +29,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ._deprecate import renamed
 from .backoff import Backoff
-from .binary_channel import UnknownPolicy
-from .result import Outcome
+from .result import Outcome, UnknownPolicy
 
 __all__ = [
     "CIRCUIT_REASONS",
@@ -41,6 +40,7 @@ __all__ = [
     "RetryPolicy",
     "UnknownPolicy",
     "classify",
+    "goaway_reason",
     "parse_response",
     "refreshes_token",
 ]
@@ -289,6 +289,19 @@ class RetryPolicy:
         if self.unknown_policy is UnknownPolicy.RESEND and failures < self.max_attempts:
             return _RESEND
         return _UNKNOWN
+
+
+def goaway_reason(debug: bytes) -> str | None:
+    """Apple's ``reason`` from a GOAWAY's debug data (``{"reason": …}``), if any."""
+    if not debug:
+        return None
+    try:
+        data = json.loads(debug)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    reason = data.get("reason") if isinstance(data, dict) else None
+    return reason if isinstance(reason, str) else None
+
 
 if TYPE_CHECKING:  # the old spelling, kept working (deprecated); see txapns.core._deprecate
     ApnsResponse = APNsResponse

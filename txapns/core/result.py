@@ -23,6 +23,38 @@ if TYPE_CHECKING:
 __all__ = ["Outcome", "Result"]
 
 
+__all__ = [
+    "UNKNOWN_CONNECTION_LOST",
+    "UNKNOWN_PROTOCOL_ERROR",
+    "UNKNOWN_RETIRED",
+    "UNKNOWN_STOPPED",
+    "UNKNOWN_STREAM_RESET",
+    "UNKNOWN_TIMEOUT",
+    "Outcome",
+    "Result",
+    "UnknownPolicy",
+    "counter_key",
+]
+
+#: Why an outcome is unknown (``Result.reason`` of an unknown result, and its counter label).
+UNKNOWN_TIMEOUT = "timeout"
+UNKNOWN_CONNECTION_LOST = "connection-lost"
+UNKNOWN_STREAM_RESET = "stream-reset"
+UNKNOWN_PROTOCOL_ERROR = "protocol-error"
+UNKNOWN_RETIRED = "connection-retired"
+UNKNOWN_STOPPED = "stopped"
+
+
+class UnknownPolicy(enum.Enum):
+    """What to do with notifications whose fate is unknown (a silent close, a reset stream,
+    a lost connection): both protocols apply it."""
+
+    #: Re-send them (they may be delivered twice; counted in ``resent_unknown``).
+    RESEND = "resend"
+    #: Finish them with outcome ``UNKNOWN``.
+    FAIL = "fail"
+
+
 class Outcome(enum.StrEnum):
     """A notification's fate. A :class:`str` subclass: ``outcome == "accepted"`` holds, and it
     prints, formats and serialises (JSON) as its value."""
@@ -90,3 +122,16 @@ class Result(NamedTuple):
         if self.reason:
             parts.append(self.reason)
         return " ".join(parts)
+
+
+def counter_key(result: Result) -> str:
+    """The label a final result is counted under in ``rejected_by_reason`` /
+    ``unknown_by_reason``: the local failure kind (``"tls"``, ``"circuit-open"``,
+    ``"stopped"``, ``"invalid"``), else Apple's reason (or the HTTP status), else why the
+    outcome is unknown."""
+    local = result.local
+    if local is not None and local != "attempts":
+        return local
+    if result.reason:
+        return result.reason
+    return str(result.status) if result.status is not None else "unknown"
