@@ -1066,7 +1066,9 @@ class DeadlineTests(ClientTestCase):
             self.send(client, note(i))
         self.clock.advance(0)
         # One deadline timer, the fake's latency timers, nothing per notification of ours.
-        ours = [c for c in self.clock.getDelayedCalls() if c.func.__self__ is client.connections[0]]  # type: ignore[attr-defined]
+        # (A connection's timers are txapns._timers.Timer objects it owns.)
+        timers = client.connections[0]._timers._timers
+        ours = [c for c in self.clock.getDelayedCalls() if c.func.__self__ in timers]  # type: ignore[attr-defined]
         self.assertEqual(len(ours), 1)
         self.advance(1.0)
         self.assertEqual(len(self.results), 100)

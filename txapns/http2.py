@@ -1,4 +1,4 @@
-"""The HTTP/2 provider client for Twisted: :class:`HTTP2Client` and :class:`APNsHTTP2Protocol`.
+"""The HTTP/2 provider client for Twisted: :class:`HTTP2Client`.
 
 This module is glue around the sans-IO pieces:
 
@@ -67,31 +67,28 @@ from __future__ import annotations
 
 import heapq
 import random
-import struct
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import (
-    IAddress,
-    IDelayedCall,
-    IHandshakeListener,
-    INegotiated,
-    IReactorTime,
-    IStreamClientEndpoint,
-)
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from ._feeder import BulkFeeder, ResultCallback
-from ._twisted import cancel_call, set_no_delay
+from ._http2_connection import (
+    APNsHTTP2Protocol,
+    ConnectionFactory,
+    ConnectionSettings,
+    ConnectionState,
+)
+from ._http2_connection import Item as _Item
+from ._http2_connection import Request as _Request
+from ._twisted import cancel_call
 from .core.backoff import Backoff
 from .core.breaker import BreakerState, CircuitBreaker
 from .core.broadcast import Broadcast, broadcast_path, validate_bundle_id
@@ -104,30 +101,16 @@ from .core.errors import (
     RequestError,
     TLSFailureError,
 )
-from .core.http2 import (
-    ConnectionTerminated,
-    ErrorCode,
-    GoAwayReceived,
-    H2ClientConnection,
-    H2UsageError,
-    HeaderBlockTemplate,
-    PingAcknowledged,
-    ResponseReceived,
-    StreamReset,
-    encode_header_block,
-)
+from .core.http2 import ResponseReceived
 from .core.http2.headers import check_field
-from .core.http2_policy import CIRCUIT_REASONS, RetryPolicy, goaway_reason, parse_response
-from .core.jwt import TOKEN_MAX_AGE, ProviderTokenSource, clock_skew_warning, parse_http_date
+from .core.http2_policy import RetryPolicy, parse_response
+from .core.jwt import ProviderTokenSource
 from .core.notification import Notification, PushType, new_apns_id, validate_http2
 from .core.proxy import ProxyAuthenticationError
 from .core.queue_time import DEFAULT_MAX_QUEUE_TIME, ConnectFailures, QueueTimeLimit
 from .core.result import (
     UNKNOWN_CONNECTION_LOST,
-    UNKNOWN_PROTOCOL_ERROR,
-    UNKNOWN_RETIRED,
     UNKNOWN_STOPPED,
-    UNKNOWN_STREAM_RESET,
     UNKNOWN_TIMEOUT,
     Outcome,
     Result,
@@ -158,44 +141,11 @@ _ACCEPTED = Outcome.ACCEPTED
 _REJECTED = Outcome.REJECTED
 _UNKNOWN = Outcome.UNKNOWN
 _OPEN = BreakerState.OPEN
-_CANCEL = ErrorCode.CANCEL
-_NO_ERROR = ErrorCode.NO_ERROR
-_CLOSED = Failure(ConnectionDone())
-_PING = struct.Struct(">Q")
-#: The last client stream id HTTP/2 allows (2**31 - 1): a connection that used it retires.
-_LAST_STREAM_ID = 2**31 - 1
 #: Float slack when comparing a deadline with the clock.
 _EPSILON = 1e-6
 
-# Connection states.
-_HANDSHAKE = 0  # transport up, TLS handshake (and the ALPN check) pending
-_READY = 1  # takes new streams
-_DRAINING = 2  # no new streams; closed once its streams have finished
-_CLOSING = 3  # transport closing
-_CLOSED_STATE = 4  # connectionLost seen
-
-_STATE_NAMES = {
-    _HANDSHAKE: "handshake",
-    _READY: "ready",
-    _DRAINING: "draining",
-    _CLOSING: "closing",
-    _CLOSED_STATE: "closed",
-}
-
-
-class _Request(NamedTuple):
-    """A request other than ``POST /3/device/…``: a broadcast, or a channel-management call.
-
-    The item's ``apns_id`` is sent in ``id_header``; ``headers`` are checked when admitted."""
-
-    method: bytes
-    path: bytes
-    headers: tuple[tuple[bytes, bytes], ...]
-    body: bytes
-    id_header: bytes
-    #: Re-send it when its outcome is unknown (``policy.unknown_policy`` permitting): false for
-    #: requests that must not take effect twice (creating a channel).
-    resend_unknown: bool
+_HANDSHAKE = ConnectionState.HANDSHAKE
+_READY = ConnectionState.READY
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,574 +217,6 @@ class _RequestWaiter:
                 unknown=result.outcome is _UNKNOWN,
             )
         )
-
-
-class _Item:
-    """One notification (or request) held by the client."""
-
-    __slots__ = (
-        "apns_id",
-        "avoid",
-        "duplicate",
-        "failures",
-        "handle",
-        "maybe_delivered",
-        "notification",
-        "replays",
-        "request",
-        "response",
-        "sent_at",
-        "submitted_at",
-        "topic",
-        "writes",
-    )
-
-    def __init__(
-        self,
-        notification: Notification,
-        handle: Any,
-        topic: str | None,
-        apns_id: str,
-        now: float,
-    ) -> None:
-        self.notification = notification
-        self.handle = handle
-        self.topic = topic
-        self.apns_id = apns_id
-        self.submitted_at = now
-        self.sent_at = 0.0
-        #: Times written to a connection (``Result.attempts``).
-        self.writes = 0
-        #: Failed attempts: retryable answers and unknown outcomes (for ``max_attempts``).
-        self.failures = 0
-        #: Re-sends of requests APNs never processed (GOAWAY, REFUSED_STREAM).
-        self.replays = 0
-        #: A connection to avoid for the next attempt (after 500/503), if any.
-        self.avoid: APNsHTTP2Protocol | None = None
-        #: It was in flight when its outcome became unknown: it may have been delivered.
-        self.maybe_delivered = False
-        #: Written again after that: APNs may deliver it twice (``Result.may_duplicate``).
-        self.duplicate = False
-        #: Not a device notification: how to send it.
-        self.request: _Request | None = None
-        #: For a request: the last answer received.
-        self.response: ResponseReceived | None = None
-
-
-@implementer(IHandshakeListener)
-class APNsHTTP2Protocol(Protocol):
-    """One HTTP/2 connection of an :class:`HTTP2Client`.
-
-    Owns the :class:`~txapns.core.http2.H2ClientConnection`, the provider token of this
-    connection, the cached header templates, the map stream id → notification, the deadline
-    timer (one for the connection: it watches the oldest open stream) and the health pings.
-    The client decides what to send and what results mean.
-    """
-
-    def __init__(
-        self,
-        client: HTTP2Client,
-        number: int,
-        tokens: ProviderTokenSource | None,
-    ) -> None:
-        self.client = client
-        self.clock = client.clock
-        self.number = number
-        self.h2 = H2ClientConnection()
-        self.tokens = tokens
-        self.state = _HANDSHAKE
-        #: stream id → item, in the order sent (dicts keep insertion order): the first is the
-        #: oldest, which is what the deadline timer watches.
-        self.streams: dict[int, _Item] = {}
-        #: With token auth APNs allows one stream until it has seen a valid token.
-        self.ramped = tokens is None
-        self.answered = 0
-        self.last_received = 0.0
-        #: The highest stream id answered: a stream below it timing out does not mean the
-        #: connection is dead.
-        self.last_answered = 0
-        #: Deadline expiries in a row while nothing was answered after the stream was sent.
-        self.silent_timeouts = 0
-        self.alpn_failed = False
-        self.retire_reason: str | None = None
-        #: It answered a request or a PING: connecting works.
-        self.worked = False
-        #: We closed it on purpose (circuit open, client stopping): not a failed attempt.
-        self.deliberate = False
-        self.expired_token_seen = False
-        self._templates: dict[
-            tuple[str | None, PushType | None, int | None], HeaderBlockTemplate
-        ] = {}
-        self._authorization: str | None = None
-        self._generation = 0
-        self._token_refresh_at = float("-inf")
-        self._deadline_call: IDelayedCall | None = None
-        self._ping_call: IDelayedCall | None = None
-        self._ping_timeout_call: IDelayedCall | None = None
-        self._handshake_call: IDelayedCall | None = None
-        self._ping_opaque: bytes | None = None
-        self._pings = 0
-        self._write: Callable[[bytes], object] | None = None
-
-    def __repr__(self) -> str:
-        return (
-            f"<APNsHTTP2Protocol #{self.number} {_STATE_NAMES[self.state]} "
-            f"streams={len(self.streams)}>"
-        )
-
-    # --- Twisted ------------------------------------------------------------------------
-
-    def connectionMade(self) -> None:
-        transport = self.transport
-        assert transport is not None
-        self._write = transport.write
-        set_no_delay(transport)
-        self.last_received = self.clock.seconds()
-        self.client._connection_made(self)
-        if not INegotiated.providedBy(transport):
-            # Plain TCP (HTTP/2 with prior knowledge, tests): nothing to negotiate.
-            self._ready()
-        elif self.state == _HANDSHAKE:
-            self._handshake_call = self.clock.callLater(
-                self.client.connect_timeout, self._handshake_expired
-            )
-
-    def _handshake_expired(self) -> None:
-        self._handshake_call = None
-        if self.state != _HANDSHAKE:
-            return
-        log.warn(
-            "{name}: connection {number}: TLS handshake not done after {timeout} s; dropping it",
-            name=self.client.name,
-            number=self.number,
-            timeout=self.client.connect_timeout,
-        )
-        self.abort()
-
-    def handshakeCompleted(self) -> None:
-        if self.state != _HANDSHAKE:
-            return
-        negotiated = getattr(self.transport, "negotiatedProtocol", None)
-        if negotiated != b"h2":
-            self.alpn_failed = True
-            log.error(
-                "{name}: connection {number}: the server did not negotiate HTTP/2 with ALPN "
-                "(got {alpn}); closing",
-                name=self.client.name,
-                number=self.number,
-                alpn=negotiated.decode("ascii", "replace") if negotiated else "none",
-            )
-            self.abort()
-            return
-        self._ready()
-
-    def _ready(self) -> None:
-        call = self._handshake_call
-        cancel_call(call)
-        self._handshake_call = None
-        self.state = _READY
-        self.h2.initiate()
-        self.last_received = self.clock.seconds()
-        self._arm_ping_check()
-        self.client._connection_ready(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.state >= _CLOSING or self.state == _HANDSHAKE:
-            return
-        client = self.client
-        now = self.clock.seconds()
-        self.last_received = now
-        events = self.h2.receive_data(data)
-        streams = self.streams
-        finish = client._finish_accepted
-        for event in events:
-            if isinstance(event, ResponseReceived):
-                item = streams.pop(event.stream_id, None)
-                if item is None:
-                    continue
-                if not self.worked:
-                    client._connection_proven(self)
-                    client._check_clock(self, event, now)
-                self.answered += 1
-                if event.stream_id > self.last_answered:
-                    self.last_answered = event.stream_id
-                self.silent_timeouts = 0
-                status = event.status
-                if status == 200:
-                    apns_id = unique = None
-                    for name, value in event.headers:
-                        if name == b"apns-id":
-                            apns_id = value.decode("ascii", "replace")
-                        elif name == b"apns-unique-id":
-                            unique = value.decode("ascii", "replace")
-                    if item.request is not None:
-                        item.response = event
-                    finish(item, apns_id or item.apns_id, unique, now)
-                    if not self.ramped:
-                        self._ramp()
-                else:
-                    if not self.ramped and status != 403:
-                        self._ramp()
-                    client._on_error_response(self, item, event, now)
-            elif isinstance(event, StreamReset):
-                item = streams.pop(event.stream_id, None)
-                if item is not None:
-                    client._on_stream_reset(self, item, event)
-            elif isinstance(event, GoAwayReceived):
-                client._on_goaway(self, event)
-            elif isinstance(event, PingAcknowledged):
-                if event.opaque == self._ping_opaque:
-                    self._ping_answered()
-                    if not self.worked:
-                        client._connection_proven(self)
-            elif isinstance(event, ConnectionTerminated):
-                log.warn(
-                    "{name}: connection {number}: the server broke HTTP/2 "
-                    "({error}: {reason}); closing",
-                    name=self.client.name,
-                    number=self.number,
-                    error=event.error_name,
-                    reason=event.reason,
-                )
-                self.abort(UNKNOWN_PROTOCOL_ERROR)
-            # SettingsChanged: capacity is read from the connection when dispatching.
-        client._after_input(self)
-
-    def connectionLost(self, reason: Failure = _CLOSED) -> None:
-        previous = self.state
-        self.state = _CLOSED_STATE
-        self._cancel_timers()
-        items = list(self.streams.values())
-        self.streams.clear()
-        self.client._connection_lost(self, reason, items, previous)
-
-    # --- sending --------------------------------------------------------------------------
-
-    def capacity(self) -> int:
-        """How many more requests this connection takes now."""
-        if self.state != _READY:
-            return 0
-        available = self.h2.available_streams
-        if self.ramped:
-            return available
-        return 1 if available and not self.streams else 0
-
-    def prepare(self, now: float) -> None:
-        """Before sending in this turn: refresh the provider token when it is due."""
-        tokens = self.tokens
-        if tokens is not None and now >= self._token_refresh_at:
-            token = tokens.token(now)
-            if tokens.generation != self._generation:
-                self._generation = tokens.generation
-                self._authorization = "bearer " + token
-                self._templates.clear()
-            refresh_at = tokens.refresh_at
-            self._token_refresh_at = refresh_at if refresh_at is not None else now
-
-    def _template(self, key: tuple[str | None, PushType | None, int | None]) -> HeaderBlockTemplate:
-        topic, push_type, priority = key
-        template = HeaderBlockTemplate(
-            self.client.authority,
-            topic=topic,
-            push_type=push_type,
-            priority=priority,
-            authorization=self._authorization,
-        )
-        self._templates[key] = template
-        return template
-
-    def send_item(self, item: _Item, now: float) -> bool | None:
-        """Open a stream for ``item``: True. False (nothing sent) if the request cannot be
-        encoded: the caller finishes the item. None (nothing sent) if the connection takes no
-        more streams after all: the caller puts the item back."""
-        n = item.notification
-        request = item.request
-        try:
-            if request is not None:
-                block = self._request_block(item.apns_id, request)
-                body = request.body
-            else:
-                key = (item.topic, n.push_type, n.priority)
-                template = self._templates.get(key)
-                if template is None:
-                    template = self._template(key)
-                block = template.encode(
-                    b"/3/device/" + n.token.hex().encode("ascii"),
-                    apns_id=item.apns_id,
-                    expiration=n.expiry,
-                    collapse_id=n.collapse_id,
-                )
-                body = n.payload
-        except (InvalidFieldError, UnicodeError):
-            # Only this item's headers are bad (a notification built without create()'s
-            # checks): it alone is finished, the rest of the turn's dispatch goes on.
-            return False
-        try:
-            stream_id = self.h2.send_request(block, body)
-        except H2UsageError:
-            return None
-        self.streams[stream_id] = item
-        item.sent_at = now
-        item.writes += 1
-        if item.maybe_delivered:
-            item.duplicate = True
-        if stream_id >= _LAST_STREAM_ID:
-            self.retire("stream ids exhausted")
-        if self._deadline_call is None:
-            self._deadline_call = self.clock.callLater(self.client.deadline, self._check_deadlines)
-        return True
-
-    def _request_block(self, apns_id: str, request: _Request) -> bytes:
-        """The header block of a broadcast or management request (stateless HPACK, like the
-        templates; these requests are few, so nothing is cached)."""
-        fields: list[tuple[bytes, bytes]] = [
-            (b":method", request.method),
-            (b":scheme", b"https"),
-            (b":authority", self.client.authority.encode("ascii")),
-            (b":path", request.path),
-            *request.headers,
-            (request.id_header, apns_id.encode("ascii")),
-        ]
-        if self._authorization is not None:
-            fields.append((b"authorization", self._authorization.encode("ascii")))
-        return encode_header_block(fields)
-
-    def write_out(self) -> None:
-        """Write whatever the connection has queued, as one write."""
-        if self.state >= _CLOSING or self._write is None:
-            return
-        data = self.h2.data_to_send()
-        if data:
-            self._write(data)
-
-    def _ramp(self) -> None:
-        self.ramped = True
-        log.debug(
-            "{name}: connection {number}: provider token accepted",
-            name=self.client.name,
-            number=self.number,
-        )
-
-    # --- retiring -------------------------------------------------------------------------
-
-    def retire(self, reason: str) -> None:
-        """No new streams; close (GOAWAY NO_ERROR) once the open ones have finished.
-
-        The GOAWAY waits for the open streams: some servers (``h2`` among them) stop
-        answering once they have received a client's GOAWAY."""
-        if self.state not in (_READY, _HANDSHAKE):
-            return
-        self.retire_reason = reason
-        if self.state == _HANDSHAKE:
-            self.abort()
-            return
-        self.state = _DRAINING
-        log.info(
-            "{name}: connection {number}: retired ({reason}); {n} streams still open",
-            name=self.client.name,
-            number=self.number,
-            reason=reason,
-            n=len(self.streams),
-        )
-        self.maybe_close()
-
-    def maybe_close(self) -> None:
-        """Close a draining connection once it has no open stream."""
-        if self.state == _DRAINING and not self.streams:
-            self.state = _CLOSING
-            if not self.h2.is_closing:
-                self.h2.close(_NO_ERROR)
-            self._write_final()
-            self._cancel_timers()
-            transport = self.transport
-            if transport is not None:
-                transport.loseConnection()
-
-    def _write_final(self) -> None:
-        if self._write is not None:
-            data = self.h2.data_to_send()
-            if data:
-                self._write(data)
-
-    def abort(self, unknown_reason: str = UNKNOWN_CONNECTION_LOST) -> None:
-        """Drop the connection now; its open streams get an unknown outcome."""
-        if self.state >= _CLOSING:
-            return
-        handshake = self.state == _HANDSHAKE
-        self.state = _CLOSING
-        self._cancel_timers()
-        if handshake:
-            pass  # HTTP/2 never started: nothing to say
-        elif self.h2.is_dead:
-            self._write_final()  # the GOAWAY of a protocol error
-        else:
-            self.h2.close(_CANCEL)
-            self._write_final()
-        items = list(self.streams.values())
-        self.streams.clear()
-        transport = self.transport
-        if transport is not None:
-            abort = getattr(transport, "abortConnection", None)
-            if abort is not None:
-                abort()
-            else:
-                transport.loseConnection()
-        if items:
-            self.client._streams_unknown(items, unknown_reason)
-
-    def close(self) -> None:
-        """Close for good (the client stops): GOAWAY, then close the transport."""
-        if self.state >= _CLOSING:
-            return
-        if self.state == _HANDSHAKE:
-            self.abort()
-            return
-        self.state = _CLOSING
-        self._cancel_timers()
-        self.h2.close(_NO_ERROR)
-        self._write_final()
-        transport = self.transport
-        if transport is not None:
-            transport.loseConnection()
-
-    # --- deadlines ------------------------------------------------------------------------
-
-    def _check_deadlines(self) -> None:
-        self._deadline_call = None
-        if self.state >= _CLOSING:
-            return
-        client = self.client
-        deadline = client.deadline
-        now = self.clock.seconds()
-        limit = now - deadline + _EPSILON
-        expired: list[tuple[int, _Item]] = []
-        next_at: float | None = None
-        for stream_id, item in self.streams.items():
-            if item.sent_at > limit:
-                next_at = item.sent_at + deadline
-                break
-            expired.append((stream_id, item))
-        if next_at is not None:
-            self._deadline_call = self.clock.callLater(
-                max(0.0, next_at - now), self._check_deadlines
-            )
-        if not expired:
-            return
-        streams = self.streams
-        h2 = self.h2
-        silent = 0
-        for stream_id, _item in expired:
-            del streams[stream_id]
-            h2.reset_stream(stream_id, _CANCEL)
-            if stream_id > self.last_answered:
-                silent += 1
-            else:
-                self.silent_timeouts = 0
-        self.silent_timeouts += silent
-        log.warn(
-            "{name}: connection {number}: {n} requests passed their {deadline} s deadline; reset",
-            name=self.client.name,
-            number=self.number,
-            n=len(expired),
-            deadline=deadline,
-        )
-        client._timed_out([item for _, item in expired], now)
-        if self.silent_timeouts >= client.max_silent_timeouts:
-            log.warn(
-                "{name}: connection {number}: {n} timeouts in a row with no answer; replacing it",
-                name=self.client.name,
-                number=self.number,
-                n=self.silent_timeouts,
-            )
-            self.abort(UNKNOWN_RETIRED)
-        else:
-            if self._ping_timeout_call is None and self.state == _READY:
-                self.send_ping(now)  # is it still alive?
-            self.maybe_close()
-        client._after_input(self)
-
-    # --- health pings ---------------------------------------------------------------------
-
-    def _arm_ping_check(self, delay: float | None = None) -> None:
-        interval = self.client.ping_interval
-        if interval <= 0:
-            return
-        self._ping_call = self.clock.callLater(
-            interval if delay is None else delay, self._ping_check
-        )
-
-    def _ping_check(self) -> None:
-        self._ping_call = None
-        if self.state >= _CLOSING:
-            return
-        interval = self.client.ping_interval
-        now = self.clock.seconds()
-        idle = now - self.last_received
-        if idle + _EPSILON >= interval:
-            if self._ping_timeout_call is None:
-                self.send_ping(now)
-                self.client._schedule_flush()
-            self._arm_ping_check()
-        else:
-            self._arm_ping_check(interval - idle)
-
-    def send_ping(self, now: float) -> None:
-        if self.state >= _CLOSING or self.h2.is_dead:
-            return
-        self._pings += 1
-        opaque = _PING.pack(self._pings)
-        self._ping_opaque = opaque
-        self.h2.ping(opaque)
-        self._ping_timeout_call = self.clock.callLater(self.client.ping_timeout, self._ping_expired)
-
-    def _ping_answered(self) -> None:
-        self._ping_opaque = None
-        call = self._ping_timeout_call
-        self._ping_timeout_call = None
-        cancel_call(call)
-
-    def _ping_expired(self) -> None:
-        self._ping_timeout_call = None
-        if self.state >= _CLOSING:
-            return
-        log.warn(
-            "{name}: connection {number}: no answer to PING within {timeout} s; replacing it",
-            name=self.client.name,
-            number=self.number,
-            timeout=self.client.ping_timeout,
-        )
-        self.abort(UNKNOWN_RETIRED)
-        self.client._after_input(self)
-
-    def _cancel_timers(self) -> None:
-        for call in (
-            self._deadline_call,
-            self._ping_call,
-            self._ping_timeout_call,
-            self._handshake_call,
-        ):
-            cancel_call(call)
-        self._deadline_call = self._ping_call = None
-        self._ping_timeout_call = self._handshake_call = None
-
-    def info(self) -> dict[str, object]:
-        return {
-            "number": self.number,
-            "state": _STATE_NAMES[self.state],
-            "open_streams": len(self.streams),
-            "max_streams": self.h2.max_concurrent_streams,
-            "ramped": self.ramped,
-        }
-
-
-class _ConnectionFactory(Factory):
-    noisy = False
-
-    def __init__(self, client: HTTP2Client) -> None:
-        self.client = client
-
-    def buildProtocol(self, addr: IAddress | None) -> APNsHTTP2Protocol:
-        return self.client._build_protocol()
 
 
 class HTTP2Client:
@@ -945,7 +327,17 @@ class HTTP2Client:
             # Fail now, not on the first connection, when the ids are malformed.
             ProviderTokenSource(token[0], token[1], token[2], rng=self.rng)
         self.token_auth = token is not None
-        self._factory = _ConnectionFactory(self)
+        self._settings = ConnectionSettings(
+            name=name,
+            authority=authority,
+            deadline=deadline,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            connect_timeout=connect_timeout,
+            max_silent_timeouts=max_silent_timeouts,
+        )
+        self._events = _ConnectionEvents(self)
+        self._factory = ConnectionFactory(self._build_protocol)
 
         self._queue: deque[_Item] = deque()
         self._held: list[_Item] = []
@@ -1550,7 +942,7 @@ class HTTP2Client:
         if self._token is not None:
             key, key_id, team_id = self._token
             tokens = ProviderTokenSource(key, key_id, team_id, rng=self.rng)
-        return APNsHTTP2Protocol(self, self._numbers, tokens)
+        return APNsHTTP2Protocol(self._events, self.clock, self._settings, self._numbers, tokens)
 
     def _connection_made(self, conn: APNsHTTP2Protocol) -> None:
         if self.closing:
@@ -1574,7 +966,6 @@ class HTTP2Client:
 
     def _connection_proven(self, conn: APNsHTTP2Protocol) -> None:
         """The connection answered a request or a PING: connecting works again."""
-        conn.worked = True
         self._failures = 0
         self.connect_failures.succeeded()
         self._tls_failures = 0
@@ -1582,24 +973,12 @@ class HTTP2Client:
         self._tls_gave_up_why = None
         self._backoff_done = False
 
-    def _check_clock(self, conn: APNsHTTP2Protocol, event: ResponseReceived, now: float) -> None:
-        """Once per connection: warn when the server's ``Date`` says our clock is off (it
-        dates the provider tokens)."""
-        warning = clock_skew_warning(now, parse_http_date(event.header(b"date")))
-        if warning is not None:
-            log.warn(
-                "{name}: connection {number}: {warning}",
-                name=self.name,
-                number=conn.number,
-                warning=warning,
-            )
-
     def _connection_lost(
         self,
         conn: APNsHTTP2Protocol,
         reason: Failure,
         items: list[_Item],
-        previous_state: int,
+        previous_state: ConnectionState,
     ) -> None:
         if conn in self.connections:
             self.connections.remove(conn)
@@ -1726,7 +1105,7 @@ class HTTP2Client:
         status, reason = response.status, response.reason
         decision = self.policy.decide_response(status, reason, item.failures, self.rng.random())
         if decision.refresh_token:
-            self._expired_token(conn, event, now)
+            conn.token_expired(event, now)
         if decision.new_connection:
             conn.retire(reason or str(status))
         if decision.retry:
@@ -1761,35 +1140,9 @@ class HTTP2Client:
         elif probe:
             self._probe_answered(True)
 
-    def _expired_token(self, conn: APNsHTTP2Protocol, event: ResponseReceived, now: float) -> None:
-        if conn.expired_token_seen:
-            return
-        conn.expired_token_seen = True
-        tokens = conn.tokens
-        age = None
-        if tokens is not None and tokens.issued_at is not None:
-            age = now - tokens.issued_at
-        log.warn(
-            "{name}: connection {number}: APNs says the provider token (issued {age} s ago) "
-            "expired; re-sending on a new connection with a new token",
-            name=self.name,
-            number=conn.number,
-            age="?" if age is None else f"{age:.0f}",
-        )
-        warning = clock_skew_warning(now, parse_http_date(event.header(b"date")))
-        if warning is None and age is not None and age < TOKEN_MAX_AGE - 300:
-            warning = (
-                f"a token issued {age:.0f} s ago by the local clock was rejected as expired: "
-                "the local clock is probably wrong (behind Apple's); fix it (NTP)"
-            )
-        if warning is not None:
-            log.error("{name}: {warning}", name=self.name, warning=warning)
-
-    def _on_stream_reset(self, conn: APNsHTTP2Protocol, item: _Item, event: StreamReset) -> None:
-        if event.retry_safe:
-            self._replay([item])
-            return
-        self._streams_unknown([item], UNKNOWN_STREAM_RESET)
+    def _credential_refused(self, reason: str, now: float) -> None:
+        """A GOAWAY blamed the credential."""
+        self._open_circuit(None, reason, now)
 
     def _replay(self, items: list[_Item]) -> None:
         """Re-send requests APNs never processed (above a GOAWAY's last-stream-id, or
@@ -1815,30 +1168,6 @@ class HTTP2Client:
             return
         self._queue.extendleft(reversed(replay))
         self._schedule_flush()
-
-    def _on_goaway(self, conn: APNsHTTP2Protocol, event: GoAwayReceived) -> None:
-        streams = conn.streams
-        unprocessed = [streams.pop(sid) for sid in event.unprocessed_stream_ids if sid in streams]
-        reason = goaway_reason(event.debug_data)
-        log.info(
-            "{name}: connection {number}: GOAWAY {error} last-stream-id {last} ({reason}); "
-            "{n} unprocessed requests re-sent, {open} still open",
-            name=self.name,
-            number=conn.number,
-            error=event.error_name,
-            last=event.last_stream_id,
-            reason=reason or "no reason",
-            n=len(unprocessed),
-            open=len(streams),
-        )
-        if conn.state == _READY:
-            conn.state = _DRAINING
-            conn.retire_reason = f"GOAWAY {reason or event.error_name}"
-        if unprocessed:
-            self._replay(unprocessed)
-        if reason in CIRCUIT_REASONS:
-            self._open_circuit(None, reason, self.clock.seconds())
-        conn.maybe_close()
 
     def _streams_unknown(self, items: list[_Item], why: str) -> None:
         """Their outcome is unknown: re-send (same apns-id) or finish, per the policy."""
@@ -2005,8 +1334,7 @@ class HTTP2Client:
             self._fail_held(reason, "circuit-open", now)
         # The probe gets a fresh connection (and, with token auth, a fresh token).
         for conn in list(self.connections):
-            conn.deliberate = True
-            conn.retire("circuit open")
+            conn.retire("circuit open", deliberate=True)
 
     def _half_open(self) -> None:
         self._breaker_call = None
@@ -2045,7 +1373,6 @@ class HTTP2Client:
     # --- after results --------------------------------------------------------------------
 
     def _after_input(self, conn: APNsHTTP2Protocol) -> None:
-        conn.maybe_close()
         self._after_results()
         self._schedule_flush()
 
@@ -2073,11 +1400,7 @@ class HTTP2Client:
         )
         self._fail_held("client stopped", "stopped", now)
         for conn in list(self.connections):
-            items = list(conn.streams.values())
-            for stream_id in list(conn.streams):
-                conn.h2.reset_stream(stream_id, _CANCEL)
-            conn.streams.clear()
-            for item in items:
+            for item in conn.cancel_streams():
                 self._finish(item, self._result(item, _UNKNOWN, now, reason=UNKNOWN_STOPPED))
         self._close_all()
 
@@ -2100,7 +1423,6 @@ class HTTP2Client:
             d.cancel()
         self._connecting.clear()
         for conn in list(self.connections):
-            conn.deliberate = True
             conn.close()
         if self.connections:
             self._abort_call = self.clock.callLater(self.close_timeout, self._abort_stragglers)
@@ -2109,10 +1431,7 @@ class HTTP2Client:
     def _abort_stragglers(self) -> None:
         self._abort_call = None
         for conn in list(self.connections):
-            transport = conn.transport
-            if transport is not None:
-                abort = getattr(transport, "abortConnection", None)
-                (abort or transport.loseConnection)()
+            conn.abort_transport()
 
     def _check_closed(self) -> None:
         if not self.closing or self.connections or self._connecting:
@@ -2138,6 +1457,40 @@ class HTTP2Client:
             + len(self._delayed)
             + sum(len(c.streams) for c in self.connections)
         )
+
+
+class _ConnectionEvents:
+    """The client's side of :class:`~txapns._http2_connection.ConnectionOwner`: each event
+    is the client's (private) method itself, so raising one costs no extra call."""
+
+    __slots__ = (
+        "connection_lost",
+        "connection_made",
+        "connection_proven",
+        "connection_ready",
+        "credential_refused",
+        "input_handled",
+        "item_accepted",
+        "item_answered",
+        "items_timed_out",
+        "items_unknown",
+        "items_unprocessed",
+        "wants_flush",
+    )
+
+    def __init__(self, client: HTTP2Client) -> None:
+        self.connection_made = client._connection_made
+        self.connection_ready = client._connection_ready
+        self.connection_proven = client._connection_proven
+        self.item_accepted = client._finish_accepted
+        self.item_answered = client._on_error_response
+        self.items_unprocessed = client._replay
+        self.items_unknown = client._streams_unknown
+        self.items_timed_out = client._timed_out
+        self.credential_refused = client._credential_refused
+        self.wants_flush = client._schedule_flush
+        self.input_handled = client._after_input
+        self.connection_lost = client._connection_lost
 
 
 class _BulkFeeder(BulkFeeder):
