@@ -358,9 +358,9 @@ def library_phase(config: str, n: int, connections: int | None) -> dict[str, Any
     app = load_config(config).apps[0]
     client: Any
     if connections:
-        from txapns.http2 import HTTP2Client
+        from txapns.service.senders import http2_client_for_app
 
-        client = HTTP2Client.for_app(
+        client = http2_client_for_app(
             app, reactor, min_connections=connections, max_connections=connections
         )
     else:

@@ -44,6 +44,7 @@ from txapns.core.result import Outcome, Result
 from txapns.credentials import client_tls_options
 from txapns.http2 import HTTP2Client
 from txapns.service.config import AppConfig, TokenCredentials
+from txapns.service.senders import channel_manager_for_app, http2_client_for_app
 from txapns.testing.http2_server import Channel, FakeAPNsServer, listen_http2
 from txapns.testing.pki import server_tls_options
 
@@ -603,8 +604,8 @@ class RealTLSTests(TestCase):
         )
         port = self.port.getHost().port
         where = {"address": lambda: ("127.0.0.1", port), "hostname": "localhost"}
-        manager = ChannelManager.for_app(app, self.reactor, **where)
-        push = HTTP2Client.for_app(app, self.reactor, **where)
+        manager = channel_manager_for_app(app, self.reactor, **where)
+        push = http2_client_for_app(app, self.reactor, **where)
         self.assertEqual(manager.client.min_connections, 0)
         self.addCleanup(manager.stop)
         self.addCleanup(push.stop)

@@ -5,7 +5,11 @@ Apple's management host (:data:`~txapns.core.broadcast.MANAGEMENT_HOSTS`). It is
 over an :class:`~txapns.http2.HTTP2Client` connected to that host, so pooling, TLS with ALPN
 ``h2``, provider tokens, deadlines, retries and the circuit breaker are the client's::
 
-    manager = ChannelManager.for_app(app_config, reactor)
+    host, port = MANAGEMENT_HOSTS["production"]
+    endpoint = apns_endpoint(reactor, "manage", "production")  # txapns.endpoints
+    client = HTTP2Client(reactor, endpoint, authority=host, bundle_id=bundle_id,
+                         token=token, min_connections=0)  # a connection when first needed
+    manager = ChannelManager(client)
     manager.start()
     channel_id = yield manager.create(StoragePolicy.NO_STORAGE)
     result = yield push_client.broadcast(channel_id, payload)  # the app's HTTP2Client
@@ -21,7 +25,7 @@ Every method fails with :class:`~txapns.core.errors.ChannelError` (``status`` an
 from __future__ import annotations
 
 import builtins
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -47,8 +51,6 @@ from .http2 import HTTP2Client, Response
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .service.config import AppConfig
-
 __all__ = [
     "MANAGEMENT_HOSTS",
     "Broadcast",
@@ -67,7 +69,7 @@ class ChannelManager:
     """Create, read, delete and list the broadcast channels of one app.
 
     :param client: an :class:`~txapns.http2.HTTP2Client` whose endpoint and ``authority`` are
-        the management host of the app's environment (see :meth:`for_app`), with the app's
+        the management host of the app's environment (:data:`MANAGEMENT_HOSTS`), with the app's
         credential (token or certificate). ``min_connections=0`` suits it: a connection is
         opened on the first call and kept.
     :param bundle_id: the app; ``client.bundle_id`` by default.
@@ -78,33 +80,6 @@ class ChannelManager:
         self.bundle_id = validate_bundle_id(bundle_id or client.bundle_id)
         self._channels_path = channels_path(self.bundle_id).decode("ascii")
         self._all_channels_path = all_channels_path(self.bundle_id).decode("ascii")
-
-    @classmethod
-    def for_app(
-        cls,
-        app: AppConfig,
-        reactor: Any,
-        *,
-        address: Callable[[], tuple[str, int]] | None = None,
-        hostname: str | None = None,
-        **options: Any,
-    ) -> ChannelManager:
-        """The manager for a configured app: its credential (the ``.p8`` key or the
-        certificate) and ``ca_file``, over TLS with ALPN ``h2`` to the management host of its
-        environment — or to ``address()`` while verifying the server certificate for
-        ``hostname``. ``options`` go to :class:`~txapns.http2.HTTP2Client`
-        (``min_connections`` defaults to 0)."""
-        host, port = MANAGEMENT_HOSTS[app.environment]
-        options.setdefault("min_connections", 0)
-        client = HTTP2Client.for_app(
-            app,
-            reactor,
-            address=address or (lambda: (host, port)),
-            hostname=hostname or host,
-            **options,
-        )
-        client.name = f"{app.name} channels"
-        return cls(client)
 
     # --- lifecycle -------------------------------------------------------------------------
 

@@ -71,7 +71,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet.defer import Deferred
@@ -118,9 +118,6 @@ from .core.result import (
     counter_key,
 )
 from .credentials import is_tls_failure
-
-if TYPE_CHECKING:
-    from .service.config import AppConfig
 
 __all__ = [
     "APNsHTTP2Protocol",
@@ -225,7 +222,7 @@ class HTTP2Client:
     :param clock: the reactor (``IReactorTime``; the time also dates provider tokens, so it
         must be UNIX time in production).
     :param endpoint: where to connect; called once per connection. Use TLS with ALPN ``h2``
-        (see :meth:`for_app` and :func:`txapns.credentials.client_tls_options`): the client
+        (see :mod:`txapns.endpoints` and :func:`txapns.credentials.client_tls_options`): the client
         checks the negotiated protocol. Plain TCP endpoints (HTTP/2 with prior knowledge)
         work for tests.
     :param authority: the ``:authority`` of requests (the APNs host name).
@@ -371,60 +368,6 @@ class HTTP2Client:
         self._drain_call: IDelayedCall | None = None
         self._abort_call: IDelayedCall | None = None
         self._queue_time_call: IDelayedCall | None = None
-
-    # --- construction helpers -------------------------------------------------------------
-
-    @classmethod
-    def for_app(
-        cls,
-        app: AppConfig,
-        reactor: Any,
-        *,
-        address: Callable[[], tuple[str, int]] | None = None,
-        hostname: str | None = None,
-        **options: Any,
-    ) -> HTTP2Client:
-        """The client for a configured app (token auth from its ``.p8`` file, or its
-        certificate), over TLS with ALPN ``h2`` to ``app.endpoint()`` — or to ``address()``
-        while verifying the server certificate for ``hostname``; through the HTTP CONNECT
-        proxy ``app.proxy`` when one is configured."""
-        from .core.jwt import load_signing_key, validate_ids
-        from .service.config import ConfigError, TokenCredentials
-        from .service.senders import load_certificate, tls_endpoint
-
-        if app.protocol != "http2":
-            raise ConfigError(f"app {app.name!r}: protocol {app.protocol!r} is not http2")
-        host, port = app.endpoint()
-        name = hostname or host
-        ca_pem = app.ca_file.read_bytes() if app.ca_file is not None else None
-        creds = app.credentials
-        token: TokenAuth | None = None
-        if isinstance(creds, TokenCredentials):
-            validate_ids(creds.key_id, creds.team_id, key_file_name=str(creds.key_file))
-            key = load_signing_key(creds.key_file.read_bytes())
-            token = (key, creds.key_id, creds.team_id)
-            certificate = None
-        else:
-            certificate = load_certificate(creds)
-        endpoint = tls_endpoint(
-            reactor,
-            name,
-            address or (lambda: (host, port)),
-            certificate=certificate,
-            ca_pem=ca_pem,
-            alpn=(b"h2",),
-            proxy=app.proxy,
-        )
-        options.setdefault("max_queue_time", app.max_queue_time)
-        return cls(
-            reactor,
-            endpoint,
-            authority=name,
-            bundle_id=app.bundle_id,
-            token=token,
-            name=app.name,
-            **options,
-        )
 
     # --- public ---------------------------------------------------------------------------
 

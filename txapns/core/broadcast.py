@@ -37,6 +37,9 @@ from .errors import (
     PayloadTooLargeError,
     ProtocolError,
 )
+
+#: Channel management hosts by environment: ``(host, port)`` (the table is in .hosts).
+from .hosts import MANAGEMENT_HOSTS as MANAGEMENT_HOSTS
 from .notification import HTTP2_PAYLOAD_LIMIT, MAX_UINT32, Notification, PushType
 from .payload import LIVE_ACTIVITY_EVENTS, encode_payload
 
@@ -60,11 +63,6 @@ __all__ = [
     "validate_storage_policy",
 ]
 
-#: Channel management hosts by environment: ``(host, port)``.
-MANAGEMENT_HOSTS: dict[str, tuple[str, int]] = {
-    "production": ("api-manage-broadcast.push.apple.com", 2196),
-    "sandbox": ("api-manage-broadcast.sandbox.push.apple.com", 2195),
-}
 
 #: A channel id is canonical base64 text of at most this many bytes. Apple documents no
 #: length (the ids in its examples decode to 11 and 13 bytes), so only a sanity bound.

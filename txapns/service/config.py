@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from ..core.errors import APNsError
+from ..core.hosts import APNS_HOSTS, FEEDBACK_HOSTS
 from ..core.proxy import ProxyURL, ProxyURLError, format_authority, parse_proxy_url
 from ..core.queue_time import DEFAULT_MAX_QUEUE_TIME
 
@@ -61,17 +62,8 @@ DEFAULT_FEEDBACK_INTERVAL = 3600.0
 #: A clock before this is certainly wrong (every JWT and certificate check would mislead).
 SANE_CLOCK_AFTER = datetime(2025, 1, 1, tzinfo=UTC)
 
-HOSTS: dict[tuple[str, str], tuple[str, int]] = {
-    ("http2", "production"): ("api.push.apple.com", 443),
-    ("http2", "sandbox"): ("api.sandbox.push.apple.com", 443),
-    ("binary", "production"): ("gateway.push.apple.com", 2195),
-    ("binary", "sandbox"): ("gateway.sandbox.push.apple.com", 2195),
-}
-#: Apple's feedback service of the binary protocol, per environment.
-FEEDBACK_HOSTS: dict[str, tuple[str, int]] = {
-    "production": ("feedback.push.apple.com", 2196),
-    "sandbox": ("feedback.sandbox.push.apple.com", 2196),
-}
+#: Apple's hosts: the library's one table (``txapns.core.hosts``), under the names used here.
+HOSTS = APNS_HOSTS
 
 _APPLE_ID = re.compile(r"\A[A-Z0-9]{10}\Z")
 _BUNDLE_ID = re.compile(r"\A[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+\Z")

@@ -29,9 +29,10 @@ from twisted.python.failure import Failure
 
 from .._twisted import cancel_call
 from ..core.binary import FeedbackTuple
+from ..endpoints import tls_endpoint
 from ..feedback import FeedbackProtocol
 from .config import AppConfig, CertificateCredentials, ConfigError, ServiceConfig
-from .senders import load_certificate, tls_endpoint
+from .senders import load_certificate
 
 log = Logger()
 

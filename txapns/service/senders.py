@@ -1,29 +1,21 @@
-"""Building one client (a :class:`~txapns.interfaces.Sender`) per configured app."""
+"""Building one client (a :class:`~txapns.interfaces.Sender`) per configured app, and the
+other clients an app's configuration describes (:func:`http2_client_for_app`,
+:func:`channel_manager_for_app`): the service's wiring of the library."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
-from zope.interface import implementer
-
-from ..core.proxy import ProxyURL, parse_proxy_url
-from ..credentials import ClientCertificate, client_tls_options
+from ..core.hosts import MANAGEMENT_HOSTS
+from ..credentials import ClientCertificate
+from ..endpoints import tls_endpoint
 from ..interfaces import Sender
-from .config import AppConfig, CertificateCredentials, ConfigError
+from .config import AppConfig, CertificateCredentials, ConfigError, TokenCredentials
 
-
-@implementer(IStreamClientEndpoint)
-class LateEndpoint:
-    """An endpoint whose target is known only when it connects (an embedded fake's port)."""
-
-    def __init__(self, resolve: Callable[[], IStreamClientEndpoint]) -> None:
-        self._resolve = resolve
-
-    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
-        return self._resolve().connect(protocolFactory)
+if TYPE_CHECKING:
+    from ..broadcast import ChannelManager
+    from ..http2 import HTTP2Client
 
 
 def load_certificate(creds: CertificateCredentials) -> ClientCertificate:
@@ -33,45 +25,6 @@ def load_certificate(creds: CertificateCredentials) -> ClientCertificate:
     if creds.cert_file is None:
         raise ConfigError("certificate authentication needs cert_file or p12_file")
     return ClientCertificate.from_files(creds.cert_file, creds.key_file, passphrase)
-
-
-def tls_endpoint(
-    reactor: Any,
-    hostname: str,
-    address: Callable[[], tuple[str, int]],
-    *,
-    certificate: ClientCertificate | None,
-    ca_pem: bytes | None,
-    alpn: tuple[bytes, ...] = (),
-    proxy: ProxyURL | str | None = None,
-) -> IStreamClientEndpoint:
-    """A TLS client endpoint verifying ``hostname``; ``address`` is asked at each connect.
-
-    With ``proxy`` (``http://[user:password@]host:port``) it connects through that HTTP
-    CONNECT proxy, asking it for a tunnel to ``address()``; TLS runs through the tunnel and
-    still verifies ``hostname``, never the proxy."""
-    from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-
-    options = client_tls_options(hostname, certificate=certificate, ca_pem=ca_pem, alpn=alpn)
-    via = parse_proxy_url(proxy) if isinstance(proxy, str) else proxy
-
-    def resolve() -> IStreamClientEndpoint:
-        host, port = address()
-        if via is None:
-            return wrapClientTLS(options, HostnameEndpoint(reactor, host, port))
-        from ..proxy import HTTPConnectEndpoint
-
-        tunnel = HTTPConnectEndpoint(
-            HostnameEndpoint(reactor, via.host, via.port),
-            host,
-            port,
-            auth=via.credentials,
-            clock=reactor,
-            proxy_name=via.redacted(),
-        )
-        return wrapClientTLS(options, tunnel)
-
-    return LateEndpoint(resolve)
 
 
 def make_sender(
@@ -110,10 +63,7 @@ def make_sender(
             max_queue_time=app.max_queue_time,
         )
     if app.protocol == "http2":
-        from ..http2 import HTTP2Client
-
-        # Token auth: the .p8 key (ES256); certificate auth: PEM or PKCS#12. TLS with ALPN h2.
-        return HTTP2Client.for_app(
+        return http2_client_for_app(
             app,
             reactor,
             address=address,
@@ -121,3 +71,84 @@ def make_sender(
             hold_when_unavailable=hold_when_unavailable,
         )
     raise ConfigError(f"app {app.name!r}: protocol {app.protocol!r} is not available yet")
+
+
+# --- the library's clients for a configured app ---------------------------------------------
+
+
+def http2_client_for_app(
+    app: AppConfig,
+    reactor: Any,
+    *,
+    address: Callable[[], tuple[str, int]] | None = None,
+    hostname: str | None = None,
+    **options: Any,
+) -> HTTP2Client:
+    """The :class:`~txapns.http2.HTTP2Client` for a configured app (token auth from its
+    ``.p8`` file, or its certificate), over TLS with ALPN ``h2`` to ``app.endpoint()`` — or
+    to ``address()`` while verifying the server certificate for ``hostname``; through the
+    HTTP CONNECT proxy ``app.proxy`` when one is configured. ``options`` go to the client."""
+    from ..core.jwt import load_signing_key, validate_ids
+    from ..http2 import HTTP2Client
+
+    if app.protocol != "http2":
+        raise ConfigError(f"app {app.name!r}: protocol {app.protocol!r} is not http2")
+    host, port = app.endpoint()
+    name = hostname or host
+    ca_pem = app.ca_file.read_bytes() if app.ca_file is not None else None
+    creds = app.credentials
+    token = None
+    certificate = None
+    if isinstance(creds, TokenCredentials):
+        # Token auth: the .p8 key (ES256); certificate auth: PEM or PKCS#12.
+        validate_ids(creds.key_id, creds.team_id, key_file_name=str(creds.key_file))
+        key = load_signing_key(creds.key_file.read_bytes())
+        token = (key, creds.key_id, creds.team_id)
+    else:
+        certificate = load_certificate(creds)
+    endpoint = tls_endpoint(
+        reactor,
+        name,
+        address or (lambda: (host, port)),
+        certificate=certificate,
+        ca_pem=ca_pem,
+        alpn=(b"h2",),
+        proxy=app.proxy,
+    )
+    options.setdefault("max_queue_time", app.max_queue_time)
+    return HTTP2Client(
+        reactor,
+        endpoint,
+        authority=name,
+        bundle_id=app.bundle_id,
+        token=token,
+        name=app.name,
+        **options,
+    )
+
+
+def channel_manager_for_app(
+    app: AppConfig,
+    reactor: Any,
+    *,
+    address: Callable[[], tuple[str, int]] | None = None,
+    hostname: str | None = None,
+    **options: Any,
+) -> ChannelManager:
+    """The :class:`~txapns.broadcast.ChannelManager` for a configured app: its credential
+    and ``ca_file``, over TLS with ALPN ``h2`` to the management host of its environment —
+    or to ``address()`` while verifying the server certificate for ``hostname``. ``options``
+    go to the :class:`~txapns.http2.HTTP2Client` (``min_connections`` defaults to 0)."""
+    from ..broadcast import ChannelManager
+
+    host, port = MANAGEMENT_HOSTS[app.environment]
+    options.setdefault("min_connections", 0)
+    client = http2_client_for_app(
+        app,
+        reactor,
+        address=address or (lambda: (host, port)),
+        hostname=hostname or host,
+        **options,
+    )
+    client.name = f"{app.name} channels"
+    return ChannelManager(client)

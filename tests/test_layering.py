@@ -1,0 +1,101 @@
+"""One direction of dependencies: core (sans-IO) → the library's Twisted glue → service →
+entry points. The library never imports the service or the test fakes; the core never
+imports Twisted (tests/test_sans_io.py checks the core's other forbidden imports)."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+from twisted.trial.unittest import SynchronousTestCase
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "txapns"
+
+#: Everything outside these is the library.
+NOT_LIBRARY = ("service", "testing", "tap.py", "cli.py", "demo.py")
+
+
+def imports(path: pathlib.Path, package: str) -> set[str]:
+    """Absolute names of every module ``path`` imports, at any level (functions included,
+    ``TYPE_CHECKING`` blocks included: a type-only import is still a dependency)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def module_package(path: pathlib.Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        return ".".join(parts)
+    return ".".join(parts[:-1])
+
+
+def library_files() -> list[pathlib.Path]:
+    return [p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] not in NOT_LIBRARY]
+
+
+def offenders(files: list[pathlib.Path], forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for p in files:
+        bad = sorted(
+            name
+            for name in imports(p, module_package(p))
+            if any(name == f or name.startswith(f + ".") for f in forbidden)
+        )
+        if bad:
+            found[str(p.relative_to(PACKAGE))] = bad
+    return found
+
+
+class LayeringTests(SynchronousTestCase):
+    def test_the_library_is_found(self) -> None:
+        names = {str(p.relative_to(PACKAGE)) for p in library_files()}
+        self.assertTrue({"http2.py", "binary.py", "endpoints.py", "core/result.py"} <= names)
+        self.assertFalse(any(n.startswith(("service/", "testing/")) for n in names))
+
+    def test_the_library_never_imports_the_service_or_the_fakes(self) -> None:
+        self.assertEqual(offenders(library_files(), ("txapns.service", "txapns.testing")), {})
+
+    def test_the_core_never_imports_twisted(self) -> None:
+        core = list((PACKAGE / "core").rglob("*.py"))
+        self.assertEqual(offenders(core, ("twisted", "zope")), {})
+
+    def test_the_checker_sees_relative_lazy_and_type_only_imports(self) -> None:
+        probe = PACKAGE.parent / "tests" / "_layering_probe.txt"
+        probe.write_text(
+            "from typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n    from .service.config import AppConfig\n"
+            "def f():\n    from ..testing import pki\n    import twisted.internet\n"
+        )
+        try:
+            found = imports(probe, "txapns.core")
+        finally:
+            probe.unlink()
+        self.assertIn("txapns.core.service.config", found)
+        self.assertIn("txapns.testing.pki", found)
+        self.assertIn("twisted.internet", found)
+        self.assertIn(
+            "txapns.service.config", imports_from("from ..service.config import A", "txapns.x")
+        )
+
+
+def imports_from(source: str, package: str) -> set[str]:
+    probe = PACKAGE.parent / "tests" / "_layering_probe2.txt"
+    probe.write_text(source + "\n")
+    try:
+        return imports(probe, package)
+    finally:
+        probe.unlink()
