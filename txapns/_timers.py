@@ -1,5 +1,6 @@
-"""One small helper for the clients' timers: each :class:`Timer` owns at most one
-``callLater`` handle, and :meth:`Timers.cancel_all` cancels every one of them on stop.
+"""How the clients hold their lifecycle and their timers: a :class:`Phase`, and one small
+helper for timers: each :class:`Timer` owns at most one ``callLater`` handle, and
+:meth:`Timers.cancel_all` cancels every one of them on stop.
 
 It replaces the pattern of an ``IDelayedCall | None`` attribute per timer, reset to ``None`` at
 the top of each callback and cancelled in a hand-written tuple on stop: a timer added here
@@ -8,11 +9,22 @@ cannot be forgotten there.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["Timer", "Timers"]
+__all__ = ["Phase", "Timer", "Timers"]
+
+
+class Phase(enum.Enum):
+    """A client's life after ``start``: it takes notifications (``OPEN``); ``stop`` was
+    called and what it holds may still finish (``DRAINING``); it closes its connections and
+    sends nothing more (``CLOSED``)."""
+
+    OPEN = "open"
+    DRAINING = "draining"
+    CLOSED = "closed"
 
 
 class Timer:

@@ -18,7 +18,6 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
-    IDelayedCall,
     IHandshakeListener,
     IProtocol,
     IPushProducer,
@@ -31,7 +30,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._feeder import BulkFeeder, ResultCallback
-from ._twisted import cancel_call, set_no_delay
+from ._timers import Phase, Timers
+from ._twisted import set_no_delay
 from .core._deprecate import renamed
 from .core.backoff import Backoff
 from .core.binary_channel import BinaryChannel, ChannelConfig, Pending, Resolution
@@ -167,21 +167,33 @@ class APNsClientFactory(ClientFactory):
         self.failures = 0
         self.tls_failures = 0
         self.started = False
-        #: False once stop() was called: new submissions are refused.
-        self.accepting = True
-        #: True once draining is over: no more connections are made.
-        self.closing = False
+        #: OPEN; DRAINING once stop() was called (new submissions are refused); CLOSED once
+        #: draining is over (no more connections are made).
+        self.phase = Phase.OPEN
+        #: Someone waits for the queue to empty (drain()): confirm the tail with a sentinel.
         self.draining = False
         self.connecting = False
         self._ever_connected = False
-        self._flush_call: IDelayedCall | None = None
-        self._quiet_call: IDelayedCall | None = None
-        self._retry_call: IDelayedCall | None = None
-        self._drain_call: IDelayedCall | None = None
-        self._queue_time_call: IDelayedCall | None = None
+        self._timers = timers = Timers(clock)
+        self._flush_timer = timers.timer(self._flush)
+        #: The channel's quiet window: what was written is confirmed when it passes.
+        self._quiet_timer = timers.timer(self._quiet_fired)
+        self._retry_timer = timers.timer(self._connect)
+        self._drain_timer = timers.timer(self._give_up_draining)
+        self._queue_time_timer = timers.timer(self._queue_time_check)
         self._connect_attempt: Deferred[IProtocol] | None = None
         self._drained: list[Deferred[None]] = []
         self._closed: list[Deferred[None]] = []
+
+    @property
+    def accepting(self) -> bool:
+        """False once stop() was called: new submissions are refused."""
+        return self.phase is Phase.OPEN
+
+    @property
+    def closing(self) -> bool:
+        """True once draining is over: no more connections are made."""
+        return self.phase is Phase.CLOSED
 
     def buildProtocol(self, addr: IAddress | None) -> APNsProtocol:
         return APNsProtocol(self)
@@ -196,12 +208,10 @@ class APNsClientFactory(ClientFactory):
         if not self.accepting:
             raise ClientStoppedError("the client is stopping; it takes no new notifications")
         item = self.channel.submit(notification, handle, self.clock.seconds())
-        if self._queue_time_call is None and self.queue_time is not None:
-            self._queue_time_call = self.clock.callLater(
-                self.queue_time.limit, self._queue_time_check
-            )
+        if self.queue_time is not None:
+            self._queue_time_timer.start_unless_armed(self.queue_time.limit)
         if self.proto is None:
-            if self.started and not self.connecting and self._retry_call is None:
+            if self.started and not self.connecting and not self._retry_timer.armed:
                 self._connect()
         else:
             self._schedule_flush()
@@ -221,15 +231,16 @@ class APNsClientFactory(ClientFactory):
         """Stop taking notifications, drain for up to ``timeout`` seconds, then finish what is
         left (unknown if it may have been delivered, rejected otherwise), cancel every timer
         and close the connection. Fires when the connection is closed."""
-        self.accepting = False
-        if self._drain_call is None and not self.closing:
-            self._drain_call = self.clock.callLater(timeout, self._give_up_draining)
+        if self.phase is Phase.OPEN:
+            self.phase = Phase.DRAINING
+        if not self._drain_timer.armed and not self.closing:
+            self._drain_timer.start(timeout)
         return self.drain().addCallback(self._close)
 
     # --- connection lifecycle -----------------------------------------------------------
 
     def _connect(self) -> None:
-        self._retry_call = None
+        self._retry_timer.cancel()
         if self.closing or self.connecting or self.proto is not None:
             return
         self.connecting = True
@@ -280,8 +291,7 @@ class APNsClientFactory(ClientFactory):
         if proto is not self.proto:
             return
         self.proto = None
-        cancel_call(self._flush_call)
-        self._flush_call = None
+        self._flush_timer.cancel()
         now = self.clock.seconds()
         after_error = self.channel.error is not None
         handshake = proto.handshake_at
@@ -346,12 +356,11 @@ class APNsClientFactory(ClientFactory):
         if self.closing:
             return
         delay = self.backoff.delay(self.failures, self.rng.random())
-        self._retry_call = self.clock.callLater(delay, self._connect)
+        self._retry_timer.start(delay)
 
     def _queue_time_check(self) -> None:
         """Finish what waited ``max_queue_time`` without being written; check again when the
         oldest of the rest is due (or after ``max_queue_time``, while anything is held)."""
-        self._queue_time_call = None
         limit = self.queue_time
         if limit is None or self.closing:
             return
@@ -368,9 +377,7 @@ class APNsClientFactory(ClientFactory):
             )
             self._deliver(resolved)
         if self.channel.pending():
-            self._queue_time_call = self.clock.callLater(
-                limit.next_check(self.channel.waiting(), now), self._queue_time_check
-            )
+            self._queue_time_timer.start(limit.next_check(self.channel.waiting(), now))
 
     def _fail_queue(self, reason: str, local: str) -> None:
         self._deliver(self.channel.fail_all(reason, local, self.clock.seconds()))
@@ -379,11 +386,10 @@ class APNsClientFactory(ClientFactory):
     # --- writing ------------------------------------------------------------------------
 
     def _schedule_flush(self) -> None:
-        if self._flush_call is None and self.proto is not None:
-            self._flush_call = self.clock.callLater(0, self._flush)
+        if self.proto is not None:
+            self._flush_timer.start_unless_armed(0)
 
     def _flush(self) -> None:
-        self._flush_call = None
         proto = self.proto
         if proto is None or proto.paused or proto.closed:
             return
@@ -430,21 +436,16 @@ class APNsClientFactory(ClientFactory):
 
     def _rearm_quiet(self) -> None:
         deadline = self.channel.next_deadline()
-        call = self._quiet_call
+        timer = self._quiet_timer
         if deadline is None:
-            if call is not None:
-                cancel_call(call)
-                self._quiet_call = None
+            timer.cancel()
             return
-        if call is not None and call.active():
-            if call.getTime() <= deadline + 0.001:
-                return
-            call.cancel()
-        delay = max(0.0, deadline - self.clock.seconds()) + 0.001
-        self._quiet_call = self.clock.callLater(delay, self._quiet_fired)
+        when = timer.when()
+        if when is not None and when <= deadline + 0.001:
+            return
+        timer.start(max(0.0, deadline - self.clock.seconds()) + 0.001)
 
     def _quiet_fired(self) -> None:
-        self._quiet_call = None
         was_full = self.channel.window_full()
         self._deliver(self.channel.confirm_quiet(self.clock.seconds()))
         if was_full or self.channel.queue or self.channel.isolating:
@@ -469,9 +470,8 @@ class APNsClientFactory(ClientFactory):
             if self.on_room is not None:
                 self.on_room()
             self._check_drained()
-            if self._queue_time_call is not None and not self.channel.pending():
-                self._queue_time_call.cancel()
-                self._queue_time_call = None
+            if not self.channel.pending():
+                self._queue_time_timer.cancel()
 
     def _check_drained(self) -> None:
         if self.draining and self.channel.pending() == 0:
@@ -481,7 +481,6 @@ class APNsClientFactory(ClientFactory):
                 d.callback(None)
 
     def _give_up_draining(self) -> None:
-        self._drain_call = None
         log.warn(
             "{name}: stop timeout with {n} notifications pending; finishing them",
             name=self.name,
@@ -491,17 +490,8 @@ class APNsClientFactory(ClientFactory):
         self._check_drained()
 
     def _close(self, _: object = None) -> Deferred[None]:
-        self.closing = True
-        for call in (
-            self._flush_call,
-            self._quiet_call,
-            self._retry_call,
-            self._drain_call,
-            self._queue_time_call,
-        ):
-            cancel_call(call)
-        self._flush_call = self._quiet_call = self._retry_call = self._drain_call = None
-        self._queue_time_call = None
+        self.phase = Phase.CLOSED
+        self._timers.cancel_all()
         attempt, self._connect_attempt = self._connect_attempt, None
         if attempt is not None and self.proto is None:
             # Still connecting (e.g. stopped on timeout before the gateway answered): cancel

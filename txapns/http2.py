@@ -75,7 +75,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -88,7 +88,7 @@ from ._http2_connection import (
 )
 from ._http2_connection import Item as _Item
 from ._http2_connection import Request as _Request
-from ._twisted import cancel_call
+from ._timers import Phase, Timers
 from .core.backoff import Backoff
 from .core.breaker import BreakerState, CircuitBreaker
 from .core.broadcast import Broadcast, broadcast_path, validate_bundle_id
@@ -357,17 +357,34 @@ class HTTP2Client:
 
         self._feeders: list[_BulkFeeder] = []
         self.started = False
-        self.accepting = True
-        self.closing = False
+        self.phase = Phase.OPEN
         self._stop_waiters: list[Deferred[None]] = []
 
-        self._flush_call: IDelayedCall | None = None
-        self._retry_call: IDelayedCall | None = None
-        self._delay_call: IDelayedCall | None = None
-        self._breaker_call: IDelayedCall | None = None
-        self._drain_call: IDelayedCall | None = None
-        self._abort_call: IDelayedCall | None = None
-        self._queue_time_call: IDelayedCall | None = None
+        self._timers = timers = Timers(clock)
+        #: The turn's dispatch and write (``callLater(0)``).
+        self._flush_timer = timers.timer(self._flush)
+        #: The next connection attempt after a failed one (backoff).
+        self._retry_timer = timers.timer(self._retry_fired)
+        #: The first due of the delayed (retry-after) items.
+        self._delay_timer = timers.timer(self._delay_fired)
+        #: The circuit breaker's reset (open → half-open).
+        self._breaker_timer = timers.timer(self._half_open)
+        #: ``stop``'s timeout.
+        self._drain_timer = timers.timer(self._give_up_draining)
+        #: Connections still open ``close_timeout`` after the stop are aborted.
+        self._abort_timer = timers.timer(self._abort_stragglers)
+        #: The oldest unwritten notification's ``max_queue_time``.
+        self._queue_time_timer = timers.timer(self._queue_time_check)
+
+    @property
+    def accepting(self) -> bool:
+        """It takes new notifications (``stop`` was not called)."""
+        return self.phase is Phase.OPEN
+
+    @property
+    def closing(self) -> bool:
+        """Closing (or closed): nothing is sent any more, every timer is cancelled."""
+        return self.phase is Phase.CLOSED
 
     # --- public ---------------------------------------------------------------------------
 
@@ -553,7 +570,8 @@ class HTTP2Client:
         finish, then finish the rest (rejected ``local="stopped"`` if never sent or certainly
         not processed, unknown ``"stopped"`` if in flight), close every connection and cancel
         every timer. Fires once every connection is closed."""
-        self.accepting = False
+        if self.phase is Phase.OPEN:
+            self.phase = Phase.DRAINING
         d: Deferred[None] = Deferred()
         self._stop_waiters.append(d)
         if self.closing:
@@ -561,8 +579,8 @@ class HTTP2Client:
             return d
         if self._pending == 0:
             self._close_all()
-        elif self._drain_call is None:
-            self._drain_call = self.clock.callLater(timeout, self._give_up_draining)
+        elif not self._drain_timer.armed:
+            self._drain_timer.start(timeout)
             self._schedule_flush()
         return d
 
@@ -666,22 +684,18 @@ class HTTP2Client:
         self._pending += 1
         self.counters.submitted += 1
         self._queue.append(item)
-        if self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self._flush)
-        if self._queue_time_call is None and self.queue_time is not None:
-            self._queue_time_call = self.clock.callLater(
-                self.queue_time.limit, self._queue_time_check
-            )
+        self._flush_timer.start_unless_armed(0)
+        if self.queue_time is not None:
+            self._queue_time_timer.start_unless_armed(self.queue_time.limit)
         return item
 
     # --- the turn: dispatch and write -----------------------------------------------------
 
     def _schedule_flush(self) -> None:
-        if self._flush_call is None and not self.closing:
-            self._flush_call = self.clock.callLater(0, self._flush)
+        if not self.closing:
+            self._flush_timer.start_unless_armed(0)
 
     def _flush(self) -> None:
-        self._flush_call = None
         if self._queue or self._held:
             self._dispatch()
         for conn in self.connections:
@@ -801,7 +815,7 @@ class HTTP2Client:
         """Open connections when wanted: ``min_connections``; one when there is work and
         none is open; one more when every connection is full (not while one is still
         connecting or ramping); one for notifications that must avoid the only connection."""
-        if not self.started or self.closing or self._retry_call is not None:
+        if not self.started or self.closing or self._retry_timer.armed:
             return
         if self._breaker.state is _OPEN:
             return
@@ -825,14 +839,13 @@ class HTTP2Client:
             return
         if self._failures and not self._backoff_done:
             delay = self.backoff.delay(self._failures, self.rng.random())
-            self._retry_call = self.clock.callLater(delay, self._retry_fired)
+            self._retry_timer.start(delay)
             return
         self._backoff_done = False
         for _ in range(need):
             self._open_connection()
 
     def _retry_fired(self) -> None:
-        self._retry_call = None
         self._backoff_done = True
         self._maintain()
 
@@ -1190,17 +1203,12 @@ class HTTP2Client:
         self._schedule_flush()
 
     def _arm_delay(self) -> None:
-        call = self._delay_call
-        cancel_call(call)
-        self._delay_call = None
+        self._delay_timer.cancel()
         if self._delayed and not self.closing:
             due = self._delayed[0][0]
-            self._delay_call = self.clock.callLater(
-                max(0.0, due - self.clock.seconds()), self._delay_fired
-            )
+            self._delay_timer.start(max(0.0, due - self.clock.seconds()))
 
     def _delay_fired(self) -> None:
-        self._delay_call = None
         now = self.clock.seconds() + _EPSILON
         ready: list[_Item] = []
         delayed = self._delayed
@@ -1217,7 +1225,6 @@ class HTTP2Client:
     def _queue_time_check(self) -> None:
         """Finish what waited ``max_queue_time`` without being written (in flight is left to
         its deadline); check again when the oldest of the rest is due."""
-        self._queue_time_call = None
         limit = self.queue_time
         if limit is None or self.closing:
             return
@@ -1248,9 +1255,7 @@ class HTTP2Client:
             self._after_results()
         if self._pending and not self.closing:
             waiting = [*self._queue, *self._held, *self._delayed_items()]
-            self._queue_time_call = self.clock.callLater(
-                limit.next_check(waiting, now), self._queue_time_check
-            )
+            self._queue_time_timer.start(limit.next_check(waiting, now))
 
     def _delayed_items(self) -> list[_Item]:
         return [entry[2] for entry in self._delayed]
@@ -1270,9 +1275,7 @@ class HTTP2Client:
             fate="held" if self.hold_when_unavailable else "rejected and sends fail",
             reset=self.circuit_reset,
         )
-        call = self._breaker_call
-        cancel_call(call)
-        self._breaker_call = self.clock.callLater(self.circuit_reset, self._half_open)
+        self._breaker_timer.start(self.circuit_reset)
         if not self.hold_when_unavailable:
             self._fail_held(reason, "circuit-open", now)
         # The probe gets a fresh connection (and, with token auth, a fresh token).
@@ -1280,13 +1283,12 @@ class HTTP2Client:
             conn.retire("circuit open", deliberate=True)
 
     def _half_open(self) -> None:
-        self._breaker_call = None
         breaker = self._breaker
         now = self.clock.seconds()
         if not breaker.half_open(now):
             due = breaker.half_open_at
             if breaker.is_open and due is not None:  # early (a clock that jumped back)
-                self._breaker_call = self.clock.callLater(due - now, self._half_open)
+                self._breaker_timer.start(due - now)
             return
         log.info("{name}: circuit half-open: the next notification is a probe", name=self.name)
         self._schedule_flush()
@@ -1323,16 +1325,14 @@ class HTTP2Client:
         if self._feeders and self._pending < self.max_queue:
             for feeder in list(self._feeders):
                 feeder.pump()
-        if self._queue_time_call is not None and self._pending == 0:
-            self._queue_time_call.cancel()
-            self._queue_time_call = None
-        if not self.accepting and not self.closing and self._pending == 0:
+        if self._pending == 0:
+            self._queue_time_timer.cancel()
+        if self.phase is Phase.DRAINING and self._pending == 0:
             self._close_all()
 
     # --- stopping -------------------------------------------------------------------------
 
     def _give_up_draining(self) -> None:
-        self._drain_call = None
         if self.closing:
             return
         now = self.clock.seconds()
@@ -1350,38 +1350,25 @@ class HTTP2Client:
     def _close_all(self) -> None:
         if self.closing:
             return
-        self.closing = True
-        for call in (
-            self._flush_call,
-            self._retry_call,
-            self._delay_call,
-            self._breaker_call,
-            self._drain_call,
-            self._queue_time_call,
-        ):
-            cancel_call(call)
-        self._flush_call = self._retry_call = self._delay_call = None
-        self._breaker_call = self._drain_call = self._queue_time_call = None
+        self.phase = Phase.CLOSED
+        self._timers.cancel_all()
         for d in list(self._connecting):
             d.cancel()
         self._connecting.clear()
         for conn in list(self.connections):
             conn.close()
         if self.connections:
-            self._abort_call = self.clock.callLater(self.close_timeout, self._abort_stragglers)
+            self._abort_timer.start(self.close_timeout)
         self._check_closed()
 
     def _abort_stragglers(self) -> None:
-        self._abort_call = None
         for conn in list(self.connections):
             conn.abort_transport()
 
     def _check_closed(self) -> None:
         if not self.closing or self.connections or self._connecting:
             return
-        call = self._abort_call
-        cancel_call(call)
-        self._abort_call = None
+        self._abort_timer.cancel()
         waiters, self._stop_waiters = self._stop_waiters, []
         for d in waiters:
             d.callback(None)
