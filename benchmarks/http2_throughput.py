@@ -157,8 +157,7 @@ def main() -> int:
 
     from twisted.internet import reactor as _reactor
 
-    from txapns.core.jwt import load_signing_key
-    from txapns.credentials import ClientCertificate, client_tls_options
+    from txapns.credentials import ClientCertificate, ProviderToken, client_tls_options
 
     reactor: Any = _reactor
     harness = args.workload is not None
@@ -175,7 +174,7 @@ def main() -> int:
         bundle = "com.example.bench"
         if args.auth == "jwt":
             with open(os.path.join(d, "AuthKey_BENCHKEY01.p8"), "rb") as f:
-                token: Any = (load_signing_key(f.read()), "BENCHKEY01", "BENCHTEAM1")
+                token: Any = ProviderToken.from_p8(f.read(), "BENCHKEY01", "BENCHTEAM1")
             certificate = None
         else:
             token = None

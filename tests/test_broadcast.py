@@ -41,7 +41,7 @@ from txapns.core.errors import (
 from txapns.core.http2_policy import RetryPolicy
 from txapns.core.notification import Notification, PushType
 from txapns.core.result import Outcome, Result
-from txapns.credentials import client_tls_options
+from txapns.credentials import ProviderToken, client_tls_options
 from txapns.http2 import HTTP2Client
 from txapns.service.config import AppConfig, TokenCredentials
 from txapns.service.senders import channel_manager_for_app, http2_client_for_app
@@ -107,7 +107,7 @@ class BroadcastTestCase(SynchronousTestCase):
         options: dict[str, Any] = {
             "authority": "api.sandbox.push.apple.com",
             "bundle_id": BUNDLE,
-            "token": (KEY, KEY_ID, TEAM_ID),
+            "token": ProviderToken(KEY, KEY_ID, TEAM_ID),
             "rng": random.Random(7),
             "backoff": Backoff(initial=1.0, factor=2.0, cap=8.0, jitter=0.0),
             "policy": RetryPolicy(backoff=Backoff(initial=1.0, factor=2.0, cap=8.0, jitter=0.0)),
@@ -518,7 +518,7 @@ class RequestHeaderTests(SynchronousTestCase):
             self.endpoint,
             authority=authority,
             bundle_id=BUNDLE,
-            token=(KEY, KEY_ID, TEAM_ID),
+            token=ProviderToken(KEY, KEY_ID, TEAM_ID),
             rng=random.Random(1),
         )
         client.start()
@@ -643,7 +643,7 @@ class RealTLSTests(TestCase):
             endpoint,
             authority="localhost",
             bundle_id=BUNDLE,
-            token=(KEY, KEY_ID, TEAM_ID),
+            token=ProviderToken(KEY, KEY_ID, TEAM_ID),
             min_connections=0,
         )
         manager = ChannelManager(client)

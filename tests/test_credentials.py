@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import random
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -796,3 +797,46 @@ def _issue_via_intermediate(pki: TestPKI) -> tuple[bytes, bytes, bytes]:
         .sign(intermediate_key, hashes.SHA256())
     )
     return _pem(leaf), _pem(intermediate), _key_pem(leaf_key)
+
+
+class ProviderTokenTests(SynchronousTestCase):
+    """The credential of token auth: a frozen value, checked when made, key never shown."""
+
+    def setUp(self) -> None:
+        from txapns.testing.pki import make_test_pki
+
+        self.pki = make_test_pki("com.example.app")
+
+    def test_from_p8_checks_the_ids_and_hides_the_key(self) -> None:
+        from txapns.credentials import ProviderToken
+
+        pki = self.pki
+        token = ProviderToken.from_p8(pki.token_key_p8, pki.token_key_id, pki.team_id)
+        self.assertEqual((token.key_id, token.team_id), (pki.token_key_id, pki.team_id))
+        self.assertEqual(
+            repr(token), f"ProviderToken(key_id={pki.token_key_id!r}, team_id={pki.team_id!r})"
+        )
+        self.assertRaises(AttributeError, setattr, token, "key_id", "ABCDEFGHIJ")
+        source = token.source(random.Random(1))
+        self.assertEqual((source.key_id, source.team_id), (token.key_id, token.team_id))
+
+    def test_bad_ids_keys_and_file_names_fail_when_made(self) -> None:
+        from txapns.credentials import ProviderToken
+
+        pki = self.pki
+        self.assertRaises(
+            CredentialError, ProviderToken.from_p8, pki.token_key_p8, "short", pki.team_id
+        )
+        self.assertRaises(
+            CredentialError,
+            ProviderToken.from_p8,
+            pki.token_key_p8,
+            pki.token_key_id,
+            pki.team_id,
+            key_file_name="AuthKey_ZZZZZZZZZZ.p8",
+        )
+        rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.assertRaises(CredentialError, ProviderToken, rsa_key, pki.token_key_id, pki.team_id)
+        self.assertRaises(
+            CredentialError, ProviderToken.from_p8, b"not a key", pki.token_key_id, pki.team_id
+        )

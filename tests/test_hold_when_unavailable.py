@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from txapns.binary import BinaryClient
 from txapns.core.backoff import Backoff
 from txapns.core.result import Outcome, Result
+from txapns.credentials import ProviderToken
 from txapns.http2 import HTTP2Client
 
 from .test_binary_channel import note as binary_note
@@ -81,7 +82,7 @@ class HTTP2HoldTests(ClientTestCase):
             self.clock,
             endpoint,
             bundle_id=BUNDLE,
-            token=(KEY, KEY_ID, TEAM_ID),
+            token=ProviderToken(KEY, KEY_ID, TEAM_ID),
             backoff=Backoff(initial=1.0, cap=8.0, jitter=0.0),
             hold_when_unavailable=True,
         )

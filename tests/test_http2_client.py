@@ -36,6 +36,7 @@ from txapns.core.jwt import load_signing_key
 from txapns.core.notification import Notification, PushType
 from txapns.core.proxy import TunnelRefused
 from txapns.core.result import Outcome, Result
+from txapns.credentials import ProviderToken
 from txapns.http2 import APNsHTTP2Protocol, HTTP2Client
 from txapns.testing.http2_server import FakeAPNsServer
 from txapns.testing.pki import make_test_pki
@@ -138,7 +139,7 @@ class ClientTestCase(SynchronousTestCase):
     def make_client(self, **kwargs: Any) -> HTTP2Client:
         options: dict[str, Any] = {
             "bundle_id": BUNDLE,
-            "token": (KEY, KEY_ID, TEAM_ID) if self.token_auth else None,
+            "token": ProviderToken(KEY, KEY_ID, TEAM_ID) if self.token_auth else None,
             "rng": random.Random(7),
             "backoff": Backoff(initial=1.0, factor=2.0, cap=8.0, jitter=0.0),
             "policy": RetryPolicy(
@@ -1151,10 +1152,36 @@ class TokenTests(ClientTestCase):
         self.assertEqual(len({id(s) for s in sources}), 3)
 
     def test_bad_ids_fail_at_construction(self) -> None:
+        import warnings
+
         from txapns.core.errors import CredentialError
 
-        self.assertRaises(
-            CredentialError, HTTP2Client, self.clock, self.endpoint, token=(KEY, "short", TEAM_ID)
+        self.assertRaises(CredentialError, ProviderToken, KEY, "short", TEAM_ID)
+        with warnings.catch_warnings(record=True) as caught:  # the old tuple: checked too
+            warnings.simplefilter("always")
+            self.assertRaises(
+                CredentialError,
+                HTTP2Client,
+                self.clock,
+                self.endpoint,
+                token=(KEY, "short", TEAM_ID),
+            )
+        self.assertEqual([w.category for w in caught], [DeprecationWarning])
+
+    def test_the_old_token_tuple_still_works_with_a_deprecation_warning(self) -> None:
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            client = HTTP2Client(self.clock, self.endpoint, token=(KEY, KEY_ID, TEAM_ID))
+        [warning] = caught
+        self.assertIs(warning.category, DeprecationWarning)
+        self.assertIn("ProviderToken(key, key_id, team_id)", str(warning.message))
+        self.assertEqual(warning.filename, __file__)  # blamed on the caller, not on txapns
+        self.assertEqual(client._token, ProviderToken(KEY, KEY_ID, TEAM_ID))
+        self.assertNotIn("PRIVATE", repr(client._token))
+        self.assertEqual(
+            repr(client._token), f"ProviderToken(key_id={KEY_ID!r}, team_id={TEAM_ID!r})"
         )
 
 
@@ -1283,7 +1310,9 @@ class ALPNEndpoint:
 class ALPNTests(ClientTestCase):
     def test_h2_negotiated_is_ready(self) -> None:
         endpoint = ALPNEndpoint(b"h2")
-        client = HTTP2Client(self.clock, endpoint, bundle_id=BUNDLE, token=(KEY, KEY_ID, TEAM_ID))
+        client = HTTP2Client(
+            self.clock, endpoint, bundle_id=BUNDLE, token=ProviderToken(KEY, KEY_ID, TEAM_ID)
+        )
         client.start()
         [proto] = endpoint.protocols
         self.assertEqual(proto.state, 1)
@@ -1335,7 +1364,7 @@ class ALPNTests(ClientTestCase):
             self.clock,
             endpoint,
             bundle_id=BUNDLE,
-            token=(KEY, KEY_ID, TEAM_ID),
+            token=ProviderToken(KEY, KEY_ID, TEAM_ID),
             backoff=Backoff(initial=1.0, jitter=0.0),
         )
         self.clients.append(client)

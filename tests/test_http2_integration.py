@@ -23,7 +23,7 @@ from txapns.core.http2_policy import RetryPolicy
 from txapns.core.jwt import load_signing_key
 from txapns.core.notification import Notification
 from txapns.core.result import Outcome, Result
-from txapns.credentials import client_tls_options
+from txapns.credentials import ProviderToken, client_tls_options
 from txapns.http2 import HTTP2Client
 from txapns.service.config import AppConfig, CertificateCredentials, TokenCredentials
 from txapns.service.senders import make_sender
@@ -87,7 +87,7 @@ class RealTLSTests(TestCase):
             self.endpoint(),
             authority="api.sandbox.push.apple.com",
             bundle_id=BUNDLE,
-            token=(KEY, PKI.token_key_id, PKI.team_id),
+            token=ProviderToken(KEY, PKI.token_key_id, PKI.team_id),
             max_connections=2,
             # The server shares this reactor and both ends do TLS in Python: on a loaded
             # 2-core machine a real answer took 3.8 s. The deadline must sit well above the
@@ -171,7 +171,7 @@ class RealTLSTests(TestCase):
             self.reactor,
             self.endpoint(alpn=(b"http/1.1",)),
             bundle_id=BUNDLE,
-            token=(KEY, PKI.token_key_id, PKI.team_id),
+            token=ProviderToken(KEY, PKI.token_key_id, PKI.team_id),
             backoff=Backoff(initial=0.01, cap=0.05),
         )
         self.addCleanup(client.stop)

@@ -42,7 +42,7 @@ from txapns.core.proxy import (
     ProxyTimeoutError,
     parse_proxy_url,
 )
-from txapns.credentials import client_tls_options, is_tls_failure
+from txapns.credentials import ProviderToken, client_tls_options, is_tls_failure
 from txapns.http2 import HTTP2Client
 from txapns.proxy import HTTPConnectEndpoint
 from txapns.service.config import AppConfig, CertificateCredentials, TokenCredentials
@@ -396,7 +396,7 @@ class RealTLSTests(TestCase):
             self.tls(auth=ProxyCredentials(USER, PASSWORD)),
             authority=APNS,
             bundle_id=PKI.topic,
-            token=(KEY, PKI.token_key_id, PKI.team_id),
+            token=ProviderToken(KEY, PKI.token_key_id, PKI.team_id),
             rng=random.Random(5),
         )
         self.addCleanup(client.stop)

@@ -45,10 +45,13 @@ from twisted.internet.ssl import (
 from twisted.python.failure import Failure
 
 from txapns.core.errors import ConnectionFailedError, CredentialError, TLSFailureError
+from txapns.core.jwt import ProviderToken
 
 if TYPE_CHECKING:
     from twisted.internet._sslverify import IOpenSSLTrustRoot
 
+#: :class:`~txapns.core.jwt.ProviderToken`, the credential of token authentication, is
+#: importable from here with the certificate's :class:`ClientCertificate`.
 __all__ = [
     "APNS_DEVELOPMENT_OID",
     "APNS_PRODUCTION_OID",
@@ -57,6 +60,7 @@ __all__ = [
     "ClientCertificate",
     "ClientPrivateKey",
     "FailureKind",
+    "ProviderToken",
     "as_connection_error",
     "classify_tls_failure",
     "client_tls_options",

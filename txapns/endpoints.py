@@ -6,7 +6,7 @@ configuration; use it (or :func:`apns_endpoint`, which fills in Apple's host) to
 :class:`~txapns.http2.HTTP2Client` or :class:`~txapns.binary.BinaryClient` in an application::
 
     endpoint = apns_endpoint(reactor, "http2", "production", alpn=(b"h2",))
-    client = HTTP2Client(reactor, endpoint, token=(key, key_id, team_id))
+    client = HTTP2Client(reactor, endpoint, token=ProviderToken(key, key_id, team_id))
 """
 
 from __future__ import annotations

@@ -68,6 +68,7 @@ from __future__ import annotations
 import heapq
 import random
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -104,7 +105,7 @@ from .core.errors import (
 from .core.http2 import ResponseReceived
 from .core.http2.headers import check_field
 from .core.http2_policy import RetryPolicy, parse_response
-from .core.jwt import ProviderTokenSource
+from .core.jwt import ProviderToken
 from .core.notification import Notification, PushType, new_apns_id, validate_http2
 from .core.proxy import ProxyAuthenticationError
 from .core.queue_time import DEFAULT_MAX_QUEUE_TIME, ConnectFailures, QueueTimeLimit
@@ -122,6 +123,7 @@ from .credentials import is_tls_failure
 __all__ = [
     "APNsHTTP2Protocol",
     "HTTP2Client",
+    "ProviderToken",
     "Response",
     "RetryPolicy",
     "UnknownPolicy",
@@ -132,7 +134,23 @@ __all__ = [
 log = Logger(namespace="txapns.http2")
 
 
+#: The old form of ``token``: ``(signing key, key id, team id)``; deprecated for
+#: :class:`~txapns.core.jwt.ProviderToken`.
 TokenAuth = tuple[ec.EllipticCurvePrivateKey, str, str]
+
+
+def _provider_token(token: ProviderToken | TokenAuth | None) -> ProviderToken | None:
+    if token is None or isinstance(token, ProviderToken):
+        return token
+    warnings.warn(
+        "HTTP2Client(token=(key, key_id, team_id)) is deprecated: pass "
+        "txapns.credentials.ProviderToken(key, key_id, team_id)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    key, key_id, team_id = token
+    return ProviderToken(key, key_id, team_id)
+
 
 _ACCEPTED = Outcome.ACCEPTED
 _REJECTED = Outcome.REJECTED
@@ -227,7 +245,9 @@ class HTTP2Client:
         work for tests.
     :param authority: the ``:authority`` of requests (the APNs host name).
     :param bundle_id: the app's bundle id: the default topic, with the push type's suffix.
-    :param token: ``(signing key, key id, team id)`` for token auth; ``None`` for certificate
+    :param token: a :class:`~txapns.credentials.ProviderToken` for token auth (the old
+        ``(signing key, key id, team id)`` tuple still works, with a DeprecationWarning);
+        ``None`` for certificate
         auth (the certificate is in the endpoint's TLS options).
     :param min_connections: connections kept open (and pinged when idle).
     :param max_connections: the pool opens more connections, up to this, when all are full.
@@ -270,7 +290,7 @@ class HTTP2Client:
         *,
         authority: str = "api.push.apple.com",
         bundle_id: str | None = None,
-        token: TokenAuth | None = None,
+        token: ProviderToken | TokenAuth | None = None,
         min_connections: int = 1,
         max_connections: int = 4,
         deadline: float = 30.0,
@@ -319,10 +339,8 @@ class HTTP2Client:
         self.hold_when_unavailable = hold_when_unavailable
         self._tls_gave_up_why: str | None = None
         self.counters = Counters()
-        self._token = token
-        if token is not None:
-            # Fail now, not on the first connection, when the ids are malformed.
-            ProviderTokenSource(token[0], token[1], token[2], rng=self.rng)
+        # Checked now (ids, key type), not on the first connection.
+        self._token = _provider_token(token)
         self.token_auth = token is not None
         self._settings = ConnectionSettings(
             name=name,
@@ -896,8 +914,7 @@ class HTTP2Client:
         self._numbers += 1
         tokens = None
         if self._token is not None:
-            key, key_id, team_id = self._token
-            tokens = ProviderTokenSource(key, key_id, team_id, rng=self.rng)
+            tokens = self._token.source(self.rng)
         return APNsHTTP2Protocol(self._events, self.clock, self._settings, self._numbers, tokens)
 
     def _connection_made(self, conn: APNsHTTP2Protocol) -> None:

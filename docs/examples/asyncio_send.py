@@ -14,8 +14,7 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
 from txapns import Notification, build_payload
 from txapns.aio import AsyncClient, running_reactor
-from txapns.core.jwt import load_signing_key
-from txapns.credentials import client_tls_options
+from txapns.credentials import ProviderToken, client_tls_options
 from txapns.http2 import HTTP2Client
 from txapns.testing.http2_server import FakeAPNsServer, listen_http2
 from txapns.testing.pki import make_test_pki, server_tls_options
@@ -47,7 +46,7 @@ async def send(reactor: Any) -> None:
         endpoint,
         authority=host,
         bundle_id=pki.topic,
-        token=(load_signing_key(pki.token_key_p8), pki.token_key_id, pki.team_id),
+        token=ProviderToken.from_p8(pki.token_key_p8, pki.token_key_id, pki.team_id),
     )
 
     payload = build_payload("Hello", badge=1)

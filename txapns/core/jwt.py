@@ -31,6 +31,7 @@ import math
 import random
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
 
@@ -52,6 +53,7 @@ __all__ = [
     "TOKEN_MAX_AGE",
     "TOKEN_MAX_REFRESH",
     "TOKEN_MIN_REFRESH",
+    "ProviderToken",
     "ProviderTokenSource",
     "TokenRejected",
     "VerifiedToken",
@@ -377,6 +379,36 @@ def clock_skew_warning(
 
 
 # --- one token per connection ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderToken:
+    """The credential of token authentication: the ``.p8`` signing key (EC P-256), its key id
+    and the team id, checked when made (ids: 10 upper-case letters or digits). The key never
+    appears in ``repr``."""
+
+    key: ec.EllipticCurvePrivateKey = field(repr=False)
+    key_id: str
+    team_id: str
+
+    def __post_init__(self) -> None:
+        validate_ids(self.key_id, self.team_id)
+        key = self.key
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+            raise CredentialError("the token signing key must be an EC P-256 private key")
+
+    @classmethod
+    def from_p8(
+        cls, p8: bytes, key_id: str, team_id: str, *, key_file_name: str | None = None
+    ) -> ProviderToken:
+        """From an ``AuthKey_<KEYID>.p8`` file's contents; ``key_file_name`` (the file's
+        name) is checked against ``key_id`` (see :func:`validate_ids`)."""
+        validate_ids(key_id, team_id, key_file_name=key_file_name)
+        return cls(load_signing_key(p8), key_id, team_id)
+
+    def source(self, rng: random.Random) -> ProviderTokenSource:
+        """A fresh token source (one per connection)."""
+        return ProviderTokenSource(self.key, self.key_id, self.team_id, rng=rng)
 
 
 class ProviderTokenSource:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core.hosts import MANAGEMENT_HOSTS
+from ..core.jwt import ProviderToken
 from ..credentials import ClientCertificate
 from ..endpoints import tls_endpoint
 from ..interfaces import Sender
@@ -88,7 +89,6 @@ def http2_client_for_app(
     ``.p8`` file, or its certificate), over TLS with ALPN ``h2`` to ``app.endpoint()`` — or
     to ``address()`` while verifying the server certificate for ``hostname``; through the
     HTTP CONNECT proxy ``app.proxy`` when one is configured. ``options`` go to the client."""
-    from ..core.jwt import load_signing_key, validate_ids
     from ..http2 import HTTP2Client
 
     if app.protocol != "http2":
@@ -101,9 +101,12 @@ def http2_client_for_app(
     certificate = None
     if isinstance(creds, TokenCredentials):
         # Token auth: the .p8 key (ES256); certificate auth: PEM or PKCS#12.
-        validate_ids(creds.key_id, creds.team_id, key_file_name=str(creds.key_file))
-        key = load_signing_key(creds.key_file.read_bytes())
-        token = (key, creds.key_id, creds.team_id)
+        token = ProviderToken.from_p8(
+            creds.key_file.read_bytes(),
+            creds.key_id,
+            creds.team_id,
+            key_file_name=str(creds.key_file),
+        )
     else:
         certificate = load_certificate(creds)
     endpoint = tls_endpoint(
