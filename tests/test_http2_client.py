@@ -1580,3 +1580,69 @@ class UnencodableItemTests(ClientTestCase):
         self.assertEqual({self.result_of(d).outcome for d in good}, {Outcome.ACCEPTED})
         self.assertEqual(len(self.server.accepted), 75)
         self.check()
+
+
+class IdleTimeoutTests(ClientTestCase):
+    """Issue 9 item 20: after a burst the pool shrinks back to ``min_connections``."""
+
+    def burst(self, client: HTTP2Client, n: int = 40) -> None:
+        for i in range(n):
+            self.send(client, note(i))
+        self.advance(10.0, step=0.5)
+
+    def test_closes_exactly_the_idle_connections_above_the_minimum(self) -> None:
+        self.server.set_max_streams(5)
+        self.server.latency = 1.0
+        client = self.make_client(min_connections=1, max_connections=3, idle_timeout=300.0)
+        self.burst(client)
+        self.assertEqual(len(self.results), 40)
+        self.assertEqual(len(client.connections), 3)
+        # Each connection's idle time counts from its own last request.
+        idle_since = sorted(c.last_stream_at for c in client.connections)
+        self.advance(idle_since[0] + 299.0 - self.clock.seconds())
+        self.assertEqual(len(client.connections), 3)  # none idle long enough yet
+        self.advance(idle_since[-1] + 301.0 - self.clock.seconds())
+        self.assertEqual(len(client.connections), 1)
+        self.assertEqual(client.counters.connection_failures, 0)
+        self.assertEqual(self.server.stats.protocol_errors, 0)
+        # The one kept still works, and nothing more is closed however long it idles.
+        self.advance(3600.0, step=600.0)
+        self.assertEqual(len(client.connections), 1)
+        self.send(client, note(99))
+        self.advance(2.0)
+        self.assertTrue(self.results[-1].accepted)
+        self.assertEqual(client.counters.reconnects, 0)
+        self.stop(client)
+        self.assertNoDelayedCalls()
+
+    def test_never_closes_a_connection_with_a_request_in_flight(self) -> None:
+        self.server.set_max_streams(5)
+        self.server.latency = 1.0
+        self.server.never_answer_tokens = {token(39).hex()}
+        client = self.make_client(
+            min_connections=0, max_connections=3, idle_timeout=300.0, deadline=3600.0
+        )
+        self.burst(client)
+        self.assertEqual(len(self.results), 39)
+        [busy] = [c for c in client.connections if c.streams]
+        self.assertEqual(len(client.connections), 3)
+        self.advance(900.0, step=60.0)
+        # Above the minimum (0), but in flight: kept; the two idle ones are closed.
+        self.assertEqual(client.connections, [busy])
+        self.assertEqual(len(busy.streams), 1)
+        # Once its request has ended (deadline), it is idle and closed in its turn.
+        self.advance(2700.0 + 301.0, step=100.0)
+        self.assertEqual(self.results[-1].reason, "timeout")
+        self.assertEqual(client.connections, [])
+        self.assertEqual(client.counters.connection_failures, 0)
+
+    def test_none_keeps_every_connection(self) -> None:
+        self.server.set_max_streams(5)
+        self.server.latency = 1.0
+        client = self.make_client(min_connections=1, max_connections=3, idle_timeout=None)
+        self.burst(client)
+        self.advance(3600.0, step=600.0)
+        self.assertEqual(len(client.connections), 3)
+
+    def test_idle_timeout_must_be_positive(self) -> None:
+        self.assertRaises(ValueError, HTTP2Client, self.clock, self.endpoint, idle_timeout=0)

@@ -255,6 +255,8 @@ class APNsHTTP2Protocol(TwistedProtocol):
         self.ramped = tokens is None
         self.answered = 0
         self.last_received = 0.0
+        #: When a stream was last opened or finished (the pool's idle timeout starts then).
+        self.last_stream_at = 0.0
         #: The highest stream id answered: a stream below it timing out does not mean the
         #: connection is dead.
         self.last_answered = 0
@@ -335,7 +337,7 @@ class APNsHTTP2Protocol(TwistedProtocol):
         self._handshake_timer.cancel()
         self.state = _READY
         self.h2.initiate()
-        self.last_received = self.clock.seconds()
+        self.last_received = self.last_stream_at = self.clock.seconds()
         self._arm_ping_check()
         self.owner.connection_ready(self)
 
@@ -345,6 +347,8 @@ class APNsHTTP2Protocol(TwistedProtocol):
         owner = self.owner
         now = self.clock.seconds()
         self.last_received = now
+        if self.streams:
+            self.last_stream_at = now
         events = self.h2.receive_data(data)
         streams = self.streams
         accepted = owner.item_accepted
@@ -552,6 +556,7 @@ class APNsHTTP2Protocol(TwistedProtocol):
         except H2UsageError:
             return None
         self.streams[stream_id] = item
+        self.last_stream_at = now
         item.sent_at = now
         item.writes += 1
         if item.maybe_delivered:
@@ -710,6 +715,7 @@ class APNsHTTP2Protocol(TwistedProtocol):
             self._deadline_timer.start(max(0.0, next_at - now))
         if not expired:
             return
+        self.last_stream_at = now
         streams = self.streams
         h2 = self.h2
         silent = 0

@@ -272,6 +272,9 @@ class HTTP2Client:
     :param max_replays: re-sends of a never-processed request (GOAWAY, REFUSED_STREAM) after
         which it is rejected (``local="attempts"``).
     :param close_timeout: seconds ``stop`` waits for connections to close before aborting them.
+    :param idle_timeout: a connection above ``min_connections`` that carried no request for
+        this long is closed (GOAWAY NO_ERROR), so the pool shrinks back after a burst; one
+        with requests in flight is never closed for idleness. ``None``: never.
     :param connect_timeout: seconds a TLS handshake may take.
     :param rng: randomness for jitter and token refresh ages.
     :param hold_when_unavailable: when APNs refuses the credential (circuit open) or TLS
@@ -305,6 +308,7 @@ class HTTP2Client:
         max_silent_timeouts: int = 3,
         max_replays: int = 10,
         close_timeout: float = 5.0,
+        idle_timeout: float | None = 300.0,
         connect_timeout: float = 30.0,
         rng: random.Random | None = None,
         name: str = "http2",
@@ -333,6 +337,9 @@ class HTTP2Client:
         self.max_silent_timeouts = max_silent_timeouts
         self.max_replays = max_replays
         self.close_timeout = close_timeout
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError("idle_timeout must be positive (or None)")
+        self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
         self.rng = rng or random.Random()
         self.name = name
@@ -393,6 +400,8 @@ class HTTP2Client:
         self._abort_timer = timers.timer(self._abort_stragglers)
         #: The oldest unwritten notification's ``max_queue_time``.
         self._queue_time_timer = timers.timer(self._queue_time_check)
+        #: The next look for connections above ``min_connections`` idle for ``idle_timeout``.
+        self._idle_timer = timers.timer(self._close_idle)
 
     @property
     def accepting(self) -> bool:
@@ -936,6 +945,52 @@ class HTTP2Client:
     def _connection_ready(self, conn: APNsHTTP2Protocol) -> None:
         log.info("{name}: connection {number} ready", name=self.name, number=conn.number)
         self._schedule_flush()
+        self._arm_idle_check(self.clock.seconds())
+
+    def _arm_idle_check(self, now: float) -> None:
+        """While more connections are live than ``min_connections``: look again when the
+        first of them may have been idle for ``idle_timeout``."""
+        timeout = self.idle_timeout
+        if timeout is None or self.closing:
+            return
+        live = [c for c in self.connections if c.state <= _READY]
+        if len(live) <= self.min_connections:
+            self._idle_timer.cancel()
+            return
+        idle = [c.last_stream_at for c in live if c.state is _READY and not c.streams]
+        due = min(idle) + timeout if idle else now + timeout
+        self._idle_timer.start(max(0.0, due - now))
+
+    def _close_idle(self) -> None:
+        """Close connections above ``min_connections`` that carried no request for
+        ``idle_timeout`` (the longest idle first); never one with a request in flight."""
+        timeout = self.idle_timeout
+        if timeout is None or self.closing:
+            return
+        now = self.clock.seconds()
+        live = [c for c in self.connections if c.state <= _READY]
+        excess = len(live) - self.min_connections
+        idle = sorted(
+            (
+                c
+                for c in live
+                if c.state is _READY
+                and not c.streams
+                and now - c.last_stream_at + _EPSILON >= timeout
+            ),
+            key=lambda c: c.last_stream_at,
+        )
+        for conn in idle[: max(0, excess)]:
+            log.info(
+                "{name}: connection {number} idle for {idle:.0f} s above min_connections "
+                "({min}); closing it",
+                name=self.name,
+                number=conn.number,
+                idle=now - conn.last_stream_at,
+                min=self.min_connections,
+            )
+            conn.retire("idle", deliberate=True)
+        self._arm_idle_check(now)
 
     def _connection_proven(self, conn: APNsHTTP2Protocol) -> None:
         """The connection answered a request or a PING: connecting works again."""
