@@ -125,7 +125,7 @@ class ErrorResponseTests(SynchronousTestCase):
         self.assertEqual([i for _, i in h.connect_and_write()], [0, 1])
         h.feed(error(255, 1))
         self.assertEqual(h.outcome(0), Outcome.REJECTED)
-        self.assertIn("after 2 attempts", h.results[0][0].reason or "")
+        self.assertEqual((h.results[0][0].reason, h.results[0][0].local), ("Unknown", "attempts"))
         self.assertEqual(h.results[0][0].attempts, 2)
         self.assertEqual(h.channel.counters.retried, 1)
         h.check()

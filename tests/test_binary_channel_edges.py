@@ -88,7 +88,12 @@ class MaybeDeliveredTests(SynchronousTestCase):
         h.record(h.channel.fail_all("client stopped", "stopped", h.now))
         self.assertEqual(
             [(h.outcome(i), h.results[i][0].local) for i in range(3)],
-            [(Outcome.UNKNOWN, None), (Outcome.UNKNOWN, None), (Outcome.REJECTED, "stopped")],
+            # The label is local for every outcome (one rule: counter_key), unknown ones too.
+            [
+                (Outcome.UNKNOWN, "stopped"),
+                (Outcome.UNKNOWN, "stopped"),
+                (Outcome.REJECTED, "stopped"),
+            ],
         )
         self.assertEqual(h.channel.counters.unknown_by_reason["stopped"], 2)
         h.check()
@@ -212,7 +217,8 @@ class MutationSurvivorTests(SynchronousTestCase):
         h.feed(error(255, 1))
         [result] = h.results[0]
         self.assertEqual((result.outcome, result.status), (Outcome.REJECTED, 255))
-        self.assertEqual(result.reason, "Unknown after 3 attempts")
+        # As over HTTP/2: the status's name, local "attempts", the count in attempts.
+        self.assertEqual((result.reason, result.local, result.attempts), ("Unknown", "attempts", 3))
         self.assertEqual(h.channel.counters.rejected_by_reason, {"Unknown": 1})
         h.check()
 

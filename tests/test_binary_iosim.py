@@ -397,7 +397,7 @@ class ErrorResponseTests(SynchronousTestCase):
         net.elapse(2.0)
         self.assertEqual(r.delivered(), [i for i in range(10) if i != 4])
         self.assertEqual(r.outcome(4), Outcome.REJECTED)
-        self.assertEqual(r.results[4].reason, "Unknown after 3 attempts")
+        self.assertEqual((r.results[4].reason, r.results[4].local), ("Unknown", "attempts"))
         self.assertEqual(r.results[4].attempts, 3)
         self.assertEqual(net.gateway.connections, 4)
         r.stop()

@@ -205,9 +205,9 @@ class CountersTests(SynchronousTestCase):
         c.submitted = 6
         c.record_accepted()
         c.record_accepted(2)
-        c.record_rejected("BadDeviceToken")
-        c.record_rejected("BadDeviceToken")
-        c.record_unknown("silent-close")
+        c.record(rejected(None, "BadDeviceToken"))
+        c.record(rejected(None, "BadDeviceToken"))
+        c.record(Result.unknown_for(N, "silent-close"))
         self.assertEqual((c.accepted, c.rejected, c.unknown, c.finished()), (3, 2, 1, 6))
         self.assertEqual(dict(c.rejected_by_reason), {"BadDeviceToken": 2})
         self.assertEqual(dict(c.unknown_by_reason), {"silent-close": 1})
@@ -224,9 +224,38 @@ class CountersTests(SynchronousTestCase):
         )
         self.assertRaises(AssertionError, c.check, 2)
 
+    def test_record_labels_by_counter_key_and_counts_duplicates(self) -> None:
+        c = Counters(submitted=5)
+        c.record(Result.accepted_for(N, 2, 0.1, may_duplicate=True, status=200))
+        c.record(rejected(None, "ignored", local="tls"))
+        c.record(rejected(500, "InternalServerError", local="attempts"))
+        c.record(Result.unknown_for(N, "connection closed with no reply", local="silent-close"))
+        c.record(Result.unknown_for(N, "timeout"))
+        self.assertEqual((c.accepted, c.rejected, c.unknown, c.may_duplicate), (1, 2, 2, 1))
+        self.assertEqual(dict(c.rejected_by_reason), {"tls": 1, "InternalServerError": 1})
+        self.assertEqual(dict(c.unknown_by_reason), {"silent-close": 1, "timeout": 1})
+        c.check(0)
+
+    def test_named_constructors(self) -> None:
+        ok = Result.accepted_for(N, 1, 0.5, status=200, apns_id="a", apns_unique_id="u")
+        self.assertEqual(
+            (ok.outcome, ok.status, ok.apns_id, ok.apns_unique_id, ok.attempts, ok.latency),
+            (Outcome.ACCEPTED, 200, "a", "u", 1, 0.5),
+        )
+        no = Result.rejected_for(N, "BadDeviceToken", status=400, attempts=1)
+        self.assertEqual(
+            (no.outcome, no.status, no.reason, no.local),
+            (Outcome.REJECTED, 400, "BadDeviceToken", None),
+        )
+        self.assertTrue(no.token_invalid)
+        maybe = Result.unknown_for(N, "timeout", attempts=2, may_duplicate=True)
+        self.assertEqual(
+            (maybe.outcome, maybe.reason, maybe.may_duplicate), (Outcome.UNKNOWN, "timeout", True)
+        )
+
     def test_instances_do_not_share_reason_counters(self) -> None:
         a, b = Counters(), Counters()
-        a.record_rejected("x")
+        a.record(rejected(None, "x"))
         self.assertEqual(dict(b.rejected_by_reason), {})
 
     def test_window_high_water(self) -> None:
@@ -238,8 +267,8 @@ class CountersTests(SynchronousTestCase):
     def test_as_dict(self) -> None:
         c = Counters(submitted=3, retried=1, replayed=2, resent_unknown=1, connections_made=2)
         c.record_accepted()
-        c.record_rejected("InvalidToken")
-        c.record_unknown("timeout")
+        c.record(rejected(None, "InvalidToken"))
+        c.record(Result.unknown_for(N, "timeout"))
         c.reconnects = 1
         c.connection_failures = 4
         c.note_window(7)
@@ -278,10 +307,10 @@ class CountersTests(SynchronousTestCase):
                 c.record_accepted()
                 pending -= 1
             elif pending and event == "reject":
-                c.record_rejected("BadDeviceToken")
+                c.record(rejected(None, "BadDeviceToken"))
                 pending -= 1
             elif pending and event == "unknown":
-                c.record_unknown("timeout")
+                c.record(Result.unknown_for(N, "timeout"))
                 pending -= 1
             elif event == "retry":
                 c.retried += 1  # a retry is not a new submission

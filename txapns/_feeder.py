@@ -11,7 +11,7 @@ from twisted.logger import Logger
 
 from .core.counters import Counters
 from .core.notification import Notification
-from .core.result import Outcome, Result
+from .core.result import Result
 
 log = Logger(namespace="txapns.send_many")
 
@@ -51,22 +51,13 @@ class BulkFeeder:
     def _local_failure(self, n: Notification, reason: str, local: str) -> None:
         """Finish a notification the client refused (never sent) as rejected."""
         self.counters.submitted += 1
-        self.counters.record_rejected(local)
-        self._emit(Result(n, Outcome.REJECTED, reason=reason, local=local))
-
-    def _rejected_key(self, result: Result) -> str:
-        return result.local or result.reason or ""
+        result = Result.rejected_for(n, reason, local=local)
+        self.counters.record(result)
+        self._emit(result)
 
     def _result(self, result: Result) -> None:
         self.outstanding -= 1
-        counters = self.counters
-        outcome = result.outcome
-        if outcome is Outcome.ACCEPTED:
-            counters.accepted += 1
-        elif outcome is Outcome.REJECTED:
-            counters.record_rejected(self._rejected_key(result))
-        else:
-            counters.record_unknown(result.reason or "")
+        self.counters.record(result)
         self._emit(result)
         if self.exhausted and self.outstanding == 0:
             self._maybe_done()

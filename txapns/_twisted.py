@@ -5,7 +5,13 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from .core.result import Result
+
+_log = Logger(namespace="txapns")
 
 
 def cancel_call(call: IDelayedCall | None) -> None:
@@ -24,3 +30,16 @@ def set_no_delay(transport: Any) -> None:
                 setter(True)
             return
         transport = getattr(transport, "transport", None)
+
+
+def deliver(handle: object, result: Result, name: str) -> None:
+    """Hand a final result to its handle, the one way both clients do: a Deferred fires; a
+    callable is called, and an exception it raises is logged, never propagated (one
+    caller's bug must not stop the other results)."""
+    if isinstance(handle, Deferred):
+        handle.callback(result)
+    elif handle is not None:
+        try:
+            handle(result)  # type: ignore[operator]
+        except Exception:
+            _log.failure("{name}: result callback raised", name=name)

@@ -31,7 +31,7 @@ from zope.interface import implementer
 
 from ._feeder import BulkFeeder, ResultCallback
 from ._timers import Phase, Timers
-from ._twisted import set_no_delay
+from ._twisted import deliver, set_no_delay
 from .core._deprecate import renamed
 from .core.backoff import Backoff
 from .core.binary_channel import BinaryChannel, ChannelConfig, Pending, Resolution
@@ -457,15 +457,9 @@ class APNsClientFactory(ClientFactory):
     def _deliver(self, resolved: list[Resolution]) -> None:
         if self.unavailable is not None and self.channel.accepted_here:
             self.unavailable = None  # the gateway confirmed something: TLS works again
+        name = self.name
         for item, result in resolved:
-            handle = item.handle
-            if isinstance(handle, Deferred):
-                handle.callback(result)
-            elif handle is not None:
-                try:
-                    handle(result)
-                except Exception:
-                    log.failure("{name}: result callback raised", name=self.name)
+            deliver(item.handle, result, name)
         if resolved:
             if self.on_room is not None:
                 self.on_room()
@@ -715,9 +709,6 @@ class _BulkFeeder(BulkFeeder):
                 continue
             self.counters.submitted += 1
             self.outstanding += 1
-
-    def _rejected_key(self, result: Result) -> str:
-        return result.reason or ""
 
 
 __all__ = [

@@ -90,6 +90,7 @@ from ._http2_connection import (
 from ._http2_connection import Item as _Item
 from ._http2_connection import Request as _Request
 from ._timers import Phase, Timers
+from ._twisted import deliver
 from .core.backoff import Backoff
 from .core.breaker import BreakerState, CircuitBreaker
 from .core.broadcast import Broadcast, broadcast_path, validate_bundle_id
@@ -1073,56 +1074,31 @@ class HTTP2Client:
     # --- answers --------------------------------------------------------------------------
 
     def _finish_accepted(self, item: _Item, apns_id: str, unique: str | None, now: float) -> None:
-        self._pending -= 1
-        self.counters.accepted += 1
-        result = Result(
-            item.notification,
-            _ACCEPTED,
-            200,
-            None,
-            apns_id,
-            unique,
-            None,
-            item.writes,
-            now - item.submitted_at,
-            None,
-            item.duplicate,
+        """Status 200 (the hot path: one per notification)."""
+        self._finish(
+            item,
+            Result.accepted_for(
+                item.notification,
+                item.writes,
+                now - item.submitted_at,
+                item.duplicate,
+                status=200,
+                apns_id=apns_id,
+                apns_unique_id=unique,
+            ),
         )
-        if item.duplicate:
-            self.counters.may_duplicate += 1
-        if item is self._probe:
-            self._probe_answered(True)
-        handle = item.handle
-        if type(handle) is Deferred:
-            handle.callback(result)
-        else:
-            try:
-                handle(result)
-            except Exception:
-                log.failure("{name}: result callback raised", name=self.name)
 
     def _finish(self, item: _Item, result: Result) -> None:
+        """The one way a notification ends: counted, the probe (if it was one) settled, the
+        result delivered to its handle."""
         self._pending -= 1
-        outcome = result.outcome
-        counters = self.counters
-        if outcome is _ACCEPTED:
-            counters.accepted += 1
-        elif outcome is _REJECTED:
-            counters.record_rejected(counter_key(result))
-        else:
-            counters.record_unknown(counter_key(result))
-        if result.may_duplicate:
-            counters.may_duplicate += 1
+        self.counters.record(result)
         if item is self._probe:
-            self._probe = None
-        handle = item.handle
-        if isinstance(handle, Deferred):
-            handle.callback(result)
-        else:
-            try:
-                handle(result)
-            except Exception:
-                log.failure("{name}: result callback raised", name=self.name)
+            if result.outcome is _ACCEPTED:
+                self._probe_answered(True)
+            else:
+                self._probe = None
+        deliver(item.handle, result, self.name)
 
     def _on_error_response(
         self, conn: APNsHTTP2Protocol, item: _Item, event: ResponseReceived, now: float
@@ -1142,20 +1118,31 @@ class HTTP2Client:
             item.avoid = conn if (decision.other_connection or decision.new_connection) else None
             self._requeue(item, decision.delay, now)
             return
-        outcome = decision.outcome or _REJECTED
-        result = Result(
-            item.notification,
-            outcome,
-            status,
-            reason,
-            response.apns_id or item.apns_id,
-            response.apns_unique_id,
-            response.timestamp,
-            item.writes,
-            now - item.submitted_at,
-            decision.local,
-            item.duplicate,
-        )
+        apns_id = response.apns_id or item.apns_id
+        latency = now - item.submitted_at
+        if decision.outcome is _ACCEPTED:  # another 2xx (a channel created)
+            result = Result.accepted_for(
+                item.notification,
+                item.writes,
+                latency,
+                item.duplicate,
+                status=status,
+                apns_id=apns_id,
+                apns_unique_id=response.apns_unique_id,
+            )
+        else:
+            result = Result.rejected_for(
+                item.notification,
+                reason,
+                status=status,
+                local=decision.local,
+                apns_id=apns_id,
+                apns_unique_id=response.apns_unique_id,
+                timestamp=response.timestamp,
+                attempts=item.writes,
+                latency=latency,
+                may_duplicate=item.duplicate,
+            )
         probe = item is self._probe
         if decision.open_circuit and self.hold_when_unavailable:
             # The credential's fault, not the notification's: keep it for the next probe.
@@ -1241,18 +1228,17 @@ class HTTP2Client:
         reason: str | None = None,
         local: str | None = None,
     ) -> Result:
-        return Result(
+        """A result the client decides itself: rejected, or unknown (``reason`` says why)."""
+        make = Result.unknown_for if outcome is _UNKNOWN else Result.rejected_for
+        return make(
             item.notification,
-            outcome,
-            status,
             reason,
-            item.apns_id,
-            None,
-            None,
-            item.writes,
-            now - item.submitted_at,
-            local,
-            item.duplicate,
+            status=status,
+            local=local,
+            apns_id=item.apns_id,
+            attempts=item.writes,
+            latency=now - item.submitted_at,
+            may_duplicate=item.duplicate,
         )
 
     def _requeue(self, item: _Item, delay: float, now: float, *, front: bool = True) -> None:

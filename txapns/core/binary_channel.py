@@ -365,7 +365,7 @@ class BinaryChannel:
             return out
         popped = 0
         duplicates = 0
-        accepted = Outcome.ACCEPTED
+        accepted_for = Result.accepted_for
         while window and window[0].sent_at <= cutoff:
             item = window.popleft()
             popped += 1
@@ -378,24 +378,14 @@ class BinaryChannel:
             out.append(
                 (
                     item,
-                    Result(
-                        item.notification,
-                        accepted,
-                        None,
-                        None,
-                        None,
-                        None,
-                        None,
-                        item.writes,
-                        now - item.submitted_at,
-                        None,
-                        item.duplicate,
+                    accepted_for(
+                        item.notification, item.writes, now - item.submitted_at, item.duplicate
                     ),
                 )
             )
         self._first_id = self._advance(self._first_id, popped)
-        self.counters.accepted += len(out)
-        self.counters.may_duplicate += duplicates
+        # Counters.record for each, in bulk (the hot path: every confirmation).
+        self.counters.record_accepted(len(out), duplicates)
         if self._probing and not window:
             self._probing = False  # the probe passed: the bad one is in the first half
             if not self._suspects:
@@ -452,11 +442,8 @@ class BinaryChannel:
         self, item: Pending, now: float, reason: str, local: str, maybe_delivered: bool
     ) -> Resolution:
         """Finished locally: unknown if it may have been delivered, else rejected."""
-        if maybe_delivered:
-            self.counters.record_unknown(local)
-            return (item, self._result(item, Outcome.UNKNOWN, now, reason=reason))
-        self.counters.record_rejected(local)
-        return (item, self._result(item, Outcome.REJECTED, now, reason=reason, local=local))
+        outcome = Outcome.UNKNOWN if maybe_delivered else Outcome.REJECTED
+        return (item, self._result(item, outcome, now, reason=reason, local=local))
 
     def waiting(self) -> list[Pending]:
         """What waits to be written (for :meth:`QueueTimeLimit.next_check`)."""
@@ -484,10 +471,8 @@ class BinaryChannel:
         reason: str | None = None,
         local: str | None = None,
     ) -> Result:
-        """A final result (counted in ``may_duplicate`` when flagged)."""
-        if item.duplicate:
-            self.counters.may_duplicate += 1
-        return Result(
+        """A final result, counted (:meth:`Counters.record`)."""
+        result = Result(
             item.notification,
             outcome,
             status,
@@ -500,6 +485,8 @@ class BinaryChannel:
             local,
             item.duplicate,
         )
+        self.counters.record(result)
+        return result
 
     def _on_error(self, err: ErrorResponse, now: float) -> list[Resolution]:
         self.error = err
@@ -565,14 +552,12 @@ class BinaryChannel:
     def _attributed(self, err: ErrorResponse, index: int, now: float) -> list[Resolution]:
         window = self.window
         out: list[Resolution] = []
-        accepted = 0
         for _ in range(index):
             item = window.popleft()
             if item.sentinel:
                 self._sentinels -= 1
                 continue
             out.append((item, self._result(item, Outcome.ACCEPTED, now)))
-            accepted += 1
         failed = window.popleft()
         kind = classify_status(err.status)
         name = status_name(err.status)
@@ -581,16 +566,15 @@ class BinaryChannel:
             self._sentinels -= 1
         elif kind == "delivered":
             out.append((failed, self._result(failed, Outcome.ACCEPTED, now)))
-            accepted += 1
         elif kind == "transient":
             failed.tries += 1
             if failed.tries >= self.config.max_attempts:
-                reason = f"{name} after {failed.tries} attempts"
+                # As over HTTP/2: the status's name, local "attempts" (Result.attempts says
+                # how many).
                 result = self._result(
-                    failed, Outcome.REJECTED, now, status=err.status, reason=reason
+                    failed, Outcome.REJECTED, now, status=err.status, reason=name, local="attempts"
                 )
                 out.append((failed, result))
-                self.counters.record_rejected(name)
             else:
                 requeue.append(failed)
                 self.counters.retried += 1
@@ -601,8 +585,6 @@ class BinaryChannel:
                     self._result(failed, Outcome.REJECTED, now, status=err.status, reason=name),
                 )
             )
-            self.counters.record_rejected(name)
-        self.counters.accepted += accepted
         rest = [item for item in window if not item.sentinel]
         self._sentinels = 0
         self.counters.replayed += len(rest)
@@ -638,6 +620,6 @@ class BinaryChannel:
                 requeue.append(item)
                 self.counters.resent_unknown += 1
             else:
-                out.append((item, self._result(item, Outcome.UNKNOWN, now, reason=why)))
-                self.counters.record_unknown(key)
+                # ``key`` (the stable label) as local, ``why`` (the detail) as reason.
+                out.append((item, self._result(item, Outcome.UNKNOWN, now, reason=why, local=key)))
         return out, requeue

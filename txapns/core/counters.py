@@ -10,6 +10,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .result import Outcome, Result, counter_key
+
+_ACCEPTED = Outcome.ACCEPTED
+_REJECTED = Outcome.REJECTED
+
 __all__ = ["Counters"]
 
 
@@ -38,16 +43,27 @@ class Counters:
     def finished(self) -> int:
         return self.accepted + self.rejected + self.unknown
 
-    def record_accepted(self, n: int = 1) -> None:
+    def record(self, result: Result) -> None:
+        """Count one final result: its outcome; a rejection or unknown under its label,
+        :func:`~txapns.core.result.counter_key` (the one rule for labels); a possible
+        duplicate in ``may_duplicate``."""
+        outcome = result.outcome
+        if outcome is _ACCEPTED:
+            self.accepted += 1
+        elif outcome is _REJECTED:
+            self.rejected += 1
+            self.rejected_by_reason[counter_key(result)] += 1
+        else:
+            self.unknown += 1
+            self.unknown_by_reason[counter_key(result)] += 1
+        if result.may_duplicate:
+            self.may_duplicate += 1
+
+    def record_accepted(self, n: int = 1, duplicates: int = 0) -> None:
+        """``n`` accepted results at once (``duplicates`` of them flagged ``may_duplicate``):
+        the same as :meth:`record` for each, for the binary client's bulk confirmations."""
         self.accepted += n
-
-    def record_rejected(self, reason: str) -> None:
-        self.rejected += 1
-        self.rejected_by_reason[reason] += 1
-
-    def record_unknown(self, reason: str) -> None:
-        self.unknown += 1
-        self.unknown_by_reason[reason] += 1
+        self.may_duplicate += duplicates
 
     def note_window(self, size: int) -> None:
         if size > self.window_high_water:

@@ -92,6 +92,97 @@ class Result(NamedTuple):
     #: reset, an unattributed binary error): APNs may have delivered it more than once.
     may_duplicate: bool = False
 
+    # --- the named constructors: how every client makes its results ----------------------
+
+    @classmethod
+    def accepted_for(
+        cls,
+        notification: Notification,
+        attempts: int,
+        latency: float | None,
+        may_duplicate: bool = False,
+        *,
+        status: int | None = None,
+        apns_id: str | None = None,
+        apns_unique_id: str | None = None,
+    ) -> Result:
+        """APNs took it (HTTP/2: ``status`` 200 and the ids it answered with)."""
+        return cls(
+            notification,
+            Outcome.ACCEPTED,
+            status,
+            None,
+            apns_id,
+            apns_unique_id,
+            None,
+            attempts,
+            latency,
+            None,
+            may_duplicate,
+        )
+
+    @classmethod
+    def rejected_for(
+        cls,
+        notification: Notification,
+        reason: str | None,
+        *,
+        status: int | None = None,
+        local: str | None = None,
+        apns_id: str | None = None,
+        apns_unique_id: str | None = None,
+        timestamp: datetime | None = None,
+        attempts: int = 0,
+        latency: float | None = None,
+        may_duplicate: bool = False,
+    ) -> Result:
+        """Refused: by APNs (``status``, Apple's ``reason``), or by the client before or
+        instead of sending (``local`` says why: ``"tls"``, ``"stopped"``, ``"attempts"``…)."""
+        return cls(
+            notification,
+            Outcome.REJECTED,
+            status,
+            reason,
+            apns_id,
+            apns_unique_id,
+            timestamp,
+            attempts,
+            latency,
+            local,
+            may_duplicate,
+        )
+
+    @classmethod
+    def unknown_for(
+        cls,
+        notification: Notification,
+        reason: str | None,
+        *,
+        local: str | None = None,
+        status: int | None = None,
+        apns_id: str | None = None,
+        attempts: int = 0,
+        latency: float | None = None,
+        may_duplicate: bool = False,
+    ) -> Result:
+        """It may or may not have been delivered: ``reason`` says why it is unknown (one of
+        the ``UNKNOWN_*`` labels), or ``local`` gives the label and ``reason`` the detail."""
+        return cls(
+            notification,
+            Outcome.UNKNOWN,
+            status,
+            reason,
+            apns_id,
+            None,
+            None,
+            attempts,
+            latency,
+            local,
+            may_duplicate,
+        )
+
+    # --- what it says ------------------------------------------------------------------------
+
     @property
     def accepted(self) -> bool:
         return self.outcome is Outcome.ACCEPTED

@@ -89,12 +89,7 @@ class FakeSender:
         return [n for n, _ in self._waiting.values()]
 
     def _count(self, result: Result) -> None:
-        if result.outcome is Outcome.ACCEPTED:
-            self.counters.record_accepted()
-        elif result.outcome is Outcome.REJECTED:
-            self.counters.record_rejected(result.reason or "unspecified")
-        else:
-            self.counters.record_unknown(result.reason or "unspecified")
+        self.counters.record(result)
 
     def _fire(self, key: int, result: Result) -> None:
         entry = self._waiting.pop(key, None)
