@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["Phase", "Timer", "Timers"]
+__all__ = ["Phase", "Phased", "Timer", "Timers"]
 
 
 class Phase(enum.Enum):
@@ -25,6 +25,22 @@ class Phase(enum.Enum):
     OPEN = "open"
     DRAINING = "draining"
     CLOSED = "closed"
+
+
+class Phased:
+    """What the clients' code asks of their :class:`Phase`."""
+
+    phase: Phase
+
+    @property
+    def accepting(self) -> bool:
+        """It takes new notifications: ``stop`` was not called."""
+        return self.phase is Phase.OPEN
+
+    @property
+    def closing(self) -> bool:
+        """Closing or closed: no connection is made or written to, every timer is cancelled."""
+        return self.phase is Phase.CLOSED
 
 
 class Timer:

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._feeder import BulkFeeder, ResultCallback
-from ._timers import Phase, Timers
+from ._timers import Phase, Phased, Timers
 from ._twisted import deliver, set_no_delay
 from .core._deprecate import renamed
 from .core.backoff import Backoff
@@ -114,7 +114,7 @@ class APNsProtocol(Protocol):
         self.paused = True
 
 
-class APNsClientFactory(ClientFactory):
+class APNsClientFactory(ClientFactory, Phased):
     """A reconnecting factory for one connection slot; it owns that slot's queue.
 
     On every new connection the channel replays what was not confirmed at the head of the
@@ -184,16 +184,6 @@ class APNsClientFactory(ClientFactory):
         self._connect_attempt: Deferred[IProtocol] | None = None
         self._drained: list[Deferred[None]] = []
         self._closed: list[Deferred[None]] = []
-
-    @property
-    def accepting(self) -> bool:
-        """False once stop() was called: new submissions are refused."""
-        return self.phase is Phase.OPEN
-
-    @property
-    def closing(self) -> bool:
-        """True once draining is over: no more connections are made."""
-        return self.phase is Phase.CLOSED
 
     def buildProtocol(self, addr: IAddress | None) -> APNsProtocol:
         return APNsProtocol(self)

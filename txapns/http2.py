@@ -89,7 +89,7 @@ from ._http2_connection import (
 )
 from ._http2_connection import Item as _Item
 from ._http2_connection import Request as _Request
-from ._timers import Phase, Timers
+from ._timers import Phase, Phased, Timers
 from ._twisted import deliver
 from .core.backoff import Backoff
 from .core.breaker import BreakerState, CircuitBreaker
@@ -235,7 +235,7 @@ class _RequestWaiter:
         )
 
 
-class HTTP2Client:
+class HTTP2Client(Phased):
     """Send notifications over Apple's HTTP/2 provider API, on a pool of connections.
 
     :param clock: the reactor (``IReactorTime``; the time also dates provider tokens, so it
@@ -403,16 +403,6 @@ class HTTP2Client:
         self._queue_time_timer = timers.timer(self._queue_time_check)
         #: The next look for connections above ``min_connections`` idle for ``idle_timeout``.
         self._idle_timer = timers.timer(self._close_idle)
-
-    @property
-    def accepting(self) -> bool:
-        """It takes new notifications (``stop`` was not called)."""
-        return self.phase is Phase.OPEN
-
-    @property
-    def closing(self) -> bool:
-        """Closing (or closed): nothing is sent any more, every timer is cancelled."""
-        return self.phase is Phase.CLOSED
 
     # --- public ---------------------------------------------------------------------------
 
