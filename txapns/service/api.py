@@ -25,13 +25,13 @@ import hmac
 import io
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -466,6 +466,9 @@ class BoundedBody:
     def read(self, n: int = -1) -> bytes:
         return self._buf.read(n)
 
+    def getvalue(self) -> bytes:
+        return self._buf.getvalue()
+
     def close(self) -> None:
         self._buf.close()
 
@@ -549,7 +552,7 @@ class ApiChannel(HTTPChannel):
         if self._refused or transport is None or getattr(transport, "disconnecting", False):
             return  # already closing (e.g. the idle timeout fired first)
         self._refused = True
-        self.site.resource.engine.metrics.http_responses[("other", code)] += 1
+        self.site.resource.count("other", code)
         raw = json.dumps(body, separators=(",", ":")).encode("ascii")
         head = [b"HTTP/1.1 %d %s" % (code, RESPONSES.get(code, b"Error"))]
         head += [
@@ -639,10 +642,39 @@ def bearer_matches(header: bytes | None, key: bytes) -> bool:
     return ok and scheme.lower() == b"bearer"
 
 
-def idempotency_header(request: Request) -> str | None:
+class ApiRequest:
+    """One HTTP request as the API's handlers see it, whichever HTTP layer read it
+    (:class:`ApiResource` over twisted.web, or :mod:`txapns.service.http1`)."""
+
+    __slots__ = ("body", "body_size", "body_too_large", "header", "method", "path", "query")
+
+    def __init__(
+        self,
+        method: str,
+        path: bytes,
+        query: bytes,
+        header: Callable[[bytes], bytes | None],
+        body: bytes = b"",
+        body_size: int = 0,
+        body_too_large: bool = False,
+    ) -> None:
+        self.method = method
+        #: The path as sent (percent-encoded), without the query.
+        self.path = path
+        self.query = query
+        #: A header's value by its lower-case name, or None.
+        self.header = header
+        self.body = body
+        #: The body's size as declared or received (it may be larger than ``body``).
+        self.body_size = body_size
+        #: Over ``max_body_bytes``: ``body`` was not kept.
+        self.body_too_large = body_too_large
+
+
+def idempotency_header(request: ApiRequest) -> str | None:
     """The ``Idempotency-Key`` header as text; a key that is not UTF-8 is refused (400), never
     decoded with replacement characters (two different keys would become one)."""
-    raw = request.getHeader(b"idempotency-key")
+    raw = request.header(b"idempotency-key")
     if raw is None:
         return None
     try:
@@ -651,13 +683,15 @@ def idempotency_header(request: Request) -> str | None:
         raise _bad("the Idempotency-Key header is not valid UTF-8") from None
 
 
-class ApiResource(Resource):
-    """The whole API as one leaf resource that routes on the path itself."""
+_Answer = Deferred[Response] | Response
 
-    isLeaf = True
+
+class Api:
+    """The API's routes and handlers, apart from any HTTP layer: an :class:`ApiRequest` in,
+    a :class:`Response` (or a Deferred of one) out. :class:`ApiResource` serves it over
+    twisted.web; :mod:`txapns.service.http1` over the lean HTTP/1.1 layer."""
 
     def __init__(self, engine: Engine, api_key: bytes, limits: Limits = Limits()) -> None:
-        Resource.__init__(self)
         if len(api_key) < 16:
             raise ValueError("the API key must be at least 16 bytes")
         self.engine = engine
@@ -668,23 +702,27 @@ class ApiResource(Resource):
         """May a request for ``path`` with this ``Authorization`` header go on?"""
         return path in OPEN_PATHS or bearer_matches(header, self._key)
 
-    def render(self, request: Request) -> bytes | int:
+    def handle(self, request: ApiRequest) -> tuple[str, _Answer]:
+        """Route and run ``request``: its route (for the metrics) and its answer. Never
+        raises: every failure becomes an error :class:`Response`."""
         route = "other"
         try:
-            method = request.method.decode("ascii", "replace")
+            if not self.authorized(request.path, request.header(b"authorization")):
+                raise unauthorized()
             parts = [unquote(p) for p in request.path.decode("utf-8", "replace").split("/")[1:]]
-            self._authorize(request)
-            route, handler = self._route(method, parts)
-            d: Deferred[Response] = maybeDeferred(handler, request)
+            route, handler = self._route(request.method, parts)
+            answer: _Answer = handler(request)
         except ApiError as e:
-            self._write(request, route, Response(e.status, e.body(), headers=e.headers))
-            return NOT_DONE_YET
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(self._client_gone, gone, route)
-        d.addErrback(self._to_response, route)
-        d.addCallback(lambda r: None if gone else self._write(request, route, r))
-        d.addErrback(self._write_failed, route)
-        return NOT_DONE_YET
+            return route, Response(e.status, e.body(), headers=e.headers)
+        except Exception:
+            return route, self._to_response(Failure(), route)
+        if isinstance(answer, Deferred):
+            answer.addErrback(self._to_response, route)
+        return route, answer
+
+    def count(self, route: str, code: int) -> None:
+        """Count one answer in ``txapns_http_responses_total``."""
+        self.engine.metrics.http_responses[(route, code)] += 1
 
     # -- plumbing --
 
@@ -698,6 +736,12 @@ class ApiResource(Resource):
                 raise err
             return route, handler
 
+        if len(parts) == 4 and parts[:2] == ["v1", "apps"] and parts[2]:
+            app = parts[2]
+            if parts[3] == "notifications":
+                return allow("notifications", "POST", lambda r: self._notifications(r, app))
+            if parts[3] == "invalid-tokens":
+                return allow("invalid_tokens", "GET", lambda r: self._invalid_tokens(r, app))
         if parts == ["livez"]:
             return allow("livez", "GET", self._livez)
         if parts == ["healthz"]:
@@ -706,34 +750,7 @@ class ApiResource(Resource):
             return allow("metrics", "GET", self._metrics)
         if len(parts) == 3 and parts[:2] == ["v1", "jobs"] and parts[2]:
             return allow("job", "GET", lambda r: self._job(r, parts[2]))
-        if len(parts) == 4 and parts[:2] == ["v1", "apps"] and parts[2]:
-            app = parts[2]
-            if parts[3] == "notifications":
-                return allow("notifications", "POST", lambda r: self._notifications(r, app))
-            if parts[3] == "invalid-tokens":
-                return allow("invalid_tokens", "GET", lambda r: self._invalid_tokens(r, app))
         raise ApiError(404, "not_found", "no such endpoint")
-
-    def _authorize(self, request: Request) -> None:
-        if not self.authorized(request.path, request.getHeader(b"authorization")):
-            raise unauthorized()
-
-    def _write(self, request: Request, route: str, response: Response) -> None:
-        self.engine.metrics.http_responses[(route, response.code)] += 1
-        if request.finished or getattr(request, "_disconnected", False):
-            return
-        body = response.encoded()
-        request.setResponseCode(response.code)
-        request.setHeader(b"Content-Type", response.content_type.encode("ascii"))
-        request.setHeader(b"Cache-Control", b"no-store")
-        if response.code == 401:
-            request.setHeader(b"WWW-Authenticate", b'Bearer realm="txapns"')
-        for k, v in response.headers:
-            request.setHeader(k.encode("ascii"), v.encode("ascii"))
-        request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
-        if request.method != b"HEAD":
-            request.write(body)
-        request.finish()
 
     def _to_response(self, failure: Failure, route: str) -> Response:
         e = failure.value
@@ -784,28 +801,18 @@ class ApiResource(Resource):
 
     # -- handlers --
 
-    def _notifications(self, request: Request, app: str) -> Deferred[Response]:
-        self.engine.check_app(app)  # 404 before reading the body
-        content = request.content
-        if isinstance(content, BoundedBody) and content.too_large:
+    def _notifications(self, request: ApiRequest, app: str) -> Deferred[Response]:
+        self.engine.check_app(app)  # 404 before looking at the body
+        if request.body_too_large:
             raise ApiError(
                 413,
                 "body_too_large",
-                f"the request body is {content.size} bytes; the limit is "
+                f"the request body is {request.body_size} bytes; the limit is "
                 f"{self.limits.max_body_bytes} bytes",
-                size=content.size,
+                size=request.body_size,
                 limit=self.limits.max_body_bytes,
             )
-        assert content is not None
-        content.seek(0, 0)
-        body = content.read(self.limits.max_body_bytes + 1)
-        if len(body) > self.limits.max_body_bytes:
-            raise ApiError(
-                413,
-                "body_too_large",
-                f"the request body is over the limit of {self.limits.max_body_bytes} bytes",
-                limit=self.limits.max_body_bytes,
-            )
+        body = request.body
         parsed = parse_submission(
             body, idempotency_header=idempotency_header(request), limits=self.limits
         )
@@ -844,7 +851,7 @@ class ApiResource(Resource):
 
         return self.engine.wait(accepted.job_id).addCallback(answer)
 
-    def _job(self, request: Request, job_id: str) -> Deferred[Response]:
+    def _job(self, request: ApiRequest, job_id: str) -> Deferred[Response]:
         def answer(view: JobView | None) -> Response:
             if view is None:
                 raise ApiError(404, "unknown_job", f"no job {job_id!r} (purged or never made)")
@@ -852,8 +859,8 @@ class ApiResource(Resource):
 
         return self.engine.job(job_id).addCallback(answer)
 
-    def _invalid_tokens(self, request: Request, app: str) -> Deferred[Response]:
-        raw = (request.args or {}).get(b"since")
+    def _invalid_tokens(self, request: ApiRequest, app: str) -> Deferred[Response]:
+        raw = parse_qs(request.query, keep_blank_values=True).get(b"since")
         since: float | None = None
         if raw:
             text = raw[0].decode("utf-8", "replace")
@@ -861,13 +868,75 @@ class ApiResource(Resource):
         d = self.engine.invalid_tokens(app, since)
         return d.addCallback(lambda tokens: Response(200, invalid_json(app, tokens, since)))
 
-    def _livez(self, request: Request) -> Response:
+    def _livez(self, request: ApiRequest | None) -> Response:
         """Liveness for orchestrators: the process answers. No key, no details."""
         return Response(200, {"status": "alive"})
 
-    def _healthz(self, request: Request) -> Response:
+    def _healthz(self, request: ApiRequest | None) -> Response:
         health = self.engine.health()
         return Response(200 if health["status"] == "ok" else 503, health)
 
-    def _metrics(self, request: Request) -> Response:
+    def _metrics(self, request: ApiRequest | None) -> Response:
         return Response(200, self.engine.metrics_text(), METRICS_CONTENT_TYPE)
+
+
+class ApiResource(Api, Resource):
+    """The API over twisted.web: one leaf resource that routes on the path itself."""
+
+    isLeaf = True
+
+    def __init__(self, engine: Engine, api_key: bytes, limits: Limits = Limits()) -> None:
+        Resource.__init__(self)
+        Api.__init__(self, engine, api_key, limits)
+
+    def render(self, request: Request) -> int:
+        route, answer = self.handle(self._request(request))
+        if not isinstance(answer, Deferred):
+            self._write(request, route, answer)
+            return NOT_DONE_YET
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(self._client_gone, gone, route)
+        answer.addCallback(lambda r: None if gone else self._write(request, route, r))
+        answer.addErrback(self._write_failed, route)
+        return NOT_DONE_YET
+
+    def _request(self, request: Request) -> ApiRequest:
+        content = request.content
+        body = b""
+        size = 0
+        too_large = False
+        if isinstance(content, BoundedBody):
+            too_large, size = content.too_large, content.size
+            if not too_large:
+                body = content.getvalue()
+        elif content is not None:
+            content.seek(0, 0)
+            body = content.read()
+            size = len(body)
+            too_large = size > self.limits.max_body_bytes
+        return ApiRequest(
+            request.method.decode("ascii", "replace"),
+            request.path,
+            request.uri.partition(b"?")[2],
+            request.getHeader,
+            body,
+            size,
+            too_large,
+        )
+
+    def _write(self, request: Request, route: str, response: Response) -> None:
+        self.count(route, response.code)
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        body = response.encoded()
+        request.setResponseCode(response.code)
+        request.setHeader(b"Content-Type", response.content_type.encode("ascii"))
+        request.setHeader(b"Cache-Control", b"no-store")
+        if response.code == 401:
+            request.setHeader(b"WWW-Authenticate", _CHALLENGE)
+        for k, v in response.headers:
+            request.setHeader(k.encode("ascii"), v.encode("ascii"))
+        request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
+        if request.method != b"HEAD":
+            request.write(body)
+        request.finish()
