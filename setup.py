@@ -33,6 +33,9 @@ setup(
         "hpack>=4.0",
         # txapns send's progress bar on a terminal.
         "tqdm>=4.66",
+        # The service's lean HTTP/1.1 layer (llhttp's C parser): a fraction of twisted.web's
+        # CPU per API request (txapns/service/http1.py).
+        "httptools>=0.6",
     ],
     extras_require={
         # The Redis Streams spool backend (many instances on one queue); hiredis parses

@@ -481,7 +481,7 @@ def wait_for_port(log: Path, proc: subprocess.Popen[bytes], timeout: float = 30.
         if proc.poll() is not None:
             raise SystemExit(f"the service exited ({proc.returncode}); see {log}")
         if log.exists():
-            m = re.search(r"ApiSite starting on (\d+)", log.read_text(errors="replace"))
+            m = re.search(r"Api(?:Site|Factory) starting on (\d+)", log.read_text(errors="replace"))
             if m:
                 return int(m.group(1))
         time.sleep(0.05)

@@ -191,7 +191,7 @@ class BinaryCrashTests(TestCase):
                 "tcp:0:interface=127.0.0.1",
             ],
         )
-        match = await service.wait_for(r"ApiSite starting on (\d+)")
+        match = await service.wait_for(r"Api(?:Site|Factory) starting on (\d+)")
         api = ApiClient(reactor, f"http://127.0.0.1:{match.group(1)}", KEY, persistent=True)
         self.addCleanup(api.close)
         for _ in range(200):  # bounded: the engine opens the spool before it accepts

@@ -323,7 +323,7 @@ def build_service(options: Options) -> IService:
     from twisted.internet import reactor
     from twisted.web.client import Agent
 
-    from .service.api import make_site
+    from .service.api import make_listener
     from .service.feedback import feedback_pollers
     from .service.senders import make_sender
     from .service.wiring import EngineService, build_engine, client_health, limits_from
@@ -384,7 +384,7 @@ def build_service(options: Options) -> IService:
     health = client_health(senders, pollers)
     engine, pool = build_engine(config, senders, reactor, health=health, agent=Agent(reactor))  # type: ignore[arg-type]
     _attach(EngineService(engine, pool, feedback=pollers.values()), top)
-    site = make_site(engine, config.api_key(), limits_from(config))
+    site = make_listener(engine, config.api_key(), limits_from(config), server=config.http_server)
     # The demo listens on an ephemeral loopback port of its own, so it never collides with a
     # running service; explicit --listen options are honoured in every mode.
     if not options["demo"] or options["listen"]:

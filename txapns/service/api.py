@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, HTTPChannel
@@ -621,6 +621,26 @@ def make_site(
     )
 
 
+def make_listener(
+    engine: Engine,
+    api_key: bytes,
+    limits: Limits = Limits(),
+    reactor: IReactorTime | None = None,
+    *,
+    server: str = "lean",
+) -> IProtocolFactory:
+    """The factory to listen with (strports): the API over ``server``, the ``http_server``
+    setting: ``"lean"`` (:mod:`txapns.service.http1`, the default: a fraction of
+    twisted.web's CPU per request) or ``"twisted"`` (:class:`ApiSite`)."""
+    if server == "twisted":
+        return make_site(engine, api_key, limits, reactor)
+    if server == "lean":
+        from .http1 import ApiFactory
+
+        return ApiFactory(Api(engine, api_key, limits), reactor)
+    raise ValueError(f"http_server must be 'lean' or 'twisted', not {server!r}")
+
+
 _CHALLENGE = b'Bearer realm="txapns"'
 #: Routes that answer without the bearer key: liveness only, no details.
 OPEN_PATHS = frozenset({b"/livez"})
@@ -860,11 +880,11 @@ class Api:
         return self.engine.job(job_id).addCallback(answer)
 
     def _invalid_tokens(self, request: ApiRequest, app: str) -> Deferred[Response]:
-        raw = parse_qs(request.query, keep_blank_values=True).get(b"since")
+        query = request.query.decode("latin-1")
+        raw = parse_qs(query, keep_blank_values=True, errors="replace").get("since")
         since: float | None = None
         if raw:
-            text = raw[0].decode("utf-8", "replace")
-            since = parse_time(text, "since")
+            since = parse_time(raw[0], "since")
         d = self.engine.invalid_tokens(app, since)
         return d.addCallback(lambda tokens: Response(200, invalid_json(app, tokens, since)))
 

@@ -54,6 +54,8 @@ DEFAULT_SPOOL = "txapns-spool.sqlite3"
 DEFAULT_RETENTION_DAYS = 7.0
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_RECIPIENTS = 10_000
+DEFAULT_HTTP_SERVER = "lean"
+HTTP_SERVERS = ("lean", "twisted")
 #: Seconds a stop may take in all (drain, then the clients): under a container's 10 s grace.
 DEFAULT_DRAIN_TIMEOUT = 8.0
 #: Seconds between two reads of the binary feedback service (0: never read it).
@@ -175,6 +177,8 @@ class ServiceConfig:
     retention_days: float = DEFAULT_RETENTION_DAYS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_recipients: int = DEFAULT_MAX_RECIPIENTS
+    #: The HTTP/1.1 layer serving the API: "lean" (httptools) or "twisted" (twisted.web).
+    http_server: str = DEFAULT_HTTP_SERVER
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     invalid_token_webhook: str | None = None
     feedback_interval: float = DEFAULT_FEEDBACK_INTERVAL
@@ -219,6 +223,7 @@ _SERVICE_KEYS = {
     "retention_days",
     "max_body_bytes",
     "max_recipients",
+    "http_server",
     "drain_timeout",
     "invalid_token_webhook",
     "feedback_interval",
@@ -328,10 +333,18 @@ def parse_config(
         retention_days=_positive(data, "retention_days", DEFAULT_RETENTION_DAYS),
         max_body_bytes=int(_positive(data, "max_body_bytes", DEFAULT_MAX_BODY_BYTES, integer=True)),
         max_recipients=int(_positive(data, "max_recipients", DEFAULT_MAX_RECIPIENTS, integer=True)),
+        http_server=_http_server(data),
         drain_timeout=_positive(data, "drain_timeout", DEFAULT_DRAIN_TIMEOUT),
         invalid_token_webhook=webhook,
         feedback_interval=_non_negative(data, "feedback_interval", DEFAULT_FEEDBACK_INTERVAL),
     )
+
+
+def _http_server(data: Mapping[str, Any]) -> str:
+    value = data.get("http_server", DEFAULT_HTTP_SERVER)
+    if value not in HTTP_SERVERS:
+        raise ConfigError(f"http_server must be one of {', '.join(HTTP_SERVERS)}, not {value!r}")
+    return str(value)
 
 
 def parse_app(entry: Mapping[str, Any], *, base_dir: Path, where: str = "app") -> AppConfig:

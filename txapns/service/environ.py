@@ -41,6 +41,7 @@ _SERVICE: dict[str, str] = {
     "retention_days": "float",
     "max_body_bytes": "int",
     "max_recipients": "int",
+    "http_server": "str",
     "drain_timeout": "float",
     "invalid_token_webhook": "str",
     "feedback_interval": "float",

@@ -9,7 +9,7 @@
     engine, pool = build_engine(config, senders, reactor, health=health)
     service = MultiService()
     EngineService(engine, pool, feedback=pollers.values()).setServiceParent(service)
-    site = make_site(engine, config.api_key(), limits_from(config))
+    site = make_listener(engine, config.api_key(), limits_from(config), server=config.http_server)
     for description in config.listen:
         strports.service(description, site).setServiceParent(service)
 
