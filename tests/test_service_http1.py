@@ -18,7 +18,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_service_api import temp_dir
+from .helpers import temp_dir
 from txapns.service.api import Limits, make_listener
 from txapns.service.config import ConfigError, parse_config
 from txapns.service.engine import Engine, EngineApp
