@@ -18,7 +18,6 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from .helpers import temp_dir
 from txapns.service.api import Limits, make_listener
 from txapns.service.config import ConfigError, parse_config
 from txapns.service.engine import Engine, EngineApp
@@ -26,6 +25,8 @@ from txapns.service.environ import apply_environment
 from txapns.service.http1 import MAX_HEADER_BYTES, MAX_PIPELINED
 from txapns.service.spool import Spool, SpoolStore, inline_runner
 from txapns.service.testing import FakeSender, accept
+
+from .helpers import temp_dir
 
 KEY = b"test-key-0123456789abcdef"
 LIMITS = Limits(max_body_bytes=1024, header_timeout=5, body_timeout=7, idle_timeout=60)
@@ -216,6 +217,23 @@ class LayerTests(_Connection):
         # Stored and sent all the same; no answer, none counted.
         self.assertEqual(len(self.sender.sent), 1)
         self.assertEqual(self.engine.metrics.http_responses[("notifications", 202)], 0)
+
+    def test_a_synchronous_request_reads_its_job_once(self) -> None:
+        reads: list[str] = []
+        spool = self.engine.spool
+        job = spool.job
+
+        def counted(job_id: str) -> Any:
+            reads.append(job_id)
+            return job(job_id)
+
+        spool.job = counted  # type: ignore[method-assign]
+        self.protocol.dataReceived(post(json.dumps({"token": TOKEN, "alert": "x"}).encode()))
+        self.turns()
+        ((status, _, body),) = answers(self.transport.value())
+        self.assertEqual((status, json.loads(body)["counts"]["accepted"]), (200, 1))
+        # Once its outcome is recorded; not also when it was stored, when none could be.
+        self.assertEqual(reads, [json.loads(body)["job_id"]])
 
     def test_a_query_that_decodes_to_non_ascii_is_a_400(self) -> None:
         # Found by .ci/fuzz-api: the query is parsed as text, not as bytes.

@@ -107,7 +107,13 @@ from .core.http2 import ResponseReceived
 from .core.http2.headers import check_field
 from .core.http2_policy import RetryPolicy, parse_response
 from .core.jwt import ProviderToken
-from .core.notification import Notification, PushType, new_apns_id, validate_http2
+from .core.notification import (
+    CheckedHTTP2,
+    Notification,
+    PushType,
+    new_apns_id,
+    validate_http2,
+)
 from .core.proxy import ProxyAuthenticationError
 from .core.queue_time import DEFAULT_MAX_QUEUE_TIME, ConnectFailures, QueueTimeLimit
 from .core.result import (
@@ -429,6 +435,13 @@ class HTTP2Client(Phased):
         a Deferred; an exception it raises is logged, not propagated."""
         self._admit(notification, on_result)
 
+    def send_checked(self, checked: CheckedHTTP2, on_result: Callable[[Result], object]) -> None:
+        """Like :meth:`send_to` for a notification validated for this client's rules
+        (:class:`~txapns.core.notification.CheckedHTTP2`): not validated again."""
+        n = checked.notification
+        ok = checked.token_auth == self.token_auth and n.topic is not None
+        self._admit(n, on_result, checked=ok)
+
     def withdraw(self, notification: Notification) -> bool:
         """Take back a notification given to :meth:`send` or :meth:`send_to` that is not on
         the wire: still queued, or waiting for a retry after APNs said it was not processed.
@@ -656,7 +669,9 @@ class HTTP2Client(Phased):
             self._topics[push_type] = topic
             return topic
 
-    def _admit(self, n: Notification, handle: Any, request: _Request | None = None) -> _Item:
+    def _admit(
+        self, n: Notification, handle: Any, request: _Request | None = None, checked: bool = False
+    ) -> _Item:
         if not self.accepting:
             raise ClientStoppedError("the client is stopping; it takes no new notifications")
         if self._breaker.state is _OPEN and not self.hold_when_unavailable:
@@ -667,8 +682,8 @@ class HTTP2Client(Phased):
         topic = n.topic
         if isinstance(n, Broadcast):
             request = self._broadcast_request(n)  # the broadcast was validated when built
-        elif request is not None:
-            pass  # checked by request()
+        elif request is not None or checked:
+            pass  # checked by request(), or by the caller of send_checked()
         elif topic is None:
             topic = self._topic_for(n.push_type)
             if topic is not None and self.token_auth:

@@ -35,8 +35,10 @@ __all__ = [
     "MAX_TOKEN_BYTES",
     "MAX_UINT32",
     "MIN_TOKEN_BYTES",
+    "CheckedHTTP2",
     "Notification",
     "PushType",
+    "check_http2",
     "header_value",
     "http2_payload_limit",
     "parse_token",
@@ -310,3 +312,24 @@ def validate_http2(n: Notification, *, token_auth: bool) -> None:
             raise PayloadError("a Live Activity payload needs aps.timestamp")
         if "event" not in aps:
             raise PayloadError("a Live Activity payload needs aps.event (start, update, end)")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedHTTP2:
+    """A notification that passed :func:`validate_http2` with ``token_auth``.
+
+    :meth:`txapns.http2.HTTP2Client.send_checked` takes it without validating again (one
+    checked for the other ``token_auth``, or without a topic, is validated as usual). The
+    service's engine validates a batch's shared fields once, and each recipient differs only
+    in its token and apns-id, which :func:`validate_http2` does not look at: checking every
+    notification again in the client cost as much as the rest of its admission. Make it with
+    :func:`check_http2`, or only from fields validated the same way."""
+
+    notification: Notification
+    token_auth: bool
+
+
+def check_http2(n: Notification, *, token_auth: bool) -> CheckedHTTP2:
+    """:func:`validate_http2`, and the proof of it."""
+    validate_http2(n, token_auth=token_auth)
+    return CheckedHTTP2(n, token_auth)

@@ -869,7 +869,8 @@ class Api:
         def answer(view: JobView) -> Response:
             return Response(200 if view.done else 202, job_json(view), headers=replay)
 
-        return self.engine.wait(accepted.job_id).addCallback(answer)
+        fresh = not accepted.duplicate  # stored just now: its outcomes are all to come
+        return self.engine.wait(accepted.job_id, fresh=fresh).addCallback(answer)
 
     def _job(self, request: ApiRequest, job_id: str) -> Deferred[Response]:
         def answer(view: JobView | None) -> Response:

@@ -44,13 +44,13 @@ from .._twisted import cancel_call
 from ..core.errors import APNsError, CircuitOpenError, QueueFullError, ValidationError
 from ..core.http2_policy import CIRCUIT_REASONS
 from ..core.notification import (
+    CheckedHTTP2,
     Notification,
     PushType,
     parse_token,
     validate_binary,
     validate_http2,
 )
-from ..core.payload import encode_payload
 from ..core.queue_time import NOT_SENT
 from ..core.result import Outcome, Result
 from ..core.token_evidence import (
@@ -182,6 +182,18 @@ class Template:
     apns_id: str | None = None
 
 
+class Prepared(list[Notification]):
+    """The notifications :meth:`Engine.prepare` built and validated for ``app``: handed to
+    :meth:`Engine.submit`, they reach an HTTP/2 client as
+    :class:`~txapns.core.notification.CheckedHTTP2`, not validated a second time."""
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: str) -> None:
+        super().__init__()
+        self.app = app
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """Answer to :meth:`Engine.submit`: the job is durably stored."""
@@ -202,6 +214,9 @@ class _Item:
     send_at: float | None
     resumed: int = 0
     sent_at: float = 0.0
+    #: Validated by this engine's prepare() for its app's HTTP/2 rules: the client need not
+    #: validate it again (see :class:`~txapns.core.notification.CheckedHTTP2`).
+    checked: bool = False
 
 
 @dataclass(slots=True)
@@ -444,9 +459,7 @@ class Engine:
 
     # -- validation --------------------------------------------------------------------------
 
-    def prepare(
-        self, app: str, template: Template, tokens: Sequence[str | bytes]
-    ) -> list[Notification]:
+    def prepare(self, app: str, template: Template, tokens: Sequence[str | bytes]) -> Prepared:
         """Validate a batch for ``app`` and build its notifications; raise before storing.
 
         Raises :class:`UnknownAppError`, a :class:`ValidationError` for the shared fields
@@ -469,12 +482,11 @@ class Engine:
                 ) from None
         if topic is None and st.app.bundle_id is not None:
             topic = pt.topic_for(st.app.bundle_id) if pt is not None else st.app.bundle_id
-        payload = template.payload
-        if not isinstance(payload, bytes):
-            payload = encode_payload(payload)
+        # create() encodes a mapping once (encoding it here first made it parse the result
+        # again to check it).
         proto = Notification.create(
             _DUMMY_TOKEN,
-            payload,
+            template.payload,
             expiry=template.expiry,
             priority=template.priority,
             topic=topic,
@@ -486,7 +498,7 @@ class Engine:
             validate_binary(proto)
         else:
             validate_http2(proto, token_auth=st.app.token_auth)
-        out: list[Notification] = []
+        out = Prepared(app)
         append = out.append
         # new_apns_id: a v4 UUID's text for a third of str(uuid.uuid4())'s cost.
         new_id = new_apns_id if st.app.protocol != "binary" and proto.apns_id is None else None
@@ -577,7 +589,12 @@ class Engine:
         )
         if direct:
             d.addErrback(self._direct_failed, st, len(items))
-        return d.addCallback(self._stored, app, items, send_at, direct)
+        checked = (
+            isinstance(notifications, Prepared)
+            and notifications.app == app
+            and st.app.protocol != "binary"
+        )
+        return d.addCallback(self._stored, app, items, send_at, direct, checked)
 
     def _direct_failed(self, failure: Failure, st: _AppState, count: int) -> Failure:
         st.reserved -= count
@@ -591,6 +608,7 @@ class Engine:
         items: list[Notification],
         send_at: float | None,
         direct: bool = False,
+        checked: bool = False,
     ) -> Accepted:
         if stored.duplicate:
             if direct:
@@ -609,27 +627,33 @@ class Engine:
         job_id = stored.job_id
         if direct:
             # Stored in flight: to the client now (or back to queued if stopping meanwhile).
-            batch = [_Item(i, job_id, app, n, None) for i, n in zip(stored.ids, items, strict=True)]
+            batch = [
+                _Item(i, job_id, app, n, None, 0, 0.0, checked)
+                for i, n in zip(stored.ids, items, strict=True)
+            ]
             self._send_batch(None, self._apps[app], batch)
         else:
             for ident, n in zip(stored.ids, items, strict=True):
-                self._enqueue(_Item(ident, job_id, app, n, send_at))
+                self._enqueue(_Item(ident, job_id, app, n, send_at, 0, 0.0, checked))
             # No log line per stored job: with one notification per request that was a log
             # event (and, under twistd without a level filter, a formatted line) per request.
             self._pump_soon(app)
             self._arm_schedule()
         return Accepted(stored.job_id, len(items), False, stored.async_)
 
-    def wait(self, job_id: str) -> Deferred[JobView]:
+    def wait(self, job_id: str, *, fresh: bool = False) -> Deferred[JobView]:
         """Fires with the job's view once every notification has an outcome.
 
         If the engine stops first, fires with the (unfinished) view at that moment.
+        ``fresh``: the job was stored by this engine in this reactor turn, so none of its
+        outcomes can be recorded yet: its view is read once, when they are (not also now).
         """
         d: Deferred[JobView] = Deferred()
         self._waiters.setdefault(job_id, []).append(d)
-        self.spool.job(job_id).addCallbacks(
-            self._check_waiters, self._waiter_read_failed, errbackArgs=(job_id,)
-        )
+        if not fresh or self.spool.shared or self.state != "running":
+            self.spool.job(job_id).addCallbacks(
+                self._check_waiters, self._waiter_read_failed, errbackArgs=(job_id,)
+            )
         return d
 
     def _check_waiters(self, view: JobView | None) -> None:
@@ -739,6 +763,9 @@ class Engine:
         st.reserved -= len(batch)
         back: list[_Item] = []
         send_to = st.app.sender.send_to
+        # The explicit path for what prepare() validated (HTTP2Client.send_checked).
+        send_checked = getattr(st.app.sender, "send_checked", None)
+        token_auth = st.app.token_auth
         on_result = self._on_result
         inflight = st.inflight
         app_metrics = self.metrics.app(st.name)
@@ -754,7 +781,12 @@ class Engine:
             inflight[item.id] = item
             try:
                 # A callback, not a Deferred each: this runs for every notification.
-                send_to(item.notification, partial(on_result, st, item))
+                if item.checked and send_checked is not None:
+                    send_checked(
+                        CheckedHTTP2(item.notification, token_auth), partial(on_result, st, item)
+                    )
+                else:
+                    send_to(item.notification, partial(on_result, st, item))
             except Exception as e:
                 del inflight[item.id]
                 self._not_taken(st, item, e, back)
