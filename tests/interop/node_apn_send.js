@@ -4,7 +4,9 @@
 //   node node_apn_send.js '{"port":…,"ca":FILE,"n":1000,"topic":…,"token":{…}|null,"cert":FILE,"key":FILE}'
 const apn = require('@parse/node-apn');
 const a = JSON.parse(process.argv[2]);
-const opts = { address: '127.0.0.1', port: a.port, ca: [a.ca], production: false };
+// requestTimeout: node-apn's 5 s per request is a liveness limit that 1,000 requests at once
+// overrun on a loaded CI machine ("apn write timeout"); the tests check outcomes, not timings.
+const opts = { address: '127.0.0.1', port: a.port, ca: [a.ca], production: false, requestTimeout: 60000 };
 if (a.token) opts.token = a.token; else { opts.cert = a.cert; opts.key = a.key; }
 const provider = new apn.Provider(opts);
 async function main() {
