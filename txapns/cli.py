@@ -119,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
         one.add_argument("--p12-file", help="certificate auth: PKCS#12 certificate and key")
         one.add_argument("--passphrase-file", help="passphrase of the key or PKCS#12")
         one.add_argument("--proxy", help="HTTP CONNECT proxy, http://[user:pass@]host:port")
+        sp.add_argument(
+            "--no-env-proxy", action="store_true", help="ignore HTTPS_PROXY/NO_PROXY (every app)"
+        )
         one.add_argument("--host", help="APNs host (default: Apple's for the environment)")
         one.add_argument("--port", type=int, help="APNs port")
         one.add_argument("--ca-file", help="CA certificates to trust for the APNs host")
@@ -254,6 +257,14 @@ _ONE_OFF_FLAGS = (
 
 
 def _load_apps(args: argparse.Namespace) -> list[Any]:
+    """The apps to use; with ``--no-env-proxy``, none takes its proxy from the environment."""
+    apps = _configured_apps(args)
+    if args.no_env_proxy:
+        return [dataclasses.replace(app, proxy_from_env=False) for app in apps]
+    return apps
+
+
+def _configured_apps(args: argparse.Namespace) -> list[Any]:
     """The apps to use (configured, one-off from flags, or none for --fake)."""
     from .service.config import load_config
 

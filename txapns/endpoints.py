@@ -11,15 +11,17 @@ configuration; use it (or :func:`apns_endpoint`, which fills in Apple's host) to
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from .core.hosts import APNS_HOSTS, FEEDBACK_HOSTS, MANAGEMENT_HOSTS, apns_host
-from .core.proxy import ProxyURL, parse_proxy_url
+from .core.proxy import EnvironmentProxy, ProxyURL, parse_proxy_url
 from .credentials import ClientCertificate, client_tls_options
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "apns_host",
     "tls_endpoint",
 ]
+
+log = Logger()
 
 
 @implementer(IStreamClientEndpoint)
@@ -54,19 +58,37 @@ def tls_endpoint(
     ca_pem: bytes | None,
     alpn: tuple[bytes, ...] = (),
     proxy: ProxyURL | str | None = None,
+    proxy_from_env: bool = False,
+    environ: Mapping[str, str] | None = None,
 ) -> IStreamClientEndpoint:
     """A TLS client endpoint verifying ``hostname``; ``address`` is asked at each connect.
 
     With ``proxy`` (``http://[user:password@]host:port``) it connects through that HTTP
     CONNECT proxy, asking it for a tunnel to ``address()``; TLS runs through the tunnel and
-    still verifies ``hostname``, never the proxy."""
+    still verifies ``hostname``, never the proxy. Without it, ``proxy_from_env`` takes the
+    proxy from ``HTTPS_PROXY``/``NO_PROXY`` in ``environ`` (``os.environ`` by default), read
+    now and applied to each connection's target
+    (:class:`~txapns.core.proxy.EnvironmentProxy`)."""
     from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
     options = client_tls_options(hostname, certificate=certificate, ca_pem=ca_pem, alpn=alpn)
-    via = parse_proxy_url(proxy) if isinstance(proxy, str) else proxy
+    fixed = parse_proxy_url(proxy) if isinstance(proxy, str) else proxy
+    env = None
+    if fixed is None and proxy_from_env:
+        env = EnvironmentProxy.from_environ(os.environ if environ is None else environ)
+        if env.proxy is not None:
+            log.info(
+                "Connections to {hostname} go through the proxy {proxy} from {variable} "
+                "(no_proxy: {no_proxy!r})",
+                hostname=hostname,
+                proxy=env.proxy.redacted(),
+                variable=env.variable,
+                no_proxy=env.no_proxy,
+            )
 
     def resolve() -> IStreamClientEndpoint:
         host, port = address()
+        via = fixed if env is None else env.for_target(host, port)
         if via is None:
             return wrapClientTLS(options, HostnameEndpoint(reactor, host, port))
         from .proxy import HTTPConnectEndpoint

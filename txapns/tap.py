@@ -48,6 +48,7 @@ class Options(usage.Options):
     )
     optFlags = [
         ["fake", None, "Push to an embedded fake APNs in this process (the default with no app)."],
+        ["no-env-proxy", None, "Ignore HTTPS_PROXY/NO_PROXY from the environment (every app)."],
     ]
     optParameters = [
         ["config", "c", None, "TOML configuration file naming the apps."],
@@ -278,11 +279,12 @@ def makeService(options: Options) -> IService:
     it cannot use, or a spool it cannot open (in use by another instance, corrupt,
     truncated), ends the process with one line on stderr and exit status 1 (as twistd does
     for a usage error) instead of a traceback."""
+    from .core.proxy import ProxyURLError
     from .service.spool import SpoolError
 
     try:
         return build_service(options)
-    except (ConfigError, SpoolError) as e:
+    except (ConfigError, SpoolError, ProxyURLError) as e:  # ProxyURLError: from HTTPS_PROXY
         exit_with_one_line(str(e))
 
 
@@ -366,6 +368,11 @@ def build_service(options: Options) -> IService:
     config = _replace(config, api_key_file=Path(key_file), listen=listen)
     top.config = config
 
+    if options["no-env-proxy"]:
+        from dataclasses import replace
+
+        apps = tuple(replace(a, proxy_from_env=False) for a in config.apps)
+        config = _replace(config, apps=apps)
     senders = {}
     for app in config.apps:
         if fake is not None:

@@ -16,6 +16,10 @@ Credentials come from the proxy URL (``http://user:password@host:port``) as
 :class:`ProxyCredentials`, sent as ``Proxy-Authorization: Basic``. The password is never
 part of a ``repr``, a :meth:`ProxyURL.redacted` form or an error message.
 
+The proxy may also come from the environment, as for curl and most HTTP clients:
+:class:`EnvironmentProxy` reads ``HTTPS_PROXY`` and ``NO_PROXY`` from a mapping it is given
+(never from ``os.environ`` at import) and decides per target (:func:`no_proxy_matches`).
+
 The Twisted side is :class:`txapns.proxy.HTTPConnectEndpoint`.
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn
 from urllib.parse import SplitResult, quote, unquote, urlsplit
@@ -32,7 +37,10 @@ from .errors import ConnectionFailedError, ProtocolError
 
 __all__ = [
     "DEFAULT_MAX_HEAD",
+    "HTTPS_PROXY_VARIABLES",
+    "NO_PROXY_VARIABLES",
     "ConnectResponseParser",
+    "EnvironmentProxy",
     "ProxyAnswer",
     "ProxyAuthenticationError",
     "ProxyClosedError",
@@ -47,7 +55,10 @@ __all__ = [
     "TunnelRefused",
     "build_connect_request",
     "format_authority",
+    "is_loopback",
+    "no_proxy_matches",
     "parse_proxy_url",
+    "proxy_from_environment",
 ]
 
 #: The largest response head (status line and header lines, interim responses included)
@@ -456,3 +467,161 @@ class ConnectResponseParser:
         if 200 <= status < 300:
             return TunnelEstablished(status, self._reason, headers, bytes(self._buffer))
         return TunnelRefused(status, self._reason, headers)
+
+
+# --- proxies from the environment ----------------------------------------------------------
+
+#: The variables naming the proxy for TLS connections, in the order read: the first one set
+#: wins, even when empty (which means "no proxy"), as with curl and Python's urllib.
+HTTPS_PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY")
+#: The variables listing the hosts to reach directly, in the order read.
+NO_PROXY_VARIABLES = ("no_proxy", "NO_PROXY")
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_SEPARATORS = re.compile(r"[\s,]+")
+
+
+def _bare_host(host: str) -> str:
+    """*host* lower-cased, without IPv6 brackets or a trailing dot."""
+    host = host.strip().lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host.removesuffix(".")
+
+
+def _address(host: str) -> _Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether *host* names this machine: ``localhost`` (and ``*.localhost``, RFC 6761) or a
+    loopback address (``127.0.0.0/8``, ``::1``, ``::ffff:127.0.0.1``). No name is resolved."""
+    name = _bare_host(host)
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    address = _address(name)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address is not None and address.is_loopback
+
+
+def _split_entry(entry: str) -> tuple[str, int | None] | None:
+    """A ``NO_PROXY`` entry as ``(host, port or None)``; ``None`` if it cannot match."""
+    if entry.startswith("["):
+        inside, bracket, rest = entry[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        host, port = inside, (rest[1:] if rest else None)
+    elif entry.count(":") == 1:
+        host, port = entry.split(":")
+    else:  # a name, an IPv4 address, a bare IPv6 address or a range: no port
+        return entry, None
+    if port is None:
+        return host, None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
+def no_proxy_matches(host: str, port: int, no_proxy: str) -> bool:
+    """Whether the ``NO_PROXY`` list *no_proxy* says to reach ``host:port`` directly.
+
+    The rules, curl's (7.86 and later) plus ports as in Go and Python's urllib: entries are
+    separated by commas or white space, case does not matter, and a trailing dot is ignored.
+
+    * ``*`` matches every host;
+    * a name matches itself and every name under it (``example.com`` and ``.example.com``
+      both match ``example.com`` and ``api.example.com``, never ``badexample.com``;
+      ``*.example.com`` is the same);
+    * an IP address (IPv6 bare or in brackets) matches that address, and a CIDR range
+      (``10.0.0.0/8``, ``fd00::/8``) every address in it; names are never resolved, so an
+      address entry never matches a name nor a name entry an address;
+    * ``host:port`` (``[v6]:port``) matches only that port;
+    * an entry that cannot match anything (a bad port, a bad range) is ignored.
+    """
+    name = _bare_host(host)
+    address = _address(name)
+    for raw in _SEPARATORS.split(no_proxy.lower()):
+        if raw == "*":
+            return True
+        split = _split_entry(raw) if raw else None
+        if split is None:
+            continue
+        entry, entry_port = split
+        if entry_port is not None and entry_port != port:
+            continue
+        if "/" in entry:
+            try:
+                network = ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                continue
+            if address is not None and address.version == network.version and address in network:
+                return True
+            continue
+        entry_address = _address(entry)
+        if entry_address is not None or address is not None:
+            if address is not None and address == entry_address:
+                return True
+            continue
+        domain = entry.removeprefix("*.").removeprefix(".").removesuffix(".")
+        if domain and (name == domain or name.endswith("." + domain)):
+            return True
+    return False
+
+
+def _first_set(environ: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str]:
+    """``(name, stripped value)`` of the first of *names* set in *environ*, or ``("", "")``."""
+    for name in names:
+        value = environ.get(name)
+        if value is not None:
+            return name, value.strip()
+    return "", ""
+
+
+@dataclass(frozen=True, slots=True)
+class EnvironmentProxy:
+    """The proxy settings an environment gives (:meth:`from_environ`): the proxy of
+    ``https_proxy``/``HTTPS_PROXY`` (``None`` when unset or empty), the name of the variable
+    that gave it, and the ``no_proxy``/``NO_PROXY`` list. :meth:`for_target` says whether a
+    connection goes through the proxy. ``repr`` never shows the proxy's password."""
+
+    proxy: ProxyURL | None = None
+    variable: str = ""
+    no_proxy: str = ""
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> EnvironmentProxy:
+        """Read *environ* (e.g. ``os.environ``). A proxy URL may leave out ``http://``, but
+        needs its port; :class:`ProxyURLError` (naming the variable, never the password) for
+        one that is unusable (``https://`` and ``socks`` proxies are not supported)."""
+        variable, value = _first_set(environ, HTTPS_PROXY_VARIABLES)
+        _, no_proxy = _first_set(environ, NO_PROXY_VARIABLES)
+        if not value:
+            return cls(None, "", no_proxy)
+        url = value if "://" in value else "http://" + value
+        try:
+            proxy = parse_proxy_url(url)
+        except ProxyURLError as e:
+            raise ProxyURLError(
+                f"{variable} (from the environment): {e}; set proxy_from_env = false "
+                "(--no-env-proxy) to ignore it"
+            ) from None
+        return cls(proxy, variable, no_proxy)
+
+    def for_target(self, host: str, port: int) -> ProxyURL | None:
+        """The proxy for a connection to ``host:port``; ``None`` to connect directly: no
+        proxy, a loopback target (never proxied, as in Go's net/http) or one that
+        ``NO_PROXY`` lists."""
+        if self.proxy is None or is_loopback(host) or no_proxy_matches(host, port, self.no_proxy):
+            return None
+        return self.proxy
+
+
+def proxy_from_environment(environ: Mapping[str, str], host: str, port: int) -> ProxyURL | None:
+    """The proxy the environment *environ* gives for a TLS connection to ``host:port``, or
+    ``None`` for a direct connection; see :class:`EnvironmentProxy` and
+    :func:`no_proxy_matches`."""
+    return EnvironmentProxy.from_environ(environ).for_target(host, port)

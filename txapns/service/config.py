@@ -123,6 +123,8 @@ class AppConfig:
     feedback_port: int | None = None
     #: An HTTP CONNECT proxy to reach APNs through (its ``repr`` hides the password).
     proxy: ProxyURL | None = None
+    #: Without ``proxy``: take the proxy from ``HTTPS_PROXY``/``NO_PROXY`` (as curl does).
+    proxy_from_env: bool = True
     #: Seconds the client may hold a notification before writing it (APNs unreachable);
     #: then it goes back to the spool until its expiration.
     max_queue_time: float = DEFAULT_MAX_QUEUE_TIME
@@ -245,6 +247,7 @@ _APP_KEYS = {
     "feedback_host",
     "feedback_port",
     "proxy",
+    "proxy_from_env",
     "max_queue_time",
 }
 
@@ -421,6 +424,7 @@ def parse_app(entry: Mapping[str, Any], *, base_dir: Path, where: str = "app") -
         feedback_host=feedback_host,
         feedback_port=feedback_port,
         proxy=proxy,
+        proxy_from_env=_app_bool(entry, "proxy_from_env", True, where),
         max_queue_time=_app_positive(entry, "max_queue_time", DEFAULT_MAX_QUEUE_TIME, where),
     )
 
@@ -430,6 +434,13 @@ def _app_positive(entry: Mapping[str, Any], key: str, default: float, where: str
         return _positive(entry, key, default)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _app_bool(entry: Mapping[str, Any], key: str, default: bool, where: str) -> bool:
+    value = entry.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: {key} must be true or false, not {value!r}")
+    return value
 
 
 def _parse_proxy(entry: Mapping[str, Any], where: str) -> ProxyURL | None:

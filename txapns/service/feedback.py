@@ -271,4 +271,5 @@ def feedback_endpoint(
         certificate=load_certificate(app.credentials),
         ca_pem=ca_pem,
         proxy=app.proxy,
+        proxy_from_env=app.proxy_from_env,
     )

@@ -56,6 +56,7 @@ def make_sender(
             certificate=load_certificate(app.credentials),
             ca_pem=ca_pem,
             proxy=app.proxy,
+            proxy_from_env=app.proxy_from_env,
         )
         return BinaryClient(
             reactor,
@@ -117,6 +118,7 @@ def http2_client_for_app(
         ca_pem=ca_pem,
         alpn=(b"h2",),
         proxy=app.proxy,
+        proxy_from_env=app.proxy_from_env,
     )
     options.setdefault("max_queue_time", app.max_queue_time)
     return HTTP2Client(
