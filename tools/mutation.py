@@ -49,7 +49,7 @@ TARGETS: dict[str, list[str]] = {
     "core/counters.py": ["test_result_counters.py", "test_binary_channel.py"],
     "core/errors.py": ["test_notification.py", "test_payload.py", "test_result_counters.py"],
     "core/http2_policy.py": ["test_http2_policy.py"],
-    "core/jwt.py": ["test_jwt.py"],
+    "core/jwt.py": ["test_jwt.py", "test_jwt_edges.py"],
     "core/notification.py": ["test_notification.py"],
     "core/payload.py": ["test_payload.py", "test_notification.py"],
     "core/proxy.py": ["test_proxy.py"],
