@@ -10,7 +10,7 @@ import base64
 import json
 
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa, x25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import given
 from hypothesis import strategies as st
@@ -246,6 +246,11 @@ class KeyTests(SynchronousTestCase):
             "key; APNs needs the .p8 key from Apple's developer portal",
         )
         self.assertNotIn("NoneType", str(cm.exception))
+        with self.assertRaises(CredentialError) as cm:
+            load_signing_key(pkcs8(x25519.X25519PrivateKey.generate(), serialization.Encoding.PEM))
+        self.assertTrue(
+            str(cm.exception).startswith("the token signing key is a X25519PrivateKey,")
+        )
 
     def test_verifying_key_forms(self) -> None:
         self.assertIs(load_verifying_key(PUBLIC), PUBLIC)
@@ -338,6 +343,12 @@ class ClockSkewTests(SynchronousTestCase):
             clock_skew_warning(400.0, 1000.0),
             "the local clock is 600 s behind the server's Date header" + tail,
         )
+
+    def test_a_skew_of_exactly_the_tolerance_is_quiet(self) -> None:
+        self.assertIsNone(clock_skew_warning(1300.0, 1000.0))
+        self.assertIsNone(clock_skew_warning(700.0, 1000.0))
+        self.assertIsNone(clock_skew_warning(5.0, 5.0, tolerance=0))
+        self.assertIsNotNone(clock_skew_warning(1300.5, 1000.0))
 
     def test_direction_of_a_small_skew(self) -> None:
         warning = clock_skew_warning(1000.5, 1000.0, tolerance=0)

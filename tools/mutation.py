@@ -76,6 +76,10 @@ _AFTER_ERROR = (
 _RESET_ON_CONNECT = (
     "error/broken while disconnected: nothing reads them before connection_made resets them"
 )
+_CODEC = "codec names are case-insensitive"
+_KEY_NAME = "no key class name has surrounding white space or a trailing '_'"
+_BIG = "int.to_bytes/from_bytes default to 'big' (Python >= 3.11)"
+_BEFORE_FIRST = "read only once a token exists: every reader checks _token first"
 EQUIVALENT: dict[str, str] = {
     f"{_BC}__init____mutmut_15": "connection_made replaces the decoder before any read",
     f"{_BC}take_sentinel__mutmut_3": "after an error response the window is empty: b'' anyway",
@@ -121,6 +125,34 @@ EQUIVALENT: dict[str, str] = {
             (13, "a str encoded to UTF-8 and decoded again is the same str"),
             (30, "ensure_ascii=None is falsy like False"),
             (31, "allow_nan=None is falsy like False"),
+        ]
+    },
+    **{
+        f"txapns.core.jwt.{name}": why
+        for name, why in [
+            ("x__b64url__mutmut_7", _CODEC),
+            ("x__json_segment__mutmut_10", _CODEC),
+            ("x_sign_provider_token__mutmut_34", _CODEC),
+            ("x_verify_provider_token__mutmut_5", _CODEC),
+            ("x_verify_provider_token__mutmut_144", _CODEC),
+            ("x_parse_http_date__mutmut_6", _CODEC),
+            ("x__b64url_decode__mutmut_8", "its callers replace the ValueError with their own"),
+            ("x__b64url_decode__mutmut_9", "its callers replace the ValueError with their own"),
+            ("x__b64url_decode__mutmut_10", "its callers replace the ValueError with their own"),
+            ("x__b64url_decode__mutmut_16", "'===' for '=': the decoder ignores extra padding"),
+            ("x_clock_skew_warning__mutmut_17", "skew 0 is within any tolerance >= 0: no warning"),
+            ("x_load_signing_key__mutmut_26", _KEY_NAME),
+            ("x_load_signing_key__mutmut_27", _KEY_NAME),
+            ("x_sign_provider_token__mutmut_43", _BIG),
+            ("x_sign_provider_token__mutmut_49", _BIG),
+            ("x_verify_provider_token__mutmut_125", _BIG),
+            ("x_verify_provider_token__mutmut_131", _BIG),
+            ("x_validate_ids__mutmut_30", "rsplit('/') has the same last part"),
+            ("x_validate_ids__mutmut_39", "rsplit('/', 2) has the same last part"),
+            ("xǁProviderTokenSourceǁ__init____mutmut_28", _BEFORE_FIRST),
+            ("xǁProviderTokenSourceǁ__init____mutmut_29", _BEFORE_FIRST),
+            ("xǁProviderTokenSourceǁ__init____mutmut_30", _BEFORE_FIRST),
+            ("xǁProviderTokenSourceǁ__init____mutmut_31", _BEFORE_FIRST),
         ]
     },
     "txapns.core.binary.x_encode_simple__mutmut_9": (
