@@ -58,7 +58,7 @@ TARGETS: dict[str, list[str]] = {
     "core/http2/errors.py": _H2,
     "core/http2/events.py": _H2,
     "core/http2/frames.py": _H2,
-    "core/http2/headers.py": _H2,
+    "core/http2/headers.py": [*_H2, "test_http2_headers_edges.py"],
     "http2.py": ["test_http2_client.py", "test_http2_client_edges.py"],
     "binary.py": ["test_binary_client.py", "test_binary_iosim.py"],
 }
@@ -80,6 +80,8 @@ _CODEC = "codec names are case-insensitive"
 _KEY_NAME = "no key class name has surrounding white space or a trailing '_'"
 _BIG = "int.to_bytes/from_bytes default to 'big' (Python >= 3.11)"
 _BEFORE_FIRST = "read only once a token exists: every reader checks _token first"
+_ONE_BYTE = "encode_integer(n, 7) is the one byte _LEN[n] for n < 127"
+_TEMPLATE_CODECS = (21, 26, 31, 39, 46, 60, 64, 74)
 EQUIVALENT: dict[str, str] = {
     f"{_BC}__init____mutmut_15": "connection_made replaces the decoder before any read",
     f"{_BC}take_sentinel__mutmut_3": "after an error response the window is empty: b'' anyway",
@@ -153,6 +155,22 @@ EQUIVALENT: dict[str, str] = {
             ("xǁProviderTokenSourceǁ__init____mutmut_29", _BEFORE_FIRST),
             ("xǁProviderTokenSourceǁ__init____mutmut_30", _BEFORE_FIRST),
             ("xǁProviderTokenSourceǁ__init____mutmut_31", _BEFORE_FIRST),
+        ]
+    },
+    **{
+        f"txapns.core.http2.headers.{name}": why
+        for name, why in [
+            *[(n, _CODEC) for n in ("x__as_bytes__mutmut_5", "x_device_path__mutmut_6")],
+            *[(f"xǁHeaderBlockTemplateǁ__init____mutmut_{n}", _CODEC) for n in _TEMPLATE_CODECS],
+            ("xǁHeaderBlockTemplateǁencode__mutmut_27", _CODEC),
+            ("xǁHeaderBlockTemplateǁencode__mutmut_56", _CODEC),
+            ("x_literal_name_prefix__mutmut_9", "first_byte defaults to 0"),
+            ("x_encode_string__mutmut_3", _ONE_BYTE),
+            ("xǁHeaderBlockTemplateǁencode__mutmut_12", _ONE_BYTE),
+            ("xǁHeaderBlockTemplateǁencode__mutmut_34", _ONE_BYTE),
+            ("xǁHeaderBlockTemplateǁencode__mutmut_63", _ONE_BYTE),
+            ("x_encode_field__mutmut_10", "static indexes (<= 61) fit a 7-bit prefix or 8"),
+            ("x_encode_header_block__mutmut_2", "None is falsy like False"),
         ]
     },
     "txapns.core.binary.x_encode_simple__mutmut_9": (
