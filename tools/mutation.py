@@ -45,7 +45,7 @@ TARGETS: dict[str, list[str]] = {
         "test_binary_channel_edges.py",
         "test_binary_client.py",
     ],
-    "core/broadcast.py": ["test_broadcast.py"],
+    "core/broadcast.py": ["test_broadcast.py", "test_broadcast_edges.py"],
     "core/counters.py": ["test_result_counters.py", "test_binary_channel.py"],
     "core/errors.py": ["test_notification.py", "test_payload.py", "test_result_counters.py"],
     "core/http2_policy.py": ["test_http2_policy.py"],
@@ -171,6 +171,17 @@ EQUIVALENT: dict[str, str] = {
             ("xǁHeaderBlockTemplateǁencode__mutmut_63", _ONE_BYTE),
             ("x_encode_field__mutmut_10", "static indexes (<= 61) fit a 7-bit prefix or 8"),
             ("x_encode_header_block__mutmut_2", "None is falsy like False"),
+        ]
+    },
+    **{
+        f"txapns.core.broadcast.{name}": why
+        for name, why in [
+            ("x_all_channels_path__mutmut_4", _CODEC),
+            ("x_broadcast_path__mutmut_4", _CODEC),
+            ("x_channels_path__mutmut_4", _CODEC),
+            ("x_channel_create_body__mutmut_14", _CODEC),
+            ("x_validate_channel_id__mutmut_25", _CODEC),
+            ("x__json_object__mutmut_3", "neither '' nor None is a dict"),
         ]
     },
     "txapns.core.binary.x_encode_simple__mutmut_9": (
