@@ -24,6 +24,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.helpers import temp_dir
 from txapns.binary import BinaryClient
 from txapns.core.notification import Notification
 from txapns.core.proxy import (
@@ -307,7 +308,7 @@ class ConfigTests(SynchronousTestCase):
     def test_cli_flag_turns_it_off_for_every_app(self) -> None:
         from txapns.cli import _load_apps, _parser
 
-        files = PKI.write(Path(self.mktemp()))
+        files = PKI.write(temp_dir(self))
         flags = [
             "--bundle-id", PKI.topic, "--key-file", files["token_key_p8"],
             "--key-id", PKI.token_key_id, "--team-id", PKI.team_id,
@@ -320,14 +321,14 @@ class ConfigTests(SynchronousTestCase):
     def test_twistd_refuses_an_unusable_environment_proxy_in_one_line(self) -> None:
         from txapns.tap import Options, makeService
 
-        files = PKI.write(Path(self.mktemp()))
+        files = PKI.write(temp_dir(self))
         options = Options()
         options.environ = {}
         options.parseOptions(
             [
                 "--bundle-id", PKI.topic, "--key-file", files["token_key_p8"],
                 "--key-id", PKI.token_key_id, "--team-id", PKI.team_id,
-                "--api-key-file", files["token_key_p8"], "--spool", self.mktemp(),
+                "--api-key-file", files["token_key_p8"], "--spool", files["token_key_p8"] + ".db",
             ]
         )  # fmt: skip
         bad = {"HTTPS_PROXY": f"http://{USER}:{PASSWORD}@proxy"}
@@ -401,7 +402,7 @@ class EndpointTests(SynchronousTestCase):
         )
 
     def test_make_sender_follows_the_app(self) -> None:
-        files = PKI.write(Path(self.mktemp()))
+        files = PKI.write(temp_dir(self))
         app = binary_app(files)
         with mock.patch.dict(os.environ, {"HTTPS_PROXY": ENV_URL}):
             on = make_sender(app, MemoryReactorClock())
@@ -459,7 +460,7 @@ class RealTLSTests(TestCase):
         self.addCleanup(apns.stopListening)
         self.addCleanup(server.when_no_connections)
         self.proxy.route(APNS, 443, to=("127.0.0.1", apns.getHost().port))
-        files = PKI.write(Path(self.mktemp()))
+        files = PKI.write(temp_dir(self))
         app = AppConfig(
             name="app",
             bundle_id=PKI.topic,
@@ -490,7 +491,7 @@ class RealTLSTests(TestCase):
         self.addCleanup(gateway.stop)
         self.addCleanup(gateway.when_all_closed)
         self.proxy.route(GATEWAY, 2195, to=("127.0.0.1", listening.getHost().port))
-        app = binary_app(PKI.write(Path(self.mktemp())))
+        app = binary_app(PKI.write(temp_dir(self)))
         with mock.patch.dict(os.environ, self.environ):
             sender = make_sender(app, self.reactor)
         assert isinstance(sender, BinaryClient)
