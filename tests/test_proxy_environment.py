@@ -36,6 +36,7 @@ from txapns.core.proxy import (
     no_proxy_matches,
     proxy_from_environment,
 )
+from txapns.endpoints import tls_endpoint
 from txapns.http2 import HTTP2Client
 from txapns.proxy import HTTPConnectEndpoint
 from txapns.service.config import (
@@ -45,7 +46,6 @@ from txapns.service.config import (
     TokenCredentials,
     parse_app,
 )
-from txapns.endpoints import tls_endpoint
 from txapns.service.senders import make_sender
 from txapns.testing.binary_gateway import FakeGateway, listen_gateway
 from txapns.testing.http2_server import FakeAPNsServer, listen_http2

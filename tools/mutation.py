@@ -52,7 +52,10 @@ TARGETS: dict[str, list[str]] = {
     "core/jwt.py": ["test_jwt.py", "test_jwt_edges.py"],
     "core/notification.py": ["test_notification.py"],
     "core/payload.py": ["test_payload.py", "test_notification.py"],
-    "core/proxy.py": ["test_proxy.py"],
+    "core/proxy.py": [
+        "test_proxy.py",
+        *(f"test_proxy_environment.py::{c}Tests" for c in ("NoProxy", "Loopback", "Environment")),
+    ],
     "core/result.py": ["test_result_counters.py"],
     "core/http2/connection.py": _H2,
     "core/http2/errors.py": _H2,
