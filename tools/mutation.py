@@ -54,6 +54,7 @@ TARGETS: dict[str, list[str]] = {
     "core/payload.py": ["test_payload.py", "test_notification.py"],
     "core/proxy.py": [
         "test_proxy.py",
+        "test_proxy_edges.py",
         *(f"test_proxy_environment.py::{c}Tests" for c in ("NoProxy", "Loopback", "Environment")),
     ],
     "core/result.py": ["test_result_counters.py"],
@@ -185,6 +186,14 @@ EQUIVALENT: dict[str, str] = {
             ("x_channel_create_body__mutmut_14", _CODEC),
             ("x_validate_channel_id__mutmut_25", _CODEC),
             ("x__json_object__mutmut_3", "neither '' nor None is a dict"),
+        ]
+    },
+    **{
+        f"txapns.core.proxy.{name}": why
+        for name, why in [
+            ("xǁProxyURLǁredacted__mutmut_9", "quote() never escapes letters: safe='XXXX' is ''"),
+            ("xǁTunnelRefusedǁerror__mutmut_14", "header() compares names in lower case"),
+            ("xǁTunnelRefusedǁerror__mutmut_15", "header() compares names in lower case"),
         ]
     },
     "txapns.core.binary.x_encode_simple__mutmut_9": (
