@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txapns.core.proxy import (
     ConnectResponseParser,
+    EnvironmentProxy,
     ProxyAuthenticationError,
     ProxyClosedError,
     ProxyCredentials,
@@ -16,6 +17,8 @@ from txapns.core.proxy import (
     ProxyURL,
     TunnelEstablished,
     TunnelRefused,
+    format_authority,
+    proxy_from_environment,
 )
 
 
@@ -89,3 +92,19 @@ class RedactedTests(SynchronousTestCase):
         url = ProxyURL("::1", 8080, ProxyCredentials("a b/c@d", "secret"))
         self.assertEqual(url.redacted(), "http://a%20b%2Fc%40d:***@[::1]:8080")
         self.assertEqual(str(url), url.redacted())
+
+
+class AuthorityAndEnvironmentTests(SynchronousTestCase):
+    def test_ports_must_be_integers(self) -> None:
+        for port in (True, "443", 0, 65536, 443.0):
+            with self.assertRaises(ValueError):
+                format_authority("api.push.apple.com", port)  # type: ignore[arg-type]
+        self.assertEqual(format_authority("api.push.apple.com", 65535), "api.push.apple.com:65535")
+
+    def test_no_proxy_ports_are_compared_with_the_target_port(self) -> None:
+        environ = {"HTTPS_PROXY": "http://proxy.corp:3128", "NO_PROXY": "apple.com:443"}
+        self.assertIsNone(proxy_from_environment(environ, "api.push.apple.com", 443))
+        self.assertIsNotNone(proxy_from_environment(environ, "api.push.apple.com", 2197))
+        env = EnvironmentProxy.from_environ(environ)
+        self.assertIsNone(env.for_target("api.push.apple.com", 443))
+        self.assertEqual(env.for_target("api.push.apple.com", 2197), ProxyURL("proxy.corp", 3128))

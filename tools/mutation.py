@@ -193,6 +193,8 @@ EQUIVALENT: dict[str, str] = {
         for name, why in [
             ("xǁProxyURLǁredacted__mutmut_9", "quote() never escapes letters: safe='XXXX' is ''"),
             ("xǁTunnelRefusedǁerror__mutmut_14", "header() compares names in lower case"),
+            ("x_build_connect_request__mutmut_15", _CODEC),
+            ("xǁProxyCredentialsǁauthorization__mutmut_9", _CODEC),
             ("xǁTunnelRefusedǁerror__mutmut_15", "header() compares names in lower case"),
         ]
     },
