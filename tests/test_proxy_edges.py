@@ -108,3 +108,95 @@ class AuthorityAndEnvironmentTests(SynchronousTestCase):
         env = EnvironmentProxy.from_environ(environ)
         self.assertIsNone(env.for_target("api.push.apple.com", 443))
         self.assertEqual(env.for_target("api.push.apple.com", 2197), ProxyURL("proxy.corp", 3128))
+
+
+class MaskTests(SynchronousTestCase):
+    """How a proxy URL is shown in an error: the password, and only it, masked."""
+
+    def test_exact_forms(self) -> None:
+        from txapns.core.proxy import _mask
+
+        for url, shown in [
+            ("http://u:pw@h:1", "http://u:***@h:1"),
+            ("u:pw@h:1", "u:***@h:1"),
+            ("http://u@h:1", "http://u@h:1"),
+            ("http://h:1", "http://h:1"),
+            ("http://u:p:w@h:1/path?q#f", "http://u:***@h:1/path?q#f"),
+            ("http://uX:pw@h:1", "http://uX:***@h:1"),
+            ("http://u:pw@h:1/a@b/c", "http://u:***@h:1/a@b/c"),
+            ("http://u:pw@h:1/x://y", "http://u:***@h:1/x://y"),
+            ("http://u:p@w@h:1", "http://u:***@h:1"),
+        ]:
+            self.assertEqual(_mask(url), shown, url)
+
+
+class FormatAuthorityTests(SynchronousTestCase):
+    def test_addresses_in_brackets(self) -> None:
+        self.assertEqual(format_authority("[::1]", 443), "[::1]:443")
+        self.assertEqual(format_authority("[2001:db8::0:1]", 1), "[2001:db8::1]:1")
+        self.assertEqual(format_authority("2001:db8::1", 1), "[2001:db8::1]:1")
+
+    def test_refusals(self) -> None:
+        for host in ("[abc", "abc]", "[]", "", "a..b", "[::g]", "a" * 64):
+            with self.assertRaises(ValueError) as cm:
+                format_authority(host, 443)
+            self.assertEqual(str(cm.exception), f"{host!r} is not a host name or IP address")
+
+    def test_the_length_limit(self) -> None:
+        name = ".".join(["a" * 63] * 3 + ["a" * 61])  # 253 characters
+        self.assertEqual(format_authority(name, 1), f"{name}:1")
+        with self.assertRaises(ValueError):
+            format_authority(name + "a", 1)
+
+
+class MessagesTests(SynchronousTestCase):
+    def test_answers_that_are_not_http_are_shown_cut_at_60_bytes(self) -> None:
+        from txapns.core.proxy import ProxyResponseError
+
+        for junk, shown in [
+            (b"Y" * 60, repr(b"Y" * 60)),
+            (b"Y" * 61, repr(b"Y" * 60) + "…"),
+        ]:
+            with self.assertRaises(ProxyResponseError) as cm:
+                ConnectResponseParser().feed(junk)
+            self.assertEqual(str(cm.exception), f"the proxy's answer is not HTTP/1.x: {shown}")
+
+    def test_url_refusals(self) -> None:
+        from txapns.core.proxy import ProxyURLError, parse_proxy_url
+
+        for url, message in [
+            (3128, "a proxy URL is a string, not int"),
+            (
+                "http://u:pw@h:1\x7f",
+                "proxy URL 'http://u:***@h:1\\x7f' contains white space or control characters",
+            ),
+            (
+                "https://u:pw@h:1",
+                "proxy URL 'https://u:***@h:1': https:// proxies (TLS to the proxy) are not "
+                "supported; give the proxy's plain http:// address (the tunnel to APNs is TLS "
+                "end to end)",
+            ),
+        ]:
+            with self.assertRaises(ProxyURLError) as cm:
+                parse_proxy_url(url)  # type: ignore[arg-type]
+            self.assertEqual(str(cm.exception), message)
+        with self.assertRaises(ProxyURLError) as cm:
+            ProxyCredentials("a:b", "c")
+        self.assertEqual(
+            str(cm.exception), "a proxy user name cannot contain ':' (Basic authentication)"
+        )
+
+    def test_environment_messages_and_fields(self) -> None:
+        from txapns.core.proxy import ProxyURLError
+
+        self.assertEqual(
+            EnvironmentProxy.from_environ({"NO_PROXY": "x"}), EnvironmentProxy(None, "", "x")
+        )
+        with self.assertRaises(ProxyURLError) as cm:
+            EnvironmentProxy.from_environ({"HTTPS_PROXY": "proxy.corp"})
+        self.assertEqual(
+            str(cm.exception),
+            "HTTPS_PROXY (from the environment): proxy URL 'http://proxy.corp' needs a port "
+            "within 1..65535 (host:port); set proxy_from_env = false (--no-env-proxy) to "
+            "ignore it",
+        )

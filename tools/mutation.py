@@ -194,6 +194,10 @@ EQUIVALENT: dict[str, str] = {
             ("xǁProxyURLǁredacted__mutmut_9", "quote() never escapes letters: safe='XXXX' is ''"),
             ("xǁTunnelRefusedǁerror__mutmut_14", "header() compares names in lower case"),
             ("x_build_connect_request__mutmut_15", _CODEC),
+            ("x__first_set__mutmut_4", "the name is unused when the value is empty"),
+            ("x__mask__mutmut_35", "split(':')[0] is split(':', 1)[0]"),
+            ("x__mask__mutmut_38", "split(':', 2)[0] is split(':', 1)[0]"),
+            ("xǁEnvironmentProxyǁfrom_environ__mutmut_25", "URL schemes are case-insensitive"),
             ("xǁProxyCredentialsǁauthorization__mutmut_9", _CODEC),
             ("xǁTunnelRefusedǁerror__mutmut_15", "header() compares names in lower case"),
         ]
