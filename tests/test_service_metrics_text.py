@@ -11,7 +11,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from txapns.core import Counters, Notification, Outcome, Result
-from txapns.service.metrics import AppGauges, ServiceMetrics
+from txapns.service.metrics import COUNTER_METRICS, FAMILIES, AppGauges, ServiceMetrics
 
 GOLDEN = Path(__file__).with_name("metrics_exposition.txt")
 
@@ -68,3 +68,16 @@ class ExpositionTests(SynchronousTestCase):
             [line for line in text.splitlines() if not line.startswith("#")], []
         )
         self.assertTrue(text.endswith("\n"))
+
+
+class TableTests(SynchronousTestCase):
+    def test_one_row_per_family(self) -> None:
+        names = [f.name for f in FAMILIES]
+        self.assertEqual(len(names), len(set(names)))
+        self.assertLessEqual(set(COUNTER_METRICS.values()), set(names))
+        self.assertEqual({f.kind for f in FAMILIES}, {"counter", "gauge", "histogram"})
+
+    def test_rendered_in_table_order(self) -> None:
+        m, gauges = populated()
+        types = [line.split()[2] for line in m.render(gauges).splitlines() if "# TYPE" in line]
+        self.assertEqual(types, [f.name for f in FAMILIES])
