@@ -34,8 +34,9 @@ from txapns.core.proxy import (
     build_connect_request,
     parse_proxy_url,
 )
+from txapns.service.application import single_app
 from txapns.service.config import ConfigError, parse_app
-from txapns.tap import Options, _single_app
+from txapns.tap import Options
 from txapns.testing.pki import make_test_pki
 
 PKI = make_test_pki()
@@ -456,7 +457,7 @@ class TapTests(SynchronousTestCase):
                 "http://user:hunter2@127.0.0.1:3128",
             ]
         )
-        app = _single_app(options)
+        app = single_app(options)
         self.assertEqual(
             app.proxy, ProxyURL("127.0.0.1", 3128, ProxyCredentials("user", "hunter2"))
         )

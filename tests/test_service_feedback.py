@@ -18,8 +18,9 @@ from txapns.service.feedback import FeedbackPolling, feedback_pollers
 from txapns.service.spool import Spool, SpoolStore, inline_runner
 from txapns.service.testing import FakeSender
 from txapns.service.wiring import EngineService
-from txapns.tap import FAKE_APP, Options, _FakeAPNs, makeService
+from txapns.tap import Options, makeService
 from txapns.testing.binary_gateway import FakeFeedbackService, encode_feedback_tuple
+from txapns.testing.embedded import FAKE_APP, EmbeddedAPNs
 
 from .helpers import temp_dir
 from .test_feedback import ManualEndpoint, MemoryEndpoint
@@ -334,7 +335,7 @@ class RunningFeedbackTests(TestCase):
         service = makeService(options)
         assert isinstance(service, MultiService)
         children = list(IServiceCollection(service))
-        fake = next(s for s in children if isinstance(s, _FakeAPNs))
+        fake = next(s for s in children if isinstance(s, EmbeddedAPNs))
         engine_service = next(s for s in children if isinstance(s, EngineService))
         listener = next(s for s in children if hasattr(s, "_waitingForPort"))
         (poller,) = engine_service.feedback

@@ -20,9 +20,10 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_service_config import KEY_ID, TEAM_ID, write_p8
+from txapns.service.application import build_service, describe_app
 from txapns.service.logs import hint_for, make_observer
 from txapns.service.systemd import notify
-from txapns.tap import Options, build_service, describe_app
+from txapns.tap import Options
 
 
 def emit_samples(observer: ILogObserver) -> None:

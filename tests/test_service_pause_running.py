@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from txapns.tap import FAKE_APP
+from txapns.testing.embedded import FAKE_APP
 
 from .test_service_running import RunningServiceMixin, deferred_test, metric, sleep, token
 

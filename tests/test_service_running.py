@@ -31,7 +31,8 @@ from twisted.web.iweb import IResponse
 
 from txapns.service.config import ConfigError
 from txapns.service.webhook import BytesProducer
-from txapns.tap import FAKE_APP, Options, _FakeAPNs, makeService
+from txapns.tap import Options, makeService
+from txapns.testing.embedded import FAKE_APP, EmbeddedAPNs
 
 from .helpers import temp_dir
 
@@ -195,7 +196,7 @@ class RunningServiceMixin:
         assert isinstance(service, MultiService)
         self.service = service
         children = list(IServiceCollection(service))
-        self.fake = next(s for s in children if isinstance(s, _FakeAPNs))
+        self.fake = next(s for s in children if isinstance(s, EmbeddedAPNs))
         self.engine_service = next(s for s in children if type(s).__name__ == "EngineService")
         listener = next(s for s in children if hasattr(s, "_waitingForPort"))
         service.startService()

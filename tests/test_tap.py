@@ -14,9 +14,10 @@ from twisted.application.service import IService, IServiceCollection
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from txapns.service.application import build_service
 from txapns.service.config import ConfigError
 from txapns.service.wiring import EngineService
-from txapns.tap import Options, build_service, makeService
+from txapns.tap import Options, makeService
 
 
 class OptionsTests(SynchronousTestCase):
@@ -64,7 +65,7 @@ class MakeServiceTests(SynchronousTestCase):
         service = makeService(options)
         self.assertTrue(IService.providedBy(service))
         names = [type(s).__name__ for s in IServiceCollection(service)]
-        self.assertEqual(names, ["_FakeAPNs", "_StartSenders", "EngineService", "_Listener"])
+        self.assertEqual(names, ["EmbeddedAPNs", "StartSenders", "EngineService", "Listener"])
         self.assertFalse(service.running)
 
     def test_single_app_needs_an_api_key(self) -> None:

@@ -295,7 +295,7 @@ def _configured_apps(args: argparse.Namespace) -> list[Any]:
 
 
 def _one_off_app(args: argparse.Namespace) -> Any:
-    from .tap import _single_app
+    from .service.application import single_app
 
     options = {
         "app": args.app or "cli",
@@ -311,7 +311,7 @@ def _one_off_app(args: argparse.Namespace) -> Any:
         "passphrase-file": args.passphrase_file,
         "proxy": args.proxy,
     }
-    app = _single_app(options)
+    app = single_app(options)
     if args.port is not None and not 0 < args.port < 65536:
         raise _UsageError(f"--port must be within 1..65535, not {args.port}")
     ca_file = Path(args.ca_file) if args.ca_file else None
@@ -528,9 +528,9 @@ async def _connect(reactor: Any, app: Any, fake_protocol: str) -> tuple[Any, Any
     if app is not None:
         sender = make_sender(app, reactor)
     else:
-        from .tap import _fake_app, _FakeAPNs
+        from .testing.embedded import EmbeddedAPNs, embedded_app
 
-        fake = _FakeAPNs(reactor, fake_protocol)
+        fake = EmbeddedAPNs(reactor, fake_protocol)
         fake.startService()
         # The fake keeps no record per notification: memory stays flat for a million.
         if fake_protocol == "binary":
@@ -539,7 +539,7 @@ async def _connect(reactor: Any, app: Any, fake_protocol: str) -> tuple[Any, Any
             fake.server.accepted = _Discard()
         workdir = tempfile.mkdtemp(prefix="txapns-cli-")
         fake.workdir = workdir
-        app = _fake_app(fake, Path(workdir))
+        app = embedded_app(fake, Path(workdir))
         sender = make_sender(app, reactor, address=fake.address, hostname="localhost")
     start = getattr(sender, "start", None)
     if start is not None:

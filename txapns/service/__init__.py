@@ -5,9 +5,13 @@
 * :mod:`.engine` — from a validated submission to recorded outcomes, over one
   :class:`~txapns.interfaces.Sender` per app.
 * :mod:`.api` — the JSON HTTP API (:func:`~txapns.service.api.make_site`).
-* :mod:`.metrics` — counters, the latency histogram and the Prometheus text.
+* :mod:`.webhook` — the invalid-token webhook.
+* :mod:`.metrics` — counters, the latency histogram and the Prometheus text, from one table.
 * :mod:`.wiring` — :func:`~txapns.service.wiring.build_engine` and
-  :class:`~txapns.service.wiring.EngineService`, for ``txapns.tap``.
+  :class:`~txapns.service.wiring.EngineService`: config and Senders to a running engine.
+* :mod:`.application` — the whole service ``twistd apns`` runs, from its options
+  (:func:`~txapns.service.application.build_service`, for ``txapns.tap``); :mod:`.demo`
+  is its ``--demo``.
 * :mod:`.testing` — a controllable fake Sender for tests.
 
 Nothing here imports the reactor: it is passed in.

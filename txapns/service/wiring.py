@@ -1,6 +1,7 @@
 """Putting the service together from a :class:`ServiceConfig` and started Senders.
 
-``txapns.tap`` is expected to do, with the reactor imported inside ``makeService``::
+What :func:`~txapns.service.application.build_service` does, with the reactor imported inside
+it::
 
     config = load_config(path)
     senders = {app.name: <started client for app> for app in config.apps}
