@@ -12,7 +12,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from .core.backoff import Backoff
-from .core.binary_channel import ChannelConfig, UnknownPolicy
+from .core.binary_channel import ChannelConfig
 from .core.errors import (
     APNsError,
     ChannelError,
@@ -34,10 +34,10 @@ from .core.errors import (
     ValidationError,
 )
 from .core.http2_policy import RetryPolicy
-from .core.jwt import load_signing_key
+from .core.jwt import ProviderToken, load_signing_key
 from .core.notification import Notification, PushType
 from .core.payload import Alert, CriticalSound, build_payload, encode_payload
-from .core.result import Outcome, Result
+from .core.result import Outcome, Result, UnknownPolicy
 
 if TYPE_CHECKING:
     from .binary import BinaryClient
@@ -83,6 +83,7 @@ __all__ = [
     "PayloadError",
     "PayloadTooLargeError",
     "ProtocolError",
+    "ProviderToken",
     "PushType",
     "QueueFullError",
     "RequestError",
