@@ -260,7 +260,11 @@ def h1load_phase(
     try:
         assert bare.stdout is not None
         bare_url = f"http://127.0.0.1:{int(bare.stdout.readline())}/v1/apps/{APP}/notifications"
-        reference = {c: h1load(h2load, bare_url, async_body, key, c, seconds) for c in conns}
+        reference = {}
+        for c in conns:
+            cpu0 = cpu_seconds(bare.pid)
+            reference[c] = h1load(h2load, bare_url, async_body, key, c, seconds)
+            reference[c]["cpu"] = cpu_seconds(bare.pid) - cpu0
     finally:
         bare.send_signal(signal.SIGTERM)
         bare.wait(30)
@@ -273,11 +277,17 @@ def h1load_phase(
         cpu = cpu_seconds(args.service_pid) - cpu0
         ref = reference[c]
         print(
-            f"  {c:3d} connections: bare twisted.web {ref['rate']:8,.0f} requests/s; "
+            f"  {c:3d} connections: bare twisted.web {ref['rate']:8,.0f} requests/s "
+            f"({ref['cpu'] / max(ref['ok'], 1) * 1e6:.0f} µs CPU each); "
             f"service async {got['rate']:8,.0f} requests/s ({got['ok']:,} 202, {got['bad']} "
-            f"other) = {got['rate'] / ref['rate']:.2f} of bare; service CPU "
-            f"{cpu / max(got['ok'], 1) * 1e6:.0f} µs/request (target ≥ 0.6)"
+            f"other; {cpu / max(got['ok'], 1) * 1e6:.0f} µs CPU each) = "
+            f"{got['rate'] / ref['rate']:.2f} of bare (target ≥ 0.6)"
         )
+    fsync = fsync_p50(work)
+    print(
+        f"  this disk: fsync p50 {fsync * 1e3:.2f} ms, so one connection (one request at a "
+        f"time, each durable before its answer) is capped at {1 / fsync:,.0f} requests/s"
+    )
     wait_drained(conn, key)
     got = h1load(h2load, url, sync_body, key, 1, seconds, latency=True)
     print(
@@ -286,6 +296,23 @@ def h1load_phase(
         "(target p50 ≤ 2 ms)"
     )
     wait_drained(conn, key)
+
+
+def fsync_p50(directory: Path, rounds: int = 100) -> float:
+    """Median seconds of one 4 KiB write + fsync in ``directory`` (where the spool is)."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    times = []
+    try:
+        for _ in range(rounds):
+            os.write(fd, b"x" * 4096)
+            t0 = time.perf_counter()
+            os.fsync(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return sorted(times)[len(times) // 2]
 
 
 # --- load generator (worker processes) ------------------------------------------------------
@@ -429,7 +456,12 @@ def profiled(stats: str, twistd_args: list[str]) -> int:
 
 
 def write_config(
-    directory: Path, protocol: str, port: int, key: str, mock_certs: Path | None = None
+    directory: Path,
+    protocol: str,
+    port: int,
+    key: str,
+    mock_certs: Path | None = None,
+    http_server: str = "lean",
 ) -> Path:
     (directory / "api.key").write_text(key + "\n")
     pki = directory / "pki"
@@ -457,6 +489,7 @@ def write_config(
             [
                 'api_key_file = "api.key"',
                 'spool = "spool.sqlite3"',
+                f'http_server = "{http_server}"',
                 "[[app]]",
                 f'name = "{APP}"',
                 f'bundle_id = "{bundle_id}"',
@@ -540,6 +573,10 @@ def main() -> int:
     ap.add_argument(
         "--cert-dir", type=Path, help="with --target: the harness's certs/ (ca.pem, bench key)"
     )
+    ap.add_argument(
+        "--http-server", choices=("lean", "twisted"), default="lean",
+        help="the service's HTTP/1.1 layer (http_server in its configuration)",
+    )  # fmt: skip
     ap.add_argument("--h1load", action="store_true", help="one-notification requests, h2load")
     ap.add_argument("--h1load-conns", default="1,16,64", help="comma-separated connections")
     ap.add_argument("--h1load-seconds", type=float, default=5.0)
@@ -550,7 +587,7 @@ def main() -> int:
     ap.add_argument(
         "--profile", metavar="FILE",
         help="run the service under cProfile (reactor thread CPU time), stats saved to FILE",
-    )
+    )  # fmt: skip
     ap.add_argument("--library", metavar="CONFIG", help=argparse.SUPPRESS)
     ap.add_argument("--library-conns", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--bare-site", action="store_true", help=argparse.SUPPRESS)
@@ -602,9 +639,10 @@ def main() -> int:
             counter = RecordCounter(record)
             where = f"fake APNs (python -m txapns.testing {kind}) on port {fake_port}"
         key = secrets.token_urlsafe(32)
-        config = write_config(work, args.protocol, fake_port, key, mock_certs)
+        config = write_config(work, args.protocol, fake_port, key, mock_certs, args.http_server)
         print(
-            f"txapns service benchmark: protocol {args.protocol}, {where}, "
+            f"txapns service benchmark: protocol {args.protocol}, {where}, API over "
+            f"{args.http_server}, "
             f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
         )
 

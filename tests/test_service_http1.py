@@ -255,6 +255,31 @@ class LayerTests(_Connection):
             r'"GET /livez\?x=%22 HTTP/1\.1" 200 18 "-" "t/1 \\"q\\""\n$',
         )
 
+    def test_access_log_setting(self) -> None:
+        # Off by default (see docs: it cost more than the rest of a small request), to the
+        # service log with "log", or to a file of its own.
+        for setting in ("off", "log"):
+            factory: Any = make_listener(
+                self.engine, KEY, LIMITS, reactor=self.clock, server=self.server,
+                access_log=setting,
+            )  # fmt: skip
+            factory.doStart()
+            out = getattr(factory, "_log_file", None) or getattr(factory, "_logFile", None)
+            self.assertEqual(out is None, setting == "off")
+            factory.doStop()
+        path = temp_dir(self) / "access.log"
+        factory = make_listener(
+            self.engine, KEY, LIMITS, reactor=self.clock, server=self.server,
+            access_log=str(path),
+        )  # fmt: skip
+        factory.doStart()
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4321))
+        protocol.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1)))
+        protocol.dataReceived(get(b"/livez"))
+        factory.doStop()
+        (line,) = path.read_text().splitlines()
+        self.assertIn('"GET /livez HTTP/1.1" 200 18', line)
+
 
 class TwistedWebLayerTests(LayerTests):
     server = "twisted"
@@ -311,6 +336,18 @@ class ConfigTests(SynchronousTestCase):
             parse({"http_server": "fast"})
         self.assertIn("http_server must be one of lean, twisted", str(e.exception))
         self.assertEqual(parse(apply_environment({}, {"TXAPNS_HTTP_SERVER": "twisted"})), "twisted")
+
+    def test_access_log_setting(self) -> None:
+        def parse(data: dict[str, Any]) -> str:
+            return parse_config(data, base_dir=Path("/etc/txapns"), check_files=False).access_log
+
+        self.assertEqual(parse({}), "off")
+        self.assertEqual(parse({"access_log": "log"}), "log")
+        self.assertEqual(parse({"access_log": "access.log"}), "/etc/txapns/access.log")
+        for bad in ("", 1):
+            with self.assertRaises(ConfigError):
+                parse({"access_log": bad})
+        self.assertEqual(parse(apply_environment({}, {"TXAPNS_ACCESS_LOG": "log"})), "log")
 
     def test_make_listener_refuses_an_unknown_server(self) -> None:
         with self.assertRaises(ValueError):

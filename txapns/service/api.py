@@ -605,6 +605,17 @@ class ApiSite(Site):
     def getContentFile(self, length: int | None) -> BoundedBody:
         return BoundedBody(self.max_body_bytes, length)
 
+    #: Where the combined-log-format line of each request goes (the ``access_log``
+    #: setting): ``"log"`` the service log (twisted.web's default), ``"off"``, or a path.
+    access_log = "log"
+
+    def startFactory(self) -> None:
+        Site.startFactory(self)
+        if self.access_log == "off":
+            self._logFile = None
+        elif self.access_log != "log":
+            self._logFile = self._openLogFile(self.access_log)  # type: ignore[no-untyped-call]
+
 
 def make_site(
     engine: Engine,
@@ -628,17 +639,23 @@ def make_listener(
     reactor: IReactorTime | None = None,
     *,
     server: str = "lean",
+    access_log: str = "off",
 ) -> IProtocolFactory:
     """The factory to listen with (strports): the API over ``server``, the ``http_server``
     setting: ``"lean"`` (:mod:`txapns.service.http1`, the default: a fraction of
-    twisted.web's CPU per request) or ``"twisted"`` (:class:`ApiSite`)."""
+    twisted.web's CPU per request) or ``"twisted"`` (:class:`ApiSite`). ``access_log`` is
+    the setting of that name: ``"off"``, ``"log"`` (the service log) or a file's path."""
+    factory: ApiSite | Any
     if server == "twisted":
-        return make_site(engine, api_key, limits, reactor)
-    if server == "lean":
+        factory = make_site(engine, api_key, limits, reactor)
+    elif server == "lean":
         from .http1 import ApiFactory
 
-        return ApiFactory(Api(engine, api_key, limits), reactor)
-    raise ValueError(f"http_server must be 'lean' or 'twisted', not {server!r}")
+        factory = ApiFactory(Api(engine, api_key, limits), reactor)
+    else:
+        raise ValueError(f"http_server must be 'lean' or 'twisted', not {server!r}")
+    factory.access_log = access_log
+    return factory
 
 
 _CHALLENGE = b'Bearer realm="txapns"'

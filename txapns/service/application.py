@@ -199,7 +199,13 @@ def build_service(options: Any) -> IService:
     health = client_health(senders, pollers)
     engine, pool = build_engine(config, senders, reactor, health=health, agent=Agent(reactor))  # type: ignore[arg-type]
     _attach(EngineService(engine, pool, feedback=pollers.values()), top)
-    site = make_listener(engine, config.api_key(), limits_from(config), server=config.http_server)
+    site = make_listener(
+        engine,
+        config.api_key(),
+        limits_from(config),
+        server=config.http_server,
+        access_log=config.access_log,
+    )
     # The demo listens on an ephemeral loopback port of its own, so it never collides with a
     # running service; explicit --listen options are honoured in every mode.
     if not options["demo"] or options["listen"]:

@@ -181,6 +181,8 @@ class ServiceConfig:
     max_recipients: int = DEFAULT_MAX_RECIPIENTS
     #: The HTTP/1.1 layer serving the API: "lean" (httptools) or "twisted" (twisted.web).
     http_server: str = DEFAULT_HTTP_SERVER
+    #: One line per API request: "off", "log" (the service log) or a file's path.
+    access_log: str = "off"
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     invalid_token_webhook: str | None = None
     feedback_interval: float = DEFAULT_FEEDBACK_INTERVAL
@@ -226,6 +228,7 @@ _SERVICE_KEYS = {
     "max_body_bytes",
     "max_recipients",
     "http_server",
+    "access_log",
     "drain_timeout",
     "invalid_token_webhook",
     "feedback_interval",
@@ -337,10 +340,20 @@ def parse_config(
         max_body_bytes=int(_positive(data, "max_body_bytes", DEFAULT_MAX_BODY_BYTES, integer=True)),
         max_recipients=int(_positive(data, "max_recipients", DEFAULT_MAX_RECIPIENTS, integer=True)),
         http_server=_http_server(data),
+        access_log=_access_log(data, base_dir),
         drain_timeout=_positive(data, "drain_timeout", DEFAULT_DRAIN_TIMEOUT),
         invalid_token_webhook=webhook,
         feedback_interval=_non_negative(data, "feedback_interval", DEFAULT_FEEDBACK_INTERVAL),
     )
+
+
+def _access_log(data: Mapping[str, Any], base_dir: Path) -> str:
+    value = data.get("access_log", "off")
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f'access_log must be "off", "log" or a file\'s path, not {value!r}')
+    if value in ("off", "log"):
+        return value
+    return str(base_dir / value)
 
 
 def _http_server(data: Mapping[str, Any]) -> str:

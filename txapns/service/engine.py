@@ -140,6 +140,10 @@ class EngineApp:
 #: How often the service's engine checks its apps' connections and paused apps (seconds).
 WATCH_INTERVAL = 5.0
 
+#: The service's ``outcome_delay`` (seconds): outcomes nobody waits for are written with the
+#: next submission's job, or after this long, instead of in a transaction of their own.
+OUTCOME_DELAY = 0.02
+
 #: In-flight bound of binary-protocol apps. The binary protocol never confirms a notification:
 #: the client counts one as accepted once its quiet window (1 s) passed without an error, so
 #: the in-flight bound divided by that window caps the app's throughput. This lets a binary
@@ -267,6 +271,7 @@ class Engine:
         offline_threshold: float = 60.0,
         probe_interval: float = 30.0,
         watch_interval: float = 0.0,
+        outcome_delay: float = 0.0,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
@@ -282,6 +287,10 @@ class Engine:
         self.offline_threshold = offline_threshold
         #: Seconds between attempts to send for an app paused as unavailable.
         self.probe_interval = probe_interval
+        #: Seconds an outcome nobody waits for may wait to be written with others (or with
+        #: the next submission, whichever comes first). A crash meanwhile resumes those
+        #: notifications as possible duplicates, as one before the outcome arrived would.
+        self.outcome_delay = outcome_delay
         #: Seconds between watchdog rounds (:meth:`_watch`); 0: none (the service sets
         #: :data:`WATCH_INTERVAL`). Without it, an app paused as unavailable is only tried
         #: again when a result arrives, and ``offline_since`` is only noted by ``health()``.
@@ -562,6 +571,8 @@ class Engine:
             )
         items = list(notifications)
         st = self._apps[app]
+        if self._records:
+            self._flush_records()  # into the same transaction as this job
         # Nothing waits before it and the in-flight window has room: store the job as in
         # flight and hand it to the client as soon as it is committed, instead of a second
         # transaction (and fsync) to mark it in flight. A crash in between leaves it in flight,
@@ -1019,8 +1030,16 @@ class Engine:
                     record.kind,
                 )
         self._records.append(record)
-        if self._records_call is None:
-            self._records_call = self._clock.callLater(0, self._flush_records)
+        # Someone waits for this job's outcomes (a synchronous request): written now.
+        # Otherwise they wait up to outcome_delay for company: the next submission's store
+        # takes them into its transaction (one fsync for both, see submit), which is what
+        # lets one connection's asynchronous requests cost one fsync each instead of two.
+        delay = 0.0 if item.job_id in self._waiters else self.outcome_delay
+        call = self._records_call
+        if call is None:
+            self._records_call = self._clock.callLater(delay, self._flush_records)
+        elif delay == 0.0 and call.getTime() > self._clock.seconds():
+            call.reset(0)
 
     def _flush_records(self) -> None:
         """Record the outcomes gathered this turn with one spool operation."""

@@ -42,6 +42,7 @@ _SERVICE: dict[str, str] = {
     "max_body_bytes": "int",
     "max_recipients": "int",
     "http_server": "str",
+    "access_log": "str",
     "drain_timeout": "float",
     "invalid_token_webhook": "str",
     "feedback_interval": "float",

@@ -324,7 +324,7 @@ class ApiProtocol(Protocol):
         else:
             transport.write(b"\r\n".join(head) + body)
             sent = len(body)
-        self.factory.access_log(self._address, request, code, sent)
+        self.factory.log_access(self._address, request, code, sent)
         if request.close:
             self._close()
 
@@ -350,7 +350,7 @@ class ApiProtocol(Protocol):
         ]
         head += [name + b": " + value for name, value in headers]
         self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + raw)  # type: ignore[union-attr]
-        self.factory.access_log(self._address, request, code, len(raw))
+        self.factory.log_access(self._address, request, code, len(raw))
         self._close()
 
     def _bad(self, code: int, kind: str, message: str) -> None:
@@ -441,12 +441,21 @@ class ApiFactory(ServerFactory):
     def buildProtocol(self, addr: IAddress | None) -> ApiProtocol:  # type: ignore[override]
         return ApiProtocol(self)
 
+    #: Where the combined-log-format line of each request goes (the ``access_log``
+    #: setting): ``"log"`` the service log (where twisted.web writes it), ``"off"``, or a
+    #: file's path (line-buffered, as twisted.web's ``logPath``).
+    access_log = "log"
+
     def startFactory(self) -> None:
-        # The access log goes where twisted.web's goes: the legacy log file (twistd's log).
-        self._log_file = legacy_log.logfile
+        if self.access_log == "log":
+            self._log_file = legacy_log.logfile
+        elif self.access_log != "off":
+            self._log_file = open(self.access_log, "a", 1, newline="\n")  # noqa: SIM115
 
     def stopFactory(self) -> None:
-        self._log_file = None
+        out, self._log_file = self._log_file, None
+        if out is not None and out is not legacy_log.logfile:
+            out.close()
 
     def _tick(self) -> None:
         now = self.clock.seconds()
@@ -461,7 +470,7 @@ class ApiFactory(ServerFactory):
         self._tick()
         return self._date
 
-    def access_log(self, address: IAddress | None, request: _Request, code: int, sent: int) -> None:
+    def log_access(self, address: IAddress | None, request: _Request, code: int, sent: int) -> None:
         """One line in the combined log format, as twisted.web's ``combinedLogFormatter``."""
         out = self._log_file
         if out is None:

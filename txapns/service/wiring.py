@@ -39,7 +39,7 @@ from ..interfaces import Sender
 from .api import Limits
 from .backend import SpoolBackend
 from .config import RedisSpoolConfig, ServiceConfig
-from .engine import WATCH_INTERVAL, Engine, engine_apps
+from .engine import OUTCOME_DELAY, WATCH_INTERVAL, Engine, engine_apps
 from .feedback import FeedbackPolling
 from .spool import Spool, SpoolStore, thread_runner
 from .webhook import InvalidTokenWebhook
@@ -93,6 +93,7 @@ def build_engine(
         retention=config.retention_seconds,
         webhook=webhook,
         watch_interval=WATCH_INTERVAL,
+        outcome_delay=OUTCOME_DELAY,
     )
     return engine, pool
 
