@@ -22,7 +22,7 @@ from txapns.service.backend import ConsumerHooks, SpoolUnavailableError
 from txapns.service.config import ConfigError, RedisSpoolConfig, parse_config
 from txapns.service.engine import Engine, EngineApp, NotAcceptingError, Template
 from txapns.service.redis_spool import RedisAddress, RedisLink, RedisSettings, RedisSpool
-from txapns.service.spool import OutcomeRecord, SpooledNotification
+from txapns.service.spool import IdempotencyKeyReusedError, OutcomeRecord, SpooledNotification
 from txapns.service.testing import FakeSender, accept
 
 from .redis_server import SKIP, RedisServer, wait_until
@@ -155,6 +155,54 @@ class StoreTests(RedisCase):
         # acknowledged and trimmed some of them.)
         info = self.server.cli("XINFO", "STREAM", q).split("\n")
         self.assertEqual(int(info[info.index("entries-added") + 1]), 3)
+
+    @deferred_test
+    async def test_reused_key_with_another_fingerprint_is_refused(self) -> None:
+        spool = self.spool()
+        await self.connected(spool)
+        n1 = [Notification.create(bytes([1]) * 32, b'{"aps":{}}')]
+        n2 = [Notification.create(bytes([2]) * 32, b'{"aps":{}}')]
+        first = await spool.add_job("a", n1, now=1, idempotency_key="k", fingerprint="f1")
+        same = await spool.add_job("a", n1, now=2, idempotency_key="k", fingerprint="f1")
+        self.assertEqual((same.job_id, same.duplicate), (first.job_id, True))
+        error = await spool.add_job(
+            "a", n2, now=3, idempotency_key="k", fingerprint="f2"
+        ).addCallbacks(lambda _: None, lambda f: f.value)
+        self.assertIsInstance(error, IdempotencyKeyReusedError)
+        self.assertEqual(error.job_id, first.job_id)
+        # Without a fingerprint on either side, a repeat is a plain repeat (library callers).
+        plain = await spool.add_job("a", n2, now=4, idempotency_key="k")
+        self.assertEqual((plain.job_id, plain.duplicate), (first.job_id, True))
+        unprinted = await spool.add_job("a", n1, now=5, idempotency_key="k2")
+        later = await spool.add_job("a", n2, now=6, idempotency_key="k2", fingerprint="f3")
+        self.assertEqual((later.job_id, later.duplicate), (unprinted.job_id, True))
+        # Nothing of the refused request was stored: one entry per job ever added.
+        info = self.server.cli("XINFO", "STREAM", f"{self.prefix}:{{a}}:q").split("\n")
+        self.assertEqual(int(info[info.index("entries-added") + 1]), 2)
+
+    @deferred_test
+    async def test_api_answers_422_for_a_reused_key_with_another_body(self) -> None:
+        spool = self.spool()
+        await self.connected(spool)
+        engine = self.engine(spool, FakeSender(auto=accept))
+        await engine.start()
+        key = b"redis-idempotency-key-0123456789"
+        port = self.reactor.listenTCP(0, make_site(engine, key), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        api = ApiClient(self.reactor, f"http://127.0.0.1:{port.getHost().port}", key)
+        self.addCleanup(api.close)
+        batch = {"tokens": [token(2), token(3)], "alert": "a", "async": True,
+                 "idempotency_key": "batch-9"}  # fmt: skip
+        a1 = await api.post("a", batch)
+        a2 = await api.post("a", batch)
+        other = await api.post(
+            "a", {"tokens": [token(4)], "alert": "b", "async": True, "idempotency_key": "batch-9"}
+        )
+        self.assertEqual((a1.code, a2.code, other.code), (202, 202, 422), other.raw)
+        self.assertEqual(other.json["error"]["code"], "idempotency_key_reused")
+        self.assertEqual(other.json["error"]["job_id"], a1.json["job_id"])
+        self.assertEqual(a2.json["job_id"], a1.json["job_id"])
+        self.assertEqual(a2.header("Idempotent-Replayed"), "true")
 
     async def _both(self, engine: Engine, ns: list[Notification]) -> tuple[Any, Any]:
         d1 = engine.submit("a", ns, idempotency_key="k1", async_=True)

@@ -17,7 +17,9 @@ Key layout (``P`` is the configured prefix; ``{app}`` is a hash tag)::
     P:{app}:bad        sorted set token -> reported_at (Redis time): the invalid-token feed
     P:{app}:bad:d      hash token -> JSON details of the feed entry
     P:job:ID           hash: app, created, async, total, remaining, status, finished, tokens,
-                       payload, fields (the template every notification of the job shares)
+                       payload, fields (the template every notification of the job shares),
+                       fp (the request's fingerprint: a reused idempotency key with another
+                       one is refused, as by the SQLite spool), idem
     P:job:ID:r         hash idx -> JSON outcome (first recorded wins)
     P:job:ID:d         hash idx -> 1: recorded twice (delivered twice, possibly)
 
@@ -61,6 +63,7 @@ from .metrics import family_lines
 from .spool import (
     QUEUED,
     STATES,
+    IdempotencyKeyReusedError,
     InvalidToken,
     JobView,
     NotificationView,
@@ -81,29 +84,34 @@ GROUP = "txapns"
 
 # --- scripts ----------------------------------------------------------------------------------
 
-# Store a job: idempotency key (first one wins), the job hash, and every notification, in the
-# stream or (send_at later than Redis's clock) the scheduled set. KEYS: stream, sched, idem.
+# Store a job: idempotency key (first one wins; a repeat whose request fingerprint differs
+# from the first one's is refused, 2), the job hash, and every notification, in the stream or
+# (send_at later than Redis's clock) the scheduled set. KEYS: stream, sched, idem.
 # ARGV: job prefix, job id, has idem, ttl, app, created, async, send_at, total, tokens,
-# payload, fields, entries...
+# payload, fields, fingerprint, entries...
 _STORE = """
 local jk = ARGV[1] .. ARGV[2]
 if ARGV[3] == '1' then
   local old = redis.call('GET', KEYS[3])
   if old then
-    return {0, old, redis.call('HGET', ARGV[1] .. old, 'async') or '0'}
+    local first = redis.call('HMGET', ARGV[1] .. old, 'async', 'fp')
+    if ARGV[13] ~= '' and first[2] and first[2] ~= '' and first[2] ~= ARGV[13] then
+      return {2, old, '0'}
+    end
+    return {0, old, first[1] or '0'}
   end
   redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[4])
 end
 redis.call('HSET', jk, 'app', ARGV[5], 'created', ARGV[6], 'async', ARGV[7],
   'send_at', ARGV[8], 'total', ARGV[9], 'remaining', ARGV[9], 'status', 'pending',
-  'tokens', ARGV[10], 'payload', ARGV[11], 'fields', ARGV[12],
+  'tokens', ARGV[10], 'payload', ARGV[11], 'fields', ARGV[12], 'fp', ARGV[13],
   'idem', ARGV[3] == '1' and KEYS[3] or '')
 local later = false
 if ARGV[8] ~= '' then
   local t = redis.call('TIME')
   later = tonumber(ARGV[8]) > tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-for i = 13, #ARGV do
+for i = 14, #ARGV do
   if later then
     redis.call('ZADD', KEYS[2], ARGV[8], ARGV[i])
   else
@@ -583,9 +591,6 @@ class RedisSpool:
     ) -> Deferred[StoredJob]:
         if inflight:  # the engine never asks a shared spool: its consumers hand work out
             return fail(ValueError("a shared spool cannot store notifications in flight"))
-        # ``fingerprint`` (a reused key with another body: 422) is not compared here yet:
-        # a repeated key answers with the first job, as before.
-        del fingerprint
         try:
             self._check_open()
         except SpoolError as e:
@@ -612,6 +617,7 @@ class RedisSpool:
             ",".join(n.token_hex for n in notifications),
             first.payload,
             encode_fields(first),
+            fingerprint if fingerprint is not None and idempotency_key is not None else "",
             *entries,
         ]
         keys = [
@@ -642,6 +648,8 @@ class RedisSpool:
 
     def _stored(self, reply: Any, count: int) -> StoredJob:
         fresh, job_id, async_flag = int(reply[0]), str(reply[1]), str(reply[2]) == "1"
+        if fresh == 2:
+            raise IdempotencyKeyReusedError(job_id)
         if not fresh:
             return StoredJob(job_id, (), True, async_flag)
         return StoredJob(job_id, (), False, async_flag)
