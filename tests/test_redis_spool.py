@@ -89,6 +89,15 @@ class RedisCase(TestCase):
     def notifications(self, engine: Engine, n: int, first: int = 0) -> list[Notification]:
         return engine.prepare("a", ALERT, [token(first + i) for i in range(n)])
 
+    def entries_added(self) -> int:
+        info = self.server.cli("XINFO", "STREAM", f"{self.prefix}:{{a}}:q").split("\n")
+        return int(info[info.index("entries-added") + 1])
+
+    async def job_of(self, spool: RedisSpool, count: int, seed: int = 0) -> str:
+        ns = [Notification.create(bytes([seed, i]) * 16, b'{"aps":{}}') for i in range(count)]
+        stored = await spool.add_job("a", ns, now=1.0, async_=True)
+        return stored.job_id
+
 
 class Collector:
     """ConsumerHooks that keep what they are fed."""
@@ -150,11 +159,9 @@ class StoreTests(RedisCase):
         self.assertTrue(second.duplicate)
         self.assertEqual(first.job_id, second.job_id)
         self.assertEqual(await spool.find_job("a", "k1"), first.job_id)
-        q = f"{self.prefix}:{{a}}:q"
-        # Three entries ever added, not six. (Not XLEN: the engine may already have sent,
-        # acknowledged and trimmed some of them.)
-        info = self.server.cli("XINFO", "STREAM", q).split("\n")
-        self.assertEqual(int(info[info.index("entries-added") + 1]), 3)
+        # One entry (a chunk of three) ever added, not two. (Not XLEN: the engine may already
+        # have sent, acknowledged and trimmed it.)
+        self.assertEqual(self.entries_added(), 1)
 
     @deferred_test
     async def test_reused_key_with_another_fingerprint_is_refused(self) -> None:
@@ -177,8 +184,7 @@ class StoreTests(RedisCase):
         later = await spool.add_job("a", n2, now=6, idempotency_key="k2", fingerprint="f3")
         self.assertEqual((later.job_id, later.duplicate), (unprinted.job_id, True))
         # Nothing of the refused request was stored: one entry per job ever added.
-        info = self.server.cli("XINFO", "STREAM", f"{self.prefix}:{{a}}:q").split("\n")
-        self.assertEqual(int(info[info.index("entries-added") + 1]), 2)
+        self.assertEqual(self.entries_added(), 2)
 
     @deferred_test
     async def test_api_answers_422_for_a_reused_key_with_another_body(self) -> None:
@@ -316,6 +322,153 @@ class TakeoverTests(RedisCase):
         await wait_until(self.reactor, lambda: self.server.cli("XLEN", q) == "0", what="trim")
 
 
+class ChunkTests(RedisCase):
+    """One stream entry carries up to ``chunk_size`` notifications of a job."""
+
+    @deferred_test
+    async def test_a_job_is_stored_in_chunks_sent_and_acknowledged(self) -> None:
+        spool = self.spool(chunk_size=100)
+        await self.connected(spool)
+        sender = FakeSender(auto=accept)
+        engine = self.engine(spool, sender)
+        await engine.start()
+        ns = self.notifications(engine, 250)
+        accepted = await engine.submit("a", ns, async_=True)
+        self.assertEqual(self.entries_added(), 3)
+        view = await engine.wait(accepted.job_id)
+        self.assertEqual(view.counts["accepted"], 250)
+        self.assertEqual([r.token for r in view.results], [n.token_hex for n in ns])
+        self.assertEqual(sorted(n.token for n in sender.sent), sorted(n.token for n in ns))
+        q = f"{self.prefix}:{{a}}:q"
+        await wait_until(self.reactor, lambda: self.server.cli("XLEN", q) == "0", what="trim")
+        self.assertEqual(self.server.cli("XPENDING", q, "txapns").splitlines()[0], "0")
+
+    @deferred_test
+    async def test_an_entry_is_acknowledged_with_its_last_outcome(self) -> None:
+        spool = self.spool()
+        await self.connected(spool)
+        collector = Collector()
+        spool.start_consuming(collector.hooks())
+        job_id = await self.job_of(spool, 4)
+        await wait_until(self.reactor, lambda: len(collector.items) == 4)
+        q = f"{self.prefix}:{{a}}:q"
+        await spool.record_outcomes([outcome(i) for i in collector.items[:3]], now=2.0)
+        self.assertEqual(self.server.cli("XPENDING", q, "txapns").splitlines()[0], "1")
+        await spool.record_outcomes([outcome(collector.items[3])], now=2.0)
+        self.assertEqual(self.server.cli("XPENDING", q, "txapns").splitlines()[0], "0")
+        view = await spool.job(job_id)
+        assert view is not None
+        self.assertEqual((view.status, view.counts["accepted"]), ("done", 4))
+
+    @deferred_test
+    async def test_takeover_sends_only_what_has_no_outcome_yet(self) -> None:
+        dead = self.spool(claim_after=0.2)
+        live = self.spool(claim_after=0.2)
+        await self.connected(dead)
+        await self.connected(live)
+        first = Collector()
+        dead.start_consuming(first.hooks())
+        job_id = await self.job_of(dead, 5)
+        await wait_until(self.reactor, lambda: len(first.items) == 5, what="the first delivery")
+        # Two outcomes written, then the instance goes silent with three in flight.
+        await dead.record_outcomes([outcome(i) for i in first.items[:2]], now=2.0)
+        first.space = 0
+        for loop in dead._loops:
+            loop.stop()
+        second = Collector()
+        live.start_consuming(second.hooks())
+        await wait_until(self.reactor, lambda: len(second.items) == 3, what="the takeover")
+        self.assertEqual(
+            [i.notification.token_hex for i in second.items],
+            [i.notification.token_hex for i in first.items[2:]],
+        )
+        self.assertEqual({i.resumed for i in second.items}, {1})
+        self.assertEqual(live.gauges["a"].claimed, 3)
+        await live.record_outcomes([outcome(i) for i in second.items], now=3.0)
+        view = await live.job(job_id)
+        assert view is not None
+        self.assertEqual((view.status, view.counts["accepted"]), ("done", 5))
+        self.assertEqual([r.resumed for r in view.results], [0, 0, 1, 1, 1])
+        q = f"{self.prefix}:{{a}}:q"
+        self.assertEqual(self.server.cli("XPENDING", q, "txapns").splitlines()[0], "0")
+
+    @deferred_test
+    async def test_a_stop_puts_back_what_is_left_of_a_chunk(self) -> None:
+        spool = self.spool()
+        await self.connected(spool)
+        first = Collector()
+        spool.start_consuming(first.hooks())
+        job_id = await self.job_of(spool, 5)
+        await wait_until(self.reactor, lambda: len(first.items) == 5)
+        await spool.record_outcomes([outcome(i) for i in first.items[:2]], now=2.0)
+        await spool.close()
+        other = self.spool()
+        await self.connected(other)
+        second = Collector()
+        other.start_consuming(second.hooks())
+        await wait_until(self.reactor, lambda: len(second.items) == 3, what="the rest")
+        self.assertEqual(
+            [i.notification.token_hex for i in second.items],
+            [i.notification.token_hex for i in first.items[2:]],
+        )
+        self.assertEqual({i.resumed for i in second.items}, {0})
+        await other.record_outcomes([outcome(i) for i in second.items], now=3.0)
+        view = await other.job(job_id)
+        assert view is not None
+        self.assertEqual((view.status, view.counts["accepted"]), ("done", 5))
+
+
+class RestartTests(RedisCase):
+    @deferred_test
+    async def test_a_restarted_instance_resumes_its_own_pending_entries_at_once(self) -> None:
+        before = self.spool(instance_id="web-1")  # claim_after: the default 120 s
+        await self.connected(before)
+        first = Collector()
+        before.start_consuming(first.hooks())
+        job_id = await self.job_of(before, 3)
+        await wait_until(self.reactor, lambda: len(first.items) == 3)
+        # The process dies (no clean stop): its entries stay pending, owned by "web-1".
+        first.space = 0
+        for loop in before._loops:
+            loop.stop()
+        after = self.spool(instance_id="web-1")
+        await self.connected(after)
+        second = Collector()
+        after.start_consuming(second.hooks())
+        await wait_until(self.reactor, lambda: len(second.items) == 3, timeout=5,
+                         what="its own pending entries")  # fmt: skip
+        self.assertEqual({i.resumed for i in second.items}, {1})
+        await after.record_outcomes([outcome(i) for i in second.items], now=2.0)
+        view = await after.job(job_id)
+        assert view is not None
+        self.assertEqual((view.status, view.counts["accepted"]), ("done", 3))
+        self.assertEqual(after.gauges["a"].claimed, 0)
+
+
+class ConsumerCleanupTests(RedisCase):
+    @deferred_test
+    async def test_idle_consumers_holding_nothing_are_forgotten(self) -> None:
+        spool = self.spool(forget_consumers_after=0.3)
+        await self.connected(spool)
+        await self.job_of(spool, 1)
+        q = f"{self.prefix}:{{a}}:q"
+        self.server.cli("XGROUP", "CREATE", q, "txapns", "0", "MKSTREAM")
+        # A stopped instance that held nothing, and one that still holds an entry.
+        self.server.cli("XGROUP", "CREATECONSUMER", q, "txapns", "host-1234")
+        self.server.cli("XREADGROUP", "GROUP", "txapns", "host-99", "COUNT", "1", "STREAMS", q,
+                        ">")  # fmt: skip
+
+        def consumers() -> set[str]:
+            out = self.server.cli("XINFO", "CONSUMERS", q, "txapns").split("\n")
+            return {out[i + 1] for i, v in enumerate(out) if v == "name"}
+
+        self.assertEqual(consumers(), {"host-1234", "host-99"})
+        spool.start_consuming(Collector().hooks())
+        await wait_until(self.reactor, lambda: "host-1234" not in consumers(), what="cleanup")
+        # Never one with pending entries (they would be lost), never a live one.
+        self.assertEqual(consumers(), {"host-99", spool.settings.instance_id})
+
+
 class OutageTests(RedisCase):
     @deferred_test
     async def test_redis_down_refuses_holds_outcomes_and_resumes(self) -> None:
@@ -395,7 +548,7 @@ class OutageTests(RedisCase):
         await wait_until(self.reactor, lambda: len(sender.waiting) == 2, what="sends")
         await engine.stop()  # 2 were sent (the fake says "stopped"), 4 never sent
         q = f"{self.prefix}:{{a}}:q"
-        self.assertEqual(self.server.cli("XLEN", q), "6")
+        self.assertEqual(self.server.cli("XLEN", q), "1")  # one chunk of six, put back
         other = self.spool()
         await self.connected(other)
         collector = Collector()
