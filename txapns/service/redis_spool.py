@@ -59,14 +59,28 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTCP,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .._twisted import cancel_call
 from ..core.notification import Notification
 from ..core.token_evidence import recorded_kind
+from ..credentials import client_tls_options
 from .backend import ConsumerHooks, SpoolUnavailableError
 from .metrics import family_lines
 from .spool import (
@@ -374,7 +388,8 @@ STORE, RECORD, TRIM, MOVE_DUE, CLAIM, HISTORY, FORGET, REQUEUE, JOB, PURGE_FEED 
 
 @dataclass(frozen=True, slots=True)
 class RedisAddress:
-    """Where Redis is: ``redis://[user:password@]host[:port][/db]``, or Sentinels."""
+    """Where Redis is: ``redis://[user:password@]host[:port][/db]`` (``rediss://`` for TLS),
+    or Sentinels."""
 
     host: str = "127.0.0.1"
     port: int = 6379
@@ -385,12 +400,16 @@ class RedisAddress:
     sentinels: tuple[tuple[str, int], ...] = ()
     #: The primary's name the Sentinels know.
     sentinel_master: str = "mymaster"
+    #: TLS (``rediss://``): the server's certificate is verified, and must name ``host``.
+    tls: bool = False
+    #: PEM file of the CA(s) to verify the server with instead of the system's.
+    ca_file: str | None = None
 
     @classmethod
     def from_url(cls, url: str, **extra: Any) -> RedisAddress:
         parts = urlsplit(url)
-        if parts.scheme != "redis":
-            raise ValueError(f"a Redis URL starts with redis://, not {url!r}")
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(f"a Redis URL starts with redis:// or rediss://, not {url!r}")
         path = parts.path.strip("/")
         if path and not path.isdigit():
             raise ValueError(f"the Redis URL's path is a database number, not {path!r}")
@@ -400,6 +419,7 @@ class RedisAddress:
             db=int(path or 0),
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
+            tls=parts.scheme == "rediss",
             **extra,
         )
 
@@ -424,14 +444,19 @@ class RedisLink:
         import txredisapi  # type: ignore[import-untyped]  # (imports the global reactor)
 
         self.address = address
+        # No SELECT for database 0: txredisapi stops reconnecting for good when a connection
+        # is lost during its set-up commands.
+        dbid = address.db or None
         options: dict[str, Any] = {
-            "dbid": address.db,
+            "dbid": dbid,
             "password": address.password,
             "username": address.username,
             "replyTimeout": reply_timeout,
             "convertNumbers": False,
         }
         if address.sentinels:
+            if address.tls:
+                raise ValueError("TLS to Redis (rediss://) is not supported with Sentinel")
             sentinel = txredisapi.Sentinel(list(address.sentinels))
             self._handler = sentinel.master_for(
                 address.sentinel_master, poolsize=1, isLazy=True, **options
@@ -443,7 +468,7 @@ class RedisLink:
 
             self._factory = txredisapi.RedisFactory(
                 f"{address.host}:{address.port}",
-                address.db,
+                dbid,
                 1,
                 isLazy=True,
                 charset="utf-8",
@@ -453,9 +478,13 @@ class RedisLink:
                 username=address.username,
             )
             self._factory.maxDelay = 1.0  # retry a lost Redis every second, not every 10
-            self._factory.startConnecting(
-                HostnameEndpoint(reactor, address.host, address.port, timeout=connect_timeout)
+            endpoint: IStreamClientEndpoint = HostnameEndpoint(
+                reactor, address.host, address.port, timeout=connect_timeout
             )
+            if address.tls:
+                clock = IReactorTime(reactor)
+                endpoint = TLSEndpoint(clock, tls_options(address), endpoint, connect_timeout)
+            self._factory.startConnecting(endpoint)
             self._handler = self._factory.handler
             self._sentinel = None
 
@@ -477,6 +506,106 @@ class RedisLink:
         if self._sentinel is not None:
             d.addBoth(lambda _: self._sentinel.disconnect())
         return d
+
+
+@implementer(IHandshakeListener)
+class _AfterHandshake(Protocol):
+    """Hands a TLS connection to ``inner`` only once the handshake is done.
+
+    txredisapi sets a connection up (AUTH, SELECT) in ``connectionMade`` and stops
+    reconnecting for good when that fails; a handshake that fails (an unknown CA, a wrong
+    name) must be a failed connection attempt, retried, not a connection lost mid-set-up."""
+
+    def __init__(self, inner: IProtocol, ready: Deferred[IProtocol]) -> None:
+        self._inner = inner
+        self._ready = ready
+        self._up = False
+
+    def handshakeCompleted(self) -> None:
+        self._up = True
+        assert self.transport is not None
+        self._inner.makeConnection(self.transport)
+        if not self._ready.called:
+            self._ready.callback(self._inner)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._up:
+            self._inner.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._up:
+            self._inner.connectionLost(reason)
+        elif not self._ready.called:
+            log.error("TLS to Redis failed: {why}", why=reason.getErrorMessage())
+            self._ready.errback(reason)
+
+
+class _GateFactory(Factory):
+    def __init__(self, factory: IProtocolFactory, ready: Deferred[IProtocol]) -> None:
+        self._factory = factory
+        self._ready = ready
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        assert addr is not None
+        inner = self._factory.buildProtocol(addr)
+        if inner is None:
+            return None
+        return _AfterHandshake(inner, self._ready)
+
+
+@implementer(IStreamClientEndpoint)
+class TLSEndpoint:
+    """``wrapped`` with TLS (``creator``); the connection is made once the handshake is done,
+    or fails (within ``timeout`` seconds) if it is not."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        creator: IOpenSSLClientConnectionCreator,
+        wrapped: IStreamClientEndpoint,
+        timeout: float,
+    ) -> None:
+        self._clock = clock
+        self._creator = creator
+        self._wrapped = wrapped
+        self._timeout = timeout
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        transport: list[Any] = []
+
+        def cancel(_: Deferred[IProtocol]) -> None:
+            connecting.cancel()
+            if transport:
+                transport[0].abortConnection()
+
+        ready: Deferred[IProtocol] = Deferred(cancel)
+        gate = _GateFactory(protocolFactory, ready)
+        connecting = self._wrapped.connect(TLSMemoryBIOFactory(self._creator, True, gate))
+
+        def connected(protocol: Any) -> None:
+            transport.append(protocol.transport)
+
+        def failed(failure: Failure) -> None:
+            if not ready.called:
+                ready.errback(failure)
+
+        connecting.addCallbacks(connected, failed)
+        timer = self._clock.callLater(self._timeout, ready.cancel)
+        return ready.addBoth(_cancel_timer_passing, timer)
+
+
+def _cancel_timer_passing(result: Any, timer: IDelayedCall) -> Any:
+    cancel_call(timer)
+    return result
+
+
+def tls_options(address: RedisAddress) -> IOpenSSLClientConnectionCreator:
+    """TLS to Redis: verified against the system's CAs or ``ca_file``, for ``host``."""
+    ca_pem = None
+    if address.ca_file is not None:
+        with open(address.ca_file, "rb") as f:
+            ca_pem = f.read()
+    return client_tls_options(address.host, ca_pem=ca_pem)
 
 
 def is_unavailable(failure: Failure) -> bool:
