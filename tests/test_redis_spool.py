@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from txapns.core.notification import Notification
@@ -21,11 +22,18 @@ from txapns.service.api import job_json, make_site
 from txapns.service.backend import ConsumerHooks, SpoolUnavailableError
 from txapns.service.config import ConfigError, RedisSpoolConfig, parse_config
 from txapns.service.engine import Engine, EngineApp, NotAcceptingError, Template
-from txapns.service.redis_spool import RedisAddress, RedisLink, RedisSettings, RedisSpool
+from txapns.service.redis_spool import (
+    RedisAddress,
+    RedisLink,
+    RedisSettings,
+    RedisSpool,
+    tls_options,
+)
 from txapns.service.spool import IdempotencyKeyReusedError, OutcomeRecord, SpooledNotification
 from txapns.service.testing import FakeSender, accept
+from txapns.testing.pki import make_test_pki
 
-from .redis_server import SKIP, RedisServer, wait_until
+from .redis_server import SKIP, RedisSentinel, RedisServer, free_port, wait_until
 from .test_service_running import ApiClient, deferred_test, metric, token
 
 ALERT = Template(payload={"aps": {"alert": "hi"}})
@@ -558,6 +566,152 @@ class OutageTests(RedisCase):
         self.assertEqual({i.job_id for i in collector.items}, {accepted.job_id})
 
 
+class TLSTests(RedisCase):
+    """``rediss://``: TLS to Redis, the server's certificate verified."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        base = Path(tempfile.mkdtemp(prefix="txapns-redis-tls-"))
+        cls.pki = base / "pki"
+        make_test_pki().write(cls.pki)
+        cls.server = RedisServer(base / "redis", tls=cls.pki)
+        cls.server.start()
+
+    def address(self, **kw: Any) -> RedisAddress:
+        return RedisAddress.from_url(self.server.url, **kw)
+
+    def spool_at(self, address: RedisAddress) -> RedisSpool:
+        link = RedisLink(self.reactor, address, reply_timeout=5)
+        spool = RedisSpool(
+            link, lambda: RedisLink(self.reactor, address, reply_timeout=10), self.reactor,
+            ("a",), RedisSettings(prefix=self.prefix, instance_id="tls-1"),
+        )  # fmt: skip
+        self.addCleanup(lambda: spool.close().addErrback(lambda f: None))
+        return spool
+
+    @deferred_test
+    async def test_rediss_url_with_a_ca_file(self) -> None:
+        address = self.address(ca_file=str(self.pki / "ca.pem"))
+        self.assertTrue(address.tls)
+        spool = self.spool_at(address)
+        await self.connected(spool)
+        collector = Collector()
+        spool.start_consuming(collector.hooks())
+        job_id = await self.job_of(spool, 2)
+        await wait_until(self.reactor, lambda: len(collector.items) == 2)
+        await spool.record_outcomes([outcome(i) for i in collector.items], now=2.0)
+        view = await spool.job(job_id)
+        assert view is not None
+        self.assertEqual((view.status, view.counts["accepted"]), ("done", 2))
+
+    async def handshake(self, address: RedisAddress) -> Failure:
+        """Connect with the spool's TLS options; the reason the connection ended."""
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+        from twisted.internet.protocol import Protocol
+
+        ended: Deferred[list[Failure]] = Deferred()
+
+        class Probe(Protocol):
+            def connectionMade(self) -> None:
+                self.transport.write(b"PING\r\n")  # type: ignore[union-attr]
+
+            def dataReceived(self, data: bytes) -> None:
+                self.transport.loseConnection()  # type: ignore[union-attr]
+
+            def connectionLost(self, reason: Failure | None = None) -> None:
+                assert reason is not None
+                ended.callback([reason])  # (a Failure given to callback would errback)
+
+        tcp = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.server.port, timeout=5)
+        try:  # the wrapped endpoint's connection fires once the handshake is done
+            await connectProtocol(wrapClientTLS(tls_options(address), tcp), Probe())
+        except Exception:
+            return Failure()
+        return (await ended)[0]
+
+    @deferred_test
+    async def test_verification_is_on_by_default(self) -> None:
+        from OpenSSL.SSL import Error as TLSError
+        from service_identity import VerificationError
+
+        # Without ca_file the system's CAs are used: the test CA is not among them.
+        refused = await self.handshake(self.address())
+        self.assertTrue(refused.check(TLSError), refused)
+        # The certificate must name the host too, even when its CA is trusted.
+        wrong = RedisAddress(host="redis.example", tls=True, ca_file=str(self.pki / "ca.pem"))
+        misnamed = await self.handshake(wrong)
+        self.assertTrue(misnamed.check(VerificationError), misnamed)
+        # The CA and the name right: a clean close after Redis's answer.
+        good = await self.handshake(self.address(ca_file=str(self.pki / "ca.pem")))
+        self.assertFalse(good.check(TLSError), good)
+        self.flushLoggedErrors(TLSError)
+        # And the spool without the CA never comes up: its attempts fail verification, are
+        # logged as such, and are retried (a failed handshake is a failed attempt).
+        from twisted.logger import globalLogPublisher
+
+        failures: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_format", "").startswith("TLS to Redis failed"):
+                failures.append(event["why"])
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        spool = self.spool_at(self.address())
+        await wait_until(self.reactor, lambda: len(failures) >= 2, what="two attempts")
+        self.assertIn("certificate verify failed", failures[0])
+        self.assertFalse(spool.link.connected)
+        self.assertFalse(spool.available)
+
+
+class SentinelTests(RedisCase):
+    """Redis found through a live Sentinel (``redis-server --sentinel``)."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        base = Path(tempfile.mkdtemp(prefix="txapns-redis-sentinel-"))
+        cls.server = RedisServer(base / "master")
+        cls.server.start()
+        cls.sentinel = RedisSentinel(base / "sentinel", cls.server, "txapns-test")
+        cls.sentinel.start()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.sentinel.stop()
+        cls.server.stop()
+
+    @deferred_test
+    async def test_send_through_sentinel(self) -> None:
+        # The URL's own address has nothing listening: only Sentinel can say where Redis is.
+        nowhere = free_port()
+        address = RedisAddress.from_url(
+            f"redis://127.0.0.1:{nowhere}/0",
+            sentinels=(("127.0.0.1", self.sentinel.port),),
+            sentinel_master="txapns-test",
+        )
+        link = RedisLink(self.reactor, address, reply_timeout=5)
+        spool = RedisSpool(
+            link, lambda: RedisLink(self.reactor, address, reply_timeout=10), self.reactor,
+            ("a",), RedisSettings(prefix=self.prefix, instance_id="s-1"),
+        )  # fmt: skip
+        self.addCleanup(lambda: spool.close().addErrback(lambda f: None))
+        await wait_until(self.reactor, lambda: spool.available, timeout=20, what="via Sentinel")
+        sender = FakeSender(auto=accept)
+        engine = self.engine(spool, sender)
+        await engine.start()
+        ns = self.notifications(engine, 3)
+        accepted = await engine.submit("a", ns)
+        view = await engine.wait(accepted.job_id)
+        self.assertEqual(view.counts["accepted"], 3)
+        self.assertEqual(sorted(n.token for n in sender.sent), sorted(n.token for n in ns))
+        # Stored on the master Sentinel names.
+        self.assertEqual(
+            self.sentinel.cli("SENTINEL", "get-master-addr-by-name", "txapns-test").split(),
+            ["127.0.0.1", str(self.server.port)],
+        )
+        self.assertEqual(self.entries_added(), 1)
+
+
 class ConfigTests(SynchronousTestCase):
     def parse(self, spool: object) -> Any:
         return parse_config({"spool": spool}, base_dir=Path("/etc/txapns"), check_files=False)
@@ -583,8 +737,20 @@ class ConfigTests(SynchronousTestCase):
         address = RedisAddress.from_url(config.redis.url)
         self.assertEqual((address.host, address.port, address.db), ("10.0.0.5", 6380, 2))
 
+    def test_rediss_url_and_ca_file(self) -> None:
+        config = self.parse(
+            {"backend": "redis", "url": "rediss://:pw@redis.internal:6380/1", "ca_file": "ca.pem"}
+        )
+        self.assertEqual(config.redis.ca_file, Path("/etc/txapns/ca.pem"))
+        address = RedisAddress.from_url(config.redis.url)
+        self.assertEqual((address.tls, address.host, address.port, address.db, address.password),
+                         (True, "redis.internal", 6380, 1, "pw"))  # fmt: skip
+        self.assertFalse(RedisAddress.from_url("redis://x").tls)
+
     def test_errors(self) -> None:
         for bad in (
+            {"backend": "redis", "url": "redis://x", "ca_file": "ca.pem"},
+            {"backend": "redis", "url": "rediss://x", "sentinel": ["10.0.0.6:26379"]},
             {"backend": "mongo"},
             {"backend": "redis", "url": "http://x"},
             {"backend": "redis", "claim_after": 0},
