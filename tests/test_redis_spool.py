@@ -369,6 +369,23 @@ class ChunkTests(RedisCase):
         self.assertEqual((view.status, view.counts["accepted"]), ("done", 4))
 
     @deferred_test
+    async def test_many_short_outcomes_are_kept_in_a_hash_table(self) -> None:
+        spool = self.spool()
+        await self.connected(spool)
+        collector = Collector()
+        spool.start_consuming(collector.hooks())
+        job_id = await self.job_of(spool, 200)
+        await wait_until(self.reactor, lambda: len(collector.items) == 200)
+        # Short outcomes (no apns-id: the binary protocol's) in one write.
+        await spool.record_outcomes([outcome(i) for i in collector.items], now=2.0)
+        key = f"{self.prefix}:job:{job_id}:r"
+        self.assertEqual(self.server.cli("OBJECT", "ENCODING", key), "hashtable")
+        view = await spool.job(job_id)
+        assert view is not None
+        self.assertEqual((view.status, view.counts["accepted"], len(view.results)),
+                         ("done", 200, 200))  # fmt: skip
+
+    @deferred_test
     async def test_takeover_sends_only_what_has_no_outcome_yet(self) -> None:
         dead = self.spool(claim_after=0.2)
         live = self.spool(claim_after=0.2)
