@@ -149,74 +149,66 @@ return {1, ARGV[2], ARGV[7]}
 # finish jobs, add dead tokens to the feed, then XACK the entries whose every notification
 # now has its outcome (one command; the stream is trimmed below the oldest pending entry by
 # _TRIM, which costs far less than XDEL each). Per job, one HMGET finds what was recorded
-# before and one HSET writes the rest: a few commands per batch, not one per notification.
-# KEYS: stream, bad, bad details. ARGV: group, job prefix, ttl, then 6 per record:
-# entry id to acknowledge (or ''), job id (or ''), index, outcome JSON, dead token (or ''),
-# its feed JSON.
+# before and one HSET writes the rest, straight from ARGV: a few commands per batch and two
+# arguments per notification. KEYS: stream, bad, bad details. ARGV: group, job prefix, ttl,
+# then (see grouped_records): number of acks, entry ids; number of dead tokens, (token, feed
+# JSON) pairs; then per job: job id, count, (index, outcome JSON) pairs.
 _RECORD = """
 local LONG = string.rep('-', 65)
 local t = redis.call('TIME')
 local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-local finished = {}
-local order = {}
-local byjob = {}
-local acks = {}
-for i = 4, #ARGV, 6 do
-  local eid, job, idx, tok = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 4]
-  if job ~= '' then
-    local b = byjob[job]
-    if b == nil then
-      b = {idx = {}, val = {}, seen = {}, dups = {}}
-      byjob[job] = b
-      order[#order + 1] = job
-    end
-    if b.seen[idx] then
-      b.dups[#b.dups + 1] = idx
-    else
-      b.seen[idx] = true
-      b.idx[#b.idx + 1] = idx
-      b.val[#b.val + 1] = ARGV[i + 3]
-    end
-  end
-  if tok ~= '' then
-    redis.call('ZADD', KEYS[2], now, tok)
-    redis.call('HSET', KEYS[3], tok, ARGV[i + 5])
-  end
-  if eid ~= '' then acks[#acks + 1] = eid end
+local nacks = tonumber(ARGV[4])
+local i = 5 + nacks
+local nbad = tonumber(ARGV[i])
+for j = i + 1, i + 2 * nbad, 2 do
+  redis.call('ZADD', KEYS[2], now, ARGV[j])
+  redis.call('HSET', KEYS[3], ARGV[j], ARGV[j + 1])
 end
-for _, job in ipairs(order) do
+i = i + 1 + 2 * nbad
+local finished = {}
+while i <= #ARGV do
+  local job, k = ARGV[i], tonumber(ARGV[i + 1])
+  local first, last = i + 2, i + 1 + 2 * k
+  i = last + 1
   local jk = ARGV[2] .. job
-  local b = byjob[job]
   if redis.call('EXISTS', jk) == 1 then
-    local set = {}
-    local dups = b.dups
-    for s = 1, #b.idx, 1000 do
-      local e = math.min(s + 999, #b.idx)
-      local got = redis.call('HMGET', jk .. ':r', unpack(b.idx, s, e))
-      for k = 1, e - s + 1 do
-        if got[k] then
-          dups[#dups + 1] = b.idx[s + k - 1]
-        else
-          set[#set + 1] = b.idx[s + k - 1]
-          set[#set + 1] = b.val[s + k - 1]
+    local rk = jk .. ':r'
+    local idx = {}
+    for j = first, last, 2 do idx[#idx + 1] = ARGV[j] end
+    local got = {}
+    for s = 1, #idx, 1000 do
+      local part = redis.call('HMGET', rk, unpack(idx, s, math.min(s + 999, #idx)))
+      for q = 1, #part do got[#got + 1] = part[q] end
+    end
+    local dups = {}
+    for q = 1, #idx do
+      if got[q] then dups[#dups + 1] = idx[q] end
+    end
+    if k >= 32 then
+      -- A long value makes Redis (7.0) store the hash as a hash table; otherwise one HSET
+      -- of hundreds of short outcomes (no apns-id) builds a listpack searched linearly on
+      -- every insert: 7 times the CPU for 500.
+      redis.call('HSET', rk, '-', LONG)
+    end
+    local added = 0
+    if #dups == 0 then
+      for s = first, last, 2000 do
+        added = added + redis.call('HSET', rk, unpack(ARGV, s, math.min(s + 1999, last)))
+      end
+    else
+      local set = {}
+      for q = 1, #idx do
+        if not got[q] then
+          set[#set + 1] = idx[q]
+          set[#set + 1] = ARGV[first + 2 * q - 1]
         end
       end
-    end
-    local n = #set / 2
-    if n >= 32 then
-      -- A long value makes Redis (7.0) store the hash as a hash table at once; otherwise
-      -- one HSET of hundreds of short outcomes builds a listpack of them, searched
-      -- linearly on every insert (7 times the CPU for 500 outcomes).
-      table.insert(set, 1, '-')
-      table.insert(set, 2, LONG)
-    end
-    for s = 1, #set, 2000 do
-      redis.call('HSET', jk .. ':r', unpack(set, s, math.min(s + 1999, #set)))
-    end
-    if #dups > 0 then
+      for s = 1, #set, 2000 do
+        added = added + redis.call('HSET', rk, unpack(set, s, math.min(s + 1999, #set)))
+      end
       local d = {}
-      for _, idx in ipairs(dups) do
-        d[#d + 1] = idx
+      for _, x in ipairs(dups) do
+        d[#d + 1] = x
         d[#d + 1] = '1'
       end
       for s = 1, #d, 2000 do
@@ -224,11 +216,11 @@ for _, job in ipairs(order) do
       end
       redis.call('EXPIRE', jk .. ':d', ARGV[3])
     end
-    if n > 0 and redis.call('HINCRBY', jk, 'remaining', -n) <= 0
+    if added > 0 and redis.call('HINCRBY', jk, 'remaining', -added) <= 0
         and redis.call('HGET', jk, 'status') == 'pending' then
       redis.call('HSET', jk, 'status', 'done', 'finished', now)
-      for _, k in ipairs({jk, jk .. ':r', jk .. ':d'}) do
-        redis.call('EXPIRE', k, ARGV[3])
+      for _, key in ipairs({jk, rk, jk .. ':d'}) do
+        redis.call('EXPIRE', key, ARGV[3])
       end
       local ik = redis.call('HGET', jk, 'idem')
       if ik and ik ~= '' then redis.call('EXPIRE', ik, ARGV[3]) end
@@ -236,11 +228,32 @@ for _, job in ipairs(order) do
     end
   end
 end
-for i = 1, #acks, 1000 do
-  redis.call('XACK', KEYS[1], ARGV[1], unpack(acks, i, math.min(i + 999, #acks)))
+for j = 5, 4 + nacks, 1000 do
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, j, math.min(j + 999, 4 + nacks)))
 end
 return finished
 """
+
+
+def grouped_records(flat: Sequence[str]) -> list[object]:
+    """Outcome records (six strings each: entry id to acknowledge or "", job id or "",
+    index, outcome JSON, dead token or "", its feed JSON) as ``_RECORD`` takes them."""
+    acks: list[str] = []
+    bad: list[str] = []
+    jobs: dict[str, list[str]] = {}
+    for i in range(0, len(flat), 6):
+        eid, job, idx, value, token, detail = flat[i : i + 6]
+        if eid:
+            acks.append(eid)
+        if token:
+            bad += (token, detail)
+        if job:
+            jobs.setdefault(job, []).extend((idx, value))
+    out: list[object] = [len(acks), *acks, len(bad) // 2, *bad]
+    for job, pairs in jobs.items():
+        out += [job, len(pairs) // 2, *pairs]
+    return out
+
 
 # Trim the stream below the oldest entry still pending (or, none pending, past the last one
 # delivered): what is below is finished and acknowledged. Never by MAXLEN, which would drop
@@ -1065,9 +1078,10 @@ class RedisSpool:
                 self._write(app, chunk)
 
     def _write(self, app: str, parts: list[_Pending]) -> None:
-        args: list[object] = [GROUP, self._job_prefix, int(self.settings.results_ttl)]
+        flat: list[str] = []
         for p in parts:
-            args += p.args
+            flat += p.args
+        args = [GROUP, self._job_prefix, int(self.settings.results_ttl), *grouped_records(flat)]
         keys = [self._key(app, "q"), self._key(app, "bad"), self._key(app, "bad:d")]
         self._writing += 1
         d = RECORD(self.link, keys, args)
@@ -1103,11 +1117,12 @@ class RedisSpool:
         now: float,
         source: str = "feedback",
     ) -> Deferred[None]:
-        args: list[object] = [GROUP, self._job_prefix, int(self.settings.results_ttl)]
+        flat: list[str] = []
         for token, ts in entries:
             kind = "feedback" if source == "feedback" else None
             detail = json.dumps([ts, source, None, source, kind], separators=(",", ":"))
-            args += ["", "", "", "", token.lower(), detail]
+            flat += ["", "", "", "", token.lower(), detail]
+        args = [GROUP, self._job_prefix, int(self.settings.results_ttl), *grouped_records(flat)]
         keys = [self._key(app, "q"), self._key(app, "bad"), self._key(app, "bad:d")]
         d = RECORD(self.link, keys, args)
         return d.addCallbacks(lambda _: None, self._failed, errbackArgs=("feedback",))
