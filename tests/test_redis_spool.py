@@ -97,6 +97,21 @@ class RedisCase(TestCase):
     def notifications(self, engine: Engine, n: int, first: int = 0) -> list[Notification]:
         return engine.prepare("a", ALERT, [token(first + i) for i in range(n)])
 
+    def consume(self, spool: RedisSpool) -> Collector:
+        collector = Collector()
+        spool.start_consuming(collector.hooks())
+        return collector
+
+    async def read_job(self, spool: RedisSpool, collector: Collector, count: int) -> str:
+        """Store a job of ``count`` and wait until ``collector`` has been fed all of it."""
+        job_id = await self.job_of(spool, count)
+        await wait_until(self.reactor, lambda: len(collector.items) >= count, what="the job")
+        return job_id
+
+    def pending(self) -> str:
+        """How many entries of the app's stream are pending (read, unacknowledged)."""
+        return self.server.cli("XPENDING", f"{self.prefix}:{{a}}:q", "txapns").splitlines()[0]
+
     def entries_added(self) -> int:
         info = self.server.cli("XINFO", "STREAM", f"{self.prefix}:{{a}}:q").split("\n")
         return int(info[info.index("entries-added") + 1])
@@ -151,7 +166,7 @@ class StoreTests(RedisCase):
         q = f"{self.prefix}:{{a}}:q"
         # Acknowledged and deleted: nothing pending, nothing left in the stream.
         await wait_until(self.reactor, lambda: self.server.cli("XLEN", q) == "0")
-        self.assertEqual(self.server.cli("XPENDING", q, "txapns").splitlines()[0], "0")
+        self.assertEqual(self.pending(), "0")
         body = job_json(view)
         self.assertEqual(body["may_duplicate"], 0)
 
@@ -227,8 +242,7 @@ class StoreTests(RedisCase):
     async def test_scheduled_job_waits_for_its_time_then_goes_to_the_stream(self) -> None:
         spool = self.spool()
         await self.connected(spool)
-        collector = Collector()
-        spool.start_consuming(collector.hooks())
+        collector = self.consume(spool)
         stored = await spool.add_job(
             "a",
             [Notification.create(bytes(32), b'{"aps":{}}')],
@@ -246,8 +260,7 @@ class StoreTests(RedisCase):
     async def test_invalid_token_feed_with_since_paging(self) -> None:
         spool = self.spool()
         await self.connected(spool)
-        collector = Collector()
-        spool.start_consuming(collector.hooks())
+        collector = self.consume(spool)
         ns = [Notification.create(bytes([i]) * 32, b'{"aps":{}}') for i in range(1, 4)]
         await spool.add_job("a", ns, now=1.0)
         await wait_until(self.reactor, lambda: len(collector.items) == 3)
@@ -276,8 +289,7 @@ class TakeoverTests(RedisCase):
         live = self.spool(claim_after=0.2)
         await self.connected(dead)
         await self.connected(live)
-        first = Collector()
-        dead.start_consuming(first.hooks())
+        first = self.consume(dead)
         stored = await dead.add_job(
             "a", [Notification.create(bytes([7]) * 32, b'{"aps":{}}')], now=1.0
         )
@@ -286,8 +298,7 @@ class TakeoverTests(RedisCase):
         first.space = 0
         for loop in dead._loops:
             loop.stop()
-        second = Collector()
-        live.start_consuming(second.hooks())
+        second = self.consume(live)
         await wait_until(self.reactor, lambda: second.items, what="the takeover")
         item = second.items[0]
         self.assertEqual(item.resumed, 1)
@@ -315,8 +326,7 @@ class TakeoverTests(RedisCase):
         q = f"{self.prefix}:{{a}}:q"
         self.server.cli("XGROUP", "CREATE", q, "txapns", "0", "MKSTREAM")
         self.server.cli("XREADGROUP", "GROUP", "txapns", "ghost", "COUNT", "1", "STREAMS", q, ">")
-        collector = Collector()
-        spool.start_consuming(collector.hooks())
+        collector = self.consume(spool)
         # The takeover would be delivery 2 > max_deliveries: finished unknown, never sent.
         await wait_until(self.reactor, lambda: spool.gauges["a"].dead_letters == 1, what="dl")
         await wait_until(self.reactor, lambda: spool._held_outcomes() == 0)
@@ -349,21 +359,18 @@ class ChunkTests(RedisCase):
         self.assertEqual(sorted(n.token for n in sender.sent), sorted(n.token for n in ns))
         q = f"{self.prefix}:{{a}}:q"
         await wait_until(self.reactor, lambda: self.server.cli("XLEN", q) == "0", what="trim")
-        self.assertEqual(self.server.cli("XPENDING", q, "txapns").splitlines()[0], "0")
+        self.assertEqual(self.pending(), "0")
 
     @deferred_test
     async def test_an_entry_is_acknowledged_with_its_last_outcome(self) -> None:
         spool = self.spool()
         await self.connected(spool)
-        collector = Collector()
-        spool.start_consuming(collector.hooks())
-        job_id = await self.job_of(spool, 4)
-        await wait_until(self.reactor, lambda: len(collector.items) == 4)
-        q = f"{self.prefix}:{{a}}:q"
+        collector = self.consume(spool)
+        job_id = await self.read_job(spool, collector, 4)
         await spool.record_outcomes([outcome(i) for i in collector.items[:3]], now=2.0)
-        self.assertEqual(self.server.cli("XPENDING", q, "txapns").splitlines()[0], "1")
+        self.assertEqual(self.pending(), "1")
         await spool.record_outcomes([outcome(collector.items[3])], now=2.0)
-        self.assertEqual(self.server.cli("XPENDING", q, "txapns").splitlines()[0], "0")
+        self.assertEqual(self.pending(), "0")
         view = await spool.job(job_id)
         assert view is not None
         self.assertEqual((view.status, view.counts["accepted"]), ("done", 4))
@@ -372,10 +379,8 @@ class ChunkTests(RedisCase):
     async def test_many_short_outcomes_are_kept_in_a_hash_table(self) -> None:
         spool = self.spool()
         await self.connected(spool)
-        collector = Collector()
-        spool.start_consuming(collector.hooks())
-        job_id = await self.job_of(spool, 200)
-        await wait_until(self.reactor, lambda: len(collector.items) == 200)
+        collector = self.consume(spool)
+        job_id = await self.read_job(spool, collector, 200)
         # Short outcomes (no apns-id: the binary protocol's) in one write.
         await spool.record_outcomes([outcome(i) for i in collector.items], now=2.0)
         key = f"{self.prefix}:job:{job_id}:r"
@@ -391,8 +396,7 @@ class ChunkTests(RedisCase):
         live = self.spool(claim_after=0.2)
         await self.connected(dead)
         await self.connected(live)
-        first = Collector()
-        dead.start_consuming(first.hooks())
+        first = self.consume(dead)
         job_id = await self.job_of(dead, 5)
         await wait_until(self.reactor, lambda: len(first.items) == 5, what="the first delivery")
         # Two outcomes written, then the instance goes silent with three in flight.
@@ -400,8 +404,7 @@ class ChunkTests(RedisCase):
         first.space = 0
         for loop in dead._loops:
             loop.stop()
-        second = Collector()
-        live.start_consuming(second.hooks())
+        second = self.consume(live)
         await wait_until(self.reactor, lambda: len(second.items) == 3, what="the takeover")
         self.assertEqual(
             [i.notification.token_hex for i in second.items],
@@ -414,23 +417,19 @@ class ChunkTests(RedisCase):
         assert view is not None
         self.assertEqual((view.status, view.counts["accepted"]), ("done", 5))
         self.assertEqual([r.resumed for r in view.results], [0, 0, 1, 1, 1])
-        q = f"{self.prefix}:{{a}}:q"
-        self.assertEqual(self.server.cli("XPENDING", q, "txapns").splitlines()[0], "0")
+        self.assertEqual(self.pending(), "0")
 
     @deferred_test
     async def test_a_stop_puts_back_what_is_left_of_a_chunk(self) -> None:
         spool = self.spool()
         await self.connected(spool)
-        first = Collector()
-        spool.start_consuming(first.hooks())
-        job_id = await self.job_of(spool, 5)
-        await wait_until(self.reactor, lambda: len(first.items) == 5)
+        first = self.consume(spool)
+        job_id = await self.read_job(spool, first, 5)
         await spool.record_outcomes([outcome(i) for i in first.items[:2]], now=2.0)
         await spool.close()
         other = self.spool()
         await self.connected(other)
-        second = Collector()
-        other.start_consuming(second.hooks())
+        second = self.consume(other)
         await wait_until(self.reactor, lambda: len(second.items) == 3, what="the rest")
         self.assertEqual(
             [i.notification.token_hex for i in second.items],
@@ -448,18 +447,15 @@ class RestartTests(RedisCase):
     async def test_a_restarted_instance_resumes_its_own_pending_entries_at_once(self) -> None:
         before = self.spool(instance_id="web-1")  # claim_after: the default 120 s
         await self.connected(before)
-        first = Collector()
-        before.start_consuming(first.hooks())
-        job_id = await self.job_of(before, 3)
-        await wait_until(self.reactor, lambda: len(first.items) == 3)
+        first = self.consume(before)
+        job_id = await self.read_job(before, first, 3)
         # The process dies (no clean stop): its entries stay pending, owned by "web-1".
         first.space = 0
         for loop in before._loops:
             loop.stop()
         after = self.spool(instance_id="web-1")
         await self.connected(after)
-        second = Collector()
-        after.start_consuming(second.hooks())
+        second = self.consume(after)
         await wait_until(self.reactor, lambda: len(second.items) == 3, timeout=5,
                          what="its own pending entries")  # fmt: skip
         self.assertEqual({i.resumed for i in second.items}, {1})
@@ -576,8 +572,7 @@ class OutageTests(RedisCase):
         self.assertEqual(self.server.cli("XLEN", q), "1")  # one chunk of six, put back
         other = self.spool()
         await self.connected(other)
-        collector = Collector()
-        other.start_consuming(collector.hooks())
+        collector = self.consume(other)
         await wait_until(self.reactor, lambda: len(collector.items) == 6, what="re-reads")
         self.assertEqual([i.resumed for i in collector.items], [0] * 6)
         self.assertEqual({i.job_id for i in collector.items}, {accepted.job_id})
@@ -612,10 +607,8 @@ class TLSTests(RedisCase):
         self.assertTrue(address.tls)
         spool = self.spool_at(address)
         await self.connected(spool)
-        collector = Collector()
-        spool.start_consuming(collector.hooks())
-        job_id = await self.job_of(spool, 2)
-        await wait_until(self.reactor, lambda: len(collector.items) == 2)
+        collector = self.consume(spool)
+        job_id = await self.read_job(spool, collector, 2)
         await spool.record_outcomes([outcome(i) for i in collector.items], now=2.0)
         view = await spool.job(job_id)
         assert view is not None

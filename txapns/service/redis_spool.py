@@ -1057,9 +1057,13 @@ class RedisSpool:
             self._flush_call = self._clock.callLater(0, self._flush)
 
     def _flush(self) -> None:
-        """Write held outcomes, one script per app and at most 1,000 outcomes each."""
+        """Write held outcomes, one script per app and at most 1,000 outcomes each.
+
+        One flush at a time: what arrives while a write is out goes in the next one, so under
+        load writes grow instead of multiplying (each costs Redis a script run and, with
+        ``appendfsync always``, an fsync)."""
         self._flush_call = None
-        if not self._up or not self._outbox:
+        if not self._up or not self._outbox or self._writing:
             return
         outbox, self._outbox = self._outbox, []
         by_app: dict[str, list[_Pending]] = {}
@@ -1095,6 +1099,8 @@ class RedisSpool:
         finished = [str(f) for f in finished]
         for i, p in enumerate(parts):
             p.done.callback(finished if i == 0 else [])
+        if self._outbox:
+            self._schedule_flush()
         self._wake(app)
 
     def _write_failed(self, failure: Failure, app: str, parts: list[_Pending]) -> None:
@@ -1108,6 +1114,8 @@ class RedisSpool:
         log.failure("could not record {app} outcomes in Redis", failure, app=app)
         for p in parts:
             p.done.errback(failure)
+        if self._outbox:
+            self._schedule_flush()
 
     def add_invalid_tokens(
         self,
