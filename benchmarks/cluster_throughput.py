@@ -3,11 +3,13 @@
 
     python benchmarks/cluster_throughput.py --mock /tmp/apns-bench      # 1, 2, 3 instances
     python benchmarks/cluster_throughput.py --mock /tmp/apns-bench --n 100000 --instances 1 3
+    python benchmarks/cluster_throughput.py --spool-only [--appendfsync everysec]
 
 Everything runs on loopback, each part in its own process: the neutral Node HTTP/2 mock
 (``--mock DIR``: a copy of the harness, set up with ``./make-certs.sh && npm ci``; token
-auth with its bench key), a fresh ``redis-server`` per run (``appendonly yes``,
-``appendfsync always``: the setting that loses nothing acknowledged), the instances, and
+auth with its bench key), a fresh ``redis-server`` per run (``appendonly yes`` and, by
+default, ``appendfsync always``: the setting that loses nothing acknowledged; ``--appendfsync
+everysec`` for the other), the instances, and
 ``--clients`` load-generator processes posting asynchronous requests of 500 notifications
 round-robin over the instances' APIs (``service_throughput``'s load generator).
 
@@ -19,7 +21,8 @@ with 1, 2 and 3 instances, it prints:
 * CPU µs per notification of the instances (summed) and of ``redis-server``, from
   ``/proc/<pid>/stat`` over the whole run (accept + send + record);
 
-then the three targets of the Redis backend (durable accept ≥ 20,000/s on one instance;
+and for one instance the Redis commands that cost most (``INFO commandstats``), then the
+three targets of the Redis backend (durable accept ≥ 20,000/s on one instance;
 instance CPU per notification ≤ 1.3× SQLite's; ``redis-server`` ≤ 15 µs per notification) and
 a projection of the instances and Redis cores that 1,000,000 notifications a minute needs,
 from the measured CPU per notification (on a 2-core machine, more instances cannot run faster
@@ -59,8 +62,10 @@ from service_throughput import (  # noqa: E402  (a sibling script, not a package
 PER_MINUTE = 1_000_000
 
 
-def start_redis(work: Path, procs: list[subprocess.Popen[bytes]]) -> tuple[int, int]:
-    """A fresh redis-server (AOF, fsync always) on a free port; (port, pid)."""
+def start_redis(
+    work: Path, procs: list[subprocess.Popen[bytes]], appendfsync: str
+) -> tuple[int, int]:
+    """A fresh redis-server (AOF, fsync ``appendfsync``) on a free port; (port, pid)."""
     from service_throughput import free_port
 
     port = free_port()
@@ -69,7 +74,7 @@ def start_redis(work: Path, procs: list[subprocess.Popen[bytes]]) -> tuple[int, 
     log = data / "redis.log"
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-         "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+         "--appendonly", "yes", "--appendfsync", appendfsync, "--save", "",
          "--logfile", str(log)],
     )  # fmt: skip
     procs.append(proc)
@@ -143,9 +148,24 @@ def drained(ports: list[int], key: str, total: int, timeout: float = 600) -> boo
             c.close()
 
 
+def command_stats(port: int, top: int = 6) -> list[tuple[str, int, float]]:
+    """The commands (and scripts) that cost Redis most: (name, calls, µs in all)."""
+    out = subprocess.run(
+        ["redis-cli", "-p", str(port), "INFO", "commandstats"],
+        capture_output=True, text=True, timeout=10, check=False,
+    ).stdout  # fmt: skip
+    rows = []
+    for line in out.splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line[len("cmdstat_") :].partition(":")
+            fields = dict(kv.split("=") for kv in rest.split(","))
+            rows.append((name, int(fields["calls"]), float(fields["usec"])))
+    return sorted(rows, key=lambda r: -r[2])[:top]
+
+
 def run(
     label: str, harness: Path, mock_port: int, n: int, clients: int, instances: int,
-    backend: str, run_id: int,
+    backend: str, run_id: int, appendfsync: str = "always",
 ) -> dict[str, Any]:  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix=f"txapns-cluster-{label}-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -155,7 +175,7 @@ def run(
         redis_pid = None
         configs = [base]
         if backend == "redis":
-            redis_port, redis_pid = start_redis(work, procs)
+            redis_port, redis_pid = start_redis(work, procs, appendfsync)
             configs = [redis_config(base, redis_port, i) for i in range(instances)]
         started = [start_instance(work, c, f"instance-{i}", procs) for i, c in enumerate(configs)]
         ports = [p for p, _ in started]
@@ -175,7 +195,9 @@ def run(
         e2e_s = time.perf_counter() - t0
         cpu = sum(cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True))
         rcpu = (cpu_seconds(redis_pid) - rcpu0) if redis_pid else 0.0
+        stats = command_stats(redis_port) if redis_pid else []
         return {
+            "commands": stats,
             "label": label,
             "ok": ok,
             "failed": failed,
@@ -196,15 +218,130 @@ def run(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def spool_only(n: int, appendfsync: str, chunk_size: int) -> dict[str, Any]:
+    """The Redis spool alone, in this process (no HTTP, no APNs): store ``n`` notifications
+    as jobs of ``BATCH`` (8 stores in flight), then read them all and record each as
+    accepted at once. Rates and redis-server CPU per notification for each phase."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+    from twisted.internet.task import deferLater
+    from twisted.python.failure import Failure
+
+    from txapns.core.notification import Notification
+    from txapns.service.backend import ConsumerHooks
+    from txapns.service.redis_spool import RedisAddress, RedisLink, RedisSettings, RedisSpool
+    from txapns.service.spool import OutcomeRecord
+
+    work = Path(tempfile.mkdtemp(prefix="txapns-spool-only-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    out: dict[str, Any] = {}
+
+    def cli(port: int, *args: str) -> None:
+        subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, check=True)
+
+    async def main(port: int, pid: int) -> None:
+        address = RedisAddress(port=port)
+        spool = RedisSpool(
+            RedisLink(reactor, address), lambda: RedisLink(reactor, address, reply_timeout=10),
+            reactor, ["bench"], RedisSettings(instance_id="bench", chunk_size=chunk_size),
+        )  # fmt: skip
+        while not spool.available:
+            await deferLater(reactor, 0.05, lambda: None)
+        payload = b'{"aps":{"alert":"spool bench","badge":1}}'
+        jobs = [
+            [Notification.create(secrets.token_bytes(32), payload)
+             for _ in range(min(BATCH, n - start))]
+            for start in range(0, n, BATCH)
+        ]  # fmt: skip
+        cli(port, "CONFIG", "RESETSTAT")
+        cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+        lock = DeferredSemaphore(8)
+        await gatherResults(
+            [lock.run(spool.add_job, "bench", ns, now=time.time(), async_=True) for ns in jobs]
+        )
+        out["store_s"], out["store_cpu"] = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+        out["store_commands"] = command_stats(port)
+        cli(port, "CONFIG", "RESETSTAT")
+        done: Deferred[None] = Deferred()
+        recorded = [0]
+        outstanding = [0]
+
+        def feed(app: str, items: Any) -> None:
+            outstanding[0] += len(items)
+            records = [
+                OutcomeRecord(id=i.id, job_id=i.job_id, app=app,
+                              token=i.notification.token_hex, state="accepted", status=200)
+                for i in items
+            ]  # fmt: skip
+            spool.record_outcomes(records, now=time.time()).addCallback(written, len(items))
+
+        def written(_: object, count: int) -> None:
+            outstanding[0] -= count
+            recorded[0] += count
+            if recorded[0] >= n and not done.called:
+                done.callback(None)
+
+        cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+        spool.start_consuming(
+            ConsumerHooks(feed, lambda app: 2000 - outstanding[0], lambda: (), lambda j: None)
+        )
+        await done
+        out["consume_s"], out["consume_cpu"] = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+        out["consume_commands"] = command_stats(port)
+        await spool.close()
+
+    try:
+        port, pid = start_redis(work, procs, appendfsync)
+        def stop(result: object) -> None:
+            if isinstance(result, Failure):
+                out["error"] = result.getTraceback()
+            reactor.stop()
+
+        reactor.callWhenRunning(lambda: Deferred.fromCoroutine(main(port, pid)).addBoth(stop))
+        reactor.run()
+    finally:
+        for p in procs:
+            p.terminate()
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def print_spool_only(n: int, appendfsync: str, chunk_size: int) -> int:
+    r = spool_only(n, appendfsync, chunk_size)
+    if "error" in r:
+        print(r["error"])
+        return 1
+    print(f"\nThe Redis spool alone: {n} notifications in jobs of {BATCH}, entries of up to "
+          f"{chunk_size}; appendonly yes, appendfsync {appendfsync}\n")  # fmt: skip
+    for phase, label in (("store", "store (durable accept)"),
+                         ("consume", "read + record + acknowledge")):  # fmt: skip
+        seconds, cpu = r[f"{phase}_s"], r[f"{phase}_cpu"]
+        print(f"{label:<28} {n / seconds:>9,.0f}/s   redis-server {cpu / n * 1e6:6.2f} µs/n")
+        for name, calls, usec in r[f"{phase}_commands"]:
+            print(f"    {name:<12} {calls:>7} calls {usec / n:>7.2f} µs/n")
+    total = (r["store_cpu"] + r["consume_cpu"]) / n * 1e6
+    print(f"redis-server in all: {total:.2f} µs per notification")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("--mock", type=Path, required=True, help="the neutral harness (set up)")
+    ap.add_argument("--mock", type=Path, help="the neutral harness (set up)")
     ap.add_argument("--n", type=int, default=60_000, help="notifications per run")
     ap.add_argument("--clients", type=int, default=3, help="load-generator processes")
     ap.add_argument("--instances", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--appendfsync", choices=["always", "everysec"], default="always",
+                    help="redis-server's AOF fsync policy (appendonly is always on)")
+    ap.add_argument("--spool-only", action="store_true",
+                    help="measure only the Redis spool in this process (no HTTP, no APNs)")
+    ap.add_argument("--chunk-size", type=int, default=100, help="with --spool-only")
     args = ap.parse_args()
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+    if args.spool_only:
+        return print_spool_only(args.n, args.appendfsync, args.chunk_size)
+    if args.mock is None:
+        ap.error("--mock DIR is needed (or --spool-only)")
     procs: list[subprocess.Popen[bytes]] = []
     work = Path(tempfile.mkdtemp(prefix="txapns-cluster-mock-"))
     try:
@@ -213,7 +350,7 @@ def main() -> int:
         for i, count in enumerate(args.instances):
             rows.append(
                 run(f"redis x{count}", args.mock, mock_port, args.n, args.clients, count,
-                    "redis", 2 + i)
+                    "redis", 2 + i, args.appendfsync)
             )  # fmt: skip
     finally:
         for p in procs:
@@ -221,7 +358,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n{args.n} notifications per run, requests of {BATCH}, {args.clients} clients, "
-          f"{os.cpu_count()} cores; HTTP/2 to the neutral Node mock\n")  # fmt: skip
+          f"{os.cpu_count()} cores; HTTP/2 to the neutral Node mock; Redis with appendonly "
+          f"yes, appendfsync {args.appendfsync}\n")  # fmt: skip
     print(f"{'backend':<10} {'accepted/s':>11} {'end to end/s':>13} {'instance µs/n':>14} "
           f"{'redis µs/n':>11} {'failed':>7}")  # fmt: skip
     for r in rows:
@@ -230,6 +368,9 @@ def main() -> int:
               + ("" if r["drained"] else "  (not drained!)"))  # fmt: skip
     sqlite = rows[0]
     one = rows[1]
+    print(f"\nRedis commands that cost most ({one['label']}; µs per notification):")
+    for name, calls, usec in one["commands"]:
+        print(f"  {name:<12} {calls:>9} calls {usec / max(one['ok'], 1):>8.2f} µs/n")
     print("\nTargets (Redis, one instance):")
     print(f"  durable accept {one['accept_rate']:,.0f}/s (target >= 20,000/s)")
     ratio = one["instance_us"] / sqlite["instance_us"]

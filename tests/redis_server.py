@@ -30,44 +30,65 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One ``redis-server`` process; :meth:`kill` and :meth:`start` again keep port and data."""
+    """One ``redis-server`` process; :meth:`kill` and :meth:`start` again keep port and data.
 
-    def __init__(self, directory: Path, *, appendfsync: str = "always") -> None:
+    With ``tls`` (a directory holding ``server.pem``, ``server-key.pem`` and ``ca.pem``, as
+    :meth:`~txapns.testing.pki.TestPKI.write` writes them) it speaks only TLS on its port.
+    """
+
+    def __init__(
+        self, directory: Path, *, appendfsync: str = "always", tls: Path | None = None
+    ) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.appendfsync = appendfsync
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "redis" if self.tls is None else "rediss"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
+
+    def command(self, log: Path) -> list[str]:
+        assert REDIS_SERVER is not None
+        if self.tls is None:
+            listen = ["--port", str(self.port)]
+        else:
+            listen = [
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls / "server.pem"),
+                "--tls-key-file", str(self.tls / "server-key.pem"),
+                "--tls-ca-cert-file", str(self.tls / "ca.pem"),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
+        return [
+            REDIS_SERVER,
+            *listen,
+            "--bind", "127.0.0.1",
+            "--dir", str(self.dir),
+            "--appendonly", "yes",
+            "--appendfsync", self.appendfsync,
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", str(log),
+        ]  # fmt: skip
+
+    ready = "Ready to accept connections"
 
     def start(self, timeout: float = 10.0) -> None:
-        assert REDIS_SERVER is not None
         self.starts += 1
         log = self.dir / f"redis-{self.starts}.log"
-        self.process = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.dir),
-                "--appendonly", "yes",
-                "--appendfsync", self.appendfsync,
-                "--save", "",
-                "--daemonize", "no",
-                "--logfile", str(log),
-            ],
-            stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        self.process = subprocess.Popen(self.command(log), stdin=subprocess.DEVNULL)
         # Bounded wait for the server to load its AOF and listen.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited: {log.read_text()[-2000:]}")
-            if log.exists() and "Ready to accept connections" in log.read_text():
+            if log.exists() and self.ready in log.read_text():
                 return
             time.sleep(0.01)
         raise RuntimeError(f"redis-server did not start in {timeout}s")
@@ -96,13 +117,45 @@ class RedisServer:
     def cli(self, *args: str) -> str:
         """Run one command with ``redis-cli`` (raw output)."""
         assert REDIS_CLI is not None
+        tls: list[str] = []
+        if self.tls is not None:
+            tls = ["--tls", "--cacert", str(self.tls / "ca.pem")]
         out = subprocess.run(
-            [REDIS_CLI, "-p", str(self.port), "--raw", *args],
+            [REDIS_CLI, "-p", str(self.port), *tls, "--raw", *args],
             check=True,
             capture_output=True,
             timeout=10,
         )
         return out.stdout.decode().strip()
+
+
+class RedisSentinel(RedisServer):
+    """``redis-server --sentinel`` watching ``master`` under the name ``name``."""
+
+    def __init__(self, directory: Path, master: RedisServer, name: str) -> None:
+        super().__init__(directory)
+        self.master = master
+        self.name = name
+
+    def command(self, log: Path) -> list[str]:
+        assert REDIS_SERVER is not None
+        config = self.dir / "sentinel.conf"  # Sentinel rewrites it: a file of its own
+        config.write_text(
+            "\n".join(
+                [
+                    f"port {self.port}",
+                    "bind 127.0.0.1",
+                    f"dir {self.dir}",
+                    f"logfile {log}",
+                    f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 1",
+                    f"sentinel down-after-milliseconds {self.name} 60000",
+                    "",
+                ]
+            )
+        )
+        return [REDIS_SERVER, str(config), "--sentinel"]
+
+    ready = "+monitor master"
 
 
 async def wait_until(reactor: Any, check: Any, timeout: float = 10.0, what: str = "") -> None:

@@ -202,9 +202,10 @@ class KillOneInstanceTests(ClusterCase):
             may_duplicate.update(r["token"] for r in view["results"] if r["may_duplicate"])
         duplicated = {t for t, n in deliveries.items() if n > 1}
         (sys.__stderr__ or sys.stderr).write(
-            f"\nredis cluster test: {len(cut)} requests cut by the kill, {int(claimed)} entries "
-            f"taken over, {len(may_duplicate)} flagged may_duplicate, {len(duplicated)} "
-            f"delivered twice, {len(duplicated - may_duplicate)} of them unflagged, "
+            f"\nredis cluster test: {len(cut)} requests cut by the kill, {int(claimed)} "
+            f"notifications taken over, {len(may_duplicate)} flagged may_duplicate, "
+            f"{len(duplicated)} delivered twice, {len(duplicated - may_duplicate)} of them "
+            "unflagged, "
             f"{time.monotonic() - started:.0f}s\n"
         )
         self.assertEqual(duplicated - may_duplicate, set(), "a duplicate was not flagged")

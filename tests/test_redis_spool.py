@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from txapns.core.notification import Notification
@@ -21,11 +22,18 @@ from txapns.service.api import job_json, make_site
 from txapns.service.backend import ConsumerHooks, SpoolUnavailableError
 from txapns.service.config import ConfigError, RedisSpoolConfig, parse_config
 from txapns.service.engine import Engine, EngineApp, NotAcceptingError, Template
-from txapns.service.redis_spool import RedisAddress, RedisLink, RedisSettings, RedisSpool
-from txapns.service.spool import OutcomeRecord, SpooledNotification
+from txapns.service.redis_spool import (
+    RedisAddress,
+    RedisLink,
+    RedisSettings,
+    RedisSpool,
+    tls_options,
+)
+from txapns.service.spool import IdempotencyKeyReusedError, OutcomeRecord, SpooledNotification
 from txapns.service.testing import FakeSender, accept
+from txapns.testing.pki import make_test_pki
 
-from .redis_server import SKIP, RedisServer, wait_until
+from .redis_server import SKIP, RedisSentinel, RedisServer, free_port, wait_until
 from .test_service_running import ApiClient, deferred_test, metric, token
 
 ALERT = Template(payload={"aps": {"alert": "hi"}})
@@ -89,6 +97,30 @@ class RedisCase(TestCase):
     def notifications(self, engine: Engine, n: int, first: int = 0) -> list[Notification]:
         return engine.prepare("a", ALERT, [token(first + i) for i in range(n)])
 
+    def consume(self, spool: RedisSpool) -> Collector:
+        collector = Collector()
+        spool.start_consuming(collector.hooks())
+        return collector
+
+    async def read_job(self, spool: RedisSpool, collector: Collector, count: int) -> str:
+        """Store a job of ``count`` and wait until ``collector`` has been fed all of it."""
+        job_id = await self.job_of(spool, count)
+        await wait_until(self.reactor, lambda: len(collector.items) >= count, what="the job")
+        return job_id
+
+    def pending(self) -> str:
+        """How many entries of the app's stream are pending (read, unacknowledged)."""
+        return self.server.cli("XPENDING", f"{self.prefix}:{{a}}:q", "txapns").splitlines()[0]
+
+    def entries_added(self) -> int:
+        info = self.server.cli("XINFO", "STREAM", f"{self.prefix}:{{a}}:q").split("\n")
+        return int(info[info.index("entries-added") + 1])
+
+    async def job_of(self, spool: RedisSpool, count: int, seed: int = 0) -> str:
+        ns = [Notification.create(bytes([seed, i]) * 16, b'{"aps":{}}') for i in range(count)]
+        stored = await spool.add_job("a", ns, now=1.0, async_=True)
+        return stored.job_id
+
 
 class Collector:
     """ConsumerHooks that keep what they are fed."""
@@ -134,7 +166,7 @@ class StoreTests(RedisCase):
         q = f"{self.prefix}:{{a}}:q"
         # Acknowledged and deleted: nothing pending, nothing left in the stream.
         await wait_until(self.reactor, lambda: self.server.cli("XLEN", q) == "0")
-        self.assertEqual(self.server.cli("XPENDING", q, "txapns").splitlines()[0], "0")
+        self.assertEqual(self.pending(), "0")
         body = job_json(view)
         self.assertEqual(body["may_duplicate"], 0)
 
@@ -150,11 +182,56 @@ class StoreTests(RedisCase):
         self.assertTrue(second.duplicate)
         self.assertEqual(first.job_id, second.job_id)
         self.assertEqual(await spool.find_job("a", "k1"), first.job_id)
-        q = f"{self.prefix}:{{a}}:q"
-        # Three entries ever added, not six. (Not XLEN: the engine may already have sent,
-        # acknowledged and trimmed some of them.)
-        info = self.server.cli("XINFO", "STREAM", q).split("\n")
-        self.assertEqual(int(info[info.index("entries-added") + 1]), 3)
+        # One entry (a chunk of three) ever added, not two. (Not XLEN: the engine may already
+        # have sent, acknowledged and trimmed it.)
+        self.assertEqual(self.entries_added(), 1)
+
+    @deferred_test
+    async def test_reused_key_with_another_fingerprint_is_refused(self) -> None:
+        spool = self.spool()
+        await self.connected(spool)
+        n1 = [Notification.create(bytes([1]) * 32, b'{"aps":{}}')]
+        n2 = [Notification.create(bytes([2]) * 32, b'{"aps":{}}')]
+        first = await spool.add_job("a", n1, now=1, idempotency_key="k", fingerprint="f1")
+        same = await spool.add_job("a", n1, now=2, idempotency_key="k", fingerprint="f1")
+        self.assertEqual((same.job_id, same.duplicate), (first.job_id, True))
+        error = await spool.add_job(
+            "a", n2, now=3, idempotency_key="k", fingerprint="f2"
+        ).addCallbacks(lambda _: None, lambda f: f.value)
+        self.assertIsInstance(error, IdempotencyKeyReusedError)
+        self.assertEqual(error.job_id, first.job_id)
+        # Without a fingerprint on either side, a repeat is a plain repeat (library callers).
+        plain = await spool.add_job("a", n2, now=4, idempotency_key="k")
+        self.assertEqual((plain.job_id, plain.duplicate), (first.job_id, True))
+        unprinted = await spool.add_job("a", n1, now=5, idempotency_key="k2")
+        later = await spool.add_job("a", n2, now=6, idempotency_key="k2", fingerprint="f3")
+        self.assertEqual((later.job_id, later.duplicate), (unprinted.job_id, True))
+        # Nothing of the refused request was stored: one entry per job ever added.
+        self.assertEqual(self.entries_added(), 2)
+
+    @deferred_test
+    async def test_api_answers_422_for_a_reused_key_with_another_body(self) -> None:
+        spool = self.spool()
+        await self.connected(spool)
+        engine = self.engine(spool, FakeSender(auto=accept))
+        await engine.start()
+        key = b"redis-idempotency-key-0123456789"
+        port = self.reactor.listenTCP(0, make_site(engine, key), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        api = ApiClient(self.reactor, f"http://127.0.0.1:{port.getHost().port}", key)
+        self.addCleanup(api.close)
+        batch = {"tokens": [token(2), token(3)], "alert": "a", "async": True,
+                 "idempotency_key": "batch-9"}  # fmt: skip
+        a1 = await api.post("a", batch)
+        a2 = await api.post("a", batch)
+        other = await api.post(
+            "a", {"tokens": [token(4)], "alert": "b", "async": True, "idempotency_key": "batch-9"}
+        )
+        self.assertEqual((a1.code, a2.code, other.code), (202, 202, 422), other.raw)
+        self.assertEqual(other.json["error"]["code"], "idempotency_key_reused")
+        self.assertEqual(other.json["error"]["job_id"], a1.json["job_id"])
+        self.assertEqual(a2.json["job_id"], a1.json["job_id"])
+        self.assertEqual(a2.header("Idempotent-Replayed"), "true")
 
     async def _both(self, engine: Engine, ns: list[Notification]) -> tuple[Any, Any]:
         d1 = engine.submit("a", ns, idempotency_key="k1", async_=True)
@@ -165,8 +242,7 @@ class StoreTests(RedisCase):
     async def test_scheduled_job_waits_for_its_time_then_goes_to_the_stream(self) -> None:
         spool = self.spool()
         await self.connected(spool)
-        collector = Collector()
-        spool.start_consuming(collector.hooks())
+        collector = self.consume(spool)
         stored = await spool.add_job(
             "a",
             [Notification.create(bytes(32), b'{"aps":{}}')],
@@ -184,8 +260,7 @@ class StoreTests(RedisCase):
     async def test_invalid_token_feed_with_since_paging(self) -> None:
         spool = self.spool()
         await self.connected(spool)
-        collector = Collector()
-        spool.start_consuming(collector.hooks())
+        collector = self.consume(spool)
         ns = [Notification.create(bytes([i]) * 32, b'{"aps":{}}') for i in range(1, 4)]
         await spool.add_job("a", ns, now=1.0)
         await wait_until(self.reactor, lambda: len(collector.items) == 3)
@@ -214,8 +289,7 @@ class TakeoverTests(RedisCase):
         live = self.spool(claim_after=0.2)
         await self.connected(dead)
         await self.connected(live)
-        first = Collector()
-        dead.start_consuming(first.hooks())
+        first = self.consume(dead)
         stored = await dead.add_job(
             "a", [Notification.create(bytes([7]) * 32, b'{"aps":{}}')], now=1.0
         )
@@ -224,8 +298,7 @@ class TakeoverTests(RedisCase):
         first.space = 0
         for loop in dead._loops:
             loop.stop()
-        second = Collector()
-        live.start_consuming(second.hooks())
+        second = self.consume(live)
         await wait_until(self.reactor, lambda: second.items, what="the takeover")
         item = second.items[0]
         self.assertEqual(item.resumed, 1)
@@ -253,8 +326,7 @@ class TakeoverTests(RedisCase):
         q = f"{self.prefix}:{{a}}:q"
         self.server.cli("XGROUP", "CREATE", q, "txapns", "0", "MKSTREAM")
         self.server.cli("XREADGROUP", "GROUP", "txapns", "ghost", "COUNT", "1", "STREAMS", q, ">")
-        collector = Collector()
-        spool.start_consuming(collector.hooks())
+        collector = self.consume(spool)
         # The takeover would be delivery 2 > max_deliveries: finished unknown, never sent.
         await wait_until(self.reactor, lambda: spool.gauges["a"].dead_letters == 1, what="dl")
         await wait_until(self.reactor, lambda: spool._held_outcomes() == 0)
@@ -266,6 +338,156 @@ class TakeoverTests(RedisCase):
         self.assertEqual(view.results[0].reason, "gave up after 1 deliveries")
         # Acknowledged, so trimmed away on a later tick.
         await wait_until(self.reactor, lambda: self.server.cli("XLEN", q) == "0", what="trim")
+
+
+class ChunkTests(RedisCase):
+    """One stream entry carries up to ``chunk_size`` notifications of a job."""
+
+    @deferred_test
+    async def test_a_job_is_stored_in_chunks_sent_and_acknowledged(self) -> None:
+        spool = self.spool(chunk_size=100)
+        await self.connected(spool)
+        sender = FakeSender(auto=accept)
+        engine = self.engine(spool, sender)
+        await engine.start()
+        ns = self.notifications(engine, 250)
+        accepted = await engine.submit("a", ns, async_=True)
+        self.assertEqual(self.entries_added(), 3)
+        view = await engine.wait(accepted.job_id)
+        self.assertEqual(view.counts["accepted"], 250)
+        self.assertEqual([r.token for r in view.results], [n.token_hex for n in ns])
+        self.assertEqual(sorted(n.token for n in sender.sent), sorted(n.token for n in ns))
+        q = f"{self.prefix}:{{a}}:q"
+        await wait_until(self.reactor, lambda: self.server.cli("XLEN", q) == "0", what="trim")
+        self.assertEqual(self.pending(), "0")
+
+    @deferred_test
+    async def test_an_entry_is_acknowledged_with_its_last_outcome(self) -> None:
+        spool = self.spool()
+        await self.connected(spool)
+        collector = self.consume(spool)
+        job_id = await self.read_job(spool, collector, 4)
+        await spool.record_outcomes([outcome(i) for i in collector.items[:3]], now=2.0)
+        self.assertEqual(self.pending(), "1")
+        await spool.record_outcomes([outcome(collector.items[3])], now=2.0)
+        self.assertEqual(self.pending(), "0")
+        view = await spool.job(job_id)
+        assert view is not None
+        self.assertEqual((view.status, view.counts["accepted"]), ("done", 4))
+
+    @deferred_test
+    async def test_many_short_outcomes_are_kept_in_a_hash_table(self) -> None:
+        spool = self.spool()
+        await self.connected(spool)
+        collector = self.consume(spool)
+        job_id = await self.read_job(spool, collector, 200)
+        # Short outcomes (no apns-id: the binary protocol's) in one write.
+        await spool.record_outcomes([outcome(i) for i in collector.items], now=2.0)
+        key = f"{self.prefix}:job:{job_id}:r"
+        self.assertEqual(self.server.cli("OBJECT", "ENCODING", key), "hashtable")
+        view = await spool.job(job_id)
+        assert view is not None
+        self.assertEqual((view.status, view.counts["accepted"], len(view.results)),
+                         ("done", 200, 200))  # fmt: skip
+
+    @deferred_test
+    async def test_takeover_sends_only_what_has_no_outcome_yet(self) -> None:
+        dead = self.spool(claim_after=0.2)
+        live = self.spool(claim_after=0.2)
+        await self.connected(dead)
+        await self.connected(live)
+        first = self.consume(dead)
+        job_id = await self.job_of(dead, 5)
+        await wait_until(self.reactor, lambda: len(first.items) == 5, what="the first delivery")
+        # Two outcomes written, then the instance goes silent with three in flight.
+        await dead.record_outcomes([outcome(i) for i in first.items[:2]], now=2.0)
+        first.space = 0
+        for loop in dead._loops:
+            loop.stop()
+        second = self.consume(live)
+        await wait_until(self.reactor, lambda: len(second.items) == 3, what="the takeover")
+        self.assertEqual(
+            [i.notification.token_hex for i in second.items],
+            [i.notification.token_hex for i in first.items[2:]],
+        )
+        self.assertEqual({i.resumed for i in second.items}, {1})
+        self.assertEqual(live.gauges["a"].claimed, 3)
+        await live.record_outcomes([outcome(i) for i in second.items], now=3.0)
+        view = await live.job(job_id)
+        assert view is not None
+        self.assertEqual((view.status, view.counts["accepted"]), ("done", 5))
+        self.assertEqual([r.resumed for r in view.results], [0, 0, 1, 1, 1])
+        self.assertEqual(self.pending(), "0")
+
+    @deferred_test
+    async def test_a_stop_puts_back_what_is_left_of_a_chunk(self) -> None:
+        spool = self.spool()
+        await self.connected(spool)
+        first = self.consume(spool)
+        job_id = await self.read_job(spool, first, 5)
+        await spool.record_outcomes([outcome(i) for i in first.items[:2]], now=2.0)
+        await spool.close()
+        other = self.spool()
+        await self.connected(other)
+        second = self.consume(other)
+        await wait_until(self.reactor, lambda: len(second.items) == 3, what="the rest")
+        self.assertEqual(
+            [i.notification.token_hex for i in second.items],
+            [i.notification.token_hex for i in first.items[2:]],
+        )
+        self.assertEqual({i.resumed for i in second.items}, {0})
+        await other.record_outcomes([outcome(i) for i in second.items], now=3.0)
+        view = await other.job(job_id)
+        assert view is not None
+        self.assertEqual((view.status, view.counts["accepted"]), ("done", 5))
+
+
+class RestartTests(RedisCase):
+    @deferred_test
+    async def test_a_restarted_instance_resumes_its_own_pending_entries_at_once(self) -> None:
+        before = self.spool(instance_id="web-1")  # claim_after: the default 120 s
+        await self.connected(before)
+        first = self.consume(before)
+        job_id = await self.read_job(before, first, 3)
+        # The process dies (no clean stop): its entries stay pending, owned by "web-1".
+        first.space = 0
+        for loop in before._loops:
+            loop.stop()
+        after = self.spool(instance_id="web-1")
+        await self.connected(after)
+        second = self.consume(after)
+        await wait_until(self.reactor, lambda: len(second.items) == 3, timeout=5,
+                         what="its own pending entries")  # fmt: skip
+        self.assertEqual({i.resumed for i in second.items}, {1})
+        await after.record_outcomes([outcome(i) for i in second.items], now=2.0)
+        view = await after.job(job_id)
+        assert view is not None
+        self.assertEqual((view.status, view.counts["accepted"]), ("done", 3))
+        self.assertEqual(after.gauges["a"].claimed, 0)
+
+
+class ConsumerCleanupTests(RedisCase):
+    @deferred_test
+    async def test_idle_consumers_holding_nothing_are_forgotten(self) -> None:
+        spool = self.spool(forget_consumers_after=0.3)
+        await self.connected(spool)
+        await self.job_of(spool, 1)
+        q = f"{self.prefix}:{{a}}:q"
+        self.server.cli("XGROUP", "CREATE", q, "txapns", "0", "MKSTREAM")
+        # A stopped instance that held nothing, and one that still holds an entry.
+        self.server.cli("XGROUP", "CREATECONSUMER", q, "txapns", "host-1234")
+        self.server.cli("XREADGROUP", "GROUP", "txapns", "host-99", "COUNT", "1", "STREAMS", q,
+                        ">")  # fmt: skip
+
+        def consumers() -> set[str]:
+            out = self.server.cli("XINFO", "CONSUMERS", q, "txapns").split("\n")
+            return {out[i + 1] for i, v in enumerate(out) if v == "name"}
+
+        self.assertEqual(consumers(), {"host-1234", "host-99"})
+        spool.start_consuming(Collector().hooks())
+        await wait_until(self.reactor, lambda: "host-1234" not in consumers(), what="cleanup")
+        # Never one with pending entries (they would be lost), never a live one.
+        self.assertEqual(consumers(), {"host-99", spool.settings.instance_id})
 
 
 class OutageTests(RedisCase):
@@ -347,14 +569,157 @@ class OutageTests(RedisCase):
         await wait_until(self.reactor, lambda: len(sender.waiting) == 2, what="sends")
         await engine.stop()  # 2 were sent (the fake says "stopped"), 4 never sent
         q = f"{self.prefix}:{{a}}:q"
-        self.assertEqual(self.server.cli("XLEN", q), "6")
+        self.assertEqual(self.server.cli("XLEN", q), "1")  # one chunk of six, put back
         other = self.spool()
         await self.connected(other)
-        collector = Collector()
-        other.start_consuming(collector.hooks())
+        collector = self.consume(other)
         await wait_until(self.reactor, lambda: len(collector.items) == 6, what="re-reads")
         self.assertEqual([i.resumed for i in collector.items], [0] * 6)
         self.assertEqual({i.job_id for i in collector.items}, {accepted.job_id})
+
+
+class TLSTests(RedisCase):
+    """``rediss://``: TLS to Redis, the server's certificate verified."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        base = Path(tempfile.mkdtemp(prefix="txapns-redis-tls-"))
+        cls.pki = base / "pki"
+        make_test_pki().write(cls.pki)
+        cls.server = RedisServer(base / "redis", tls=cls.pki)
+        cls.server.start()
+
+    def address(self, **kw: Any) -> RedisAddress:
+        return RedisAddress.from_url(self.server.url, **kw)
+
+    def spool_at(self, address: RedisAddress) -> RedisSpool:
+        link = RedisLink(self.reactor, address, reply_timeout=5)
+        spool = RedisSpool(
+            link, lambda: RedisLink(self.reactor, address, reply_timeout=10), self.reactor,
+            ("a",), RedisSettings(prefix=self.prefix, instance_id="tls-1"),
+        )  # fmt: skip
+        self.addCleanup(lambda: spool.close().addErrback(lambda f: None))
+        return spool
+
+    @deferred_test
+    async def test_rediss_url_with_a_ca_file(self) -> None:
+        address = self.address(ca_file=str(self.pki / "ca.pem"))
+        self.assertTrue(address.tls)
+        spool = self.spool_at(address)
+        await self.connected(spool)
+        collector = self.consume(spool)
+        job_id = await self.read_job(spool, collector, 2)
+        await spool.record_outcomes([outcome(i) for i in collector.items], now=2.0)
+        view = await spool.job(job_id)
+        assert view is not None
+        self.assertEqual((view.status, view.counts["accepted"]), ("done", 2))
+
+    async def handshake(self, address: RedisAddress) -> Failure:
+        """Connect with the spool's TLS options; the reason the connection ended."""
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+        from twisted.internet.protocol import Protocol
+
+        ended: Deferred[list[Failure]] = Deferred()
+
+        class Probe(Protocol):
+            def connectionMade(self) -> None:
+                self.transport.write(b"PING\r\n")  # type: ignore[union-attr]
+
+            def dataReceived(self, data: bytes) -> None:
+                self.transport.loseConnection()  # type: ignore[union-attr]
+
+            def connectionLost(self, reason: Failure | None = None) -> None:
+                assert reason is not None
+                ended.callback([reason])  # (a Failure given to callback would errback)
+
+        tcp = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.server.port, timeout=5)
+        try:  # the wrapped endpoint's connection fires once the handshake is done
+            await connectProtocol(wrapClientTLS(tls_options(address), tcp), Probe())
+        except Exception:
+            return Failure()
+        return (await ended)[0]
+
+    @deferred_test
+    async def test_verification_is_on_by_default(self) -> None:
+        from OpenSSL.SSL import Error as TLSError
+        from service_identity import VerificationError
+
+        # Without ca_file the system's CAs are used: the test CA is not among them.
+        refused = await self.handshake(self.address())
+        self.assertTrue(refused.check(TLSError), refused)
+        # The certificate must name the host too, even when its CA is trusted.
+        wrong = RedisAddress(host="redis.example", tls=True, ca_file=str(self.pki / "ca.pem"))
+        misnamed = await self.handshake(wrong)
+        self.assertTrue(misnamed.check(VerificationError), misnamed)
+        # The CA and the name right: a clean close after Redis's answer.
+        good = await self.handshake(self.address(ca_file=str(self.pki / "ca.pem")))
+        self.assertFalse(good.check(TLSError), good)
+        self.flushLoggedErrors(TLSError)
+        # And the spool without the CA never comes up: its attempts fail verification, are
+        # logged as such, and are retried (a failed handshake is a failed attempt).
+        from twisted.logger import globalLogPublisher
+
+        failures: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_format", "").startswith("TLS to Redis failed"):
+                failures.append(event["why"])
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        spool = self.spool_at(self.address())
+        await wait_until(self.reactor, lambda: len(failures) >= 2, what="two attempts")
+        self.assertIn("certificate verify failed", failures[0])
+        self.assertFalse(spool.link.connected)
+        self.assertFalse(spool.available)
+
+
+class SentinelTests(RedisCase):
+    """Redis found through a live Sentinel (``redis-server --sentinel``)."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        base = Path(tempfile.mkdtemp(prefix="txapns-redis-sentinel-"))
+        cls.server = RedisServer(base / "master")
+        cls.server.start()
+        cls.sentinel = RedisSentinel(base / "sentinel", cls.server, "txapns-test")
+        cls.sentinel.start()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.sentinel.stop()
+        cls.server.stop()
+
+    @deferred_test
+    async def test_send_through_sentinel(self) -> None:
+        # The URL's own address has nothing listening: only Sentinel can say where Redis is.
+        nowhere = free_port()
+        address = RedisAddress.from_url(
+            f"redis://127.0.0.1:{nowhere}/0",
+            sentinels=(("127.0.0.1", self.sentinel.port),),
+            sentinel_master="txapns-test",
+        )
+        link = RedisLink(self.reactor, address, reply_timeout=5)
+        spool = RedisSpool(
+            link, lambda: RedisLink(self.reactor, address, reply_timeout=10), self.reactor,
+            ("a",), RedisSettings(prefix=self.prefix, instance_id="s-1"),
+        )  # fmt: skip
+        self.addCleanup(lambda: spool.close().addErrback(lambda f: None))
+        await wait_until(self.reactor, lambda: spool.available, timeout=20, what="via Sentinel")
+        sender = FakeSender(auto=accept)
+        engine = self.engine(spool, sender)
+        await engine.start()
+        ns = self.notifications(engine, 3)
+        accepted = await engine.submit("a", ns)
+        view = await engine.wait(accepted.job_id)
+        self.assertEqual(view.counts["accepted"], 3)
+        self.assertEqual(sorted(n.token for n in sender.sent), sorted(n.token for n in ns))
+        # Stored on the master Sentinel names.
+        self.assertEqual(
+            self.sentinel.cli("SENTINEL", "get-master-addr-by-name", "txapns-test").split(),
+            ["127.0.0.1", str(self.server.port)],
+        )
+        self.assertEqual(self.entries_added(), 1)
 
 
 class ConfigTests(SynchronousTestCase):
@@ -382,8 +747,20 @@ class ConfigTests(SynchronousTestCase):
         address = RedisAddress.from_url(config.redis.url)
         self.assertEqual((address.host, address.port, address.db), ("10.0.0.5", 6380, 2))
 
+    def test_rediss_url_and_ca_file(self) -> None:
+        config = self.parse(
+            {"backend": "redis", "url": "rediss://:pw@redis.internal:6380/1", "ca_file": "ca.pem"}
+        )
+        self.assertEqual(config.redis.ca_file, Path("/etc/txapns/ca.pem"))
+        address = RedisAddress.from_url(config.redis.url)
+        self.assertEqual((address.tls, address.host, address.port, address.db, address.password),
+                         (True, "redis.internal", 6380, 1, "pw"))  # fmt: skip
+        self.assertFalse(RedisAddress.from_url("redis://x").tls)
+
     def test_errors(self) -> None:
         for bad in (
+            {"backend": "redis", "url": "redis://x", "ca_file": "ca.pem"},
+            {"backend": "redis", "url": "rediss://x", "sentinel": ["10.0.0.6:26379"]},
             {"backend": "mongo"},
             {"backend": "redis", "url": "http://x"},
             {"backend": "redis", "claim_after": 0},

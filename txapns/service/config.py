@@ -166,6 +166,9 @@ class RedisSpoolConfig:
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
     #: This instance's consumer name; ``None``: hostname-pid.
     instance_id: str | None = None
+    #: With ``rediss://``: the CA(s) to verify Redis's certificate with (``None``: the
+    #: system's).
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,6 +561,7 @@ _SPOOL_KEYS = {
     "claim_after",
     "max_deliveries",
     "instance_id",
+    "ca_file",
 }
 
 
@@ -585,8 +589,11 @@ def _parse_spool(raw: object, base_dir: Path) -> tuple[Path, RedisSpoolConfig | 
         raise ConfigError(f'[spool] backend must be "sqlite" or "redis", not {backend!r}')
     defaults = RedisSpoolConfig()
     url = _opt_str(raw, "url", "[spool]") or defaults.url
-    if not url.startswith("redis://"):
-        raise ConfigError(f"[spool] url must start with redis://, not {url!r}")
+    if not url.startswith(("redis://", "rediss://")):
+        raise ConfigError(f"[spool] url must start with redis:// or rediss://, not {url!r}")
+    ca_file = _opt_path(raw, "ca_file", base_dir, "[spool]")
+    if ca_file is not None and not url.startswith("rediss://"):
+        raise ConfigError("[spool] ca_file only applies to a rediss:// (TLS) url")
     sentinel = raw.get("sentinel", [])
     if isinstance(sentinel, str):
         sentinel = [sentinel]
@@ -594,6 +601,8 @@ def _parse_spool(raw: object, base_dir: Path) -> tuple[Path, RedisSpoolConfig | 
         isinstance(x, str) and re.fullmatch(r"[^:\s]+:\d{1,5}", x) for x in sentinel
     ):
         raise ConfigError('[spool] sentinel must be a list of "host:port"')
+    if sentinel and url.startswith("rediss://"):
+        raise ConfigError("[spool] TLS to Redis (rediss://) is not supported with Sentinel")
     wait = raw.get("wait_replicas", 0)
     if not isinstance(wait, int) or isinstance(wait, bool) or wait < 0:
         raise ConfigError("[spool] wait_replicas must be a whole number >= 0")
@@ -612,6 +621,7 @@ def _parse_spool(raw: object, base_dir: Path) -> tuple[Path, RedisSpoolConfig | 
         claim_after=_positive(raw, "claim_after", DEFAULT_CLAIM_AFTER),
         max_deliveries=int(_positive(raw, "max_deliveries", DEFAULT_MAX_DELIVERIES, integer=True)),
         instance_id=instance_id,
+        ca_file=ca_file,
     )
 
 

@@ -1,36 +1,47 @@
 """A spool on Redis Streams, shared by many ``twistd apns`` instances.
 
 Every instance serves the API and sends. A submission is stored by one Lua script (job hash,
-idempotency key, one stream entry per notification: atomic), so the API answers only what
-Redis holds. Each app has one stream and one consumer group; each instance is a consumer
-named by its instance id and reads bounded batches (``XREADGROUP COUNT``) for as much as its
-engine has room for. Outcomes are recorded and their entries acknowledged by one script (one
-``XACK`` for the batch); twice a second the stream is trimmed (``XTRIM MINID``) below its
+idempotency key, its notifications as stream entries: atomic), so the API answers only what
+Redis holds. A stream entry is a *chunk*: up to ``chunk_size`` notifications of one job, so
+Redis adds, delivers, acknowledges and claims one entry per chunk rather than per
+notification (that bookkeeping was most of its CPU per notification). Each app has one stream
+and one consumer group; each instance is a consumer named by its instance id and reads
+bounded batches (``XREADGROUP COUNT``) for as much as its engine has room for. Outcomes are
+recorded per notification by one script per batch, which also acknowledges each entry whose
+last outcome it writes; twice a second the stream is trimmed (``XTRIM MINID``) below its
 oldest pending entry, so it holds little more than the unfinished work and memory follows the
 backlog. (``XDEL`` per entry cost more Redis CPU than everything else per notification.)
 
 Key layout (``P`` is the configured prefix; ``{app}`` is a hash tag)::
 
-    P:{app}:q          stream, one entry per unsent notification: n = "job idx token [apns-id]"
-    P:{app}:sched      sorted set of entries not due yet, scored by send_at
+    P:{app}:q          stream, one entry per chunk: n = "job first-idx tok,tok,... [id,id,...]"
+                       (what is left of a chunk put back at a stop: "job i,j,k tok,tok,tok")
+    P:{app}:sched      sorted set of chunks not due yet, scored by send_at
     P:{app}:idem:KEY   idempotency key -> job id (SET NX semantics, expires with the job)
     P:{app}:bad        sorted set token -> reported_at (Redis time): the invalid-token feed
     P:{app}:bad:d      hash token -> JSON details of the feed entry
     P:job:ID           hash: app, created, async, total, remaining, status, finished, tokens,
-                       payload, fields (the template every notification of the job shares)
-    P:job:ID:r         hash idx -> JSON outcome (first recorded wins)
+                       payload, fields (the template every notification of the job shares),
+                       fp (the request's fingerprint: a reused idempotency key with another
+                       one is refused, as by the SQLite spool), idem
+    P:job:ID:r         hash idx -> JSON outcome (first recorded wins); "-" -> a long value
+                       that makes Redis keep a big hash as a hash table (see _RECORD)
     P:job:ID:d         hash idx -> 1: recorded twice (delivered twice, possibly)
 
 Failure handling, in short:
 
 * **Takeover**: entries pending (delivered, not acknowledged) longer than ``claim_after`` are
-  claimed with ``XAUTOCLAIM`` by a live instance. An entry delivered more than once is
-  flagged ``may_duplicate``; after ``max_deliveries`` it is finished ``unknown`` instead.
+  claimed with ``XAUTOCLAIM`` by a live instance, which sends those of their notifications
+  that have no outcome yet, flagged ``may_duplicate``; after ``max_deliveries`` they are
+  finished ``unknown`` instead. A process restarted with the same instance id reads its own
+  pending entries (``XREADGROUP … 0``) at once. Consumers of stopped instances that hold
+  nothing are deleted after ``forget_consumers_after``.
 * **Redis unreachable**: :attr:`RedisSpool.available` turns false (the API answers 503,
   ``/healthz`` fails), reads stop, outcomes not yet written wait in memory (bounded: an
   instance reads no more while they wait) and are written first when Redis answers again.
-* **A clean stop** puts back (fresh entries, not flagged) what was read but never sent;
-  what was in flight without an outcome stays pending, for another instance to claim.
+* **A clean stop** puts back (a fresh entry, not flagged) what is left of each chunk with
+  nothing in flight; a chunk with a notification in flight without an outcome stays
+  pending, for another instance to claim.
 
 Redis Cluster is not supported: the scripts compute job keys from their ids.
 """
@@ -39,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import socket
 import uuid
@@ -48,19 +60,34 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTCP,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .._twisted import cancel_call
 from ..core.notification import Notification
 from ..core.token_evidence import recorded_kind
+from ..credentials import client_tls_options
 from .backend import ConsumerHooks, SpoolUnavailableError
 from .metrics import family_lines
 from .spool import (
     QUEUED,
     STATES,
+    IdempotencyKeyReusedError,
     InvalidToken,
     JobView,
     NotificationView,
@@ -81,29 +108,34 @@ GROUP = "txapns"
 
 # --- scripts ----------------------------------------------------------------------------------
 
-# Store a job: idempotency key (first one wins), the job hash, and every notification, in the
-# stream or (send_at later than Redis's clock) the scheduled set. KEYS: stream, sched, idem.
+# Store a job: idempotency key (first one wins; a repeat whose request fingerprint differs
+# from the first one's is refused, 2), the job hash, and every notification, in the stream or
+# (send_at later than Redis's clock) the scheduled set. KEYS: stream, sched, idem.
 # ARGV: job prefix, job id, has idem, ttl, app, created, async, send_at, total, tokens,
-# payload, fields, entries...
+# payload, fields, fingerprint, entries...
 _STORE = """
 local jk = ARGV[1] .. ARGV[2]
 if ARGV[3] == '1' then
   local old = redis.call('GET', KEYS[3])
   if old then
-    return {0, old, redis.call('HGET', ARGV[1] .. old, 'async') or '0'}
+    local first = redis.call('HMGET', ARGV[1] .. old, 'async', 'fp')
+    if ARGV[13] ~= '' and first[2] and first[2] ~= '' and first[2] ~= ARGV[13] then
+      return {2, old, '0'}
+    end
+    return {0, old, first[1] or '0'}
   end
   redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[4])
 end
 redis.call('HSET', jk, 'app', ARGV[5], 'created', ARGV[6], 'async', ARGV[7],
   'send_at', ARGV[8], 'total', ARGV[9], 'remaining', ARGV[9], 'status', 'pending',
-  'tokens', ARGV[10], 'payload', ARGV[11], 'fields', ARGV[12],
+  'tokens', ARGV[10], 'payload', ARGV[11], 'fields', ARGV[12], 'fp', ARGV[13],
   'idem', ARGV[3] == '1' and KEYS[3] or '')
 local later = false
 if ARGV[8] ~= '' then
   local t = redis.call('TIME')
   later = tonumber(ARGV[8]) > tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-for i = 13, #ARGV do
+for i = 14, #ARGV do
   if later then
     redis.call('ZADD', KEYS[2], ARGV[8], ARGV[i])
   else
@@ -114,58 +146,114 @@ return {1, ARGV[2], ARGV[7]}
 """
 
 # Record outcomes (first one per notification wins; a second marks it possibly duplicated),
-# finish jobs, add dead tokens to the feed, then XACK the entries (one command; the stream is
-# trimmed below the oldest pending entry by _TRIM, which costs far less than XDEL each).
-# KEYS: stream, bad, bad details. ARGV: group, job prefix, ttl, then 6 per record:
-# entry id, job id, index, outcome JSON, dead token (or ''), its feed JSON.
+# finish jobs, add dead tokens to the feed, then XACK the entries whose every notification
+# now has its outcome (one command; the stream is trimmed below the oldest pending entry by
+# _TRIM, which costs far less than XDEL each). Per job, one HMGET finds what was recorded
+# before and one HSET writes the rest, straight from ARGV: a few commands per batch and two
+# arguments per notification. KEYS: stream, bad, bad details. ARGV: group, job prefix, ttl,
+# then (see grouped_records): number of acks, entry ids; number of dead tokens, (token, feed
+# JSON) pairs; then per job: job id, count, (index, outcome JSON) pairs.
 _RECORD = """
+local LONG = string.rep('-', 65)
 local t = redis.call('TIME')
 local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+local nacks = tonumber(ARGV[4])
+local i = 5 + nacks
+local nbad = tonumber(ARGV[i])
+for j = i + 1, i + 2 * nbad, 2 do
+  redis.call('ZADD', KEYS[2], now, ARGV[j])
+  redis.call('HSET', KEYS[3], ARGV[j], ARGV[j + 1])
+end
+i = i + 1 + 2 * nbad
 local finished = {}
-local exists = {}
-local done = {}
-local acks = {}
-for i = 4, #ARGV, 6 do
-  local eid, job, idx, tok = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 4]
+while i <= #ARGV do
+  local job, k = ARGV[i], tonumber(ARGV[i + 1])
+  local first, last = i + 2, i + 1 + 2 * k
+  i = last + 1
   local jk = ARGV[2] .. job
-  if job ~= '' then
-    if exists[job] == nil then
-      exists[job] = redis.call('EXISTS', jk) == 1
-      done[job] = 0
+  if redis.call('EXISTS', jk) == 1 then
+    local rk = jk .. ':r'
+    local idx = {}
+    for j = first, last, 2 do idx[#idx + 1] = ARGV[j] end
+    local got = {}
+    for s = 1, #idx, 1000 do
+      local part = redis.call('HMGET', rk, unpack(idx, s, math.min(s + 999, #idx)))
+      for q = 1, #part do got[#got + 1] = part[q] end
     end
-    if exists[job] then
-      if redis.call('HSETNX', jk .. ':r', idx, ARGV[i + 3]) == 1 then
-        done[job] = done[job] + 1
-      else
-        redis.call('HSET', jk .. ':d', idx, '1')
-        redis.call('EXPIRE', jk .. ':d', ARGV[3])
+    local dups = {}
+    for q = 1, #idx do
+      if got[q] then dups[#dups + 1] = idx[q] end
+    end
+    if k >= 32 then
+      -- A long value makes Redis (7.0) store the hash as a hash table; otherwise one HSET
+      -- of hundreds of short outcomes (no apns-id) builds a listpack searched linearly on
+      -- every insert: 7 times the CPU for 500.
+      redis.call('HSET', rk, '-', LONG)
+    end
+    local added = 0
+    if #dups == 0 then
+      for s = first, last, 2000 do
+        added = added + redis.call('HSET', rk, unpack(ARGV, s, math.min(s + 1999, last)))
       end
+    else
+      local set = {}
+      for q = 1, #idx do
+        if not got[q] then
+          set[#set + 1] = idx[q]
+          set[#set + 1] = ARGV[first + 2 * q - 1]
+        end
+      end
+      for s = 1, #set, 2000 do
+        added = added + redis.call('HSET', rk, unpack(set, s, math.min(s + 1999, #set)))
+      end
+      local d = {}
+      for _, x in ipairs(dups) do
+        d[#d + 1] = x
+        d[#d + 1] = '1'
+      end
+      for s = 1, #d, 2000 do
+        redis.call('HSET', jk .. ':d', unpack(d, s, math.min(s + 1999, #d)))
+      end
+      redis.call('EXPIRE', jk .. ':d', ARGV[3])
+    end
+    if added > 0 and redis.call('HINCRBY', jk, 'remaining', -added) <= 0
+        and redis.call('HGET', jk, 'status') == 'pending' then
+      redis.call('HSET', jk, 'status', 'done', 'finished', now)
+      for _, key in ipairs({jk, rk, jk .. ':d'}) do
+        redis.call('EXPIRE', key, ARGV[3])
+      end
+      local ik = redis.call('HGET', jk, 'idem')
+      if ik and ik ~= '' then redis.call('EXPIRE', ik, ARGV[3]) end
+      finished[#finished + 1] = job
     end
   end
-  if tok ~= '' then
-    redis.call('ZADD', KEYS[2], now, tok)
-    redis.call('HSET', KEYS[3], tok, ARGV[i + 5])
-  end
-  if eid ~= '' then acks[#acks + 1] = eid end
 end
-for job, n in pairs(done) do
-  local jk = ARGV[2] .. job
-  if n > 0 and redis.call('HINCRBY', jk, 'remaining', -n) <= 0
-      and redis.call('HGET', jk, 'status') == 'pending' then
-    redis.call('HSET', jk, 'status', 'done', 'finished', now)
-    for _, k in ipairs({jk, jk .. ':r', jk .. ':d'}) do
-      redis.call('EXPIRE', k, ARGV[3])
-    end
-    local ik = redis.call('HGET', jk, 'idem')
-    if ik and ik ~= '' then redis.call('EXPIRE', ik, ARGV[3]) end
-    finished[#finished + 1] = job
-  end
-end
-for i = 1, #acks, 1000 do
-  redis.call('XACK', KEYS[1], ARGV[1], unpack(acks, i, math.min(i + 999, #acks)))
+for j = 5, 4 + nacks, 1000 do
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, j, math.min(j + 999, 4 + nacks)))
 end
 return finished
 """
+
+
+def grouped_records(flat: Sequence[str]) -> list[object]:
+    """Outcome records (six strings each: entry id to acknowledge or "", job id or "",
+    index, outcome JSON, dead token or "", its feed JSON) as ``_RECORD`` takes them."""
+    acks: list[str] = []
+    bad: list[str] = []
+    jobs: dict[str, list[str]] = {}
+    for i in range(0, len(flat), 6):
+        eid, job, idx, value, token, detail = flat[i : i + 6]
+        if eid:
+            acks.append(eid)
+        if token:
+            bad += (token, detail)
+        if job:
+            jobs.setdefault(job, []).extend((idx, value))
+    out: list[object] = [len(acks), *acks, len(bad) // 2, *bad]
+    for job, pairs in jobs.items():
+        out += [job, len(pairs) // 2, *pairs]
+    return out
+
 
 # Trim the stream below the oldest entry still pending (or, none pending, past the last one
 # delivered): what is below is finished and acknowledged. Never by MAXLEN, which would drop
@@ -214,6 +302,50 @@ for i, e in ipairs(r[2]) do
   counts[i] = (p[1] and p[1][4]) or 1
 end
 return {r[1], r[2], counts}
+"""
+
+# This consumer's own pending entries (its history: what it held when it stopped), after
+# ARGV[4], with their delivery counts (re-reading counts as a delivery). Entries deleted
+# while pending are acknowledged (nothing to send). KEYS: stream.
+# ARGV: group, consumer, count, after this id.
+_HISTORY = """
+local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
+  'STREAMS', KEYS[1], ARGV[4])
+local entries = (r and r[1] and r[1][2]) or {}
+local out = {}
+local counts = {}
+local last = ''
+for _, e in ipairs(entries) do
+  last = e[1]
+  if e[2] then
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
+    out[#out + 1] = e
+    counts[#counts + 1] = (p[1] and p[1][4]) or 1
+  else
+    redis.call('XACK', KEYS[1], ARGV[1], e[1])
+  end
+end
+return {last, out, counts}
+"""
+
+# Forget consumers (other than ARGV[2]) idle longer than ARGV[3] ms with nothing pending:
+# stopped instances named hostname-pid would otherwise pile up in XINFO CONSUMERS. Atomic, so
+# a consumer is never deleted with entries (DELCONSUMER would drop them from the PEL).
+# KEYS: stream. ARGV: group, this consumer, idle ms.
+_FORGET = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local ok, cs = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return 0 end
+local gone = 0
+for _, c in ipairs(cs) do
+  local f = {}
+  for j = 1, #c, 2 do f[c[j]] = c[j + 1] end
+  if f['name'] ~= ARGV[2] and f['pending'] == 0 and f['idle'] > tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    gone = gone + 1
+  end
+end
+return gone
 """
 
 # Put entries read but never sent back as fresh entries (delivery count 1 again).
@@ -265,9 +397,11 @@ class Script:
         return d.addErrback(retry)
 
 
-STORE, RECORD, TRIM, MOVE_DUE, CLAIM, REQUEUE, JOB, PURGE_FEED = (
+STORE, RECORD, TRIM, MOVE_DUE, CLAIM, HISTORY, FORGET, REQUEUE, JOB, PURGE_FEED = (
     Script(s)
-    for s in (_STORE, _RECORD, _TRIM, _MOVE_DUE, _CLAIM, _REQUEUE, _JOB, _PURGE_FEED)
+    for s in (
+        _STORE, _RECORD, _TRIM, _MOVE_DUE, _CLAIM, _HISTORY, _FORGET, _REQUEUE, _JOB, _PURGE_FEED
+    )
 )
 
 
@@ -276,7 +410,8 @@ STORE, RECORD, TRIM, MOVE_DUE, CLAIM, REQUEUE, JOB, PURGE_FEED = (
 
 @dataclass(frozen=True, slots=True)
 class RedisAddress:
-    """Where Redis is: ``redis://[user:password@]host[:port][/db]``, or Sentinels."""
+    """Where Redis is: ``redis://[user:password@]host[:port][/db]`` (``rediss://`` for TLS),
+    or Sentinels."""
 
     host: str = "127.0.0.1"
     port: int = 6379
@@ -287,12 +422,16 @@ class RedisAddress:
     sentinels: tuple[tuple[str, int], ...] = ()
     #: The primary's name the Sentinels know.
     sentinel_master: str = "mymaster"
+    #: TLS (``rediss://``): the server's certificate is verified, and must name ``host``.
+    tls: bool = False
+    #: PEM file of the CA(s) to verify the server with instead of the system's.
+    ca_file: str | None = None
 
     @classmethod
     def from_url(cls, url: str, **extra: Any) -> RedisAddress:
         parts = urlsplit(url)
-        if parts.scheme != "redis":
-            raise ValueError(f"a Redis URL starts with redis://, not {url!r}")
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(f"a Redis URL starts with redis:// or rediss://, not {url!r}")
         path = parts.path.strip("/")
         if path and not path.isdigit():
             raise ValueError(f"the Redis URL's path is a database number, not {path!r}")
@@ -302,6 +441,7 @@ class RedisAddress:
             db=int(path or 0),
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
+            tls=parts.scheme == "rediss",
             **extra,
         )
 
@@ -326,14 +466,19 @@ class RedisLink:
         import txredisapi  # type: ignore[import-untyped]  # (imports the global reactor)
 
         self.address = address
+        # No SELECT for database 0: txredisapi stops reconnecting for good when a connection
+        # is lost during its set-up commands.
+        dbid = address.db or None
         options: dict[str, Any] = {
-            "dbid": address.db,
+            "dbid": dbid,
             "password": address.password,
             "username": address.username,
             "replyTimeout": reply_timeout,
             "convertNumbers": False,
         }
         if address.sentinels:
+            if address.tls:
+                raise ValueError("TLS to Redis (rediss://) is not supported with Sentinel")
             sentinel = txredisapi.Sentinel(list(address.sentinels))
             self._handler = sentinel.master_for(
                 address.sentinel_master, poolsize=1, isLazy=True, **options
@@ -345,7 +490,7 @@ class RedisLink:
 
             self._factory = txredisapi.RedisFactory(
                 f"{address.host}:{address.port}",
-                address.db,
+                dbid,
                 1,
                 isLazy=True,
                 charset="utf-8",
@@ -355,9 +500,13 @@ class RedisLink:
                 username=address.username,
             )
             self._factory.maxDelay = 1.0  # retry a lost Redis every second, not every 10
-            self._factory.startConnecting(
-                HostnameEndpoint(reactor, address.host, address.port, timeout=connect_timeout)
+            endpoint: IStreamClientEndpoint = HostnameEndpoint(
+                reactor, address.host, address.port, timeout=connect_timeout
             )
+            if address.tls:
+                clock = IReactorTime(reactor)
+                endpoint = TLSEndpoint(clock, tls_options(address), endpoint, connect_timeout)
+            self._factory.startConnecting(endpoint)
             self._handler = self._factory.handler
             self._sentinel = None
 
@@ -379,6 +528,106 @@ class RedisLink:
         if self._sentinel is not None:
             d.addBoth(lambda _: self._sentinel.disconnect())
         return d
+
+
+@implementer(IHandshakeListener)
+class _AfterHandshake(Protocol):
+    """Hands a TLS connection to ``inner`` only once the handshake is done.
+
+    txredisapi sets a connection up (AUTH, SELECT) in ``connectionMade`` and stops
+    reconnecting for good when that fails; a handshake that fails (an unknown CA, a wrong
+    name) must be a failed connection attempt, retried, not a connection lost mid-set-up."""
+
+    def __init__(self, inner: IProtocol, ready: Deferred[IProtocol]) -> None:
+        self._inner = inner
+        self._ready = ready
+        self._up = False
+
+    def handshakeCompleted(self) -> None:
+        self._up = True
+        assert self.transport is not None
+        self._inner.makeConnection(self.transport)
+        if not self._ready.called:
+            self._ready.callback(self._inner)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._up:
+            self._inner.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._up:
+            self._inner.connectionLost(reason)
+        elif not self._ready.called:
+            log.error("TLS to Redis failed: {why}", why=reason.getErrorMessage())
+            self._ready.errback(reason)
+
+
+class _GateFactory(Factory):
+    def __init__(self, factory: IProtocolFactory, ready: Deferred[IProtocol]) -> None:
+        self._factory = factory
+        self._ready = ready
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        assert addr is not None
+        inner = self._factory.buildProtocol(addr)
+        if inner is None:
+            return None
+        return _AfterHandshake(inner, self._ready)
+
+
+@implementer(IStreamClientEndpoint)
+class TLSEndpoint:
+    """``wrapped`` with TLS (``creator``); the connection is made once the handshake is done,
+    or fails (within ``timeout`` seconds) if it is not."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        creator: IOpenSSLClientConnectionCreator,
+        wrapped: IStreamClientEndpoint,
+        timeout: float,
+    ) -> None:
+        self._clock = clock
+        self._creator = creator
+        self._wrapped = wrapped
+        self._timeout = timeout
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        transport: list[Any] = []
+
+        def cancel(_: Deferred[IProtocol]) -> None:
+            connecting.cancel()
+            if transport:
+                transport[0].abortConnection()
+
+        ready: Deferred[IProtocol] = Deferred(cancel)
+        gate = _GateFactory(protocolFactory, ready)
+        connecting = self._wrapped.connect(TLSMemoryBIOFactory(self._creator, True, gate))
+
+        def connected(protocol: Any) -> None:
+            transport.append(protocol.transport)
+
+        def failed(failure: Failure) -> None:
+            if not ready.called:
+                ready.errback(failure)
+
+        connecting.addCallbacks(connected, failed)
+        timer = self._clock.callLater(self._timeout, ready.cancel)
+        return ready.addBoth(_cancel_timer_passing, timer)
+
+
+def _cancel_timer_passing(result: Any, timer: IDelayedCall) -> Any:
+    cancel_call(timer)
+    return result
+
+
+def tls_options(address: RedisAddress) -> IOpenSSLClientConnectionCreator:
+    """TLS to Redis: verified against the system's CAs or ``ca_file``, for ``host``."""
+    ca_pem = None
+    if address.ca_file is not None:
+        with open(address.ca_file, "rb") as f:
+            ca_pem = f.read()
+    return client_tls_options(address.host, ca_pem=ca_pem)
 
 
 def is_unavailable(failure: Failure) -> bool:
@@ -403,13 +652,21 @@ class RedisSettings:
     #: Seconds an entry may stay pending before a live instance takes it over. It must be
     #: longer than an instance may legitimately hold one (queue wait + deadline + retries).
     claim_after: float = 120.0
+    #: Seconds after which a consumer (another instance id) that has been idle and holds
+    #: nothing is deleted from the group; ``None``: ten times ``claim_after``.
+    forget_consumers_after: float | None = None
     #: Deliveries after which an entry is finished ``unknown`` instead of sent again.
     max_deliveries: int = 5
     #: With N > 0, a submission is acknowledged only once ``WAIT N`` says N replicas have it.
     wait_replicas: int = 0
     wait_timeout: float = 1.0
-    #: Most entries one XREADGROUP asks for.
-    read_batch: int = 500
+    #: Most notifications one read asks for (XREADGROUP COUNT is this over ``chunk_size``).
+    read_batch: int = 1000
+    #: Most notifications one stream entry carries. A job of 500 is 5 entries of 100: Redis
+    #: adds, delivers, acknowledges and claims entries, so its CPU per notification falls with
+    #: the chunk; an instance that stops with a chunk half sent leaves all of it to be claimed
+    #: (what has an outcome is not sent again).
+    chunk_size: int = 100
     #: Seconds a read blocks for new entries (finite: a dead connection is noticed).
     block: float = 2.0
     #: Seconds between two moves of due scheduled entries (and two takeover scans).
@@ -428,15 +685,27 @@ class RedisSettings:
 
 
 @dataclass(slots=True)
-class _Held:
-    """An entry this instance read and has not finished."""
+class _Chunk:
+    """A stream entry this instance read and has not acknowledged."""
 
     app: str
     entry_id: str
-    value: str
     job_id: str
-    index: int
     deliveries: int
+    #: Ids (:class:`_Held`) of its notifications this instance sends.
+    members: list[int] = field(default_factory=list)
+    #: How many of them have no outcome yet; the record of the last one acknowledges it.
+    open: int = 0
+
+
+@dataclass(slots=True)
+class _Held:
+    """A notification of a :class:`_Chunk`, handed to the engine and not finished."""
+
+    chunk: _Chunk
+    index: int
+    token: str
+    apns_id: str | None
     inflight: bool = False
 
 
@@ -447,6 +716,9 @@ class _Pending:
     app: str
     args: list[str]
     done: Deferred[list[str]]
+    #: Written in this order, also after an outage: an entry is acknowledged with the last
+    #: outcome of its notifications, never before the others are written.
+    seq: int = 0
 
 
 @dataclass(slots=True)
@@ -460,9 +732,35 @@ class QueueGauges:
     read: int = 0
 
 
-def _parse_entry(value: str) -> tuple[str, int, str, str | None]:
+def chunk_value(
+    job_id: str, indices: Sequence[int], tokens: Sequence[str], apns_ids: Sequence[str | None]
+) -> str:
+    """A stream entry's value: ``"job first-index token,token,… [apns-id,apns-id,…]"``, or,
+    when the indices are not consecutive (what is left of a chunk), ``"job i,j,k …"``."""
+    first = indices[0]
+    if list(indices) == list(range(first, first + len(indices))):
+        where = str(first)
+    else:
+        where = ",".join(map(str, indices))
+    value = f"{job_id} {where} {','.join(tokens)}"
+    if any(a is not None for a in apns_ids):
+        value += " " + ",".join(a or "" for a in apns_ids)
+    return value
+
+
+def parse_chunk(value: str) -> tuple[str, list[int], list[str], list[str | None]]:
+    """:func:`chunk_value` read back: job id, indices, tokens, apns-ids."""
     parts = value.split(" ")
-    return parts[0], int(parts[1]), parts[2], parts[3] if len(parts) > 3 else None
+    tokens = parts[2].split(",")
+    if "," in parts[1]:
+        indices = [int(i) for i in parts[1].split(",")]
+    else:
+        first = int(parts[1])
+        indices = list(range(first, first + len(tokens)))
+    ids: list[str | None] = (
+        [a or None for a in parts[3].split(",")] if len(parts) > 3 else [None] * len(tokens)
+    )
+    return parts[0], indices, tokens, ids
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, Any]:
@@ -495,7 +793,12 @@ class RedisSpool:
         self._up = True
         self._next_id = 1
         self._held: dict[int, _Held] = {}
-        self._held_entries: dict[str, int] = {}
+        self._held_entries: dict[str, _Chunk] = {}
+        #: Per app, where the read of this consumer's own pending entries (left by an earlier
+        #: process with the same instance id) has got to; gone once it is done.
+        self._history: dict[str, str] = {}
+        self._write_seq = 0
+        self._forgot_at = -math.inf
         self._outbox: list[_Pending] = []
         self._unwritten: dict[str, int] = dict.fromkeys(self.apps, 0)
         self._writing = 0
@@ -583,9 +886,6 @@ class RedisSpool:
     ) -> Deferred[StoredJob]:
         if inflight:  # the engine never asks a shared spool: its consumers hand work out
             return fail(ValueError("a shared spool cannot store notifications in flight"))
-        # ``fingerprint`` (a reused key with another body: 422) is not compared here yet:
-        # a repeated key answers with the first job, as before.
-        del fingerprint
         try:
             self._check_open()
         except SpoolError as e:
@@ -594,10 +894,13 @@ class RedisSpool:
             return fail(ValueError("a job needs notifications"))
         job_id = uuid.uuid4().hex
         first = notifications[0]
+        tokens = [n.token_hex for n in notifications]
+        ids = [n.apns_id for n in notifications]
+        size = self.settings.chunk_size
         entries = [
-            f"{job_id} {i} {n.token_hex}" if n.apns_id is None else
-            f"{job_id} {i} {n.token_hex} {n.apns_id}"
-            for i, n in enumerate(notifications)
+            chunk_value(job_id, range(i, min(i + size, len(tokens))), tokens[i : i + size],
+                        ids[i : i + size])
+            for i in range(0, len(tokens), size)
         ]  # fmt: skip
         args: list[object] = [
             self._job_prefix,
@@ -609,9 +912,10 @@ class RedisSpool:
             "1" if async_ else "0",
             "" if send_at is None else repr(send_at),
             len(notifications),
-            ",".join(n.token_hex for n in notifications),
+            ",".join(tokens),
             first.payload,
             encode_fields(first),
+            fingerprint if fingerprint is not None and idempotency_key is not None else "",
             *entries,
         ]
         keys = [
@@ -642,6 +946,8 @@ class RedisSpool:
 
     def _stored(self, reply: Any, count: int) -> StoredJob:
         fresh, job_id, async_flag = int(reply[0]), str(reply[1]), str(reply[2]) == "1"
+        if fresh == 2:
+            raise IdempotencyKeyReusedError(job_id)
         if not fresh:
             return StoredJob(job_id, (), True, async_flag)
         return StoredJob(job_id, (), False, async_flag)
@@ -679,9 +985,14 @@ class RedisSpool:
             h = self._held.pop(r.id, None)
             if h is None:
                 continue  # recorded already, or put back at a stop
-            self._held_entries.pop(h.entry_id, None)
-            args = by_app.setdefault(h.app, [])
-            args += self._record_args(h, r, now)
+            c = h.chunk
+            c.open -= 1
+            ack = ""
+            if c.open == 0:  # the entry's last outcome: acknowledged with it
+                ack = c.entry_id
+                self._held_entries.pop(c.entry_id, None)
+            args = by_app.setdefault(c.app, [])
+            args += self._record_args(h, r, now, ack)
         done: Deferred[list[str]] = Deferred()
         if not by_app:
             done.callback([])
@@ -689,10 +1000,10 @@ class RedisSpool:
         self._enqueue_writes(by_app, done)
         return done
 
-    def _record_args(self, h: _Held, r: OutcomeRecord, now: float) -> list[str]:
+    def _record_args(self, h: _Held, r: OutcomeRecord, now: float, ack: str) -> list[str]:
         outcome = json.dumps(
             [r.state, r.status, r.reason, r.apns_id, r.timestamp, r.attempts,
-             1 if h.deliveries > 1 else 0, now],
+             1 if h.chunk.deliveries > 1 else 0, now],
             separators=(",", ":"),
         )  # fmt: skip
         bad = tok = ""
@@ -701,7 +1012,7 @@ class RedisSpool:
             bad = json.dumps(
                 [r.timestamp, r.reason, r.status, "apns", r.kind], separators=(",", ":")
             )
-        return [h.entry_id, h.job_id, str(h.index), outcome, tok, bad]
+        return [ack, h.chunk.job_id, str(h.index), outcome, tok, bad]
 
     def _enqueue_writes(self, by_app: dict[str, list[str]], done: Deferred[list[str]]) -> None:
         """Queue one part per app; ``done`` fires once every part is written."""
@@ -719,7 +1030,8 @@ class RedisSpool:
                 done.errback(failure)
 
         for app, args in by_app.items():
-            p = _Pending(app, args, Deferred())
+            self._write_seq += 1
+            p = _Pending(app, args, Deferred(), self._write_seq)
             p.done.addCallbacks(part_done, part_failed)
             self._unwritten[app] = self._unwritten.get(app, 0) + len(args) // 6
             self._outbox.append(p)
@@ -745,9 +1057,13 @@ class RedisSpool:
             self._flush_call = self._clock.callLater(0, self._flush)
 
     def _flush(self) -> None:
-        """Write held outcomes, one script per app and at most 1,000 outcomes each."""
+        """Write held outcomes, one script per app and at most 1,000 outcomes each.
+
+        One flush at a time: what arrives while a write is out goes in the next one, so under
+        load writes grow instead of multiplying (each costs Redis a script run and, with
+        ``appendfsync always``, an fsync)."""
         self._flush_call = None
-        if not self._up or not self._outbox:
+        if not self._up or not self._outbox or self._writing:
             return
         outbox, self._outbox = self._outbox, []
         by_app: dict[str, list[_Pending]] = {}
@@ -766,9 +1082,10 @@ class RedisSpool:
                 self._write(app, chunk)
 
     def _write(self, app: str, parts: list[_Pending]) -> None:
-        args: list[object] = [GROUP, self._job_prefix, int(self.settings.results_ttl)]
+        flat: list[str] = []
         for p in parts:
-            args += p.args
+            flat += p.args
+        args = [GROUP, self._job_prefix, int(self.settings.results_ttl), *grouped_records(flat)]
         keys = [self._key(app, "q"), self._key(app, "bad"), self._key(app, "bad:d")]
         self._writing += 1
         d = RECORD(self.link, keys, args)
@@ -782,6 +1099,8 @@ class RedisSpool:
         finished = [str(f) for f in finished]
         for i, p in enumerate(parts):
             p.done.callback(finished if i == 0 else [])
+        if self._outbox:
+            self._schedule_flush()
         self._wake(app)
 
     def _write_failed(self, failure: Failure, app: str, parts: list[_Pending]) -> None:
@@ -789,12 +1108,14 @@ class RedisSpool:
         if is_unavailable(failure) or failure.check(TimeoutError):
             # Held, in order, until Redis answers again (then _back flushes).
             self._down(failure, "record outcomes")
-            self._outbox[:0] = parts
+            self._outbox = sorted(parts + self._outbox, key=lambda p: p.seq)
             return
         self._unwritten[app] -= sum(len(p.args) // 6 for p in parts)
         log.failure("could not record {app} outcomes in Redis", failure, app=app)
         for p in parts:
             p.done.errback(failure)
+        if self._outbox:
+            self._schedule_flush()
 
     def add_invalid_tokens(
         self,
@@ -804,11 +1125,12 @@ class RedisSpool:
         now: float,
         source: str = "feedback",
     ) -> Deferred[None]:
-        args: list[object] = [GROUP, self._job_prefix, int(self.settings.results_ttl)]
+        flat: list[str] = []
         for token, ts in entries:
             kind = "feedback" if source == "feedback" else None
             detail = json.dumps([ts, source, None, source, kind], separators=(",", ":"))
-            args += ["", "", "", "", token.lower(), detail]
+            flat += ["", "", "", "", token.lower(), detail]
+        args = [GROUP, self._job_prefix, int(self.settings.results_ttl), *grouped_records(flat)]
         keys = [self._key(app, "q"), self._key(app, "bad"), self._key(app, "bad:d")]
         d = RECORD(self.link, keys, args)
         return d.addCallbacks(lambda _: None, self._failed, errbackArgs=("feedback",))
@@ -929,6 +1251,7 @@ class RedisSpool:
             loop.start(every, now=True).addErrback(self._loop_failed)
             self._loops.append(loop)
         for app in self.apps:
+            self._history[app] = "0"
             self._wake(app)
 
     def _loop_failed(self, failure: Failure) -> None:
@@ -965,11 +1288,15 @@ class RedisSpool:
             call.cancel()
         self._wake_calls[app] = self._clock.callLater(0, self._read, app)
 
+    def _entries_for(self, room: int) -> int:
+        """How many stream entries to ask for when the engine has ``room`` notifications."""
+        return max(1, min(room, self.settings.read_batch) // self.settings.chunk_size)
+
     def _read(self, app: str) -> None:
         self._wake_calls.pop(app, None)
         if self._reading[app] or not self._up or self._closing:
             return
-        room = min(self._room(app), self.settings.read_batch)
+        room = self._room(app)
         if room <= 0:
             return  # woken again by an outcome (room freed) or the next tick
         link = self._blocking[app]
@@ -978,16 +1305,24 @@ class RedisSpool:
             self._wake_calls[app] = self._clock.callLater(0.1, self._read, app)
             return
         self._reading[app] = True
+        count = self._entries_for(room)
         block_ms = int(self.settings.block * 1000)
+        q = self._key(app, "q")
 
         def read(_: object) -> Deferred[Any]:
-            return link.call(
-                "XREADGROUP", "GROUP", GROUP, self.settings.instance_id, "COUNT", room,
-                "BLOCK", block_ms, "STREAMS", self._key(app, "q"), ">",
+            after = self._history.get(app)
+            if after is not None:
+                # What an earlier process with this instance id held: at once, not after
+                # claim_after (the PEL is ours); then new entries.
+                d = HISTORY(self.link, [q], [GROUP, self.settings.instance_id, count, after])
+                return d.addCallback(self._got_history, app)
+            d = link.call(
+                "XREADGROUP", "GROUP", GROUP, self.settings.instance_id, "COUNT", count,
+                "BLOCK", block_ms, "STREAMS", q, ">",
             )  # fmt: skip
+            return d.addCallback(self._got, app)
 
         d = self._ensure_group(app).addCallback(read)
-        d.addCallback(self._got, app)
         d.addCallbacks(self._read_done, self._read_failed, callbackArgs=(app,), errbackArgs=(app,))
 
     def _got(self, reply: Any, app: str) -> Deferred[None] | None:
@@ -995,6 +1330,21 @@ class RedisSpool:
             return None
         entries = reply[0][1]
         return self._take(app, [(str(e[0]), e[1], 1) for e in entries if e[1]])
+
+    def _got_history(self, reply: Any, app: str) -> Deferred[None] | None:
+        last, entries, counts = str(reply[0]), reply[1], reply[2]
+        if not last:
+            self._history.pop(app, None)
+            return None
+        self._history[app] = last
+        taken = [(str(e[0]), e[1], int(c)) for e, c in zip(entries, counts, strict=True)]
+        if taken:
+            log.info(
+                "{app}: resuming {count} entries this instance id held before it stopped",
+                app=app,
+                count=len(taken),
+            )
+        return self._take(app, taken)
 
     def _read_done(self, _: object, app: str) -> None:
         self._reading[app] = False
@@ -1018,65 +1368,98 @@ class RedisSpool:
             log.failure("reading {app} from Redis failed; retrying in 1s", failure, app=app)
             self._wake_calls[app] = self._clock.callLater(1.0, self._read, app)
 
-    def _take(self, app: str, entries: list[tuple[str, Any, int]]) -> Deferred[None]:
-        """Turn stream entries into work for the engine (dead-lettering the worn-out ones)."""
-        parsed: list[tuple[str, str, int, tuple[str, int, str, str | None]]] = []
+    def _take(
+        self, app: str, entries: list[tuple[str, Any, int]], *, claimed: bool = False
+    ) -> Deferred[None]:
+        """Turn stream entries into work for the engine (dead-lettering the worn-out ones).
+
+        An entry delivered before may be partly done: its notifications that have an outcome
+        are not sent again."""
+        parsed: list[tuple[str, int, tuple[str, list[int], list[str], list[str | None]]]] = []
         for entry_id, fields, deliveries in entries:
             if entry_id in self._held_entries:
                 continue  # ours already (claimed back from ourselves): not twice
             flat = fields if isinstance(fields, list) else []
             value = str(flat[1]) if len(flat) >= 2 else ""
-            parsed.append((entry_id, value, deliveries, _parse_entry(value)))
-        missing = sorted({p[3][0] for p in parsed if p[3][0] not in self._payloads})
-        d: Deferred[Any] = succeed(None)
-        if missing:
-            d = DeferredList(
-                [self.link.call("HMGET", self._job_prefix + j, "payload", "fields", "send_at")
-                 for j in missing],
-                fireOnOneErrback=True, consumeErrors=True,
-            )  # fmt: skip
+            if value:
+                parsed.append((entry_id, deliveries, parse_chunk(value)))
+        missing = sorted({p[2][0] for p in parsed if p[2][0] not in self._payloads})
+        again = [p for p in parsed if p[1] > 1]
+        calls = [
+            self.link.call("HMGET", self._job_prefix + j, "payload", "fields", "send_at")
+            for j in missing
+        ] + [
+            self.link.call("HMGET", f"{self._job_prefix}{job}:r", *indices)
+            for _, _, (job, indices, _, _) in again
+        ]
+        d: Deferred[Any] = succeed([])
+        if calls:
+            d = DeferredList(calls, fireOnOneErrback=True, consumeErrors=True)
 
-            def cache(results: list[tuple[bool, Any]]) -> None:
-                if len(self._payloads) > 4096:
-                    self._payloads.clear()
-                for j, (_, v) in zip(missing, results, strict=True):
-                    if v[0] is not None:
-                        self._payloads[j] = (v[0], v[1], float(v[2]) if v[2] else None)
+        def got(results: list[tuple[bool, Any]]) -> None:
+            if len(self._payloads) > 4096:
+                self._payloads.clear()
+            for j, (_, v) in zip(missing, results, strict=False):
+                if v[0] is not None:
+                    self._payloads[j] = (v[0], v[1], float(v[2]) if v[2] else None)
+            recorded: dict[str, set[int]] = {}
+            for (entry_id, _, (_, indices, _, _)), (_, v) in zip(
+                again, results[len(missing) :], strict=True
+            ):
+                recorded[entry_id] = {i for i, o in zip(indices, v, strict=True) if o is not None}
+            self._feed(app, parsed, recorded, claimed)
 
-            d.addCallback(cache)
-        return d.addCallback(lambda _: self._feed(app, parsed))
+        return d.addCallback(got)
 
     def _feed(
-        self, app: str, parsed: list[tuple[str, str, int, tuple[str, int, str, str | None]]]
+        self,
+        app: str,
+        parsed: list[tuple[str, int, tuple[str, list[int], list[str], list[str | None]]]],
+        recorded: dict[str, set[int]],
+        claimed: bool,
     ) -> None:
         items: list[SpooledNotification] = []
         dead: list[OutcomeRecord] = []
         gone: list[OutcomeRecord] = []
+        acks: list[str] = []
         limit = self.settings.max_deliveries
-        for entry_id, value, deliveries, (job_id, index, token, apns_id) in parsed:
-            ident = self._next_id
-            self._next_id += 1
-            self._held[ident] = _Held(app, entry_id, value, job_id, index, deliveries)
-            self._held_entries[entry_id] = ident
+        for entry_id, deliveries, (job_id, indices, tokens, ids) in parsed:
+            chunk = _Chunk(app, entry_id, job_id, deliveries)
+            done = recorded.get(entry_id, set())
             template = self._payloads.get(job_id)
-            if template is None or deliveries > limit:
-                (gone if template is None else dead).append(
-                    OutcomeRecord(
-                        id=ident,
-                        job_id=job_id,
-                        app=app,
-                        token=token,
-                        state="unknown",
-                        reason=f"gave up after {deliveries - 1} deliveries",
+            for index, token, apns_id in zip(indices, tokens, ids, strict=True):
+                if index in done:
+                    continue  # an earlier delivery recorded its outcome
+                ident = self._next_id
+                self._next_id += 1
+                self._held[ident] = _Held(chunk, index, token, apns_id)
+                chunk.members.append(ident)
+                chunk.open += 1
+                if template is None or deliveries > limit:
+                    (gone if template is None else dead).append(
+                        OutcomeRecord(
+                            id=ident,
+                            job_id=job_id,
+                            app=app,
+                            token=token,
+                            state="unknown",
+                            reason=f"gave up after {deliveries - 1} deliveries",
+                        )
                     )
-                )
-                continue
-            payload, fields, send_at = template
-            n = decode_notification(token, payload.encode("utf-8"), fields, apns_id)
-            items.append(SpooledNotification(ident, job_id, app, n, send_at, deliveries - 1))
-        self.gauges[app].read += len(items)
+                    continue
+                payload, fields, send_at = template
+                n = decode_notification(token, payload.encode("utf-8"), fields, apns_id)
+                items.append(SpooledNotification(ident, job_id, app, n, send_at, deliveries - 1))
+            if chunk.open:
+                self._held_entries[entry_id] = chunk
+            else:
+                acks.append(entry_id)  # every outcome written already: only the ack was missing
+        g = self.gauges[app]
+        g.read += len(items)
+        if claimed:
+            g.claimed += len(items) + len(dead)
         if dead:
-            self.gauges[app].dead_letters += len(dead)
+            g.dead_letters += len(dead)
             log.warn(
                 "{app}: {count} notifications were delivered {limit} times without an outcome; "
                 "finished as unknown",
@@ -1091,6 +1474,10 @@ class RedisSpool:
             self.record_outcomes(dead + gone, now=self._clock.seconds()).addErrback(
                 lambda f: log.failure("could not record dead letters", f)
             )
+        if acks:
+            written: Deferred[list[str]] = Deferred()
+            written.addErrback(lambda f: log.failure("could not acknowledge finished entries", f))
+            self._enqueue_writes({app: [x for e in acks for x in (e, "", "", "", "", "")]}, written)
         if items and self._hooks is not None:
             self._hooks.feed(app, items)
 
@@ -1112,9 +1499,38 @@ class RedisSpool:
                 TRIM(self.link, [self._key(app, "q")], [GROUP]).addErrback(
                     self._tick_failed, "trim"
                 )
+        self._forget_consumers()
+
+    def _forget_consumers(self) -> None:
+        """Now and then, delete consumers idle far longer than ``claim_after`` that hold
+        nothing (stopped instances), so the group's consumer list does not grow for ever."""
+        s = self.settings
+        after = s.forget_consumers_after
+        if after is None:
+            after = 10 * s.claim_after
+        now = self._clock.seconds()
+        if now - self._forgot_at < min(60.0, after / 2):
+            return
+        self._forgot_at = now
+
+        def forgot(count: Any, app: str) -> None:
+            if int(count):
+                log.info(
+                    "{app}: forgot {count} consumers idle over {after}s with nothing pending "
+                    "(stopped instances)",
+                    app=app,
+                    count=int(count),
+                    after=after,
+                )
+
+        for app in self.apps:
+            if app in self._groups_ready:
+                args = [GROUP, s.instance_id, int(after * 1000)]
+                d = FORGET(self.link, [self._key(app, "q")], args)
+                d.addCallback(forgot, app).addErrback(self._tick_failed, "forget consumers")
 
     def _claim(self, app: str) -> None:
-        room = min(self._room(app), self.settings.read_batch)
+        room = self._room(app)
         if room <= 0 or app not in self._groups_ready:
             return
         args = [
@@ -1122,7 +1538,7 @@ class RedisSpool:
             self.settings.instance_id,
             int(self.settings.claim_after * 1000),
             self._claim_cursor[app],
-            room,
+            self._entries_for(room),
         ]
         d = CLAIM(self.link, [self._key(app, "q")], args)
 
@@ -1132,15 +1548,14 @@ class RedisSpool:
             taken = [(str(e[0]), e[1], int(c)) for e, c in zip(entries, counts, strict=True) if e]
             if not taken:
                 return None
-            self.gauges[app].claimed += len(taken)
             log.info(
-                "{app}: took over {count} notifications pending over {after}s (another "
-                "instance stopped?)",
+                "{app}: took over {count} entries pending over {after}s (another instance "
+                "stopped?)",
                 app=app,
                 count=len(taken),
                 after=self.settings.claim_after,
             )
-            return self._take(app, taken)
+            return self._take(app, taken, claimed=True)
 
         d.addCallback(claimed).addErrback(self._tick_failed, "claim")
 
@@ -1230,7 +1645,7 @@ class RedisSpool:
             ("txapns_redis_scheduled", "gauge", "Entries waiting for their send_at.",
              "scheduled"),
             ("txapns_redis_claimed_total", "counter",
-             "Entries this instance took over from a stopped one.", "claimed"),
+             "Notifications this instance took over from a stopped one.", "claimed"),
             ("txapns_redis_dead_letters_total", "counter",
              "Entries finished unknown after max_deliveries.", "dead_letters"),
         ):  # fmt: skip
@@ -1282,11 +1697,22 @@ class RedisSpool:
         return DeferredList(steps, consumeErrors=True)
 
     def _put_back(self) -> list[Deferred[Any]]:
+        """Entries with nothing in flight go back as fresh entries holding what is left of
+        them (unflagged: never sent). One with a notification in flight without an outcome
+        stays pending as a whole, for another instance to claim."""
         by_app: dict[str, list[object]] = {}
-        for ident, h in list(self._held.items()):
-            if not h.inflight:
-                by_app.setdefault(h.app, []).extend((h.entry_id, h.value))
-                del self._held[ident]
+        for entry_id, c in list(self._held_entries.items()):
+            held = [self._held[i] for i in c.members if i in self._held]
+            if not held or any(h.inflight for h in held):
+                continue
+            for i in c.members:
+                self._held.pop(i, None)
+            del self._held_entries[entry_id]
+            value = chunk_value(
+                c.job_id, [h.index for h in held], [h.token for h in held],
+                [h.apns_id for h in held],
+            )  # fmt: skip
+            by_app.setdefault(c.app, []).extend((entry_id, value))
         if not self._up:
             return []
         return [

@@ -106,7 +106,10 @@ def redis_spool(
 
     sentinels = tuple((h, int(p)) for h, p in (s.rsplit(":", 1) for s in config.sentinel))
     address = RedisAddress.from_url(
-        config.url, sentinels=sentinels, sentinel_master=config.sentinel_master
+        config.url,
+        sentinels=sentinels,
+        sentinel_master=config.sentinel_master,
+        ca_file=None if config.ca_file is None else str(config.ca_file),
     )
     settings = RedisSettings(
         prefix=config.prefix,
