@@ -1,54 +1,29 @@
-"""A trial test against FakeAPNsServer, in memory (twisted.test.iosim) with a Clock.
+"""A trial test of code that sends through HTTP2Client, against FakeAPNsServer in memory.
 
-The client here is a few lines over txapns' sans-IO ``H2ClientConnection``; put your own
-HTTP/2 client in its place. Run with ``python -m twisted.trial docs/examples/test_http2_fake.py``.
+No sockets and no reactor: MemoryEndpoint joins each connection of the client to the fake
+over twisted.test.iosim, and a Clock drives time, so the test is deterministic and fast.
+Run with ``python -m twisted.trial docs/examples/test_http2_fake.py`` (or pytest).
 """
 
 from __future__ import annotations
 
-import json
+import datetime as dt
 
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
-from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
-from txapns.core.http2 import H2ClientConnection, HeaderBlockTemplate, ResponseReceived
-from txapns.core.http2.headers import device_path
-from txapns.core.jwt import load_signing_key, sign_provider_token
-from txapns.core.notification import PushType
+from txapns.core.jwt import load_signing_key
+from txapns.core.notification import Notification
+from txapns.core.result import Outcome, Result
+from txapns.http2 import HTTP2Client
 from txapns.testing.http2_server import FakeAPNsServer
+from txapns.testing.memory import MemoryEndpoint
 from txapns.testing.pki import make_test_pki
 
-PKI = make_test_pki()
+PKI = make_test_pki()  # a throwaway CA, certificates and ES256 token key
 GOOD = bytes.fromhex("ab" * 32)
 DEAD = bytes.fromhex("cd" * 32)
-
-
-class MiniClient(Protocol):
-    def __init__(self) -> None:
-        self.conn = H2ClientConnection()
-        self.responses: dict[int, ResponseReceived] = {}
-
-    def connectionMade(self) -> None:
-        self.conn.initiate()
-        self.flush()
-
-    def flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data and self.transport is not None:
-            self.transport.write(data)
-
-    def post(self, block: bytes, body: bytes) -> int:
-        stream_id = self.conn.send_request(block, body)
-        self.flush()
-        return stream_id
-
-    def dataReceived(self, data: bytes) -> None:
-        for event in self.conn.receive_data(data):
-            if isinstance(event, ResponseReceived):
-                self.responses[event.stream_id] = event
-        self.flush()
+PAYLOAD = {"aps": {"alert": "hi"}}
 
 
 class FakeAPNsTests(SynchronousTestCase):
@@ -57,46 +32,46 @@ class FakeAPNsTests(SynchronousTestCase):
         self.clock.advance(1_800_000_000)
         self.server = FakeAPNsServer(clock=self.clock, sandbox=True)
         self.server.add_token_key(PKI.token_key_id, PKI.team_id, PKI.token_public_key)
-        jwt = sign_provider_token(
-            load_signing_key(PKI.token_key_p8),
-            PKI.token_key_id,
-            PKI.team_id,
-            int(self.clock.seconds()),
+        self.endpoint = MemoryEndpoint(self.server.factory(), self.clock)
+        key = load_signing_key(PKI.token_key_p8)
+        self.client = HTTP2Client(
+            self.clock,
+            self.endpoint,
+            bundle_id=PKI.topic,
+            token=(key, PKI.token_key_id, PKI.team_id),
         )
-        self.template = HeaderBlockTemplate(
-            "api.sandbox.push.apple.com",
-            topic=PKI.topic,
-            push_type=PushType.ALERT,
-            authorization=f"bearer {jwt}",
-        )
-        factory = self.server.factory()
-        self.client, _, self.pump = connectedServerAndClient(
-            lambda: factory.buildProtocol(None), MiniClient, clock=self.clock
-        )
+        self.client.start()
 
-    def post(self, token: bytes, body: bytes = b'{"aps":{"alert":"hi"}}') -> ResponseReceived:
-        block = self.template.encode(device_path(token), content_length=len(body))
-        stream_id = self.client.post(block, body)
-        self.pump.flush()
-        return self.client.responses[stream_id]
+    def tearDown(self) -> None:
+        stopped = self.client.stop()
+        self.endpoint.pump()
+        self.successResultOf(stopped)
+
+    def send(self, token: bytes) -> Result:
+        d = self.client.send(Notification.create(token, PAYLOAD))
+        for _ in range(60):  # at most a minute of the fake clock
+            self.endpoint.pump()  # move the bytes until both sides are idle
+            if d.called:
+                break
+            self.clock.advance(1)
+        return self.successResultOf(d)
 
     def test_accepted_then_unregistered(self) -> None:
         self.server.unregistered_tokens[DEAD.hex()] = 1_700_000_000_000  # ms
 
-        ok = self.post(GOOD)
-        self.assertEqual(ok.status, 200)
-        self.assertIsNotNone(ok.header(b"apns-unique-id"))  # sandbox=True
+        ok = self.send(GOOD)
+        self.assertEqual(ok.outcome, Outcome.ACCEPTED)
+        self.assertIsNotNone(ok.apns_unique_id)  # sandbox=True
 
-        gone = self.post(DEAD)
-        self.assertEqual(gone.status, 410)
+        gone = self.send(DEAD)
         self.assertEqual(
-            json.loads(gone.body), {"reason": "Unregistered", "timestamp": 1_700_000_000_000}
+            (gone.outcome, gone.status, gone.reason), (Outcome.REJECTED, 410, "Unregistered")
         )
+        self.assertEqual(gone.timestamp, dt.datetime.fromtimestamp(1_700_000_000, dt.UTC))
         self.assertEqual(self.server.accepted_tokens(), [GOOD.hex()])
-        self.assertEqual(self.server.stats.statuses[410], 1)
 
-    def test_expired_token(self) -> None:
-        self.clock.advance(3601)  # the JWT is now older than an hour
-        response = self.post(GOOD)
-        self.assertEqual(response.status, 403)
-        self.assertEqual(json.loads(response.body)["reason"], "ExpiredProviderToken")
+    def test_a_503_is_retried(self) -> None:
+        self.server.fail_next(1)  # 503 ServiceUnavailable, then normal answers
+        result = self.send(GOOD)  # answered after the client's backoff
+        self.assertEqual((result.outcome, result.attempts), (Outcome.ACCEPTED, 2))
+        self.assertEqual(self.server.stats.statuses[503], 1)
