@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from txapns.core.jwt import load_signing_key
 from txapns.core.notification import Notification
 from txapns.core.result import Outcome, Result
+from txapns.credentials import ProviderToken
 from txapns.http2 import HTTP2Client
 from txapns.testing.http2_server import FakeAPNsServer
 from txapns.testing.memory import MemoryEndpoint
@@ -38,7 +39,7 @@ class FakeAPNsTests(SynchronousTestCase):
             self.clock,
             self.endpoint,
             bundle_id=PKI.topic,
-            token=(key, PKI.token_key_id, PKI.team_id),
+            token=ProviderToken(key, PKI.token_key_id, PKI.team_id),
         )
         self.client.start()
 
