@@ -30,7 +30,7 @@ def blocks(text: str, language: str) -> list[str]:
 class DocsTests(SynchronousTestCase):
     def test_theme_is_furo_and_setup_installs_it(self) -> None:
         self.assertIn('html_theme = "furo"', read("conf.py"))
-        self.assertIn('"furo', (ROOT / "setup.py").read_text())
+        self.assertIn('"furo', (ROOT / "pyproject.toml").read_text())
 
     def test_quickstart_leads_with_http2_token_auth(self) -> None:
         text = read("quickstart.rst")

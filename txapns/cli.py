@@ -79,12 +79,11 @@ class _UsageError(Exception):
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    # The one version source (pyproject.toml's dynamic version reads it too), so an editable
+    # install never reports stale metadata.
+    from . import __version__
 
-    try:
-        return version("txapns")
-    except PackageNotFoundError:
-        return "unknown"
+    return __version__
 
 
 def _parser() -> argparse.ArgumentParser:
