@@ -18,12 +18,13 @@ from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.error import ProcessTerminated
 from twisted.trial.unittest import TestCase
 
+from . import test_service_crash as crash
 from .redis_server import SKIP, RedisServer
-from .test_service_crash import BinaryCrashTests, Child
 from .test_service_running import ApiClient, deferred_test, metric, sleep, temp_dir
 
 APP = "shop"
-KEY = b"crash-test-api-key-0123456789"  # what BinaryCrashTests.start_service authenticates with
+# What the crash test's start_service authenticates with.
+KEY = b"crash-test-api-key-0123456789"
 BATCH_SIZE = 500
 
 
@@ -42,18 +43,18 @@ class ClusterCase(TestCase):
     claim_after = 15
 
     # The crash test's process helpers, shared rather than copied.
-    spawn = BinaryCrashTests.spawn
-    twistd = BinaryCrashTests.twistd
-    start_service = BinaryCrashTests.start_service
-    kill_leftovers = BinaryCrashTests.kill_leftovers
-    app_credentials = BinaryCrashTests.app_credentials
+    spawn = crash.BinaryCrashTests.spawn
+    twistd = crash.BinaryCrashTests.twistd
+    start_service = crash.BinaryCrashTests.start_service
+    kill_leftovers = crash.BinaryCrashTests.kill_leftovers
+    app_credentials = crash.BinaryCrashTests.app_credentials
 
-    async def start_cluster(self, instances: int) -> list[tuple[Child, ApiClient]]:
+    async def start_cluster(self, instances: int) -> list[tuple[crash.Child, ApiClient]]:
         from twisted.internet import reactor
 
         self.reactor: Any = reactor
         self.dir = temp_dir(self)
-        self.children: list[Child] = []
+        self.children: list[crash.Child] = []
         self.addCleanup(lambda: Deferred.fromCoroutine(self.kill_leftovers()))
         self.redis = RedisServer(self.dir / "redis", appendfsync="always")
         self.redis.start()
