@@ -784,3 +784,20 @@ class ResultTests(SynchronousTestCase):
     def test_dead_letter_result_is_not_a_rejection(self) -> None:
         r = Result(Notification.create(bytes(32), b"{}"), Outcome.UNKNOWN, reason="x")
         self.assertIs(r.outcome, Outcome.UNKNOWN)
+
+
+class UnavailableTests(SynchronousTestCase):
+    """A lost connection is an outage wherever it surfaces, even wrapped by a fan-out read's
+    ``DeferredList(fireOnOneErrback=True)``: seen as a bug instead, the read logged a
+    traceback and retried, and the test of the API's 503 failed on the logged error."""
+
+    def test_a_lost_connection_inside_first_error_is_an_outage(self) -> None:
+        import txredisapi
+        from twisted.internet.defer import FirstError
+
+        from txapns.service.redis_spool import is_unavailable
+
+        lost = Failure(txredisapi.ConnectionError("Lost connection"))
+        self.assertTrue(is_unavailable(lost))
+        self.assertTrue(is_unavailable(Failure(FirstError(lost, 0))))
+        self.assertFalse(is_unavailable(Failure(FirstError(Failure(ValueError("bug")), 0))))

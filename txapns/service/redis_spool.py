@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -630,10 +630,20 @@ def tls_options(address: RedisAddress) -> IOpenSSLClientConnectionCreator:
     return client_tls_options(address.host, ca_pem=ca_pem)
 
 
+def first_cause(failure: Failure) -> Failure:
+    """The failure inside a ``DeferredList(fireOnOneErrback=True)``'s ``FirstError``: a read
+    that fans out to several calls fails with the first call's failure wrapped, which would
+    hide a lost connection from :func:`is_unavailable`."""
+    while isinstance(failure.value, FirstError):
+        failure = failure.value.subFailure
+    return failure
+
+
 def is_unavailable(failure: Failure) -> bool:
     """Is this failure Redis being unreachable (rather than a bug or a script error)?"""
     import txredisapi
 
+    failure = first_cause(failure)
     return bool(failure.check(SpoolUnavailableError, txredisapi.ConnectionError, ConnectionError))
 
 
@@ -1352,6 +1362,7 @@ class RedisSpool:
 
     def _read_failed(self, failure: Failure, app: str) -> None:
         self._reading[app] = False
+        failure = first_cause(failure)
         if self._closing:
             return
         if is_unavailable(failure) or failure.check(TimeoutError):
