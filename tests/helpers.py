@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
 
@@ -19,3 +23,45 @@ def temp_dir(case: SynchronousTestCase) -> Path:
     path = Path(tempfile.mkdtemp(prefix="txapns-test-"))
     case.addCleanup(shutil.rmtree, path, True)
     return path
+
+
+def token(i: int) -> str:
+    return f"{i:064x}"
+
+
+def deferred_test(
+    fn: Callable[..., Coroutine[Any, Any, None]],
+) -> Callable[..., Deferred[None]]:
+    def run(self: Any) -> Deferred[None]:
+        return Deferred.fromCoroutine(fn(self))
+
+    run.__name__ = fn.__name__
+    return run
+
+
+def sleep(reactor: Any, seconds: float) -> Deferred[None]:
+    """Wait on the reactor (for bounded polling only)."""
+    d: Deferred[None] = deferLater(reactor, seconds, lambda: None)
+    return d
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus sample; raises if it is absent."""
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        if key == want:
+            return float(value)
+    raise AssertionError(f"no sample {want} in /metrics")
+
+
+def assert_invalid(
+    case: SynchronousTestCase, factory: Any, cases: list[tuple[dict[str, Any], str]]
+) -> None:
+    """``factory(**kwargs)`` raises ValueError with exactly that message, for each case."""
+    for kwargs, message in cases:
+        with case.assertRaises(ValueError) as cm:
+            factory(**kwargs)
+        case.assertEqual(str(cm.exception), message, kwargs)

@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 
 from twisted.internet.task import Clock
 
-from tests.test_http2_client import ClientTestCase, note, token
 from txapns.aio import AsyncClient, ReactorNotRunningError
 from txapns.core.result import Outcome
+
+from .helpers_http2 import ClientTestCase, note, token
 
 T = TypeVar("T")
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "asyncio_send.py"

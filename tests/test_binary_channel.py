@@ -2,86 +2,17 @@
 
 from __future__ import annotations
 
-import struct
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from txapns.core.binary_channel import (
-    SENTINEL_TOKEN,
-    BinaryChannel,
-    ChannelConfig,
     UnknownPolicy,
 )
 from txapns.core.errors import QueueFullError
-from txapns.core.notification import Notification
-from txapns.core.result import Outcome, Result
+from txapns.core.result import Outcome
 
-
-def note(i: int) -> Notification:
-    return Notification.create(i.to_bytes(32, "big"), {"aps": {"alert": f"n{i}"}, "i": i})
-
-
-def parse_frames(data: bytes) -> list[tuple[int, int]]:
-    """(identifier, notification index) of each command-2 frame, parsed independently."""
-    out = []
-    pos = 0
-    while pos < len(data):
-        assert data[pos] == 2
-        (length,) = struct.unpack_from(">I", data, pos + 1)
-        body = data[pos + 5 : pos + 5 + length]
-        items = {}
-        j = 0
-        while j < len(body):
-            item_id, item_len = struct.unpack_from(">BH", body, j)
-            items[item_id] = body[j + 3 : j + 3 + item_len]
-            j += 3 + item_len
-        ident = struct.unpack(">I", items[3])[0]
-        token = items[1]
-        out.append((ident, -1 if token == SENTINEL_TOKEN else int.from_bytes(token, "big")))
-        pos += 5 + length
-    return out
-
-
-def error(status: int, ident: int) -> bytes:
-    return struct.pack(">BBI", 8, status, ident)
-
-
-class Harness:
-    def __init__(self, **config: object) -> None:
-        self.channel = BinaryChannel(ChannelConfig(**config))  # type: ignore[arg-type]
-        self.results: dict[int, list[Result]] = {}
-        self.now = 0.0
-
-    def submit(self, *indexes: int) -> None:
-        for i in indexes:
-            self.channel.submit(note(i), i, self.now)
-
-    def record(self, resolved: list[tuple[object, Result]]) -> None:
-        for item, result in resolved:
-            handle = item.handle  # type: ignore[attr-defined]
-            self.results.setdefault(handle, []).append(result)
-
-    def connect_and_write(self) -> list[tuple[int, int]]:
-        self.channel.connection_made()
-        return self.write()
-
-    def write(self) -> list[tuple[int, int]]:
-        return parse_frames(self.channel.take_frames(self.now))
-
-    def feed(self, data: bytes) -> None:
-        self.record(self.channel.data_received(data, self.now))
-
-    def lose(self) -> None:
-        self.record(self.channel.connection_lost(self.now, "test close"))
-
-    def outcome(self, i: int) -> Outcome:
-        [result] = self.results[i]
-        return result.outcome
-
-    def check(self) -> None:
-        self.channel.counters.check(self.channel.pending())
+from .helpers_binary import Harness, error, parse_frames
 
 
 class ErrorResponseTests(SynchronousTestCase):

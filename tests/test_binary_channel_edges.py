@@ -16,8 +16,8 @@ from txapns.core.errors import QueueFullError
 from txapns.core.notification import Notification
 from txapns.core.result import Outcome
 
-from .test_binary_channel import Harness, error, note
-from .test_core_edges import assert_invalid
+from .helpers import assert_invalid
+from .helpers_binary import Harness, error, note
 
 
 class ErrorNamingTheNextIdentifierTests(SynchronousTestCase):

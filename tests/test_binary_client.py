@@ -7,14 +7,11 @@ import random
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
-from txapns.binary import APNsProtocol, BinaryClient
+from txapns.binary import BinaryClient
 from txapns.core.backoff import Backoff
 from txapns.core.binary_channel import ChannelConfig, UnknownPolicy
 from txapns.core.errors import ClientStoppedError, PayloadTooLargeError, QueueFullError
@@ -22,34 +19,7 @@ from txapns.core.notification import Notification
 from txapns.core.proxy import TunnelRefused
 from txapns.core.result import Outcome, Result
 
-from .test_binary_channel import error, note, parse_frames
-
-
-@implementer(IStreamClientEndpoint)
-class StubEndpoint:
-    """Records connection attempts; the test decides how each one ends."""
-
-    def __init__(self) -> None:
-        self.attempts: list[tuple[IProtocolFactory, Deferred[Protocol]]] = []
-
-    def connect(self, factory: IProtocolFactory) -> Deferred[Protocol]:
-        d: Deferred[Protocol] = Deferred()
-        self.attempts.append((factory, d))
-        return d
-
-    def accept(self, handshake: bool = True) -> tuple[APNsProtocol, StringTransport]:
-        factory, d = self.attempts[-1]
-        proto = factory.buildProtocol(None)
-        assert isinstance(proto, APNsProtocol)
-        transport = StringTransport()
-        proto.makeConnection(transport)
-        if handshake:
-            proto.handshakeCompleted()
-        d.callback(proto)
-        return proto, transport
-
-    def refuse(self) -> None:
-        self.attempts[-1][1].errback(ConnectionRefusedError())
+from .helpers_binary import StubEndpoint, error, note, parse_frames
 
 
 class Fixture:

@@ -48,7 +48,7 @@ from txapns.service.senders import channel_manager_for_app, http2_client_for_app
 from txapns.testing.http2_server import Channel, FakeAPNsServer, listen_http2
 from txapns.testing.pki import server_tls_options
 
-from .test_http2_client import BUNDLE, KEY, KEY_ID, PKI, START, TEAM_ID, MemoryEndpoint
+from .helpers_http2 import BUNDLE, KEY, KEY_ID, PKI, START, TEAM_ID, MemoryEndpoint
 
 MANAGE_HOST = "api-manage-broadcast.sandbox.push.apple.com"
 LIVE = {"aps": {"timestamp": 1_700_000_000, "event": "update", "content-state": {"score": "1-0"}}}

@@ -14,24 +14,12 @@ import subprocess
 import sys
 import tempfile
 import termios
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-TOKEN = "ab" * 32
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "txapns.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=ENV,
-    )
+from .helpers_process import ENV, TOKEN, FakeProcess, run
 
 
 def popen(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
@@ -56,79 +44,6 @@ def token_file(directory: str, n: int, name: str = "tokens.txt") -> str:
 def lines_of(path: str) -> list[dict[str, Any]]:
     with open(path) as f:
         return [json.loads(line) for line in f]
-
-
-class FakeProcess:
-    """``python -m txapns.testing http2`` in a subprocess; the port from stdout's first line."""
-
-    def __init__(self, test: TestCase, *args: str, pki: str | None = None) -> None:
-        self.dir = tempfile.mkdtemp()
-        self.pki = pki or os.path.join(self.dir, "pki")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "txapns.testing", "http2", "--pki-dir", self.pki, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=ENV,
-        )
-        test.addCleanup(self.stop)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.strip().isdigit():
-            self.stop()
-            raise AssertionError(f"fake printed {line!r} first; stderr: {self.stderr}")
-        self.port = int(line)
-        with open(os.path.join(self.pki, "token.json")) as f:
-            self.token = json.load(f)
-        self.stderr = ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                _, self.stderr = self.proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.communicate()
-
-    def key_file(self) -> str:
-        return os.path.join(self.pki, f"AuthKey_{self.token['key_id']}.p8")
-
-    def one_off(self, **overrides: str) -> list[str]:
-        """``txapns send`` credential flags for this fake's token key."""
-        flags = {
-            "bundle-id": self.token["topic"],
-            "environment": "sandbox",
-            "key-file": self.key_file(),
-            "key-id": self.token["key_id"],
-            "team-id": self.token["team_id"],
-            "host": "127.0.0.1",
-            "port": str(self.port),
-            "ca-file": os.path.join(self.pki, "ca.pem"),
-        }
-        flags.update(overrides)
-        return [part for k, v in flags.items() if v for part in (f"--{k}", v)]
-
-    def config(self, apps: Sequence[dict[str, str]]) -> str:
-        """A TOML configuration with these apps (token auth against this fake)."""
-        path = os.path.join(self.dir, "apns.toml")
-        with open(path, "w") as f:
-            for app in apps:
-                entry = {
-                    "bundle_id": self.token["topic"],
-                    "environment": "sandbox",
-                    "key_file": self.key_file(),
-                    "key_id": self.token["key_id"],
-                    "team_id": self.token["team_id"],
-                    "host": "127.0.0.1",
-                    "port": self.port,
-                    "ca_file": os.path.join(self.pki, "ca.pem"),
-                    **app,
-                }
-                f.write("[[app]]\n")
-                for k, v in entry.items():
-                    f.write(f"{k} = {json.dumps(v)}\n")
-        return path
 
 
 class SendTests(TestCase):

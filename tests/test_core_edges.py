@@ -27,15 +27,7 @@ from txapns.core.http2_policy import Action, RetryPolicy, classify, parse_respon
 from txapns.core.notification import Notification, parse_token, validate_binary, validate_http2
 from txapns.core.payload import build_payload, encode_payload
 
-
-def assert_invalid(
-    case: SynchronousTestCase, factory: Any, cases: list[tuple[dict[str, Any], str]]
-) -> None:
-    """``factory(**kwargs)`` raises ValueError with exactly that message, for each case."""
-    for kwargs, message in cases:
-        with case.assertRaises(ValueError) as cm:
-            factory(**kwargs)
-        case.assertEqual(str(cm.exception), message, kwargs)
+from .helpers import assert_invalid
 
 
 class BackoffEdgeTests(SynchronousTestCase):

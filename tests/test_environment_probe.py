@@ -15,7 +15,7 @@ from txapns.service.config import AppConfig
 from txapns.service.environment_probe import probe_environment
 from txapns.service.testing import FakeSender
 
-from .test_service_metrics import app_config
+from .helpers_service import app_config
 
 TOKENS = [f"{i:064x}" for i in range(1, 4)]
 

@@ -10,8 +10,9 @@ import tempfile
 
 from twisted.trial.unittest import TestCase
 
-from tests.test_cli import TOKEN, FakeProcess, run
 from txapns.testing.pki import make_test_pki
+
+from .helpers_process import TOKEN, FakeProcess, run
 
 
 def write(directory: str, name: str, data: bytes) -> str:

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.task import Clock
-from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface import implementer
 
 from txapns.core.binary import FeedbackTuple
 from txapns.core.errors import ProtocolError, TLSFailureError
@@ -25,53 +22,11 @@ from txapns.testing.binary_gateway import (
 )
 from txapns.testing.pki import TestPKI, make_test_pki, server_tls_options
 
+from .helpers_binary import ManualEndpoint, MemoryEndpoint, raw_server
+
 
 def tok(i: int, length: int = 32) -> bytes:
     return bytes([i % 256]) * length
-
-
-@implementer(IStreamClientEndpoint)
-class MemoryEndpoint:
-    """Connects each client to a new protocol of ``server``, in memory (iosim)."""
-
-    def __init__(self, server: IProtocolFactory, clock: Clock) -> None:
-        self.server = server
-        self.clock = clock
-        self.pumps: list[iosim.IOPump] = []
-
-    def connect(self, factory: IProtocolFactory) -> Deferred[Protocol]:
-        client = factory.buildProtocol(iosim.FakeAddress())
-        server = self.server.buildProtocol(iosim.FakeAddress())
-        assert client is not None and server is not None
-        pump = iosim.connect(
-            server,
-            iosim.makeFakeServer(server),
-            client,
-            iosim.makeFakeClient(client),
-            greet=False,
-            clock=self.clock,
-        )
-        self.pumps.append(pump)
-        return succeed(client)  # type: ignore[arg-type]
-
-    def flush(self) -> None:
-        for pump in self.pumps:
-            pump.flush()
-
-
-class RawServer(Protocol):
-    """Writes fixed bytes, then closes."""
-
-    data = b""
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.data)
-        self.transport.loseConnection()
-
-
-def raw_server(data: bytes) -> Factory:
-    return Factory.forProtocol(type("Raw", (RawServer,), {"data": data}))
 
 
 class FetchInMemoryTests(SynchronousTestCase):
@@ -165,31 +120,6 @@ class FetchInMemoryTests(SynchronousTestCase):
         failure = self.failureResultOf(d, ProtocolError)
         self.assertIn("inside a tuple", failure.getErrorMessage())
         self.assertEqual([t.timestamp for t in seen], [1])
-
-
-@implementer(IStreamClientEndpoint)
-class ManualEndpoint:
-    """Connection attempts that the test completes by hand (a slow feedback service)."""
-
-    def __init__(self) -> None:
-        self.attempts: list[tuple[IProtocolFactory, Deferred[Protocol]]] = []
-
-    def connect(self, factory: IProtocolFactory) -> Deferred[Protocol]:
-        d: Deferred[Protocol] = Deferred()
-        self.attempts.append((factory, d))
-        return d
-
-    def serve(self, index: int, data: bytes) -> None:
-        """Connect attempt ``index`` to a server that writes ``data`` and closes."""
-        factory, d = self.attempts[index]
-        client = factory.buildProtocol(iosim.FakeAddress())
-        server = raw_server(data).buildProtocol(iosim.FakeAddress())
-        assert client is not None and server is not None
-        pump = iosim.connect(
-            server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client), greet=False
-        )
-        d.callback(client)
-        pump.flush()
 
 
 class PollerTests(SynchronousTestCase):

@@ -17,17 +17,9 @@ from txapns.core.result import Outcome, Result
 from txapns.credentials import ProviderToken
 from txapns.http2 import HTTP2Client
 
-from .test_binary_channel import note as binary_note
-from .test_binary_client import StubEndpoint
-from .test_http2_client import (
-    BUNDLE,
-    KEY,
-    KEY_ID,
-    TEAM_ID,
-    ALPNEndpoint,
-    ClientTestCase,
-    note,
-)
+from .helpers_binary import StubEndpoint
+from .helpers_binary import note as binary_note
+from .helpers_http2 import BUNDLE, KEY, KEY_ID, TEAM_ID, ALPNEndpoint, ClientTestCase, note
 
 
 class HTTP2HoldTests(ClientTestCase):

@@ -7,20 +7,13 @@ every pump the counters invariant is checked.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import INegotiated, IProtocolFactory, IStreamClientEndpoint
-from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.test import iosim
-from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from txapns.core.backoff import Backoff
 from txapns.core.binary_channel import UnknownPolicy
@@ -32,30 +25,25 @@ from txapns.core.errors import (
 )
 from txapns.core.http2.frames import ErrorCode, rst_stream_frame
 from txapns.core.http2_policy import RetryPolicy
-from txapns.core.jwt import load_signing_key
 from txapns.core.notification import Notification, PushType
 from txapns.core.proxy import TunnelRefused
 from txapns.core.result import Outcome, Result
 from txapns.credentials import ProviderToken
-from txapns.http2 import APNsHTTP2Protocol, HTTP2Client
-from txapns.testing.http2_server import FakeAPNsServer
-from txapns.testing.pki import make_test_pki
+from txapns.http2 import HTTP2Client
 
-PKI = make_test_pki()
-KEY = load_signing_key(PKI.token_key_p8)
-KEY_ID = PKI.token_key_id
-TEAM_ID = PKI.team_id
-START = 1_700_000_000.0
-BUNDLE = "com.example.app"
-PAYLOAD = {"aps": {"alert": "hi"}}
-
-
-def token(i: int) -> bytes:
-    return i.to_bytes(4, "big") * 8
-
-
-def note(i: int, **kwargs: Any) -> Notification:
-    return Notification.create(token(i), PAYLOAD, **kwargs)
+from .helpers_http2 import (
+    BUNDLE,
+    KEY,
+    KEY_ID,
+    PKI,
+    START,
+    TEAM_ID,
+    ALPNEndpoint,
+    ClientTestCase,
+    NegotiatedTransport,
+    note,
+    token,
+)
 
 
 def frame_types(data: bytes) -> list[int]:
@@ -66,142 +54,6 @@ def frame_types(data: bytes) -> list[int]:
         types.append(data[3])
         data = data[9 + length :]
     return types
-
-
-@implementer(IStreamClientEndpoint)
-class MemoryEndpoint:
-    """Connects each client protocol to a new fake-server protocol over iosim."""
-
-    def __init__(self, server: FakeAPNsServer, clock: Clock) -> None:
-        self.server = server
-        self.clock = clock
-        self.pumps: list[iosim.IOPump] = []
-        self.refuse = 0
-        self.attempts = 0
-        #: When set, connect() returns this (unfired) Deferred instead of connecting.
-        self.hang: Deferred[Any] | None = None
-        #: When set, every connect() fails with this.
-        self.fail_with: BaseException | None = None
-
-    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
-        self.attempts += 1
-        if self.refuse:
-            self.refuse -= 1
-            return fail(ConnectionRefusedError("refused by the test"))
-        if self.hang is not None:
-            return self.hang
-        if self.fail_with is not None:
-            return fail(self.fail_with)
-        proto = protocolFactory.buildProtocol(None)
-        server_proto = self.server.factory().buildProtocol(None)
-        assert proto is not None and server_proto is not None
-        pump = iosim.connect(
-            server_proto,
-            iosim.makeFakeServer(server_proto),
-            proto,
-            iosim.makeFakeClient(proto),
-            greet=False,
-            clock=self.clock,
-        )
-        self.pumps.append(pump)
-        return succeed(proto)
-
-    def pump(self, check: Any = None) -> None:
-        """Move bytes both ways and run due calls until nothing moves."""
-        for _ in range(100_000):
-            moved = False
-            self.clock.advance(0)
-            for pump in list(self.pumps):
-                if pump.pump():
-                    moved = True
-                if pump.clientIO.disconnected and pump.serverIO.disconnected:
-                    self.pumps.remove(pump)
-            if check is not None:
-                check()
-            if not moved:
-                return
-        raise AssertionError("pump does not settle")
-
-
-class ClientTestCase(SynchronousTestCase):
-    token_auth = True
-    sandbox = True
-
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(START)
-        self.server = FakeAPNsServer(clock=self.clock, sandbox=self.sandbox, rng=random.Random(3))
-        self.server.add_token_key(KEY_ID, TEAM_ID, PKI.token_public_key)
-        self.endpoint = MemoryEndpoint(self.server, self.clock)
-        self.results: list[Result] = []
-        self.clients: list[HTTP2Client] = []
-
-    def make_client(self, **kwargs: Any) -> HTTP2Client:
-        options: dict[str, Any] = {
-            "bundle_id": BUNDLE,
-            "token": ProviderToken(KEY, KEY_ID, TEAM_ID) if self.token_auth else None,
-            "rng": random.Random(7),
-            "backoff": Backoff(initial=1.0, factor=2.0, cap=8.0, jitter=0.0),
-            "policy": RetryPolicy(
-                backoff=Backoff(initial=1.0, factor=2.0, cap=8.0, jitter=0.0),
-                too_many_requests_delay=5.0,
-            ),
-        }
-        options.update(kwargs)
-        client = HTTP2Client(self.clock, self.endpoint, **options)
-        self.clients.append(client)
-        client.start()
-        self.pump()
-        return client
-
-    def check(self) -> None:
-        for client in self.clients:
-            client.counters.check(client.pending())
-            self.assertEqual(client.pending(), client._structural_pending())
-
-    def pump(self) -> None:
-        self.endpoint.pump(self.check)
-
-    def advance(self, seconds: float, step: float | None = None) -> None:
-        """Advance the clock (in steps), pumping after each."""
-        if step is None:
-            step = seconds
-        remaining = seconds
-        self.pump()  # what is due now happens now, not after the jump
-        while remaining > 1e-9:
-            delta = min(step, remaining)
-            self.clock.advance(delta)
-            remaining -= delta
-            self.pump()
-
-    def send(self, client: HTTP2Client, n: Notification) -> Deferred[Result]:
-        d = client.send(n)
-        d.addCallback(self._record)
-        return d
-
-    def _record(self, result: Result) -> Result:
-        self.results.append(result)
-        return result
-
-    def result_of(self, d: Deferred[Result]) -> Result:
-        return self.successResultOf(d)
-
-    def stop(self, client: HTTP2Client, timeout: float = 10.0) -> None:
-        d = client.stop(timeout)
-        self.pump()
-        for _ in range(100):
-            if d.called:
-                break
-            self.advance(1.0)
-        self.successResultOf(d)
-        self.assertEqual(client.pending(), 0)
-        client.counters.check(0)
-
-    def assertNoDelayedCalls(self) -> None:
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-
-    def accepted_ids(self) -> list[str]:
-        return [a.apns_id.lower() for a in self.server.accepted]
 
 
 # --- the happy path ---------------------------------------------------------------------------
@@ -1276,35 +1128,6 @@ class CircuitBreakerTests(ClientTestCase):
 
 
 # --- TLS and ALPN -----------------------------------------------------------------------------
-
-
-@implementer(INegotiated)
-class NegotiatedTransport(StringTransport):
-    def __init__(self, protocol: bytes | None) -> None:
-        super().__init__()
-        self.negotiatedProtocol = protocol
-
-
-@implementer(IStreamClientEndpoint)
-class ALPNEndpoint:
-    """A TLS-looking transport that negotiated ``alpn``; the handshake completes at once."""
-
-    def __init__(self, alpn: bytes | None, *, complete: bool = True) -> None:
-        self.alpn = alpn
-        self.complete = complete
-        self.protocols: list[APNsHTTP2Protocol] = []
-
-    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
-        proto = protocolFactory.buildProtocol(None)
-        assert isinstance(proto, APNsHTTP2Protocol)
-        transport = NegotiatedTransport(self.alpn)
-        proto.makeConnection(transport)
-        self.protocols.append(proto)
-        if self.complete:
-            proto.handshakeCompleted()
-        if transport.disconnecting:
-            proto.connectionLost(Failure(ConnectionRefusedError("closed")))
-        return succeed(proto)
 
 
 class ALPNTests(ClientTestCase):

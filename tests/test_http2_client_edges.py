@@ -10,8 +10,7 @@ from txapns.core.http2.frames import ErrorCode, rst_stream_frame
 from txapns.core.result import Outcome, Result
 from txapns.http2 import APNsHTTP2Protocol, HTTP2Client
 
-from .test_http2_client import ClientTestCase, note, token
-from .test_http2_connection import goaway
+from .helpers_http2 import ClientTestCase, goaway, note, token
 
 
 class CircuitOpenMaybeDeliveredTests(ClientTestCase):

@@ -1,8 +1,8 @@
 """Unit tests of the sans-IO HTTP/2 client connection (``txapns.core.http2``).
 
-Server frames are written by hand here (``frame()`` below, independent of the product's frame
-encoder); golden bytes are spelled out from RFC 9113 and RFC 7541. The ``hpack`` package is used
-only as an independent encoder/decoder to cross-check.
+Server frames are written by hand (``frame()`` in ``helpers_http2``, independent of the
+product's frame encoder); golden bytes are spelled out from RFC 9113 and RFC 7541. The ``hpack``
+package is used only as an independent encoder/decoder to cross-check.
 """
 
 from __future__ import annotations
@@ -36,86 +36,37 @@ from txapns.core.http2 import (
 from txapns.core.http2.headers import STATIC_TABLE, encode_integer, encode_string
 from txapns.core.notification import PushType
 
-# --- hand-written server side ---------------------------------------------------------------
-
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE = range(9)
-CONTINUATION = 9
-END_STREAM = ACK = 0x1
-END_HEADERS = 0x4
-PADDED = 0x8
-PRIORITY_FLAG = 0x20
-
-STATUS_200 = b"\x88"  # indexed :status 200 (static index 8)
-STATUS_400 = b"\x8c"  # indexed :status 400 (static index 12)
-
-
-def frame(frame_type: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return (
-        len(payload).to_bytes(3, "big")
-        + bytes((frame_type, flags))
-        + stream_id.to_bytes(4, "big")
-        + payload
-    )
-
-
-def settings_frame(*pairs: tuple[int, int]) -> bytes:
-    return frame(SETTINGS, 0, 0, b"".join(struct.pack(">HI", k, v) for k, v in pairs))
-
-
-def window_update(stream_id: int, increment: int) -> bytes:
-    return frame(WINDOW_UPDATE, 0, stream_id, struct.pack(">I", increment))
-
-
-def rst(stream_id: int, code: int) -> bytes:
-    return frame(RST_STREAM, 0, stream_id, struct.pack(">I", code))
-
-
-def goaway(last_stream_id: int, code: int, debug: bytes = b"") -> bytes:
-    return frame(GOAWAY, 0, 0, struct.pack(">II", last_stream_id, code) + debug)
-
-
-def literal(name: bytes, value: bytes) -> bytes:
-    """Literal header field without indexing, new name, short strings (RFC 7541 §6.2.2)."""
-    assert len(name) < 127 and len(value) < 127
-    return b"\x00" + bytes((len(name),)) + name + bytes((len(value),)) + value
-
-
-def response(stream_id: int, block: bytes = STATUS_200, *, end_stream: bool = True) -> bytes:
-    return frame(HEADERS, END_HEADERS | (END_STREAM if end_stream else 0), stream_id, block)
-
-
-def parse_frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
-    """(type, flags, stream id, payload) for each frame of client output (after the preface)."""
-    out = []
-    pos = 0
-    while pos < len(data):
-        length = int.from_bytes(data[pos : pos + 3], "big")
-        ftype, flags = data[pos + 3], data[pos + 4]
-        sid = int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
-        out.append((ftype, flags, sid, data[pos + 9 : pos + 9 + length]))
-        pos += 9 + length
-    assert pos == len(data), "trailing partial frame"
-    return out
-
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-BLOCK = b"\x83\x87\x84"  # :method POST, :scheme https, :path / — a minimal valid request
-
-
-def connected(max_streams: int = 100, **kwargs: int) -> H2ClientConnection:
-    """A client past the handshake: the server's SETTINGS processed, output drained."""
-    conn = H2ClientConnection(**kwargs)
-    conn.initiate()
-    conn.data_to_send()
-    events = conn.receive_data(settings_frame((3, max_streams)))
-    assert [type(e) for e in events] == [SettingsChanged]
-    conn.data_to_send()
-    return conn
-
-
-def terminated(events: list[object]) -> ConnectionTerminated:
-    assert events and isinstance(events[-1], ConnectionTerminated), events
-    return events[-1]
+from .helpers_http2 import (
+    ACK,
+    BLOCK,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEADERS,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,
+    PRIORITY_FLAG,
+    PUSH_PROMISE,
+    RST_STREAM,
+    SETTINGS,
+    STATUS_200,
+    STATUS_400,
+    WINDOW_UPDATE,
+    connected,
+    frame,
+    goaway,
+    literal,
+    parse_frames,
+    response,
+    rst,
+    settings_frame,
+    terminated,
+    window_update,
+)
 
 
 class Golden(SynchronousTestCase):

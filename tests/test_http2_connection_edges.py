@@ -7,7 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from txapns.core.http2.events import ConnectionTerminated, ResponseReceived
 from txapns.core.http2.frames import ErrorCode
 
-from .test_http2_connection import (
+from .helpers_http2 import (
     BLOCK,
     DATA,
     END_STREAM,

@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.test_cli import ENV, FakeProcess
+from .helpers_process import ENV, FakeProcess
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "interop")
 N = 1000

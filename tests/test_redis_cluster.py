@@ -1,7 +1,7 @@
 """Several real ``twistd apns`` processes on one real ``redis-server`` and the fake APNs.
 
 The processes, the fake HTTP/2 APNs (``python -m txapns.testing http2 --record``) and the
-helpers to start, signal and read them are those of ``test_service_crash``; here the spool is
+helpers to start, signal and read them are the crash test's (``helpers_process``); the spool is
 ``[spool] backend = "redis"`` and each instance is named by its hostname-pid. The fake's
 record file (one JSON line per accepted notification) is the evidence of delivery.
 """
@@ -18,13 +18,12 @@ from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.error import ProcessTerminated
 from twisted.trial.unittest import TestCase
 
-from . import test_service_crash as crash
+from .helpers import deferred_test, metric, sleep, temp_dir
+from .helpers_process import KEY, Child, ProcessServiceMixin
+from .helpers_running import ApiClient
 from .redis_server import SKIP, RedisServer
-from .test_service_running import ApiClient, deferred_test, metric, sleep, temp_dir
 
 APP = "shop"
-# What the crash test's start_service authenticates with.
-KEY = b"crash-test-api-key-0123456789"
 BATCH_SIZE = 500
 
 
@@ -32,7 +31,7 @@ def batch_tokens(batch: int) -> list[str]:
     return [f"c1{batch:02x}{i:060x}" for i in range(BATCH_SIZE)]
 
 
-class ClusterCase(TestCase):
+class ClusterCase(ProcessServiceMixin, TestCase):
     """A redis-server, the fake APNs and ``twistd apns`` instances sharing the Redis spool."""
 
     skip = SKIP
@@ -42,19 +41,12 @@ class ClusterCase(TestCase):
     # (the default is 120 s), short enough for a test.
     claim_after = 15
 
-    # The crash test's process helpers, shared rather than copied.
-    spawn = crash.BinaryCrashTests.spawn
-    twistd = crash.BinaryCrashTests.twistd
-    start_service = crash.BinaryCrashTests.start_service
-    kill_leftovers = crash.BinaryCrashTests.kill_leftovers
-    app_credentials = crash.BinaryCrashTests.app_credentials
-
-    async def start_cluster(self, instances: int) -> list[tuple[crash.Child, ApiClient]]:
+    async def start_cluster(self, instances: int) -> list[tuple[Child, ApiClient]]:
         from twisted.internet import reactor
 
         self.reactor: Any = reactor
         self.dir = temp_dir(self)
-        self.children: list[crash.Child] = []
+        self.children: list[Child] = []
         self.addCleanup(lambda: Deferred.fromCoroutine(self.kill_leftovers()))
         self.redis = RedisServer(self.dir / "redis", appendfsync="always")
         self.redis.start()

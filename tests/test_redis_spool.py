@@ -33,8 +33,9 @@ from txapns.service.spool import IdempotencyKeyReusedError, OutcomeRecord, Spool
 from txapns.service.testing import FakeSender, accept
 from txapns.testing.pki import make_test_pki
 
+from .helpers import deferred_test, metric, token
+from .helpers_running import ApiClient
 from .redis_server import SKIP, RedisSentinel, RedisServer, free_port, wait_until
-from .test_service_running import ApiClient, deferred_test, metric, token
 
 ALERT = Template(payload={"aps": {"alert": "hi"}})
 _prefixes = itertools.count()

@@ -2,46 +2,25 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-from collections.abc import Callable, Coroutine
 from io import BytesIO
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import Agent, FileBodyProducer, ResponseDone
+from twisted.web.client import Agent, FileBodyProducer
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from txapns.core import Notification, Outcome, Result
 from txapns.service.api import Limits, make_listener
 from txapns.service.engine import Engine, EngineApp
 from txapns.service.http1 import ABORT_TIMEOUT
 from txapns.service.spool import Spool, SpoolStore, inline_runner
 from txapns.service.testing import FakeSender
 
-from .helpers import temp_dir
-
-KEY = b"test-key-0123456789abcdef"
-BUNDLE = "com.example.shop"
-
-
-def token(i: int) -> str:
-    return f"{i:064x}"
-
-
-def deferred_test(
-    fn: Callable[..., Coroutine[Any, Any, None]],
-) -> Callable[..., Deferred[None]]:
-    def run(self: Any) -> Deferred[None]:
-        return Deferred.fromCoroutine(fn(self))
-
-    run.__name__ = fn.__name__
-    return run
+from .helpers import deferred_test, temp_dir, token
+from .helpers_api import BUNDLE, KEY, Collect, Reply, responder
 
 
 @implementer(IBodyProducer)
@@ -66,45 +45,6 @@ class ChunkedProducer:
 
     def stopProducing(self) -> None:
         pass
-
-
-class Collect(Protocol):
-    def __init__(self, done: Deferred[bytes]) -> None:
-        self.done = done
-        self.chunks: list[bytes] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self.chunks.append(data)
-
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
-        reason.trap(ResponseDone)
-        self.done.callback(b"".join(self.chunks))
-
-
-class Reply:
-    def __init__(self, response: IResponse, body: bytes) -> None:
-        self.code = response.code
-        self.headers = response.headers
-        self.raw = body
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.raw)
-
-    def header(self, name: str) -> str | None:
-        values = self.headers.getRawHeaders(name)
-        return None if not values else values[0]
-
-
-def responder(n: Notification) -> Result:
-    """Accept, except tokens ending in 'dead' (410) and 'bad0' (400)."""
-    hex_ = n.token_hex
-    if hex_.endswith("dead"):
-        when = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
-        return Result(n, Outcome.REJECTED, 410, "Unregistered", n.apns_id, timestamp=when)
-    if hex_.endswith("bad0"):
-        return Result(n, Outcome.REJECTED, 400, "BadDeviceToken", n.apns_id)
-    return Result(n, Outcome.ACCEPTED, 200, None, n.apns_id, attempts=1)
 
 
 class ApiTests(TestCase):

@@ -20,16 +20,8 @@ from txapns.service.engine import Engine, EngineApp, Template
 from txapns.service.spool import OutcomeRecord, Spool, SpoolStore, inline_runner
 from txapns.service.testing import FakeSender
 
-from .test_service_api import (
-    BUNDLE,
-    KEY,
-    Collect,
-    Reply,
-    deferred_test,
-    responder,
-    temp_dir,
-    token,
-)
+from .helpers import deferred_test, temp_dir, token
+from .helpers_api import BUNDLE, KEY, Collect, Reply, responder
 
 ALERT = Template(payload={"aps": {"alert": "x"}})
 

@@ -27,15 +27,7 @@ from txapns.service.config import (
 )
 
 from .helpers import temp_dir
-
-NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
-KEY_ID = "ABC1234567"
-TEAM_ID = "TEAM987654"
-
-
-def write_p8(path: Path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+from .helpers_service import KEY_ID, NOW, TEAM_ID, write_p8
 
 
 def make_cert(

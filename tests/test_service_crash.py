@@ -25,182 +25,35 @@ from __future__ import annotations
 
 import collections
 import json
-import os
-import re
 import sys
 from pathlib import Path
-from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from .test_service_running import ApiClient, deferred_test, metric, sleep, temp_dir
+from .helpers import deferred_test, metric, temp_dir
+from .helpers_process import KEY, Child, ProcessServiceMixin
+from .helpers_running import ApiClient
 
 BATCHES = 40
 BATCH_SIZE = 500
 KILL_AFTER = 20  # batches answered 202 before the SIGKILL
 CONCURRENCY = 4
 APP = "shop"
-KEY = b"crash-test-api-key-0123456789"
 
 
 def batch_tokens(batch: int) -> list[str]:
     return [f"c0{batch:02x}{i:060x}" for i in range(BATCH_SIZE)]
 
 
-class Child(ProcessProtocol):
-    """A child process: stdout kept (and copied to a log file), stderr kept, end awaited."""
-
-    def __init__(self, reactor: Any, name: str, log_path: Path) -> None:
-        self.reactor = reactor
-        self.name = name
-        self.out = ""
-        self.err = ""
-        self.log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115
-        #: Fires with the exception that ended the process (ProcessDone, ProcessTerminated).
-        self.ended: Deferred[BaseException] = Deferred()
-        self.exit: BaseException | None = None
-        self._waiters: list[tuple[re.Pattern[str], Deferred[re.Match[str]], IDelayedCall]] = []
-
-    def outReceived(self, data: bytes) -> None:
-        text = data.decode("utf-8", "replace")
-        self.log.write(text)
-        self.out = (self.out + text)[-200_000:]
-        self._check()
-
-    def errReceived(self, data: bytes) -> None:
-        text = data.decode("utf-8", "replace")
-        self.log.write(text)
-        self.err = (self.err + text)[-20_000:]
-
-    def processEnded(self, reason: Failure) -> None:
-        self.exit = reason.value
-        self.log.close()
-        waiters, self._waiters = self._waiters, []
-        for _, d, timer in waiters:
-            timer.cancel()
-            d.errback(AssertionError(f"{self.name} exited: {reason.value}\n{self.tail()}"))
-        self.ended.callback(reason.value)
-
-    @property
-    def running(self) -> bool:
-        return self.exit is None
-
-    def tail(self) -> str:
-        return f"--- {self.name} stdout ---\n{self.out[-3000:]}\n--- stderr ---\n{self.err[-3000:]}"
-
-    def wait_for(self, pattern: str, timeout: float = 30.0) -> Deferred[re.Match[str]]:
-        """Fires with the first match of ``pattern`` in stdout (bounded by ``timeout``)."""
-        regex = re.compile(pattern)
-        d: Deferred[re.Match[str]] = Deferred()
-        m = regex.search(self.out)
-        if m is not None:
-            d.callback(m)
-            return d
-        if not self.running:
-            d.errback(AssertionError(f"{self.name} is not running\n{self.tail()}"))
-            return d
-
-        def expire() -> None:
-            self._waiters = [w for w in self._waiters if w[1] is not d]
-            d.errback(AssertionError(f"{self.name}: no {pattern!r} in {timeout}s\n{self.tail()}"))
-
-        self._waiters.append((regex, d, self.reactor.callLater(timeout, expire)))
-        return d
-
-    def _check(self) -> None:
-        for entry in list(self._waiters):
-            regex, d, timer = entry
-            m = regex.search(self.out)
-            if m is not None:
-                self._waiters.remove(entry)
-                timer.cancel()
-                d.callback(m)
-
-    def signal(self, name: str) -> Deferred[BaseException]:
-        """Send a signal (if still running); fires when the process has ended."""
-        if self.running:
-            self.transport.signalProcess(name)
-        d: Deferred[BaseException] = Deferred()
-        if not self.running:
-            assert self.exit is not None
-            d.callback(self.exit)
-        else:
-            self.ended.addBoth(lambda r: (d.callback(r), r)[1])
-        return d
-
-
-class BinaryCrashTests(TestCase):
+class BinaryCrashTests(ProcessServiceMixin, TestCase):
     """The crash test with the binary protocol: the one that never confirms a notification."""
 
     # A liveness limit, not a timing: about 30 s on an idle 2-core machine, but several
     # minutes when the suite runs in four xdist workers beside other work.
     timeout = 480
     protocol = "binary"
-
-    def app_credentials(self, pki: Path) -> list[str]:
-        if self.protocol == "binary":
-            return [
-                'cert_file = "pki/client.pem"',
-                'key_file = "pki/client-key.pem"',
-            ]
-        ids = json.loads((pki / "token.json").read_text())
-        return [
-            f'key_file = "pki/AuthKey_{ids["key_id"]}.p8"',
-            f'key_id = "{ids["key_id"]}"',
-            f'team_id = "{ids["team_id"]}"',
-        ]
-
-    def spawn(self, name: str, argv: list[str]) -> Child:
-        from twisted.internet import reactor
-
-        child = Child(reactor, name, self.dir / f"{name}.log")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        reactor.spawnProcess(child, argv[0], argv, env=env, path=str(self.dir))
-        self.children.append(child)
-        return child
-
-    async def kill_leftovers(self) -> None:
-        for child in self.children:
-            if child.running:
-                await child.signal("KILL")
-
-    def twistd(self) -> list[str]:
-        twistd = Path(sys.executable).with_name("twistd")
-        if twistd.exists():
-            return [str(twistd)]
-        return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-    async def start_service(self, name: str) -> tuple[Child, ApiClient]:
-        from twisted.internet import reactor
-
-        service = self.spawn(
-            name,
-            [
-                *self.twistd(),
-                "-n",
-                "--pidfile=",
-                "apns",
-                "--config",
-                str(self.config),
-                "--listen",
-                "tcp:0:interface=127.0.0.1",
-            ],
-        )
-        match = await service.wait_for(r"Api(?:Site|Factory) starting on (\d+)")
-        api = ApiClient(reactor, f"http://127.0.0.1:{match.group(1)}", KEY, persistent=True)
-        self.addCleanup(api.close)
-        for _ in range(200):  # bounded: the engine opens the spool before it accepts
-            health = await api.call("GET", "/healthz")
-            if health.code == 200:
-                break
-            await sleep(reactor, 0.05)
-        self.assertEqual(health.code, 200, service.tail())
-        return service, api
 
     @deferred_test
     async def test_kill_9_mid_way_loses_nothing_and_counts_duplicates(self) -> None:

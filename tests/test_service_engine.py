@@ -5,16 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import Clock
-from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import ResponseDone
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer
-from zope.interface import implementer
+from twisted.internet.defer import Deferred
 
 from txapns.core import (
     InvalidTokenError,
@@ -25,76 +17,18 @@ from txapns.core import (
     ValidationError,
 )
 from txapns.service.engine import (
-    Engine,
     EngineApp,
     NotAcceptingError,
     RecipientError,
     Template,
     UnknownAppError,
 )
-from txapns.service.spool import JobView, Spool, SpoolStore, inline_runner
+from txapns.service.spool import JobView, SpoolStore
 from txapns.service.testing import FakeSender
 from txapns.service.webhook import InvalidTokenWebhook
 
-from .helpers import temp_dir
-
-BUNDLE = "com.example.a"
-ALERT = Template(payload={"aps": {"alert": "hi"}})
-
-
-def token(i: int) -> str:
-    return f"{i:064x}"
-
-
-class Harness(SynchronousTestCase):
-    """Builds an engine over a real SQLite spool run inline, and a Clock."""
-
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_000_000)
-        self.path = temp_dir(self) / "spool.db"
-        self.sender = FakeSender()
-        self.engine = self.make_engine()
-
-    def make_engine(self, senders: dict[str, EngineApp] | None = None, **kw: Any) -> Engine:
-        self.store = SpoolStore(self.path)
-        self.addCleanup(lambda: self.store.close())
-        self.spool = Spool(self.store, self.clock, inline_runner)
-        apps = senders or {"a": EngineApp(self.sender, bundle_id=BUNDLE)}
-        kw.setdefault("purge_interval", 0)
-        kw.setdefault("watch_interval", 0)
-        return Engine(apps, self.spool, self.clock, **kw)
-
-    def start(self) -> None:
-        d = self.engine.start()
-        self.turn()
-        self.successResultOf(d)
-
-    def turn(self) -> None:
-        self.clock.advance(0)
-
-    def submit(self, n: int = 1, first: int = 0, **kw: Any) -> Deferred[Any]:
-        ns = self.engine.prepare(
-            "a", kw.pop("template", ALERT), [token(first + i) for i in range(n)]
-        )
-        return self.engine.submit("a", ns, **kw)
-
-    def result(self, d: Deferred[Any]) -> Any:
-        self.turn()
-        return self.successResultOf(d)
-
-    def submit_and_turn(self, n: int = 1, **kw: Any) -> Deferred[Any]:
-        d = self.submit(n, **kw)
-        self.turn()
-        return d
-
-    def fresh(self, senders: dict[str, EngineApp] | None = None, **kw: Any) -> Engine:
-        """A second engine over a new spool file (the first store stays open)."""
-        self.path = temp_dir(self) / "spool.db"
-        return self.make_engine(senders, **kw)
-
-    def states(self) -> dict[str, int]:
-        return {state: n for (_, state), n in self.store.counts().items()}
+from .helpers import token
+from .helpers_service import ALERT, BUNDLE, FakeAgent, Harness
 
 
 class PrepareTests(Harness):
@@ -533,42 +467,6 @@ class PurgeTests(Harness):
         self.assertIsNone(self.store.job(accepted.job_id))
         self.result(self.engine.stop())
         self.assertEqual(self.clock.getDelayedCalls(), [])
-
-
-@implementer(IAgent)
-class FakeAgent:
-    def __init__(self, code: int = 200) -> None:
-        self.code = code
-        self.requests: list[tuple[bytes, bytes, Headers, bytes]] = []
-
-    def request(
-        self,
-        method: bytes,
-        uri: bytes,
-        headers: Headers | None = None,
-        bodyProducer: IBodyProducer | None = None,
-    ) -> Deferred[Any]:
-        chunks: list[bytes] = []
-
-        class Consumer:
-            def write(self, data: bytes) -> None:
-                chunks.append(data)
-
-        assert bodyProducer is not None and headers is not None
-        bodyProducer.startProducing(Consumer())  # type: ignore[arg-type]
-        self.requests.append((method, uri, headers, b"".join(chunks)))
-        code = self.code
-
-        class Response:
-            def __init__(self) -> None:
-                self.code = code
-                self.phrase = b"OK"
-
-            def deliverBody(self, protocol: Any) -> None:
-                protocol.dataReceived(b"ok")
-                protocol.connectionLost(Failure(ResponseDone()))
-
-        return succeed(Response())
 
 
 class WebhookTests(Harness):

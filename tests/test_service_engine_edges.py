@@ -20,7 +20,8 @@ from txapns.service.engine import Engine, EngineApp
 from txapns.service.spool import Spool, SpoolStore
 from txapns.service.testing import FakeSender
 
-from .test_service_engine import ALERT, BUNDLE, temp_dir, token
+from .helpers import temp_dir, token
+from .helpers_service import ALERT, BUNDLE
 
 _T = TypeVar("_T")
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_service_config import KEY_ID, NOW, TEAM_ID, temp_dir, write_p8
 from txapns.service.config import ConfigError, TokenCredentials, load_config, parse_config
 from txapns.service.environ import apply_environment, defines_apps, env_name
+
+from .helpers import temp_dir
+from .helpers_service import KEY_ID, NOW, TEAM_ID, write_p8
 
 FILE = f"""
 api_key_file = "api.key"

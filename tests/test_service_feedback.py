@@ -22,9 +22,9 @@ from txapns.tap import Options, makeService
 from txapns.testing.binary_gateway import FakeFeedbackService, encode_feedback_tuple
 from txapns.testing.embedded import FAKE_APP, EmbeddedAPNs
 
-from .helpers import temp_dir
-from .test_feedback import ManualEndpoint, MemoryEndpoint
-from .test_service_running import KEY, ApiClient, deferred_test, metric, sleep
+from .helpers import deferred_test, metric, sleep, temp_dir
+from .helpers_binary import ManualEndpoint, MemoryEndpoint
+from .helpers_running import KEY, ApiClient
 
 TUPLE = 4 + 2 + 32  # bytes of one feedback tuple with a 32-byte token
 

@@ -22,7 +22,8 @@ from txapns.service.spool import SpoolStore
 from txapns.service.testing import FakeSender, ReportingFakeSender
 from txapns.service.webhook import InvalidTokenWebhook
 
-from .test_service_engine import BUNDLE, FakeAgent, Harness, token
+from .helpers import token
+from .helpers_service import BUNDLE, FakeAgent, Harness
 
 
 def bad_device_token(n: Notification) -> Result:

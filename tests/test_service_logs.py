@@ -19,11 +19,12 @@ from twisted.logger import ILogObserver, Logger, LogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_service_config import KEY_ID, TEAM_ID, write_p8
 from txapns.service.application import build_service, describe_app
 from txapns.service.logs import hint_for, make_observer
 from txapns.service.systemd import notify
 from txapns.tap import Options
+
+from .helpers_service import KEY_ID, TEAM_ID, write_p8
 
 
 def emit_samples(observer: ILogObserver) -> None:

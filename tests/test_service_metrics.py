@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -18,6 +17,7 @@ from txapns.service.testing import FakeSender, accept
 from txapns.service.wiring import EngineService, build_engine, client_health, limits_from
 
 from .helpers import temp_dir
+from .helpers_service import app_config
 
 LINE = re.compile(r'^[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)+\})? -?[0-9.e+]+$')
 
@@ -134,7 +134,7 @@ class HealthWiringTests(SynchronousTestCase):
     def test_binary_client_health(self) -> None:
         from txapns.binary import BinaryClient
 
-        from .test_feedback import ManualEndpoint
+        from .helpers_binary import ManualEndpoint
 
         client = BinaryClient(Clock(), ManualEndpoint(), connections=2)
         report = client_health({"legacy": client})["legacy"]()
@@ -151,16 +151,6 @@ class HealthWiringTests(SynchronousTestCase):
                 "stopped": False,
             },
         )
-
-
-def app_config(name: str) -> AppConfig:
-    return AppConfig(
-        name=name,
-        bundle_id="com.example.shop",
-        environment="sandbox",
-        protocol="http2",
-        credentials=TokenCredentials(Path("AuthKey_ABC1234567.p8"), "ABC1234567", "T1"),
-    )
 
 
 class WiringTests(TestCase):

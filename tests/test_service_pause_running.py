@@ -10,7 +10,8 @@ from twisted.trial.unittest import TestCase
 
 from txapns.testing.embedded import FAKE_APP
 
-from .test_service_running import RunningServiceMixin, deferred_test, metric, sleep, token
+from .helpers import deferred_test, metric, sleep, token
+from .helpers_running import RunningServiceMixin
 
 
 class PausedAppRunningTests(RunningServiceMixin, TestCase):

@@ -10,11 +10,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from zope.interface import implementer
 
-from tests.test_service_engine import BUNDLE, Harness
 from txapns.http2 import HTTP2Client
 from txapns.service.config import DEFAULT_DRAIN_TIMEOUT
 from txapns.service.engine import EngineApp
 from txapns.service.spool import SpoolStore
+
+from .helpers_service import BUNDLE, Harness
 
 
 @implementer(IStreamClientEndpoint)

@@ -20,7 +20,7 @@ from txapns.service.engine import Engine, EngineApp, NotAcceptingError, Template
 from txapns.service.spool import Spool, SpoolStore, inline_runner
 from txapns.service.testing import FakeSender
 
-from .test_service_api import temp_dir, token
+from .helpers import temp_dir, token
 
 BUNDLE = "com.example.a"
 ALERT = Template(payload={"aps": {"alert": "hi"}})
