@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import struct
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 from zope.interface import implementer
@@ -110,35 +109,6 @@ class StubEndpoint:
 
     def refuse(self) -> None:
         self.attempts[-1][1].errback(ConnectionRefusedError())
-
-
-@implementer(IStreamClientEndpoint)
-class MemoryEndpoint:
-    """Connects each client to a new protocol of ``server``, in memory (iosim)."""
-
-    def __init__(self, server: IProtocolFactory, clock: Clock) -> None:
-        self.server = server
-        self.clock = clock
-        self.pumps: list[iosim.IOPump] = []
-
-    def connect(self, factory: IProtocolFactory) -> Deferred[Protocol]:
-        client = factory.buildProtocol(iosim.FakeAddress())
-        server = self.server.buildProtocol(iosim.FakeAddress())
-        assert client is not None and server is not None
-        pump = iosim.connect(
-            server,
-            iosim.makeFakeServer(server),
-            client,
-            iosim.makeFakeClient(client),
-            greet=False,
-            clock=self.clock,
-        )
-        self.pumps.append(pump)
-        return succeed(client)  # type: ignore[arg-type]
-
-    def flush(self) -> None:
-        for pump in self.pumps:
-            pump.flush()
 
 
 class RawServer(Protocol):

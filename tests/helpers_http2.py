@@ -8,13 +8,12 @@ import random
 import struct
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import INegotiated, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -31,6 +30,7 @@ from txapns.core.result import Result
 from txapns.credentials import ProviderToken
 from txapns.http2 import APNsHTTP2Protocol, HTTP2Client
 from txapns.testing.http2_server import FakeAPNsServer
+from txapns.testing.memory import MemoryEndpoint
 from txapns.testing.pki import make_test_pki
 
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE = range(9)
@@ -157,61 +157,6 @@ def note(i: int, **kwargs: Any) -> Notification:
     return Notification.create(token(i), PAYLOAD, **kwargs)
 
 
-@implementer(IStreamClientEndpoint)
-class MemoryEndpoint:
-    """Connects each client protocol to a new fake-server protocol over iosim."""
-
-    def __init__(self, server: FakeAPNsServer, clock: Clock) -> None:
-        self.server = server
-        self.clock = clock
-        self.pumps: list[iosim.IOPump] = []
-        self.refuse = 0
-        self.attempts = 0
-        #: When set, connect() returns this (unfired) Deferred instead of connecting.
-        self.hang: Deferred[Any] | None = None
-        #: When set, every connect() fails with this.
-        self.fail_with: BaseException | None = None
-
-    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
-        self.attempts += 1
-        if self.refuse:
-            self.refuse -= 1
-            return fail(ConnectionRefusedError("refused by the test"))
-        if self.hang is not None:
-            return self.hang
-        if self.fail_with is not None:
-            return fail(self.fail_with)
-        proto = protocolFactory.buildProtocol(None)
-        server_proto = self.server.factory().buildProtocol(None)
-        assert proto is not None and server_proto is not None
-        pump = iosim.connect(
-            server_proto,
-            iosim.makeFakeServer(server_proto),
-            proto,
-            iosim.makeFakeClient(proto),
-            greet=False,
-            clock=self.clock,
-        )
-        self.pumps.append(pump)
-        return succeed(proto)
-
-    def pump(self, check: Any = None) -> None:
-        """Move bytes both ways and run due calls until nothing moves."""
-        for _ in range(100_000):
-            moved = False
-            self.clock.advance(0)
-            for pump in list(self.pumps):
-                if pump.pump():
-                    moved = True
-                if pump.clientIO.disconnected and pump.serverIO.disconnected:
-                    self.pumps.remove(pump)
-            if check is not None:
-                check()
-            if not moved:
-                return
-        raise AssertionError("pump does not settle")
-
-
 class ClientTestCase(SynchronousTestCase):
     token_auth = True
     sandbox = True
@@ -221,7 +166,7 @@ class ClientTestCase(SynchronousTestCase):
         self.clock.advance(START)
         self.server = FakeAPNsServer(clock=self.clock, sandbox=self.sandbox, rng=random.Random(3))
         self.server.add_token_key(KEY_ID, TEAM_ID, PKI.token_public_key)
-        self.endpoint = MemoryEndpoint(self.server, self.clock)
+        self.endpoint = MemoryEndpoint(self.server.factory(), self.clock)
         self.results: list[Result] = []
         self.clients: list[HTTP2Client] = []
 

@@ -46,9 +46,10 @@ from txapns.http2 import HTTP2Client
 from txapns.service.config import AppConfig, TokenCredentials
 from txapns.service.senders import channel_manager_for_app, http2_client_for_app
 from txapns.testing.http2_server import Channel, FakeAPNsServer, listen_http2
+from txapns.testing.memory import MemoryEndpoint
 from txapns.testing.pki import server_tls_options
 
-from .helpers_http2 import BUNDLE, KEY, KEY_ID, PKI, START, TEAM_ID, MemoryEndpoint
+from .helpers_http2 import BUNDLE, KEY, KEY_ID, PKI, START, TEAM_ID
 
 MANAGE_HOST = "api-manage-broadcast.sandbox.push.apple.com"
 LIVE = {"aps": {"timestamp": 1_700_000_000, "event": "update", "content-state": {"score": "1-0"}}}
@@ -100,7 +101,7 @@ class BroadcastTestCase(SynchronousTestCase):
         self.clock.advance(START)
         self.server = FakeAPNsServer(clock=self.clock, sandbox=True, rng=random.Random(3))
         self.server.add_token_key(KEY_ID, TEAM_ID, PKI.token_public_key)
-        self.endpoint = MemoryEndpoint(self.server, self.clock)
+        self.endpoint = MemoryEndpoint(self.server.factory(), self.clock)
         self.clients: list[HTTP2Client] = []
 
     def make_client(self, **kwargs: Any) -> HTTP2Client:

@@ -20,9 +20,10 @@ from txapns.testing.binary_gateway import (
     encode_feedback_tuple,
     listen_feedback,
 )
+from txapns.testing.memory import MemoryEndpoint
 from txapns.testing.pki import TestPKI, make_test_pki, server_tls_options
 
-from .helpers_binary import ManualEndpoint, MemoryEndpoint, raw_server
+from .helpers_binary import ManualEndpoint, raw_server
 
 
 def tok(i: int, length: int = 32) -> bytes:
@@ -39,7 +40,7 @@ class FetchInMemoryTests(SynchronousTestCase):
         endpoint = MemoryEndpoint(server, self.clock)
         seen: list[FeedbackTuple] = []
         d = FeedbackClient(endpoint).fetch(seen.append)
-        endpoint.flush()
+        endpoint.pump()
         return d, seen, endpoint
 
     def test_tuples_in_order_with_the_callback_and_the_list_cleared(self) -> None:
@@ -73,10 +74,10 @@ class FetchInMemoryTests(SynchronousTestCase):
         self.assertEqual([t.timestamp for t in seen], [100])
         self.assertNoResult(d)
         self.clock.advance(1)
-        endpoint.flush()
+        endpoint.pump()
         self.assertEqual([t.timestamp for t in seen], [100, 101])
         self.clock.advance(1)
-        endpoint.flush()
+        endpoint.pump()
         self.assertEqual([t.timestamp for t in self.successResultOf(d)], [100, 101, 102])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
@@ -92,7 +93,7 @@ class FetchInMemoryTests(SynchronousTestCase):
             raise RuntimeError("caller bug")
 
         d = FeedbackClient(endpoint).fetch(boom)
-        endpoint.flush()
+        endpoint.pump()
         self.assertEqual(len(self.successResultOf(d)), 2)
         self.assertEqual(calls, [1, 2])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
@@ -131,14 +132,14 @@ class PollerTests(SynchronousTestCase):
         poller = FeedbackPoller(clock, FeedbackClient(endpoint), seen.append, interval=60)
         service.add(tok(1), 1)
         poller.start()
-        endpoint.flush()
+        endpoint.pump()
         self.assertEqual([t.timestamp for t in seen], [1])
         service.add(tok(2), 2)
         clock.advance(59)
-        endpoint.flush()
+        endpoint.pump()
         self.assertEqual(service.connections, 1)
         clock.advance(1)
-        endpoint.flush()
+        endpoint.pump()
         self.assertEqual(service.connections, 2)
         self.assertEqual([t.timestamp for t in seen], [1, 2])
         self.assertEqual(poller.polls, 2)

@@ -21,9 +21,10 @@ from txapns.service.wiring import EngineService
 from txapns.tap import Options, makeService
 from txapns.testing.binary_gateway import FakeFeedbackService, encode_feedback_tuple
 from txapns.testing.embedded import FAKE_APP, EmbeddedAPNs
+from txapns.testing.memory import MemoryEndpoint
 
 from .helpers import deferred_test, metric, sleep, temp_dir
-from .helpers_binary import ManualEndpoint, MemoryEndpoint
+from .helpers_binary import ManualEndpoint
 from .helpers_running import KEY, ApiClient
 
 TUPLE = 4 + 2 + 32  # bytes of one feedback tuple with a 32-byte token
@@ -70,7 +71,7 @@ class PollingTests(SynchronousTestCase):
         service.add(tok(2), 1_700_000_002)
         poller, endpoint = self.memory(service)
         poller.start(self.sink)
-        endpoint.flush()
+        endpoint.pump()
         self.assertEqual(
             self.sink.calls,
             [("legacy", [(tok(1).hex(), 1_700_000_001.0), (tok(2).hex(), 1_700_000_002.0)])],
@@ -81,15 +82,15 @@ class PollingTests(SynchronousTestCase):
         self.assertEqual(call.getTime(), 1060)
         service.add(tok(3), 3)
         self.clock.advance(59)
-        endpoint.flush()
+        endpoint.pump()
         self.assertEqual(service.connections, 1)
         self.clock.advance(1)
-        endpoint.flush()
+        endpoint.pump()
         self.assertEqual(service.connections, 2)
         self.assertEqual(self.sink.calls[-1], ("legacy", [(tok(3).hex(), 3.0)]))
         # An empty read records nothing.
         self.clock.advance(60)
-        endpoint.flush()
+        endpoint.pump()
         self.assertEqual((service.connections, len(self.sink.calls)), (3, 2))
         self.assertEqual(poller.health()["polls"], 3)
         self.successResultOf(poller.stop())
@@ -140,7 +141,7 @@ class PollingTests(SynchronousTestCase):
         poller, endpoint = self.memory(service, interval=10)
         self.sink.error = RuntimeError("spool closed")
         poller.start(self.sink)
-        endpoint.flush()
+        endpoint.pump()
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(poller.tokens, 0)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
@@ -152,10 +153,10 @@ class PollingTests(SynchronousTestCase):
         service.add(tok(1), 1)
         poller, endpoint = self.memory(service, interval=600, timeout=30)
         poller.start(self.sink)
-        endpoint.flush()
+        endpoint.pump()
         self.assertEqual(self.sink.calls, [])
         self.clock.advance(30)
-        endpoint.flush()
+        endpoint.pump()
         self.assertEqual(self.sink.calls, [("legacy", [(tok(1).hex(), 1.0)])])
         self.assertFalse(poller.polling)
         (call,) = self.clock.getDelayedCalls()
@@ -181,12 +182,12 @@ class PollingTests(SynchronousTestCase):
             service.add(tok(i), i)
         poller, endpoint = self.memory(service)
         poller.start(self.sink)
-        endpoint.flush()
+        endpoint.pump()
         stopped = poller.stop()
         self.assertNoResult(stopped)
         for _ in range(2):
             self.clock.advance(1)
-            endpoint.flush()
+            endpoint.pump()
         self.successResultOf(stopped)
         self.assertEqual([len(entries) for _, entries in self.sink.calls], [3])
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -197,7 +198,7 @@ class PollingTests(SynchronousTestCase):
         poller, endpoint = self.memory(service)
         self.sink.hold = True
         poller.start(self.sink)
-        endpoint.flush()
+        endpoint.pump()
         stopped = poller.stop()
         self.assertNoResult(stopped)
         self.assertEqual(self.clock.getDelayedCalls(), [])  # nothing to cut any more
@@ -211,10 +212,10 @@ class PollingTests(SynchronousTestCase):
         service.add(tok(1), 1)
         poller, endpoint = self.memory(service, stop_timeout=5)
         poller.start(self.sink)
-        endpoint.flush()
+        endpoint.pump()
         stopped = poller.stop()
         self.clock.advance(5)
-        endpoint.flush()
+        endpoint.pump()
         self.successResultOf(stopped)
         self.assertEqual(self.sink.calls, [("legacy", [(tok(1).hex(), 1.0)])])
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -286,12 +287,12 @@ class EngineServiceTests(SynchronousTestCase):
         service.startService()
         self.clock.advance(0)
         self.assertTrue(poller.polling)
-        endpoint.flush()  # the first tuple is read; the others come a second apart
+        endpoint.pump()  # the first tuple is read; the others come a second apart
         stopped = service.stopService()
         self.assertEqual(self.engine.state, "running")  # waits for the read first
         for _ in range(2):
             self.clock.advance(1)
-            endpoint.flush()
+            endpoint.pump()
         for _ in range(3):
             self.clock.advance(0)
         self.successResultOf(stopped)
