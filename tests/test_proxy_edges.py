@@ -76,6 +76,36 @@ class ParserEdgesTests(SynchronousTestCase):
             "(12 bytes of answer received): Connection was closed cleanly.",
         )
 
+    def test_only_2xx_establishes_a_tunnel(self) -> None:
+        # A 3xx (a redirect, "300 Multiple Choices") is no tunnel: what follows it is not the
+        # server's bytes, and TLS to APNs must not start over it.
+        for status, kind in [(200, TunnelEstablished), (299, TunnelEstablished)] + [
+            (s, TunnelRefused) for s in (101, 300, 301, 302, 307)
+        ]:
+            parser = ConnectResponseParser()
+            answer = parser.feed(b"HTTP/1.1 %d X\r\n\r\n" % status)
+            self.assertIsInstance(answer, kind, str(status))
+            assert answer is not None
+            self.assertEqual(answer.status, status)
+
+    def test_line_refusals(self) -> None:
+        from txapns.core.proxy import ProxyResponseError
+
+        for head, message in [
+            (
+                b"HTTP/1.1 200 OK\r\nVia: a\rb\r\n\r\n",
+                "stray CR or NUL in the proxy's answer: b'Via: a\\rb'",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nVia: a\x00\r\n\r\n",
+                "stray CR or NUL in the proxy's answer: b'Via: a\\x00'",
+            ),
+            (b"HTTP/1.1 2000 OK\r\n", "the proxy's answer is not HTTP/1.x: b'HTTP/1.1 2000 OK'"),
+        ]:
+            with self.assertRaises(ProxyResponseError) as cm:
+                ConnectResponseParser().feed(head)
+            self.assertEqual(str(cm.exception), message)
+
     def test_established_headers(self) -> None:
         answer = ConnectResponseParser().feed(
             b"HTTP/1.1 200 OK\r\nVia: 1.1 squid\r\nX-A: 1\r\nx-a: 2\r\n\r\n"
