@@ -49,6 +49,14 @@ class BreakerTests(SynchronousTestCase):
         self.assertIs(b.state, BreakerState.HALF_OPEN)
         self.assertEqual(b.state, "half-open")
         self.assertEqual(b.reason, "Forbidden")  # still says why until a probe is answered
+        self.assertIsNone(b.half_open_at)  # no timer to arm while half-open
+
+    def test_due_within_a_microsecond(self) -> None:
+        # A timer that fires a hair early (float arithmetic) still half-opens: the slack is
+        # 1e-6 s, and exactly at the slack's edge counts as due.
+        b = CircuitBreaker(1e-6)
+        b.open(403, "Forbidden", 0.0)
+        self.assertTrue(b.half_open(0.0))
 
     def test_probe_answered_closes_only_a_half_open_breaker(self) -> None:
         b = CircuitBreaker(300)
@@ -69,7 +77,11 @@ class BreakerTests(SynchronousTestCase):
         self.assertEqual((b.reason, b.half_open_at), ("InvalidProviderToken", 121.0))
 
     def test_reset_must_be_positive(self) -> None:
-        self.assertRaises(ValueError, CircuitBreaker, 0)
+        for bad in (0, -1.0):
+            with self.assertRaises(ValueError) as cm:
+                CircuitBreaker(bad)
+            self.assertEqual(str(cm.exception), "reset must be positive")
+        self.assertEqual(CircuitBreaker(0.5).reset, 0.5)  # below a second is fine
 
 
 class ModelHelperTests(SynchronousTestCase):

@@ -38,7 +38,11 @@ class HostTableTests(SynchronousTestCase):
         self.assertEqual(
             apns_host("manage", "production"), ("api-manage-broadcast.push.apple.com", 2196)
         )
-        self.assertRaises(ValueError, apns_host, "http3", "production")
+        with self.assertRaises(ValueError) as cm:
+            apns_host("http3", "production")
+        self.assertEqual(
+            str(cm.exception), "no APNs host for service 'http3', environment 'production'"
+        )
         self.assertRaises(ValueError, apns_host, "http2", "staging")
 
     def test_one_table_for_the_library_and_the_service(self) -> None:
