@@ -15,8 +15,10 @@ from txapns.core.token_evidence import (
     MismatchPolicy,
     Verdict,
     answered_by_apns,
+    environment_verdict,
     evidence_kind,
     mismatch_message,
+    recorded_kind,
 )
 
 N = Notification.create("ab" * 32, {"aps": {"alert": "x"}})
@@ -119,3 +121,146 @@ class DetectorTests(SynchronousTestCase):
         self.assertEqual((total, suspects), (len(answers), sum(s for _, s in answers)))
         self.assertLessEqual(tokens, 5)
         self.assertLessEqual(sum(len(b.tokens) for b in d._buckets), 5 * len(d._buckets))
+
+
+class DetectorEdgeTests(SynchronousTestCase):
+    """Bucket and window edges, and the policy's bounds and messages (mutation testing)."""
+
+    def test_buckets_are_a_thirtieth_of_the_window_and_end_where_the_next_starts(self) -> None:
+        d = MismatchDetector(MismatchPolicy(window=60.0, min_tokens=5))
+        d.observe(100.0, tok(0), True)
+        d.observe(101.99, tok(1), True)
+        self.assertEqual(len(d._buckets), 1)
+        d.observe(102.0, tok(2), True)  # 60 / 30 = 2 s: a new bucket starts exactly here
+        self.assertEqual(len(d._buckets), 2)
+        # Short digests only: memory stays small whatever the token.
+        self.assertEqual({len(t) for b in d._buckets for t in b.tokens}, {8})
+
+    def test_a_bucket_leaves_the_window_when_its_end_does(self) -> None:
+        d = MismatchDetector(MismatchPolicy(window=60.0, min_tokens=5))
+        d.observe(100.0, tok(0), True)  # the bucket [100, 102)
+        self.assertEqual(d.counts(161.0), (1, 1, 1))
+        self.assertEqual(d.counts(161.99), (1, 1, 1))
+        self.assertEqual(d.counts(162.0), (0, 0, 0))
+
+    def test_policy_bounds_and_messages(self) -> None:
+        for kwargs, message in [
+            ({"window": 0}, "window must be positive, hold and min_tokens not negative"),
+            ({"hold": -1}, "window must be positive, hold and min_tokens not negative"),
+            ({"min_tokens": -1}, "window must be positive, hold and min_tokens not negative"),
+            ({"ratio": 0}, "ratio must be in (0, 1]"),
+            ({"ratio": 1.01}, "ratio must be in (0, 1]"),
+        ]:
+            with self.assertRaises(ValueError) as cm:
+                MismatchPolicy(**kwargs)  # type: ignore[arg-type]
+            self.assertEqual(str(cm.exception), message, kwargs)
+        # The bounds themselves are allowed.
+        MismatchPolicy(window=0.5, hold=0, min_tokens=0, ratio=1)
+        MismatchPolicy(hold=0.5)
+
+    def test_messages_name_the_reason(self) -> None:
+        for kind, reason in [
+            (EvidenceKind.INVALID_TOKEN, "InvalidToken"),
+            (EvidenceKind.BAD_TOKEN, "BadDeviceToken"),
+            ("bad_token", "BadDeviceToken"),
+        ]:
+            self.assertEqual(
+                mismatch_message(kind, 40, 30, 10),
+                f"most tokens are rejected as {reason}: is `environment` right? (a token of "
+                "the other environment gets the same answer); 30 of 40 recent answers, 10+ "
+                "different tokens",
+            )
+
+
+class RecordedKindTests(SynchronousTestCase):
+    def test_kinds_of_old_rows(self) -> None:
+        cases = [
+            (("feedback", None, None), EvidenceKind.FEEDBACK),
+            (("feedback", 8, "BadDeviceToken"), EvidenceKind.FEEDBACK),
+            (("result", 8, None), EvidenceKind.INVALID_TOKEN),
+            (("result", 9, None), EvidenceKind.UNREGISTERED),
+            (("result", 400, "BadDeviceToken"), EvidenceKind.BAD_TOKEN),
+            (("result", 400, "baddevicetoken"), EvidenceKind.UNREGISTERED),
+            (("result", 410, "Unregistered"), EvidenceKind.UNREGISTERED),
+        ]
+        self.assertEqual([recorded_kind(*args) for args, _ in cases], [k for _, k in cases])
+
+
+def _bad() -> Result:
+    return Result(N, Outcome.REJECTED, 400, "BadDeviceToken")
+
+
+def _ok() -> Result:
+    return Result(N, Outcome.ACCEPTED, 200)
+
+
+def _gone() -> Result:
+    return Result(N, Outcome.REJECTED, 410, "Unregistered")
+
+
+def _timeout() -> Result:
+    return Result(N, Outcome.UNKNOWN, reason="timeout")
+
+
+class EnvironmentVerdictTests(SynchronousTestCase):
+    """Every line ``txapns doctor --token`` can print, word for word."""
+
+    def test_no_answer(self) -> None:
+        self.assertEqual(
+            environment_verdict("sandbox", [_timeout(), _timeout()], [_ok()]),
+            (False, "no answer from APNs to the 2 token probe(s) in sandbox"),
+        )
+
+    def test_fits(self) -> None:
+        for here, fit, answered in [
+            ([_ok()], 1, 1),
+            ([_gone(), _ok(), _timeout()], 2, 2),  # Unregistered: a token of this environment
+            ([_ok(), _ok(), _bad()], 2, 3),
+            ([_ok(), _ok(), _ok(), _bad()], 3, 4),
+        ]:
+            self.assertEqual(
+                environment_verdict("production", here, None),
+                (
+                    True,
+                    f"environment 'production' fits: {fit} of {answered} "
+                    "probed token(s) accepted or known",
+                ),
+            )
+
+    def test_half_bad_is_suspect(self) -> None:
+        ok, line = environment_verdict("production", [_ok(), _bad()], None)
+        self.assertFalse(ok)
+        self.assertIn("is `environment` right?", line)
+
+    def test_wrong_environment(self) -> None:
+        for environment, other in [("production", "sandbox"), ("sandbox", "production")]:
+            self.assertEqual(
+                environment_verdict(environment, [_bad(), _bad()], [_ok(), _timeout()]),
+                (
+                    False,
+                    f"most tokens are rejected as BadDeviceToken in {environment} and accepted "
+                    f"in {other}: set environment = {other!r}",
+                ),
+            )
+
+    def test_other_not_probed(self) -> None:
+        self.assertEqual(
+            environment_verdict("production", [_bad()], None),
+            (
+                False,
+                "most tokens are rejected as BadDeviceToken in production: is `environment` "
+                "right? (the other environment was not probed)",
+            ),
+        )
+
+    def test_bad_in_both(self) -> None:
+        for there in ([], [_timeout()], [_bad()], [_ok(), _bad()]):
+            self.assertEqual(
+                environment_verdict("sandbox", [_bad()], there),
+                (
+                    False,
+                    "the probed tokens are rejected as BadDeviceToken in sandbox, and not "
+                    "accepted in production either: they are not tokens of this app (check "
+                    "bundle_id and the tokens)",
+                ),
+            )
