@@ -6,6 +6,7 @@ Each test here kills mutants that the module's own tests let survive; the module
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -26,6 +27,7 @@ from txapns.core.http2.events import ConnectionTerminated
 from txapns.core.http2_policy import Action, RetryPolicy, classify, parse_response
 from txapns.core.notification import Notification, parse_token, validate_binary, validate_http2
 from txapns.core.payload import build_payload, encode_payload
+from txapns.core.queue_time import ConnectFailures, QueueTimeLimit
 
 from .helpers import assert_invalid
 
@@ -343,4 +345,61 @@ class H2EventEdgeTests(SynchronousTestCase):
         self.assertEqual(
             frames.goaway_frame(5, 0),
             bytes.fromhex("000008070000000000") + bytes.fromhex("0000000500000000"),
+        )
+
+
+class QueueTimeEdgeTests(SynchronousTestCase):
+    """:mod:`txapns.core.queue_time`: bounds, the exact edge and the operator's reason."""
+
+    def test_connect_failures(self) -> None:
+        failures = ConnectFailures()
+        self.assertEqual((failures.count, failures.last), (0, None))
+        failures.failed("refused")
+        failures.failed("timeout")
+        self.assertEqual((failures.count, failures.last), (2, "timeout"))
+        failures.succeeded()
+        self.assertEqual((failures.count, failures.last), (0, None))
+
+    def test_limit_must_be_positive(self) -> None:
+        for bad in (0, -1.0):
+            with self.assertRaises(ValueError) as cm:
+                QueueTimeLimit(bad)
+            self.assertEqual(str(cm.exception), f"max_queue_time must be positive, not {bad!r}")
+        self.assertEqual(QueueTimeLimit(0.5).limit, 0.5)
+
+    def test_expired_exactly_at_the_limit_within_the_slack(self) -> None:
+        @dataclass
+        class Item:
+            submitted_at: float
+
+        edge, inside = Item(1e-6), Item(2e-6)  # cutoff = 10 - 10 + 1e-6
+        self.assertEqual(QueueTimeLimit(10.0).split([inside, edge], 10.0), ([edge], [inside]))
+        self.assertEqual(QueueTimeLimit(10.0).next_check([Item(0.0)], 9.5), 0.5)
+        self.assertEqual(QueueTimeLimit(10.0).next_check([Item(0.0)], 11.0), 0.0)
+
+    def test_reasons(self) -> None:
+        limit = QueueTimeLimit(30.0)
+        failures = ConnectFailures()
+        self.assertEqual(
+            limit.outcome(failures, False),
+            (
+                "unreachable",
+                "not sent within 30 s: APNs unreachable (0 failed connection attempts)",
+            ),
+        )
+        failures.failed("Connection refused")
+        self.assertEqual(
+            limit.outcome(failures, False)[1],
+            "not sent within 30 s: APNs unreachable (1 failed connection attempt; last: "
+            "Connection refused)",
+        )
+        failures.failed("Connection refused")
+        self.assertEqual(
+            limit.outcome(failures, False)[1],
+            "not sent within 30 s: APNs unreachable (2 failed connection attempts; last: "
+            "Connection refused)",
+        )
+        self.assertEqual(
+            limit.outcome(failures, True),
+            ("queue-time", "not sent within 30 s (queued behind others)"),
         )
