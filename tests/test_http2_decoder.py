@@ -15,9 +15,13 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from txapns.core.http2.decoder import (
+    _ACCEPTING_SHIFTED,
+    _TRANSITIONS,
     HeaderDecoder,
     HeaderDecodingError,
     HeaderListTooLargeError,
+    _build_tree,
+    _transition,
     huffman_decode,
 )
 
@@ -191,3 +195,48 @@ class Limits(SynchronousTestCase):
         decoder.decode(b"\x3f\x0b")  # size 42: only the newest fits
         self.assertEqual(decoder.entries, [(b"c", b"d")])
         self.assertEqual(decoder.decode(b"\xbe"), [(b"c", b"d")])
+
+
+class TreeAndTransitions(SynchronousTestCase):
+    """The Huffman code tree and the byte-at-a-time transitions, built afresh: the module
+    builds the tree at import and caches transitions, so the decoding tests above would not
+    notice a builder that goes wrong after that (as mutation testing showed)."""
+
+    def test_the_code_tree(self) -> None:
+        children, depth, ones = _build_tree()
+        # 257 leaves (256 bytes and EOS) of a complete code: 256 inner nodes.
+        self.assertEqual((len(children), len(depth), len(ones)), (256, 256, 256))
+        self.assertEqual((depth[0], ones[0]), (0, True))
+        for symbol, (code, length) in enumerate(
+            zip(REQUEST_CODES, REQUEST_CODES_LENGTH, strict=True)
+        ):
+            node = 0
+            for i in range(length - 1, 0, -1):
+                node = children[node][(code >> i) & 1]
+                self.assertGreater(node, 0)
+                self.assertEqual(depth[node], length - i)
+                self.assertEqual(ones[node], code >> i == (1 << (length - i)) - 1)
+            self.assertEqual(children[node][code & 1], ~symbol)
+
+    def walk(self, data: bytes) -> tuple[int, bytes]:
+        state, out = 0, b""
+        for byte in data:
+            key = state | byte
+            state, emitted = _transition(key)
+            self.assertEqual(_TRANSITIONS[key], (state, emitted))  # remembered
+            out += emitted
+        return state, out
+
+    def test_transitions_decode_every_byte(self) -> None:
+        for text in [bytes([b]) for b in range(256)] + [b"no-cache", b"a" * 9, bytes(range(256))]:
+            state, out = self.walk(_huffman.encode(text))
+            self.assertEqual(out, text)
+            self.assertIn(state, _ACCEPTING_SHIFTED)
+
+    def test_transitions_refuse_eos_and_long_padding(self) -> None:
+        failed = len(_build_tree()[0]) << 8
+        self.assertEqual(self.walk(b"\xff\xff\xff\xfc"), (failed, b""))  # EOS: 30 ones
+        self.assertEqual(self.walk(b"\xff\xff\xff\xff\x00"), (failed, b""))  # and stays failed
+        state, out = self.walk(b"\xff")  # 8 bits of padding
+        self.assertEqual(out, b"")
+        self.assertNotIn(state, _ACCEPTING_SHIFTED)
