@@ -6,12 +6,14 @@ Each test here kills mutants that the module's own tests let survive; the module
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from txapns.core import binary
+from txapns.core._deprecate import renamed
 from txapns.core.backoff import Backoff
 from txapns.core.errors import (
     ChannelError,
@@ -403,3 +405,29 @@ class QueueTimeEdgeTests(SynchronousTestCase):
             limit.outcome(failures, True),
             ("queue-time", "not sent within 30 s (queued behind others)"),
         )
+
+
+class RenamedTests(SynchronousTestCase):
+    """:func:`txapns.core._deprecate.renamed` itself (the modules call it at import, so only a
+    direct call shows what it does)."""
+
+    def test_old_names_warn_and_answer(self) -> None:
+        getattr_ = renamed("pkg.mod", {"Old": Backoff, "OLD_LIMIT": 3})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.assertIs(getattr_("Old"), Backoff)
+            self.assertEqual(getattr_("OLD_LIMIT"), 3)
+        self.assertEqual(
+            [(w.category, str(w.message)) for w in caught],
+            [
+                (DeprecationWarning, "pkg.mod.Old is deprecated: use pkg.mod.Backoff"),
+                (DeprecationWarning, "pkg.mod.OLD_LIMIT is deprecated: use pkg.mod.3"),
+            ],
+        )
+        self.assertEqual({w.filename for w in caught}, {__file__})  # blames the caller
+
+    def test_unknown_names(self) -> None:
+        with self.assertRaises(AttributeError) as cm:
+            renamed("pkg.mod", {"Old": Backoff})("New")
+        self.assertEqual(str(cm.exception), "module 'pkg.mod' has no attribute 'New'")
+        self.assertTrue(cm.exception.__suppress_context__)  # no KeyError shown with it
