@@ -2,7 +2,8 @@
 
     python tools/mutation.py                  # every module of txapns/core, one by one
     python tools/mutation.py core/jwt.py      # one module (path under txapns/)
-    python tools/mutation.py --clients        # txapns/http2.py and txapns/binary.py (slow)
+    python tools/mutation.py --clients        # http2.py, _http2_connection.py, binary.py (slow)
+    python tools/mutation.py http2.py --only '*_requeue*'   # a sample: these functions' mutants
     python tools/mutation.py --list           # the modules and the tests run against each
 
 Each module is mutated in its own scratch copy of the project (``build/mutation/<module>``), with
@@ -21,6 +22,7 @@ under ``--min`` percent (95 by default).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import shutil
@@ -70,9 +72,14 @@ TARGETS: dict[str, list[str]] = {
     "core/http2/headers.py": [*_H2, "test_http2_headers_edges.py"],
     "core/http2/decoder.py": ["test_http2_decoder.py"],
     "http2.py": ["test_http2_client.py", "test_http2_client_edges.py"],
+    "_http2_connection.py": [
+        "test_http2_connection_owner.py",
+        "test_http2_client.py",
+        "test_http2_client_edges.py",
+    ],
     "binary.py": ["test_binary_client.py", "test_binary_iosim.py"],
 }
-CLIENTS = ("http2.py", "binary.py")
+CLIENTS = ("http2.py", "_http2_connection.py", "binary.py")
 
 #: Tests left out of every mutation run: slow (tens of seconds, run for every mutant the
 #: faster tests let through) and exercising nothing the faster tests of the same code don't.
@@ -308,18 +315,26 @@ def _meta(work: Path, module: str) -> dict[str, int | None]:
     return codes
 
 
-def run(module: str, fresh: bool, retest: bool) -> tuple[Counter[str], list[str], float]:
+def run(
+    module: str, fresh: bool, retest: bool, only: list[str]
+) -> tuple[Counter[str], list[str], float]:
     work = prepare(module, fresh)
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     mutmut = Path(sys.executable).with_name("mutmut")
     cmd = ["nice", "-n", "19", str(mutmut), "run", "--max-children", "1"]
+    mutants = [f"txapns.{module.removesuffix('.py').replace('/', '.')}.{p}" for p in only]
     started = time.monotonic()
     log = work / "mutmut.log"
     with log.open("w") as out:
-        code = subprocess.call(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
+        code = subprocess.call(
+            cmd + mutants, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
         # mutmut keeps earlier verdicts; after adding tests, test the survivors again.
         again = [
-            n for n, c in _meta(work, module).items() if c is None or STATUS.get(c) != "killed"
+            n
+            for n, c in _meta(work, module).items()
+            if (c is None or STATUS.get(c) != "killed")
+            and (not mutants or any(fnmatch.fnmatch(n, p) for p in mutants))
         ]
         if retest and again and code == 0:
             code = subprocess.call(
@@ -331,6 +346,8 @@ def run(module: str, fresh: bool, retest: bool) -> tuple[Counter[str], list[str]
     statuses: Counter[str] = Counter()
     survivors = []
     for name, exit_code in sorted(_meta(work, module).items()):
+        if mutants and not any(fnmatch.fnmatch(name, p) for p in mutants):
+            continue  # not in the sample
         status = STATUS.get(exit_code or 0, "suspicious") if exit_code is not None else "not run"
         if status in ("survived", "no tests") and name in EQUIVALENT:
             status = "equivalent"
@@ -349,12 +366,19 @@ def score(c: Counter[str]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help="paths under txapns/, e.g. core/jwt.py")
-    parser.add_argument("--clients", action="store_true", help="the two clients")
+    parser.add_argument("--clients", action="store_true", help="the clients' modules")
     parser.add_argument("--fresh", action="store_true", help="discard earlier results")
     parser.add_argument(
         "--retest", action="store_true", help="test earlier survivors again (after new tests)"
     )
     parser.add_argument("--list", action="store_true", help="show modules and their tests")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="a sample: only mutants whose name (after the module's) matches, e.g. 'x_parse*'",
+    )
     parser.add_argument("--min", type=float, default=95.0, help="required core score (%%)")
     args = parser.parse_args()
     if args.list:
@@ -370,7 +394,7 @@ def main() -> int:
     rows = []
     low = False
     for module in modules:
-        c, survivors, elapsed = run(module, args.fresh, args.retest)
+        c, survivors, elapsed = run(module, args.fresh, args.retest, args.only)
         pct = score(c)
         low |= module.startswith("core/") and pct < args.min
         rows.append((module, c, pct, elapsed))
