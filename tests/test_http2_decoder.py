@@ -49,6 +49,20 @@ _step = st.tuples(
 )
 
 
+_STATUS = (b":status", b"200")
+
+
+def _rest(value: int) -> bytes:
+    """The continuation bytes of a prefix integer (RFC 7541 §5.1) for ``value`` past the
+    prefix."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def _plain(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return [(bytes(n), bytes(v)) for n, v in fields]
 
@@ -143,19 +157,63 @@ class Huffman(SynchronousTestCase):
 
 class Limits(SynchronousTestCase):
     def test_errors(self) -> None:
-        for block in (
-            b"\x80",  # index 0
-            b"\xbe",  # index 62, table empty
-            b"\xff\xff\xff\xff\xff\xff\x01",  # integer encoding too long
-            b"\xff\xff\xff\xff\xff\x7f",  # integer too large
-            b"\x00\x05ab",  # truncated string
-            b"\x00",  # truncated name
-            b"\x7f",  # truncated integer
-            b"\x88\x20",  # size update after a field
-            b"\x3f\xe2\x1f",  # size update to 4097 > 4096
-            b"\x00\x81\xff\x00",  # EOS inside a Huffman name
-        ):
-            self.assertRaises(HeaderDecodingError, HeaderDecoder().decode, block)
+        # The message goes into our GOAWAY's debug data and the log: each says what was wrong.
+        beyond = "index {} is beyond the tables"
+        for block, message in [
+            (b"\x80", "index 0"),
+            (b"\xbe", beyond.format(62)),
+            (b"\xff\xff\xff\xff\xff\xff\x01", "integer too large"),
+            (b"\xff" + _rest(0xFFFFFFFF - 127 + 1), "integer too large"),
+            (b"\xff" + _rest(0xFFFFFFFF - 127), beyond.format(0xFFFFFFFF)),  # the largest
+            (b"\xff\x80\x80\x80\x80\x80", "integer encoding too long"),  # 5 padding bytes
+            (b"\xff\x80\x80\x80\x80\x00", beyond.format(127)),  # 4: still allowed
+            (b"\x00\x05ab", "truncated string"),
+            (b"\x00", "truncated string"),  # the name
+            (b"\x7f", "truncated integer"),
+            (b"\x88\x20", "table size update after a header field"),
+            (b"\x3f\xe2\x1f", "table size update to 4097, above the 4096 we allow"),
+            (b"\x00\x81\xff\x00", "invalid Huffman string (EOS, or bad padding)"),
+        ]:
+            with self.assertRaises(HeaderDecodingError) as cm:
+                HeaderDecoder().decode(block)
+            self.assertEqual(str(cm.exception), message, block)
+
+    def test_integers_of_three_bytes(self) -> None:
+        # A value of 20,000 bytes: its length is 127 + 19,873, three 7-bit groups.
+        value = b"v" * 20_000
+        block = b"\x00\x01a\x7f" + _rest(20_000 - 127) + value
+        self.assertEqual(len(_rest(20_000 - 127)), 3)
+        self.assertEqual(HeaderDecoder().decode(block), [(b"a", value)])
+
+    def test_index_127_of_a_full_table(self) -> None:
+        # 66 dynamic entries: index 127 (a prefix of all 1s and a 0 continuation byte) is
+        # the oldest.
+        decoder = HeaderDecoder()
+        decoder.decode(b"".join(b"\x40\x01%c\x01v" % (0x41 + i % 26) for i in range(66)))
+        self.assertEqual(decoder.decode(b"\xff\x00\x88"), [(b"A", b"v"), (b":status", b"200")])
+
+    def test_list_size_counts_every_field_up_to_the_limit(self) -> None:
+        # ":status: 200" counts 7 + 3 + 32 = 42 bytes (RFC 9113 §6.5.2).
+        self.assertEqual(HeaderDecoder(max_header_list_size=42).decode(b"\x88"), [_STATUS])
+        self.assertEqual(HeaderDecoder(max_header_list_size=84).decode(b"\x88\x88"), [_STATUS] * 2)
+        for limit, block in [(41, b"\x88"), (83, b"\x88\x88")]:
+            with self.assertRaises(HeaderListTooLargeError) as cm:
+                HeaderDecoder(max_header_list_size=limit).decode(block)
+            self.assertEqual(str(cm.exception), f"header list larger than {limit} bytes")
+
+    def test_limit_lowered_without_a_size_update_message(self) -> None:
+        decoder = HeaderDecoder()
+        decoder.max_allowed_table_size = 100
+        with self.assertRaises(HeaderDecodingError) as cm:
+            decoder.decode(b"\x88")
+        self.assertEqual(
+            str(cm.exception), "the encoder's table size 4096 is above the 100 we allow"
+        )
+
+    def test_entry_exactly_the_table_size_fits(self) -> None:
+        decoder = HeaderDecoder()
+        decoder.decode(b"\x3f\x09" + b"\x40\x01a\x07bcdefgh")  # size 40; 1 + 7 + 32 = 40
+        self.assertEqual(decoder.entries, [(b"a", b"bcdefgh")])
 
     def test_header_list_size(self) -> None:
         decoder = HeaderDecoder(max_header_list_size=100)
@@ -232,6 +290,16 @@ class TreeAndTransitions(SynchronousTestCase):
             state, out = self.walk(_huffman.encode(text))
             self.assertEqual(out, text)
             self.assertIn(state, _ACCEPTING_SHIFTED)
+
+    def test_huffman_decode_fills_an_empty_cache(self) -> None:
+        # What a new process starts with: no transition computed yet.
+        saved = _TRANSITIONS[:]
+        _TRANSITIONS[:] = [None] * len(saved)
+        try:
+            text = bytes(range(256))
+            self.assertEqual(huffman_decode(_huffman.encode(text)), text)
+        finally:
+            _TRANSITIONS[:] = saved
 
     def test_transitions_refuse_eos_and_long_padding(self) -> None:
         failed = len(_build_tree()[0]) << 8
