@@ -107,6 +107,9 @@ _BIG = "int.to_bytes/from_bytes default to 'big' (Python >= 3.11)"
 _BEFORE_FIRST = "read only once a token exists: every reader checks _token first"
 _ONE_BYTE = "encode_integer(n, 7) is the one byte _LEN[n] for n < 127"
 _TEMPLATE_CODECS = (21, 26, 31, 39, 46, 60, 64, 74)
+_STRICT = "zip of two tables of 257 entries: strict or not, the same pairs"
+_COMPLETE = "the Huffman code is complete: no child is 0 (the root is nobody's child)"
+_FAST_PATH = "the inline static-table lookup is a fast path: _field gives the same field"
 EQUIVALENT: dict[str, str] = {
     f"{_BC}__init____mutmut_15": "connection_made replaces the decoder before any read",
     f"{_BC}take_sentinel__mutmut_3": "after an error response the window is empty: b'' anyway",
@@ -227,6 +230,17 @@ EQUIVALENT: dict[str, str] = {
     "txapns.core.breaker.xǁCircuitBreakerǁhalf_open__mutmut_3": (
         "'and' for the first 'or': not open implies half_open_at is None (only open() sets it)"
     ),
+    **{
+        f"txapns.core.http2.decoder.{name}": why
+        for name, why in [
+            *[(f"x__build_tree__mutmut_{n}", _STRICT) for n in (11, 14, 15)],
+            ("x__build_tree__mutmut_27", "the loop breaks at i == 0: it never reaches -1"),
+            ("x__integer__mutmut_29", "shift grows by 7: > 29 first holds at 35, as > 28 does"),
+            *[(f"x__transition__mutmut_{n}", _COMPLETE) for n in (24, 25)],
+            *[(f"xǁHeaderDecoderǁdecode__mutmut_{n}", _FAST_PATH) for n in (29, 33, 35)],
+            ("xǁHeaderDecoderǁdecode__mutmut_104", "_evict(limit) at size == limit evicts nothing"),
+        ]
+    },
     "txapns.core.binary.x_encode_simple__mutmut_9": (
         "command 0 can only fail on a length, explained before the struct error is used"
     ),
