@@ -459,11 +459,13 @@ class RealTLSTests(TestCase):
         self.assertTrue(reason.check(ConnectionDone))
         # A name the server's certificate is not valid for: the tunnel is up (the proxy
         # did its part), the TLS handshake fails on the host name.
+        # (Twisted 26.4 refuses the name inside the handshake; earlier releases check it when
+        # the handshake is done, call handshakeCompleted, then abort before any data goes out;
+        # so whether ``probe.handshake`` is set depends on the release: the reason does not.)
         probe = yield self.tls("push.example.net", auth).connect(Factory.forProtocol(Probe))
         yield probe.lost
         reason = probe.reason
         assert reason is not None
-        self.assertFalse(probe.handshake)
         self.assertTrue(is_tls_failure(reason), reason)
         self.assertTrue(reason.check(service_identity.VerificationError), reason)
         self.assertEqual(self.proxy.targets, [f"{APNS}:443"] * 2)

@@ -587,17 +587,15 @@ class ApiSite(Site):
     ) -> None:
         # The API reads JSON only: no form parsing, which would parse every POST's
         # Content-Type with the email package (~10% of the CPU per single-notification
-        # request).
-        try:
-            Site.__init__(
-                self,
-                resource,
-                timeout=limits.idle_timeout,
-                reactor=reactor,
-                parsePOSTFormSubmission=False,
-            )
-        except TypeError:  # Twisted releases without the option
-            Site.__init__(self, resource, timeout=limits.idle_timeout, reactor=reactor)
+        # request) and answer a JSON body labelled as a form with a bare 400. The option is
+        # new in Twisted 25.5, the lowest txapns supports for it.
+        Site.__init__(
+            self,
+            resource,
+            timeout=limits.idle_timeout,
+            reactor=reactor,
+            parsePOSTFormSubmission=False,
+        )
         self.max_body_bytes = max_body_bytes
         self.limits = limits
         self.displayTracebacks = False
