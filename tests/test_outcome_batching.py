@@ -5,6 +5,8 @@ written at once."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -83,3 +85,128 @@ class OutcomeBatchingTests(SynchronousTestCase):
         self.turns()
         self.successResultOf(stopped)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class SynchronousRequestTests(SynchronousTestCase):
+    """A synchronous request without a key costs one fsync and two spool batches (issue 11,
+    sync p50): its job is committed without an fsync (nothing was promised yet: it is
+    answered only after its outcomes), and its view is read in the batch that records its
+    last outcome, not in a third batch after it."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = SpoolStore(temp_dir(self) / "spool.db")
+        self.addCleanup(self.store.close)
+        self.batches: list[bool] = []  # volatile?
+        run_batch = self.store.run_batch
+
+        def recording(ops: object, *, volatile: bool = False) -> list[object]:
+            self.batches.append(volatile)
+            return run_batch(ops, volatile=volatile)  # type: ignore[arg-type]
+
+        self.store.run_batch = recording  # type: ignore[method-assign]
+        self.spool = Spool(self.store, self.clock, inline_runner)
+        self.sender = FakeSender(auto=accept, clock=self.clock)
+        self.engine = Engine(
+            {"a": EngineApp(self.sender, bundle_id="com.example.a")},
+            self.spool,
+            self.clock,
+            purge_interval=0,
+            outcome_delay=DELAY,
+        )
+        self.engine.start()
+        self.turns()
+
+    def turns(self) -> None:
+        for _ in range(5):
+            self.clock.advance(0)
+
+    def request(self, tokens: list[str], **kw: object) -> Deferred[JobView]:
+        """What the API does for a synchronous request."""
+        batch = self.engine.prepare("a", Template(payload={"aps": {"alert": "x"}}), tokens)
+        waiting: Deferred[JobView] = Deferred()
+
+        def stored(accepted: Any) -> None:
+            self.engine.wait(accepted.job_id, fresh=True, count=accepted.count).chainDeferred(
+                waiting
+            )
+
+        self.engine.submit("a", batch, **kw).addCallback(stored)  # type: ignore[arg-type]
+        return waiting
+
+    def test_unkeyed_sync_request_one_fsync_two_batches(self) -> None:
+        del self.batches[:]
+        waiting = self.request(["aa" * 32, "bb" * 32])
+        self.turns()
+        view = self.successResultOf(waiting)
+        self.assertTrue(view.done)
+        self.assertEqual(view.counts["accepted"], 2)
+        # The job (volatile), then the outcomes with the view read (durable): two batches.
+        self.assertEqual(self.batches, [True, False])
+
+    def test_keyed_and_async_jobs_are_durable_at_once(self) -> None:
+        del self.batches[:]
+        self.turns()
+        self.request(["aa" * 32], idempotency_key="k1")
+        self.turns()
+        self.assertEqual(self.batches[0], False)
+        del self.batches[:]
+        batch = self.engine.prepare("a", Template(payload={"aps": {"alert": "x"}}), ["cc" * 32])
+        self.engine.submit("a", batch, async_=True)
+        self.turns()
+        self.assertEqual(self.batches[0], False)
+
+    def test_a_durable_operation_makes_its_batch_durable(self) -> None:
+        del self.batches[:]
+        sync = self.engine.prepare("a", Template(payload={"aps": {"alert": "x"}}), ["aa" * 32])
+        other = self.engine.prepare("a", Template(payload={"aps": {"alert": "x"}}), ["bb" * 32])
+        self.engine.submit("a", sync)
+        self.engine.submit("a", other, async_=True)  # same turn: same batch
+        self.clock.advance(0)
+        self.assertEqual(self.batches[0], False)
+
+    def test_stop_answers_after_the_spool_closed(self) -> None:
+        self.sender.auto = None  # never answers
+        waiting = self.request(["aa" * 32])
+        self.turns()
+        self.assertNoResult(waiting)
+        closed: list[bool] = []
+        close = self.spool.close
+
+        def recording_close() -> Deferred[None]:
+            return close().addCallback(lambda _: closed.append(self.store.closed))
+
+        self.spool.close = recording_close  # type: ignore[method-assign]
+        seen: list[list[bool]] = []
+
+        def answered(view: JobView) -> JobView:
+            seen.append(list(closed))
+            return view
+
+        waiting.addCallback(answered)
+        stopped = self.engine.stop()
+        for _ in range(20):
+            self.clock.advance(1)
+        self.successResultOf(stopped)
+        # Answered (202 as it stands) only once the close made its volatile job durable.
+        self.assertEqual(seen, [[True]])
+        self.assertFalse(self.successResultOf(waiting).done)
+
+
+class VolatileBatchTests(SynchronousTestCase):
+    """SpoolStore.run_batch(volatile=True) commits with synchronous=NORMAL (no fsync); the
+    next batch is back at the configured level."""
+
+    def level(self, store: SpoolStore, volatile: bool) -> int:
+        (value,) = store.run_batch(
+            [lambda s: s._db.execute("PRAGMA synchronous").fetchone()[0]], volatile=volatile
+        )
+        return int(value)  # type: ignore[call-overload]
+
+    def test_levels(self) -> None:
+        for configured, number in (("FULL", 2), ("EXTRA", 3), ("NORMAL", 1)):
+            store = SpoolStore(temp_dir(self) / f"{configured}.db", synchronous=configured)
+            self.addCleanup(store.close)
+            self.assertEqual(self.level(store, False), number)
+            self.assertEqual(self.level(store, True), 1)
+            self.assertEqual(self.level(store, False), number)

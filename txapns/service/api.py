@@ -885,7 +885,9 @@ class Api:
             return Response(200 if view.done else 202, job_json(view), headers=replay)
 
         fresh = not accepted.duplicate  # stored just now: its outcomes are all to come
-        return self.engine.wait(accepted.job_id, fresh=fresh).addCallback(answer)
+        return self.engine.wait(accepted.job_id, fresh=fresh, count=accepted.count).addCallback(
+            answer
+        )
 
     def _job(self, request: ApiRequest, job_id: str) -> Deferred[Response]:
         def answer(view: JobView | None) -> Response:

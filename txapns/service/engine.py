@@ -200,7 +200,8 @@ class Prepared(list[Notification]):
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """Answer to :meth:`Engine.submit`: the job is durably stored."""
+    """Answer to :meth:`Engine.submit`: the job is stored (durably, except a synchronous job
+    without a key, which is promised nothing until its outcomes are: see ``Spool.add_job``)."""
 
     job_id: str
     count: int
@@ -323,6 +324,12 @@ class Engine:
         self._records: list[OutcomeRecord] = []
         self._records_call: IDelayedCall | None = None
         self._waiters: dict[str, list[Deferred[JobView]]] = {}
+        #: Outcomes still to come of jobs waited for since they were stored (wait(count=)).
+        self._left: dict[str, int] = {}
+        #: Of those, the jobs whose last outcome is among self._records.
+        self._complete: list[str] = []
+        #: Jobs whose view is read in the same spool batch as their last outcomes.
+        self._reading: set[str] = set()
         self._writes: set[Deferred[None]] = set()
         self._drained: Deferred[None] | None = None
         self._unknown_app_items = 0
@@ -652,15 +659,19 @@ class Engine:
             self._arm_schedule()
         return Accepted(stored.job_id, len(items), False, stored.async_)
 
-    def wait(self, job_id: str, *, fresh: bool = False) -> Deferred[JobView]:
+    def wait(self, job_id: str, *, fresh: bool = False, count: int = 0) -> Deferred[JobView]:
         """Fires with the job's view once every notification has an outcome.
 
         If the engine stops first, fires with the (unfinished) view at that moment.
         ``fresh``: the job was stored by this engine in this reactor turn, so none of its
         outcomes can be recorded yet: its view is read once, when they are (not also now).
+        ``count`` (with ``fresh``): its notifications; the view is then read in the same spool
+        batch as the last outcome, instead of in a batch of its own after it.
         """
         d: Deferred[JobView] = Deferred()
         self._waiters.setdefault(job_id, []).append(d)
+        if fresh and count > 0 and not self.spool.shared and self.state == "running":
+            self._left.setdefault(job_id, count)
         if not fresh or self.spool.shared or self.state != "running":
             self.spool.job(job_id).addCallbacks(
                 self._check_waiters, self._waiter_read_failed, errbackArgs=(job_id,)
@@ -672,14 +683,26 @@ class Engine:
             self._fire_waiters(view)
 
     def _fire_waiters(self, view: JobView) -> None:
+        self._left.pop(view.job_id, None)
         for d in self._waiters.pop(view.job_id, []):
             d.callback(view)
 
     def _waiter_read_failed(self, failure: Failure, job_id: str) -> None:
+        self._left.pop(job_id, None)
         for d in self._waiters.pop(job_id, []):
             d.errback(failure)
 
+    def _read_with_outcomes(self, view: JobView | None, job_id: str) -> None:
+        self._reading.discard(job_id)
+        self._check_waiters(view)  # not done (a record was a repeat): _job_finished reads later
+
+    def _read_with_outcomes_failed(self, failure: Failure, job_id: str) -> None:
+        self._reading.discard(job_id)
+        self._waiter_read_failed(failure, job_id)
+
     def _job_finished(self, job_id: str) -> None:
+        if job_id in self._reading:
+            return  # its view is read in this very batch, after the outcomes
         if job_id in self._waiters:
             self.spool.job(job_id).addCallbacks(
                 self._check_waiters, self._waiter_read_failed, errbackArgs=(job_id,)
@@ -1030,6 +1053,13 @@ class Engine:
                     record.kind,
                 )
         self._records.append(record)
+        left = self._left.get(item.job_id)
+        if left is not None:
+            if left > 1:
+                self._left[item.job_id] = left - 1
+            else:
+                del self._left[item.job_id]
+                self._complete.append(item.job_id)
         # Someone waits for this job's outcomes (a synchronous request): written now.
         # Otherwise they wait up to outcome_delay for company: the next submission's store
         # takes them into its transaction (one fsync for both, see submit), which is what
@@ -1053,6 +1083,18 @@ class Engine:
         self._track(
             d, f"record {len(records)} outcomes", ", ".join(sorted({r.app for r in records}))
         )
+        # Jobs a request waits for, finished by these records: read in the same batch (one
+        # transaction after the outcomes), not in a later one of their own.
+        complete, self._complete = self._complete, []
+        for job_id in complete:
+            if job_id in self._waiters and job_id not in self._reading:
+                self._reading.add(job_id)
+                self.spool.job(job_id).addCallbacks(
+                    self._read_with_outcomes,
+                    self._read_with_outcomes_failed,
+                    callbackArgs=(job_id,),
+                    errbackArgs=(job_id,),
+                )
 
     def _recorded(self, finished: list[str]) -> None:
         for job_id in finished:
@@ -1306,17 +1348,26 @@ class Engine:
     def _close(self, _: object) -> Deferred[None]:
         self.state = "stopped"
         pending = list(self._waiters)
-        reads = [
-            self.spool.job(job_id).addCallbacks(
-                self._check_waiters, self._waiter_read_failed, errbackArgs=(job_id,)
-            )
-            for job_id in pending
-        ]
-
-        def close(_: object) -> Deferred[None]:
+        if not pending:
             return self.spool.close()
+        # Synchronous requests still waiting get their job as it stands (202). Read now,
+        # answered once the spool is closed: their jobs were committed without an fsync of
+        # their own (Spool.add_job), and closing syncs the journal before the 202 promises
+        # them.
+        reads = DeferredList([self.spool.job(job_id) for job_id in pending], consumeErrors=True)
 
-        return gatherResults(reads).addCallback(close) if reads else self.spool.close()
+        def close(results: list[tuple[bool, Any]]) -> Deferred[None]:
+            def answer(closed: object) -> object:
+                for job_id, (ok, value) in zip(pending, results, strict=True):
+                    if ok:
+                        self._check_waiters(value)
+                    else:
+                        self._waiter_read_failed(value, job_id)
+                return closed
+
+            return self.spool.close().addBoth(answer)
+
+        return reads.addCallback(close)
 
 
 def _sender_unavailable(sender: Sender) -> str | None:

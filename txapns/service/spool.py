@@ -387,6 +387,8 @@ class SpoolStore:
             self._db.close()
             raise
         self._next_id = (top or 0) + 1
+        self._synchronous = synchronous
+        self._sync_now = synchronous  # the connection's setting at this moment
         self.closed = False
 
     def _migrate(self, version: str) -> None:
@@ -428,13 +430,22 @@ class SpoolStore:
                 self._db.execute("ROLLBACK")
             raise
 
-    def run_batch(self, ops: Sequence[Callable[[SpoolStore], object]]) -> list[object]:
+    def run_batch(
+        self, ops: Sequence[Callable[[SpoolStore], object]], *, volatile: bool = False
+    ) -> list[object]:
         """Run ``ops`` in one transaction, each in a savepoint; failures are returned, not raised.
 
         The transaction itself failing (e.g. the disk is full at COMMIT) raises.
+
+        ``volatile``: nothing in ``ops`` was promised to anyone yet (a synchronous request's
+        job, answered only once its outcomes are, and reads): committed with
+        ``synchronous=NORMAL``, without an ``fsync``. It still survives a killed process; only
+        a power loss before the next durable commit can take it, and the WAL's next ``fsync``
+        (the outcomes' commit, before the answer) makes it durable with everything before it.
         """
         out: list[object] = []
         try:
+            self._set_synchronous("NORMAL" if volatile else self._synchronous)
             with self.transaction():
                 for op in ops:
                     self._db.execute("SAVEPOINT op")
@@ -450,6 +461,13 @@ class SpoolStore:
         except sqlite3.Error as e:
             raise _unavailable(e) from e
         return out
+
+    def _set_synchronous(self, level: str) -> None:
+        # Only changed when it differs (a PRAGMA per batch would cost a statement); a failed
+        # change leaves _sync_now as it was, so the next batch tries again.
+        if level != self._sync_now:
+            self._db.execute(f"PRAGMA synchronous = {level}")
+            self._sync_now = level
 
     def close(self) -> None:
         if not self.closed:
@@ -800,7 +818,8 @@ def thread_runner(reactor: IReactorFromThreads, pool: ThreadPool) -> Runner:
     return run
 
 
-_Op = tuple[Callable[[SpoolStore], object], "Deferred[Any]"]
+#: An operation, its Deferred, and whether it is volatile (see :meth:`SpoolStore.run_batch`).
+_Op = tuple[Callable[[SpoolStore], object], "Deferred[Any]", bool]
 
 
 class Spool:
@@ -830,11 +849,11 @@ class Spool:
         self.batches = 0
         self.operations = 0
 
-    def _call(self, fn: Callable[[SpoolStore], _T]) -> Deferred[_T]:
+    def _call(self, fn: Callable[[SpoolStore], _T], *, volatile: bool = False) -> Deferred[_T]:
         if self._closing:
             return fail(SpoolClosedError("the spool is closed"))
         d: Deferred[_T] = Deferred()
-        self._queue.append((fn, d))
+        self._queue.append((fn, d, volatile))
         self._schedule()
         return d
 
@@ -849,15 +868,17 @@ class Spool:
         self._busy = True
         self.batches += 1
         self.operations += len(batch)
-        ops = [fn for fn, _ in batch]
-        d = self._runner(lambda: self.store.run_batch(ops))
+        ops = [fn for fn, _, _ in batch]
+        # One durable operation makes the whole batch durable (one fsync, as ever).
+        volatile = all(v for _, _, v in batch)
+        d = self._runner(lambda: self.store.run_batch(ops, volatile=volatile))
         d.addCallbacks(
             self._written, self._batch_failed, callbackArgs=(batch,), errbackArgs=(batch,)
         )
 
     def _written(self, values: list[object], batch: list[_Op]) -> None:
         self._busy = False
-        for (_, d), value in zip(batch, values, strict=True):
+        for (_, d, _), value in zip(batch, values, strict=True):
             if isinstance(value, _Failed):
                 d.errback(Failure(value.error, type(value.error), value.error.__traceback__))
             else:
@@ -867,7 +888,7 @@ class Spool:
     def _batch_failed(self, failure: Failure, batch: list[_Op]) -> None:
         self._busy = False
         log.failure("spool batch of {count} operations failed", failure, count=len(batch))
-        for _, d in batch:
+        for _, d, _ in batch:
             d.errback(failure)
         self._schedule()
 
@@ -914,6 +935,11 @@ class Spool:
         fingerprint: str | None = None,
     ) -> Deferred[StoredJob]:
         items = list(notifications)
+        # A synchronous job without a key is answered only once its outcomes are recorded
+        # (a durable commit, whose fsync covers this one too): until then nothing was
+        # promised, so it is committed without an fsync of its own. A retry of a request
+        # left unanswered was never safe without a key anyway (docs: Idempotency).
+        volatile = not async_ and idempotency_key is None and send_at is None
         return self._call(
             lambda s: s.add_job(
                 app,
@@ -924,7 +950,8 @@ class Spool:
                 idempotency_key=idempotency_key,
                 inflight=inflight,
                 fingerprint=fingerprint,
-            )
+            ),
+            volatile=volatile,
         )
 
     def mark_inflight(self, ids: Sequence[int], *, now: float) -> Deferred[None]:
@@ -1012,16 +1039,18 @@ class Spool:
     def purge(self, *, before: float) -> Deferred[int]:
         return self._call(lambda s: s.purge(before=before))
 
+    # Reads write nothing: they never make a batch durable (nor need it to be).
+
     def job(self, job_id: str) -> Deferred[JobView | None]:
-        return self._call(lambda s: s.job(job_id))
+        return self._call(lambda s: s.job(job_id), volatile=True)
 
     def find_job(self, app: str, idempotency_key: str) -> Deferred[str | None]:
-        return self._call(lambda s: s.find_job(app, idempotency_key))
+        return self._call(lambda s: s.find_job(app, idempotency_key), volatile=True)
 
     def invalid_tokens(
         self, app: str, *, since: float | None = None
     ) -> Deferred[list[InvalidToken]]:
-        return self._call(lambda s: s.invalid_tokens(app, since=since))
+        return self._call(lambda s: s.invalid_tokens(app, since=since), volatile=True)
 
     def close(self) -> Deferred[None]:
         """Write what is queued, then close the store; later calls fail with SpoolClosedError."""
