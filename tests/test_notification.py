@@ -609,3 +609,33 @@ class ValidateHttp2Tests(SynchronousTestCase):
             self.assertIn(
                 f"payload is {size} bytes; the binary limit is 2048 bytes", str(cm.exception)
             )
+
+
+class ReaddressedTests(SynchronousTestCase):
+    """``Notification._readdressed`` (the engine's per-recipient copy) is exactly
+    ``dataclasses.replace`` of token and apns-id: same fields, equal, same hash, frozen."""
+
+    def test_same_as_replace(self) -> None:
+        proto = Notification.create(
+            "ab" * 32,
+            {"aps": {"alert": "x"}},
+            expiry=7,
+            priority=5,
+            topic="com.example.app",
+            push_type="alert",
+            collapse_id="c",
+            apns_id="123e4567-e89b-42d3-a456-426614174000",
+        )
+        token = bytes(range(32))
+        for ident in (None, "00000000-0000-4000-8000-000000000000"):
+            got = proto._readdressed(token, ident)
+            want = dataclasses.replace(proto, token=token, apns_id=ident)
+            self.assertIs(type(got), Notification)
+            self.assertEqual(got, want)
+            self.assertEqual(hash(got), hash(want))
+            self.assertEqual(
+                [getattr(got, f.name) for f in dataclasses.fields(Notification)],
+                [getattr(want, f.name) for f in dataclasses.fields(Notification)],
+            )
+            with self.assertRaises(dataclasses.FrozenInstanceError):
+                got.topic = "other"  # type: ignore[misc]

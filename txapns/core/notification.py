@@ -14,7 +14,7 @@ import os
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .errors import (
@@ -232,6 +232,23 @@ class Notification:
             header_value("topic", topic)
         return cls(raw_token, body, expiry, priority, topic, pt, collapse_id, ident)
 
+    def _readdressed(self, token: bytes, apns_id: str | None) -> Notification:
+        """This notification for another device (``token`` already parsed by
+        :func:`parse_token`) with another apns-id (None or canonical UUID text): a batch's
+        recipients share everything else, validated once. Sets the slots directly: a frozen
+        dataclass's ``__init__`` (``object.__setattr__`` per field) cost 2–3 times this, for
+        every recipient of every batch."""
+        n: Notification = _new(Notification)
+        _SET_TOKEN(n, token)
+        _SET_PAYLOAD(n, self.payload)
+        _SET_EXPIRY(n, self.expiry)
+        _SET_PRIORITY(n, self.priority)
+        _SET_TOPIC(n, self.topic)
+        _SET_PUSH_TYPE(n, self.push_type)
+        _SET_COLLAPSE_ID(n, self.collapse_id)
+        _SET_APNS_ID(n, apns_id)
+        return n
+
     def __repr__(self) -> str:
         # Never the full token: reprs end up in logs and tracebacks.
         return (
@@ -251,6 +268,29 @@ class Notification:
     def aps(self) -> dict[str, Any]:
         value = json.loads(self.payload).get("aps", {})
         return value if isinstance(value, dict) else {}
+
+
+_new = object.__new__
+_SLOT = {f.name: Notification.__dict__[f.name].__set__ for f in fields(Notification)}
+# _readdressed sets every field: a new one must be added there (and here) before this imports.
+assert set(_SLOT) == {
+    "token",
+    "payload",
+    "expiry",
+    "priority",
+    "topic",
+    "push_type",
+    "collapse_id",
+    "apns_id",
+}, "Notification's fields changed: update Notification._readdressed"
+_SET_TOKEN = _SLOT["token"]
+_SET_PAYLOAD = _SLOT["payload"]
+_SET_EXPIRY = _SLOT["expiry"]
+_SET_PRIORITY = _SLOT["priority"]
+_SET_TOPIC = _SLOT["topic"]
+_SET_PUSH_TYPE = _SLOT["push_type"]
+_SET_COLLAPSE_ID = _SLOT["collapse_id"]
+_SET_APNS_ID = _SLOT["apns_id"]
 
 
 def _check_priority_against_payload(n: Notification, aps: Mapping[str, Any] | None) -> None:

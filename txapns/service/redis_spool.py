@@ -400,7 +400,16 @@ class Script:
 STORE, RECORD, TRIM, MOVE_DUE, CLAIM, HISTORY, FORGET, REQUEUE, JOB, PURGE_FEED = (
     Script(s)
     for s in (
-        _STORE, _RECORD, _TRIM, _MOVE_DUE, _CLAIM, _HISTORY, _FORGET, _REQUEUE, _JOB, _PURGE_FEED
+        _STORE,
+        _RECORD,
+        _TRIM,
+        _MOVE_DUE,
+        _CLAIM,
+        _HISTORY,
+        _FORGET,
+        _REQUEUE,
+        _JOB,
+        _PURGE_FEED,
     )
 )
 
