@@ -639,3 +639,36 @@ class ReaddressedTests(SynchronousTestCase):
             )
             with self.assertRaises(dataclasses.FrozenInstanceError):
                 got.topic = "other"  # type: ignore[misc]
+
+
+def _reference_parse_token(token: str) -> bytes:
+    """parse_token's rules for text, written the plain way (its fast path must agree)."""
+    import re
+
+    text = token.strip().strip("<>").replace(" ", "")
+    if not text or not re.fullmatch(r"[0-9a-fA-F]+", text) or len(text) % 2:
+        raise InvalidTokenError("not hex")
+    raw = bytes.fromhex(text)
+    if not 32 <= len(raw) <= 100:
+        raise InvalidTokenError("length")
+    return raw
+
+
+class ParseTokenFastPathTests(SynchronousTestCase):
+    @settings(max_examples=400)
+    @given(
+        st.one_of(
+            st.text(alphabet="0123456789abcdefABCDEFxyzg ٣<>\t", max_size=210),
+            st.binary(min_size=32, max_size=100).map(bytes.hex),
+            st.text(max_size=80),
+        )
+    )
+    def test_agrees_with_the_plain_rules(self, token: str) -> None:
+        try:
+            want: bytes | None = _reference_parse_token(token)
+        except InvalidTokenError:
+            want = None
+        if want is None:
+            self.assertRaises(InvalidTokenError, parse_token, token)
+        else:
+            self.assertEqual(parse_token(token), want)

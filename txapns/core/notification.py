@@ -106,17 +106,28 @@ def new_apns_id() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
+def _parse_token_text(token: str) -> bytes:
+    text = token.strip().strip("<>").replace(" ", "")
+    if not text or not _HEX.match(text) or len(text) % 2:
+        raise InvalidTokenError(
+            f"device token must be an even number of hex digits, got {shorten(text)!r}"
+        )
+    return bytes.fromhex(text)
+
+
 def parse_token(token: str | bytes) -> bytes:
     """Device token as bytes, from hex text (spaces and ``<>`` tolerated) or raw bytes."""
-    if isinstance(token, (bytes, bytearray, memoryview)):
+    if type(token) is str and token.isalnum():
+        # The common case (plain hex text) in one C call: for letters and digits only,
+        # fromhex accepts exactly what the general path below does (even-length hex).
+        try:
+            raw = bytes.fromhex(token)
+        except ValueError:
+            raw = _parse_token_text(token)
+    elif isinstance(token, (bytes, bytearray, memoryview)):
         raw = bytes(token)
     elif isinstance(token, str):
-        text = token.strip().strip("<>").replace(" ", "")
-        if not text or not _HEX.match(text) or len(text) % 2:
-            raise InvalidTokenError(
-                f"device token must be an even number of hex digits, got {shorten(text)!r}"
-            )
-        raw = bytes.fromhex(text)
+        raw = _parse_token_text(token)
     else:
         raise InvalidTokenError(f"device token must be str or bytes, not {type(token).__name__}")
     if not MIN_TOKEN_BYTES <= len(raw) <= MAX_TOKEN_BYTES:

@@ -219,7 +219,7 @@ class OutcomeRecord(NamedTuple):
             job_id,
             app,
             result.notification.token_hex,
-            result.outcome.value,
+            result.outcome._value_,  # Enum.value is a property: 3% of the CPU here
             result.status,
             result.reason,
             result.apns_id,
