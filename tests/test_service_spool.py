@@ -96,6 +96,29 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(self.store.counts(), {("a", "queued"): 1, ("b", "queued"): 1})
         self.assertEqual(self.store.find_job("a", "k"), first.job_id)
 
+    def test_many_jobs_finish_in_one_call(self) -> None:
+        # One notification per request: a job per outcome, all finished by one call, each
+        # once; a job with an outcome still to come is not finished.
+        jobs = [self.store.add_job("a", [note(i)], now=1, inflight=True) for i in range(600)]
+        pair = self.store.add_job("a", [note(900), note(901)], now=1, inflight=True)
+        records = [outcome(j.ids[0], j.job_id, i) for i, j in enumerate(jobs)]
+        records.reverse()
+        records.insert(300, outcome(pair.ids[0], pair.job_id, 900))
+        done = self.store.record_outcomes(records, now=7)
+        self.assertEqual(len(done), 600)
+        self.assertEqual(sorted(done), sorted(j.job_id for j in jobs))
+        view = self.store.job(pair.job_id)
+        assert view is not None
+        self.assertEqual((view.status, view.finished), ("pending", None))
+        for j in (jobs[0], jobs[599]):
+            view = self.store.job(j.job_id)
+            assert view is not None
+            self.assertEqual((view.status, view.finished), ("done", 7))
+        self.assertEqual(
+            self.store.record_outcomes([outcome(pair.ids[1], pair.job_id, 901)], now=8),
+            [pair.job_id],
+        )
+
     def test_outcomes_finish_job_once(self) -> None:
         stored = self.store.add_job("a", [note(1), note(2)], now=1)
         a, b = stored.ids
