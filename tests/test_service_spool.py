@@ -467,3 +467,45 @@ class FingerprintTests(SynchronousTestCase):
         store = SpoolStore(path)
         self.addCleanup(store.close)
         store.add_job("a", [note(1)], now=1, idempotency_key="k", fingerprint="f")
+
+
+class JobGroupTests(SynchronousTestCase):
+    """Jobs without a key stored in one turn are one operation (SpoolStore.add_jobs: two
+    statements for all), each still answered with its own StoredJob; keyed jobs keep their
+    own savepoint, so a reused key fails alone."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = SpoolStore(temp_dir(self) / "spool.db")
+        self.addCleanup(self.store.close)
+        self.spool = Spool(self.store, self.clock, inline_runner)
+        self.statements: list[str] = []
+        self.store._db.set_trace_callback(self.statements.append)
+
+    def test_one_operation_for_the_unkeyed(self) -> None:
+        first = self.spool.add_job("a", [note(0)], now=1, idempotency_key="k")
+        self.clock.advance(0)
+        self.successResultOf(first)
+        del self.statements[:]
+        unkeyed = [self.spool.add_job("a", [note(i), note(i + 100)], now=2) for i in range(1, 6)]
+        keyed = self.spool.add_job("a", [note(50)], now=2, idempotency_key="k2")
+        reused = self.spool.add_job(
+            "a", [note(51)], now=2, idempotency_key="k", fingerprint="other"
+        )
+        self.clock.advance(0)
+        jobs = [self.successResultOf(d) for d in unkeyed]
+        self.assertEqual(len({j.job_id for j in jobs}), 5)
+        self.assertEqual([len(j.ids) for j in jobs], [2] * 5)
+        ids = [i for j in jobs for i in j.ids]
+        self.assertEqual(len(set(ids)), 10)
+        self.assertFalse(self.successResultOf(keyed).duplicate)
+        self.successResultOf(reused)  # no fingerprint on the first: answered with it
+        for j in jobs:
+            view = self.store.job(j.job_id)
+            assert view is not None
+            self.assertEqual([r.index for r in view.results], [0, 1])
+        inserts = [s for s in self.statements if s.startswith("INSERT INTO jobs")]
+        # executemany traces each row: five from one statement, one for the keyed job.
+        self.assertEqual(len(inserts), 6)
+        savepoints = [s for s in self.statements if s.startswith("SAVEPOINT")]
+        self.assertEqual(len(savepoints), 3)  # the group, the keyed job, the reused key

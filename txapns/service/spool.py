@@ -164,6 +164,18 @@ class StoredJob:
     async_: bool
 
 
+@dataclass(slots=True)
+class NewJob:
+    """A job without an idempotency key, for :meth:`SpoolStore.add_jobs`."""
+
+    app: str
+    notifications: Sequence[Notification]
+    now: float
+    send_at: float | None = None
+    async_: bool = False
+    inflight: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class SpooledNotification:
     """An unfinished notification read back from the spool."""
@@ -509,57 +521,114 @@ class SpoolStore:
                     if fingerprint is not None and row[2] is not None and row[2] != fingerprint:
                         raise IdempotencyKeyReusedError(row[0])
                     return StoredJob(row[0], (), True, bool(row[1]))
-            job_id = uuid.uuid4().hex
-            count = len(notifications)
-            self._db.execute(
-                "INSERT INTO jobs (id, app, created, idempotency_key, fingerprint, async, total,"
-                " remaining, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    job_id,
-                    app,
-                    now,
-                    idempotency_key,
-                    fingerprint if idempotency_key is not None else None,
-                    int(async_),
-                    count,
-                    count,
-                    "pending" if count else "done",
-                ),
-            )
-            first = self._next_id
-            ids = tuple(range(first, first + count))
-            state = INFLIGHT if inflight else QUEUED
-            fields_cache: dict[tuple[object, ...], str] = {}
+            jobs: list[tuple[object, ...]] = []
+            rows: list[tuple[object, ...]] = []
+            stored = self._rows(
+                app, notifications, now, send_at, async_, idempotency_key, fingerprint,
+                inflight, jobs, rows, {},
+            )  # fmt: skip
+            self._insert(jobs, rows)
+            return stored
 
-            def fields_of(n: Notification) -> str:
-                k = (n.expiry, n.priority, n.topic, n.push_type, n.collapse_id)
-                f = fields_cache.get(k)
-                if f is None:
-                    f = fields_cache[k] = encode_fields(n)
-                return f
+    def add_jobs(self, jobs: Sequence[NewJob]) -> list[StoredJob]:
+        """Store jobs without idempotency keys, in two statements for all of them (with one
+        notification per request, one ``add_job`` each was most of the spool thread's work).
+        One transaction: they are stored together or not at all."""
+        job_rows: list[tuple[object, ...]] = []
+        rows: list[tuple[object, ...]] = []
+        fields_cache: dict[tuple[object, ...], str] = {}
+        with self.transaction():
+            out = [
+                self._rows(
+                    j.app,
+                    j.notifications,
+                    j.now,
+                    j.send_at,
+                    j.async_,
+                    None,
+                    None,
+                    j.inflight,
+                    job_rows,
+                    rows,
+                    fields_cache,
+                )
+                for j in jobs
+            ]
+            self._insert(job_rows, rows)
+        return out
 
-            self._db.executemany(
-                "INSERT INTO notifications (id, job_id, idx, app, token, payload, fields,"
-                " send_at, state, apns_id, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        first + i,
-                        job_id,
-                        i,
-                        app,
-                        n.token_hex,
-                        n.payload,
-                        fields_of(n),
-                        send_at,
-                        state,
-                        n.apns_id,
-                        now,
-                    )
-                    for i, n in enumerate(notifications)
-                ],
+    def _insert(self, jobs: list[tuple[object, ...]], rows: list[tuple[object, ...]]) -> None:
+        self._db.executemany(
+            "INSERT INTO jobs (id, app, created, idempotency_key, fingerprint, async, total,"
+            " remaining, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            jobs,
+        )
+        self._db.executemany(
+            "INSERT INTO notifications (id, job_id, idx, app, token, payload, fields,"
+            " send_at, state, apns_id, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def _rows(
+        self,
+        app: str,
+        notifications: Sequence[Notification],
+        now: float,
+        send_at: float | None,
+        async_: bool,
+        idempotency_key: str | None,
+        fingerprint: str | None,
+        inflight: bool,
+        jobs: list[tuple[object, ...]],
+        rows: list[tuple[object, ...]],
+        fields_cache: dict[tuple[object, ...], str],
+    ) -> StoredJob:
+        """A new job's row and its notifications' rows, appended to ``jobs`` and ``rows``
+        (ids taken now: call inside the transaction that inserts them). ``fields_cache``:
+        the encoded fields by their values, shared by the jobs of one call."""
+        job_id = uuid.uuid4().hex
+        count = len(notifications)
+        jobs.append(
+            (
+                job_id,
+                app,
+                now,
+                idempotency_key,
+                fingerprint if idempotency_key is not None else None,
+                int(async_),
+                count,
+                count,
+                "pending" if count else "done",
             )
-            self._next_id = first + count
-            return StoredJob(job_id, ids, False, async_)
+        )
+        first = self._next_id
+        state = INFLIGHT if inflight else QUEUED
+
+        def fields_of(n: Notification) -> str:
+            k = (n.expiry, n.priority, n.topic, n.push_type, n.collapse_id)
+            f = fields_cache.get(k)
+            if f is None:
+                f = fields_cache[k] = encode_fields(n)
+            return f
+
+        rows.extend(
+            (
+                first + i,
+                job_id,
+                i,
+                app,
+                n.token_hex,
+                n.payload,
+                fields_of(n),
+                send_at,
+                state,
+                n.apns_id,
+                now,
+            )
+            for i, n in enumerate(notifications)
+        )
+        self._next_id = first + count
+        return StoredJob(job_id, tuple(range(first, first + count)), False, async_)
 
     def mark_inflight(self, ids: Iterable[int], *, now: float) -> None:
         with self.transaction():
@@ -840,6 +909,26 @@ def thread_runner(reactor: IReactorFromThreads, pool: ThreadPool) -> Runner:
 _Op = tuple[Callable[[SpoolStore], object], "Deferred[Any]", bool]
 
 
+class _JobGroup:
+    """The jobs without a key of one batch: one operation (:meth:`SpoolStore.add_jobs`)."""
+
+    __slots__ = ("jobs", "volatile", "waiting")
+
+    def __init__(self) -> None:
+        self.jobs: list[NewJob] = []
+        self.waiting: list[Deferred[StoredJob]] = []
+        #: Every job in it is volatile (see Spool.add_job).
+        self.volatile = True
+
+    def stored(self, jobs: list[StoredJob]) -> None:
+        for d, job in zip(self.waiting, jobs, strict=True):
+            d.callback(job)
+
+    def failed(self, failure: Failure) -> None:
+        for d in self.waiting:
+            d.errback(failure)
+
+
 class Spool:
     """Asynchronous, batched access to a :class:`SpoolStore`.
 
@@ -853,6 +942,9 @@ class Spool:
         self._clock = clock
         self._runner = runner
         self._queue: list[_Op] = []
+        #: This batch's jobs without a key, stored together (its place in _queue is that of
+        #: the first of them).
+        self._group: _JobGroup | None = None
         self._timer: IDelayedCall | None = None
         self._busy = False
         self._closing = False
@@ -883,12 +975,14 @@ class Spool:
     def _flush(self) -> None:
         self._timer = None
         batch, self._queue = self._queue, []
+        group, self._group = self._group, None
         self._busy = True
         self.batches += 1
-        self.operations += len(batch)
+        # The jobs of a group count one each, as when each was an operation of its own.
+        self.operations += len(batch) + (len(group.jobs) - 1 if group is not None else 0)
         ops = [fn for fn, _, _ in batch]
         # One durable operation makes the whole batch durable (one fsync, as ever).
-        volatile = all(v for _, _, v in batch)
+        volatile = all(v for _, _, v in batch) and (group is None or group.volatile)
         d = self._runner(lambda: self.store.run_batch(ops, volatile=volatile))
         d.addCallbacks(
             self._written, self._batch_failed, callbackArgs=(batch,), errbackArgs=(batch,)
@@ -958,6 +1052,8 @@ class Spool:
         # promised, so it is committed without an fsync of its own. A retry of a request
         # left unanswered was never safe without a key anyway (docs: Idempotency).
         volatile = not async_ and idempotency_key is None and send_at is None
+        if idempotency_key is None:
+            return self._grouped(NewJob(app, items, now, send_at, async_, inflight), volatile)
         return self._call(
             lambda s: s.add_job(
                 app,
@@ -971,6 +1067,25 @@ class Spool:
             ),
             volatile=volatile,
         )
+
+    def _grouped(self, job: NewJob, volatile: bool) -> Deferred[StoredJob]:
+        """Join this batch's group of jobs without a key: one operation and two statements
+        for all of them. They share one savepoint (a job without a key can only fail as the
+        storage fails, which fails them all anyway)."""
+        if self._closing:
+            return fail(SpoolClosedError("the spool is closed"))
+        group = self._group
+        if group is None:
+            group = self._group = _JobGroup()
+            jobs = group.jobs
+            self._call(lambda s: s.add_jobs(jobs), volatile=True).addCallbacks(
+                group.stored, group.failed
+            )
+        d: Deferred[StoredJob] = Deferred()
+        group.jobs.append(job)
+        group.waiting.append(d)
+        group.volatile = group.volatile and volatile
+        return d
 
     def mark_inflight(self, ids: Sequence[int], *, now: float) -> Deferred[None]:
         ids = list(ids)
