@@ -363,6 +363,23 @@ class ChunkTests(RedisCase):
         self.assertEqual(self.pending(), "0")
 
     @deferred_test
+    async def test_chunk_size_from_the_config_file(self) -> None:
+        from txapns.service.wiring import redis_spool
+
+        config = parse_config(
+            {"spool": {"backend": "redis", "url": self.server.url, "prefix": self.prefix,
+                       "chunk_size": 7}},
+            base_dir=Path("."), check_files=False,
+        )  # fmt: skip
+        assert config.redis is not None
+        spool = redis_spool(config.redis, self.reactor, ["a"], results_ttl=60.0)
+        assert isinstance(spool, RedisSpool)
+        self.addCleanup(lambda: spool.close().addErrback(lambda f: None))
+        await self.connected(spool)
+        await self.job_of(spool, 15)
+        self.assertEqual(self.entries_added(), 3)  # 7 + 7 + 1
+
+    @deferred_test
     async def test_an_entry_is_acknowledged_with_its_last_outcome(self) -> None:
         spool = self.spool()
         await self.connected(spool)
@@ -736,13 +753,14 @@ class ConfigTests(SynchronousTestCase):
         config = self.parse(
             {"backend": "redis", "url": "redis://10.0.0.5:6380/2", "prefix": "push",
              "wait_replicas": 1, "claim_after": 60, "max_deliveries": 3, "instance_id": "web-1",
-             "sentinel": ["10.0.0.6:26379"]}
+             "sentinel": ["10.0.0.6:26379"], "chunk_size": 250}
         )  # fmt: skip
         self.assertEqual(
             config.redis,
             RedisSpoolConfig(
                 url="redis://10.0.0.5:6380/2", prefix="push", sentinel=("10.0.0.6:26379",),
                 wait_replicas=1, claim_after=60.0, max_deliveries=3, instance_id="web-1",
+                chunk_size=250,
             ),
         )  # fmt: skip
         address = RedisAddress.from_url(config.redis.url)
@@ -769,6 +787,12 @@ class ConfigTests(SynchronousTestCase):
             {"backend": "redis", "colour": "red"},
             {"backend": "sqlite", "url": "redis://x"},
             {"backend": "redis", "sentinel": ["nohost"]},
+            {"backend": "redis", "chunk_size": 0},
+            {"backend": "redis", "chunk_size": 1001},
+            {"backend": "redis", "chunk_size": 2.5},
+            {"backend": "redis", "chunk_size": "100"},
+            {"backend": "redis", "chunk_size": True},
+            {"backend": "sqlite", "chunk_size": 100},
             "",
             3,
         ):
@@ -779,6 +803,15 @@ class ConfigTests(SynchronousTestCase):
         config = self.parse({"backend": "redis"})
         self.assertEqual(config.redis, RedisSpoolConfig())
         self.assertEqual(config.redis.claim_after, 120.0)
+        self.assertEqual(config.redis.chunk_size, 100)
+        self.assertEqual(self.parse({"backend": "redis", "chunk_size": 1000}).redis.chunk_size,
+                         1000)  # fmt: skip
+
+    def test_bad_chunk_size_message(self) -> None:
+        with self.assertRaises(ConfigError) as e:
+            self.parse({"backend": "redis", "chunk_size": 5000})
+        self.assertIn("chunk_size must be a whole number from 1 to 1000, not 5000",
+                      str(e.exception))  # fmt: skip
 
 
 class ResultTests(SynchronousTestCase):

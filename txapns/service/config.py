@@ -150,6 +150,10 @@ class AppConfig:
 #: times the HTTP/2 client's 30 s deadline, so a healthy instance's slow sends are never stolen.
 DEFAULT_CLAIM_AFTER = 120.0
 DEFAULT_MAX_DELIVERIES = 5
+#: Notifications per Redis stream entry, and the most one entry may carry (an instance reads
+#: at most 1,000 notifications at a time; a bigger entry would overrun that bound).
+DEFAULT_CHUNK_SIZE = 100
+MAX_CHUNK_SIZE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +168,9 @@ class RedisSpoolConfig:
     wait_replicas: int = 0
     claim_after: float = DEFAULT_CLAIM_AFTER
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    #: Notifications per stream entry (1 to ``MAX_CHUNK_SIZE``): bigger chunks cost Redis
+    #: less per notification; an instance that dies leaves whole chunks to be claimed.
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     #: This instance's consumer name; ``None``: hostname-pid.
     instance_id: str | None = None
     #: With ``rediss://``: the CA(s) to verify Redis's certificate with (``None``: the
@@ -560,6 +567,7 @@ _SPOOL_KEYS = {
     "wait_replicas",
     "claim_after",
     "max_deliveries",
+    "chunk_size",
     "instance_id",
     "ca_file",
 }
@@ -606,6 +614,16 @@ def _parse_spool(raw: object, base_dir: Path) -> tuple[Path, RedisSpoolConfig | 
     wait = raw.get("wait_replicas", 0)
     if not isinstance(wait, int) or isinstance(wait, bool) or wait < 0:
         raise ConfigError("[spool] wait_replicas must be a whole number >= 0")
+    chunk = raw.get("chunk_size", DEFAULT_CHUNK_SIZE)
+    if (
+        not isinstance(chunk, int)
+        or isinstance(chunk, bool)
+        or not 1 <= chunk <= MAX_CHUNK_SIZE
+    ):
+        raise ConfigError(
+            f"[spool] chunk_size must be a whole number from 1 to {MAX_CHUNK_SIZE}, "
+            f"not {chunk!r}"
+        )
     instance_id = _opt_str(raw, "instance_id", "[spool]")
     if instance_id is not None and not _APP_NAME.match(instance_id):
         raise ConfigError(f"[spool] instance_id {instance_id!r}: use letters, digits, . _ -")
@@ -620,6 +638,7 @@ def _parse_spool(raw: object, base_dir: Path) -> tuple[Path, RedisSpoolConfig | 
         wait_replicas=wait,
         claim_after=_positive(raw, "claim_after", DEFAULT_CLAIM_AFTER),
         max_deliveries=int(_positive(raw, "max_deliveries", DEFAULT_MAX_DELIVERIES, integer=True)),
+        chunk_size=chunk,
         instance_id=instance_id,
         ca_file=ca_file,
     )

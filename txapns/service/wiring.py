@@ -117,6 +117,7 @@ def redis_spool(
         claim_after=config.claim_after,
         max_deliveries=config.max_deliveries,
         wait_replicas=config.wait_replicas,
+        chunk_size=config.chunk_size,
         results_ttl=results_ttl,
     )
     # Reads block for settings.block seconds: their connections get a longer reply timeout.
