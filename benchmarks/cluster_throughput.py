@@ -104,11 +104,19 @@ def redis_config(config: Path, port: int, instance: int) -> Path:
     return out
 
 
-def start_instance(work: Path, config: Path, name: str, procs: list[Any]) -> tuple[int, int]:
+def start_instance(
+    work: Path, config: Path, name: str, procs: list[Any], profile: Path | None = None
+) -> tuple[int, int]:
+    """An instance; with ``profile``, under cProfile (the reactor thread's CPU time), its
+    stats written to that file when it stops."""
     log = work / f"{name}.log"
+    launcher = twistd()
+    if profile is not None:
+        script = HERE / "service_throughput.py"
+        launcher = [sys.executable, str(script), "--profiled", str(profile.resolve())]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [*twistd(), "-n", "--pidfile=", "apns", "--config", str(config),
+            [*launcher, "-n", "--pidfile=", "apns", "--config", str(config),
              "--listen", "tcp:0:interface=127.0.0.1"],
             cwd=work, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -165,7 +173,7 @@ def command_stats(port: int, top: int = 6) -> list[tuple[str, int, float]]:
 
 def run(
     label: str, harness: Path, mock_port: int, n: int, clients: int, instances: int,
-    backend: str, run_id: int, appendfsync: str = "always",
+    backend: str, run_id: int, appendfsync: str = "always", profile: Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix=f"txapns-cluster-{label}-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -177,7 +185,10 @@ def run(
         if backend == "redis":
             redis_port, redis_pid = start_redis(work, procs, appendfsync)
             configs = [redis_config(base, redis_port, i) for i in range(instances)]
-        started = [start_instance(work, c, f"instance-{i}", procs) for i, c in enumerate(configs)]
+        started = [
+            start_instance(work, c, f"instance-{i}", procs, profile if i == 0 else None)
+            for i, c in enumerate(configs)
+        ]
         ports = [p for p, _ in started]
         pids = [pid for _, pid in started]
         cpu0 = [cpu_seconds(p) for p in pids]
@@ -212,7 +223,7 @@ def run(
             if p.poll() is None:
                 p.terminate()
                 try:
-                    p.wait(20)
+                    p.wait(60)  # (a profiled instance writes its stats as it stops)
                 except subprocess.TimeoutExpired:
                     p.kill()
         shutil.rmtree(work, ignore_errors=True)
@@ -335,6 +346,9 @@ def main() -> int:
     ap.add_argument("--spool-only", action="store_true",
                     help="measure only the Redis spool in this process (no HTTP, no APNs)")
     ap.add_argument("--chunk-size", type=int, default=100, help="with --spool-only")
+    ap.add_argument("--profile", type=Path, metavar="FILE",
+                    help="run the first Redis run's first instance under cProfile (reactor "
+                    "thread CPU time); stats saved to FILE (pstats)")
     args = ap.parse_args()
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed (apt-get install redis-server)")
@@ -350,7 +364,7 @@ def main() -> int:
         for i, count in enumerate(args.instances):
             rows.append(
                 run(f"redis x{count}", args.mock, mock_port, args.n, args.clients, count,
-                    "redis", 2 + i, args.appendfsync)
+                    "redis", 2 + i, args.appendfsync, args.profile if i == 0 else None)
             )  # fmt: skip
     finally:
         for p in procs:
