@@ -87,17 +87,19 @@ def start_redis(
 
 
 def redis_config(config: Path, port: int, instance: int) -> Path:
-    """The service configuration with ``[spool] backend = "redis"`` instead of the file."""
-    text = config.read_text().replace(
-        'spool = "spool.sqlite3"',
-        "\n".join(
-            [
-                "[spool]",
-                'backend = "redis"',
-                f'url = "redis://127.0.0.1:{port}/0"',
-                f'instance_id = "bench-{instance}"',
-            ]
-        ),
+    """The service configuration with a ``[spool] backend = "redis"`` table instead of the
+    SQLite file (at the end: the keys that follow the file's ``spool =`` line are the
+    service's, not the table's)."""
+    text = config.read_text().replace('spool = "spool.sqlite3"\n', "")
+    text += "\n".join(
+        [
+            "",
+            "[spool]",
+            'backend = "redis"',
+            f'url = "redis://127.0.0.1:{port}/0"',
+            f'instance_id = "bench-{instance}"',
+            "",
+        ]
     )
     out = config.with_name(f"service-{instance}.toml")
     out.write_text(text)
