@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
@@ -37,13 +40,20 @@ class RedisServer:
     """
 
     def __init__(
-        self, directory: Path, *, appendfsync: str = "always", tls: Path | None = None
+        self,
+        directory: Path,
+        *,
+        appendfsync: str = "always",
+        tls: Path | None = None,
+        password: str | None = None,
     ) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.appendfsync = appendfsync
         self.tls = tls
+        #: ``requirepass``: clients must AUTH first.
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -65,6 +75,8 @@ class RedisServer:
                 "--tls-ca-cert-file", str(self.tls / "ca.pem"),
                 "--tls-auth-clients", "no",
             ]  # fmt: skip
+        if self.password is not None:
+            listen += ["--requirepass", self.password]
         return [
             REDIS_SERVER,
             *listen,
@@ -120,6 +132,8 @@ class RedisServer:
         tls: list[str] = []
         if self.tls is not None:
             tls = ["--tls", "--cacert", str(self.tls / "ca.pem")]
+        if self.password is not None:
+            tls += ["-a", self.password, "--no-auth-warning"]
         out = subprocess.run(
             [REDIS_CLI, "-p", str(self.port), *tls, "--raw", *args],
             check=True,
@@ -156,6 +170,84 @@ class RedisSentinel(RedisServer):
         return [REDIS_SERVER, str(config), "--sentinel"]
 
     ready = "+monitor master"
+
+
+class _RelayIn(Protocol):
+    """A client's connection to the relay; its data goes to Redis once that is connected."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.early: list[bytes] = []
+        self.out: _RelayOut | None = None
+
+    def connectionMade(self) -> None:
+        self.relay.open.add(self)
+        endpoint = TCP4ClientEndpoint(self.relay.reactor, "127.0.0.1", self.relay.target, 5)
+        connectProtocol(endpoint, _RelayOut(self)).addCallbacks(self._up, self._no_redis)
+
+    def _up(self, out: _RelayOut) -> None:
+        assert out.transport is not None
+        if self not in self.relay.open:  # the client went away meanwhile
+            out.transport.loseConnection()
+            return
+        self.out = out
+        for data in self.early:
+            out.transport.write(data)
+        self.early.clear()
+
+    def _no_redis(self, failure: Failure) -> None:
+        self.relay.cut += 1
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.out is not None and self.out.transport is not None:
+            self.out.transport.write(data)
+        else:
+            self.early.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.relay.open.discard(self)
+        if self.out is not None and self.out.transport is not None:
+            self.out.transport.loseConnection()
+
+
+class _RelayOut(Protocol):
+    def __init__(self, inside: _RelayIn) -> None:
+        self.inside = inside
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.inside.transport is not None
+        self.inside.transport.write(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.inside.transport is not None:
+            self.inside.transport.loseConnection()
+
+
+class Relay(Factory):
+    """A TCP relay on a free loopback port in front of Redis on ``target``, as HAProxy or a
+    cloud load balancer would be: it accepts every connection at once and closes it when
+    Redis does not answer, so while Redis is down a client's connection opens and is lost
+    during its set-up (AUTH, SELECT). ``cut`` counts those."""
+
+    def __init__(self, reactor: Any, target: int) -> None:
+        self.reactor = reactor
+        self.target = target
+        self.cut = 0
+        self.open: set[_RelayIn] = set()
+        self.listening = reactor.listenTCP(0, self, interface="127.0.0.1")
+        self.port: int = self.listening.getHost().port
+
+    def buildProtocol(self, addr: Any) -> _RelayIn:
+        return _RelayIn(self)
+
+    def stop(self) -> Deferred[Any]:
+        for conn in list(self.open):
+            if conn.transport is not None:
+                conn.transport.abortConnection()  # type: ignore[attr-defined]
+        d: Deferred[Any] = self.listening.stopListening()
+        return d
 
 
 async def wait_until(reactor: Any, check: Any, timeout: float = 10.0, what: str = "") -> None:

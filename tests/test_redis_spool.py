@@ -35,7 +35,7 @@ from txapns.testing.pki import make_test_pki
 
 from .helpers import deferred_test, metric, token
 from .helpers_running import ApiClient
-from .redis_server import SKIP, RedisSentinel, RedisServer, free_port, wait_until
+from .redis_server import SKIP, RedisSentinel, RedisServer, Relay, free_port, wait_until
 
 ALERT = Template(payload={"aps": {"alert": "hi"}})
 _prefixes = itertools.count()
@@ -594,6 +594,76 @@ class OutageTests(RedisCase):
         await wait_until(self.reactor, lambda: len(collector.items) == 6, what="re-reads")
         self.assertEqual([i.resumed for i in collector.items], [0] * 6)
         self.assertEqual({i.job_id for i in collector.items}, {accepted.job_id})
+
+
+class SetUpLostTests(RedisCase):
+    """A connection lost during txredisapi's own set-up (AUTH, SELECT) is retried like any
+    other: txredisapi stopped trying for good, so an instance stayed at 503 until restarted."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        base = Path(tempfile.mkdtemp(prefix="txapns-redis-auth-"))
+        cls.server = RedisServer(base, password="s3cret pass")
+        cls.server.start()
+
+    @deferred_test
+    async def test_password_and_database_3_behind_a_relay_restarted(self) -> None:
+        relay = Relay(self.reactor, self.server.port)
+        self.addCleanup(relay.stop)
+        address = RedisAddress.from_url(f"redis://:s3cret%20pass@127.0.0.1:{relay.port}/3")
+        self.assertEqual((address.password, address.db), ("s3cret pass", 3))
+        link = RedisLink(self.reactor, address, reply_timeout=5)
+        spool = RedisSpool(
+            link, lambda: RedisLink(self.reactor, address, reply_timeout=10), self.reactor,
+            ("a",), RedisSettings(prefix=self.prefix, instance_id="auth-1",
+                                  schedule_interval=0.05),
+        )  # fmt: skip
+        self.addCleanup(lambda: spool.close().addErrback(lambda f: None))
+        await self.connected(spool)
+        sender = FakeSender(auto=accept)
+        engine = self.engine(spool, sender)
+        await engine.start()
+        first = await engine.submit("a", self.notifications(engine, 2))
+        self.assertEqual((await engine.wait(first.job_id)).counts["accepted"], 2)
+        # Stored in database 3, not 0.
+        q = f"{self.prefix}:{{a}}:q"
+        self.assertEqual(self.server.cli("-n", "3", "EXISTS", f"{self.prefix}:job:{first.job_id}"),
+                         "1")  # fmt: skip
+        self.assertEqual(self.server.cli("EXISTS", q), "0")
+        self.server.kill()
+        await wait_until(self.reactor, lambda: not engine.accepting, what="refusal")
+        # Reconnection attempts reach the relay, which closes them during AUTH.
+        await wait_until(self.reactor, lambda: relay.cut >= 3, timeout=20, what="attempts")
+        self.server.start()
+        await wait_until(self.reactor, lambda: engine.accepting, timeout=20, what="recovery")
+        again = await engine.submit("a", self.notifications(engine, 3, first=10))
+        self.assertEqual((await engine.wait(again.job_id)).counts["accepted"], 3)
+        self.assertEqual(len(sender.sent), 5)
+
+    @deferred_test
+    async def test_a_refused_password_is_logged_once_and_retried(self) -> None:
+        from twisted.logger import globalLogPublisher
+
+        warnings: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_format") == "{why}; trying again":
+                warnings.append(event["why"])
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        address = RedisAddress.from_url(f"redis://:rotated@127.0.0.1:{self.server.port}/2")
+        link = RedisLink(self.reactor, address, reply_timeout=5)
+        self.addCleanup(link.close)
+        await wait_until(self.reactor, lambda: len(warnings) >= 1, what="a refusal")
+        # The server takes the new password (rotated there first): the link comes up alone.
+        self.server.cli("CONFIG", "SET", "requirepass", "rotated")
+        self.addCleanup(self.server.cli, "-a", "rotated", "CONFIG", "SET", "requirepass",
+                        "s3cret pass")  # fmt: skip
+        await wait_until(self.reactor, lambda: link.connected, timeout=20, what="connected")
+        self.assertEqual(await link.call("PING"), "PONG")
+        self.assertEqual(len(warnings), 1, warnings)  # one per cause, not one per attempt
+        self.assertIn("could not auth", warnings[0])
 
 
 class TLSTests(RedisCase):

@@ -48,6 +48,7 @@ Redis Cluster is not supported: the scripts compute job keys from their ids.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -474,9 +475,9 @@ class RedisLink:
     ) -> None:
         import txredisapi  # type: ignore[import-untyped]  # (imports the global reactor)
 
+        plain, sentinel_factory = _factory_classes()
         self.address = address
-        # No SELECT for database 0: txredisapi stops reconnecting for good when a connection
-        # is lost during its set-up commands.
+        # No SELECT for database 0: one round trip less per connection.
         dbid = address.db or None
         options: dict[str, Any] = {
             "dbid": dbid,
@@ -489,15 +490,18 @@ class RedisLink:
             if address.tls:
                 raise ValueError("TLS to Redis (rediss://) is not supported with Sentinel")
             sentinel = txredisapi.Sentinel(list(address.sentinels))
+            # Ask the Sentinels no longer than a connection attempt may take (not 10 s).
+            sentinel.discovery_timeout = connect_timeout
             self._handler = sentinel.master_for(
-                address.sentinel_master, poolsize=1, isLazy=True, **options
-            )
+                address.sentinel_master, factory_class=sentinel_factory, poolsize=1,
+                isLazy=True, **options,
+            )  # fmt: skip
             self._factory = self._handler._factory
             self._sentinel: Any = sentinel
         else:
             from twisted.internet.endpoints import HostnameEndpoint
 
-            self._factory = txredisapi.RedisFactory(
+            self._factory = plain(
                 f"{address.host}:{address.port}",
                 dbid,
                 1,
@@ -508,7 +512,6 @@ class RedisLink:
                 convertNumbers=False,
                 username=address.username,
             )
-            self._factory.maxDelay = 1.0  # retry a lost Redis every second, not every 10
             endpoint: IStreamClientEndpoint = HostnameEndpoint(
                 reactor, address.host, address.port, timeout=connect_timeout
             )
@@ -537,6 +540,77 @@ class RedisLink:
         if self._sentinel is not None:
             d.addBoth(lambda _: self._sentinel.disconnect())
         return d
+
+
+@functools.cache
+def _factory_classes() -> tuple[Any, Any]:
+    """txredisapi's connection factories (plain, Sentinel), made to keep trying.
+
+    txredisapi sets each new connection up itself (AUTH, SELECT of a database other than 0,
+    and, through Sentinel, ROLE) and stops reconnecting for good when that fails, whatever
+    the cause: a wrong password, but also a connection lost or a reply timed out during the
+    set-up (Redis restarting at that moment, or a proxy in front of it that accepts the
+    connection and closes it while Redis is down). The instance then stayed at 503 until it
+    was restarted. Here a failed set-up is a failed attempt like a refused connection: the
+    connection is closed, logged, and the next attempt follows the back-off (at most a second
+    apart). Only :meth:`RedisLink.close` (``disconnect()``) stops them. Made on first use:
+    importing txredisapi installs the global reactor."""
+    import txredisapi
+
+    class KeepTrying:
+        """Mixed into a ``RedisFactory``: a failed set-up never ends the reconnecting."""
+
+        maxDelay = 1.0  # retry a lost Redis every second, not every 10
+        _why: str | None = None
+
+        def stopTrying(self) -> Deferred[None]:
+            # Called by txredisapi only from a failed set-up (and from quit()/shutdown(),
+            # which this service never sends).
+            return succeed(None)
+
+        def connectionError(self, why: str) -> None:
+            if why != self._why:  # once per cause, not once a second
+                log.warn("{why}; trying again", why=why)
+            self._why = why
+
+        def addConnection(self, conn: Any) -> None:
+            self._why = None
+            super().addConnection(conn)  # type: ignore[misc]
+
+    class SentinelProtocol(txredisapi.SentinelRedisProtocol):  # type: ignore[misc]
+        """txredisapi's, with its set-up's failures handled: it sends AUTH without waiting
+        for the reply and returns ROLE's Deferred to no one, so a connection lost during
+        the set-up left unhandled errors behind."""
+
+        def connectionMade(self) -> Deferred[None]:
+            if self.password is not None:  # a refusal shows in ROLE's reply too
+                self.auth(self.password, self.username).addErrback(lambda f: None)
+
+            def check_role(role: Any) -> Any:
+                if self.factory.is_master and role[0] != "master":
+                    log.info("Redis at {peer} is no longer the primary; asking Sentinel again",
+                             peer=self.transport.getPeer())  # fmt: skip
+                    self.transport.loseConnection()
+                    return None
+                return txredisapi.RedisProtocol.connectionMade(self)
+
+            def failed(failure: Failure) -> None:
+                self.factory.connectionError(
+                    f"Redis error: could not set up a connection: {failure.getErrorMessage()}"
+                )
+                self.transport.loseConnection()
+
+            d: Deferred[None] = self.role().addCallback(check_role).addErrback(failed)
+            return d
+
+    class Plain(KeepTrying, txredisapi.RedisFactory):  # type: ignore[misc]
+        pass
+
+    class ThroughSentinel(KeepTrying, txredisapi.SentinelConnectionFactory):  # type: ignore[misc]
+        protocol = SentinelProtocol
+        maxDelay = 2.0  # also the connect timeout txredisapi gives each attempt
+
+    return Plain, ThroughSentinel
 
 
 @implementer(IHandshakeListener)
