@@ -722,11 +722,21 @@ def first_cause(failure: Failure) -> Failure:
     return failure
 
 
+#: Errors with which a reachable Redis refuses to store, for a while: no primary to write to
+#: (a replica, ``READONLY``, still after a failover; ``MASTERDOWN``), too few replicas for
+#: ``min-replicas-to-write`` (``NOREPLICAS``), or loading its data after a restart.
+REFUSALS = frozenset({"NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING"})
+
+
 def is_unavailable(failure: Failure) -> bool:
-    """Is this failure Redis being unreachable (rather than a bug or a script error)?"""
+    """Is this failure Redis being unreachable, or refusing writes for now (rather than a
+    bug or a script error)?"""
     import txredisapi
 
     failure = first_cause(failure)
+    if failure.check(txredisapi.ResponseError):
+        message = failure.getErrorMessage()
+        return message.removeprefix("ERR ").split(" ", 1)[0] in REFUSALS
     return bool(failure.check(SpoolUnavailableError, txredisapi.ConnectionError, ConnectionError))
 
 
@@ -929,10 +939,14 @@ class RedisSpool:
         self._up = False
 
     def _probe(self) -> None:
-        """While down: PING; on an answer, write what waits, then read again."""
+        """While down: a small write (a PING would pass on a replica, or on a primary that
+        refuses writes for want of replicas); once it is taken, write what waits, then read
+        again."""
         if self._up or self._closing:
             return
-        self.link.call("PING").addCallbacks(self._back, lambda f: None)
+        key = f"{self._p}:probe:{self.settings.instance_id}"
+        d = self.link.call("SET", key, "1", "PX", 60_000)
+        d.addCallbacks(self._back, lambda f: None)
 
     def _back(self, _: object) -> None:
         if self._up or self._closing:
