@@ -46,6 +46,8 @@ class RedisServer:
         appendfsync: str = "always",
         tls: Path | None = None,
         password: str | None = None,
+        replica_of: RedisServer | None = None,
+        options: tuple[str, ...] = (),
     ) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -54,6 +56,10 @@ class RedisServer:
         self.tls = tls
         #: ``requirepass``: clients must AUTH first.
         self.password = password
+        #: Started as a replica of this server (``replicaof``).
+        self.replica_of = replica_of
+        #: More ``--name value`` arguments for ``redis-server``.
+        self.options = options
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -77,6 +83,9 @@ class RedisServer:
             ]  # fmt: skip
         if self.password is not None:
             listen += ["--requirepass", self.password]
+        if self.replica_of is not None:
+            listen += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
+        listen += self.options
         return [
             REDIS_SERVER,
             *listen,
@@ -142,14 +151,25 @@ class RedisServer:
         )
         return out.stdout.decode().strip()
 
+    def info(self, section: str) -> dict[str, str]:
+        """``INFO section`` as a dict."""
+        out = self.cli("INFO", section)
+        return dict(
+            line.split(":", 1) for line in out.splitlines() if ":" in line and line[0] != "#"
+        )
+
 
 class RedisSentinel(RedisServer):
-    """``redis-server --sentinel`` watching ``master`` under the name ``name``."""
+    """``redis-server --sentinel`` watching ``master`` under the name ``name``; it takes the
+    master for down after ``down_after_ms`` without an answer (and, alone, fails over)."""
 
-    def __init__(self, directory: Path, master: RedisServer, name: str) -> None:
+    def __init__(
+        self, directory: Path, master: RedisServer, name: str, *, down_after_ms: int = 60000
+    ) -> None:
         super().__init__(directory)
         self.master = master
         self.name = name
+        self.down_after_ms = down_after_ms
 
     def command(self, log: Path) -> list[str]:
         assert REDIS_SERVER is not None
@@ -162,7 +182,8 @@ class RedisSentinel(RedisServer):
                     f"dir {self.dir}",
                     f"logfile {log}",
                     f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 1",
-                    f"sentinel down-after-milliseconds {self.name} 60000",
+                    f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}",
+                    f"sentinel failover-timeout {self.name} 10000",
                     "",
                 ]
             )

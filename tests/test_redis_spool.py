@@ -33,7 +33,7 @@ from txapns.service.spool import IdempotencyKeyReusedError, OutcomeRecord, Spool
 from txapns.service.testing import FakeSender, accept
 from txapns.testing.pki import make_test_pki
 
-from .helpers import deferred_test, metric, token
+from .helpers import deferred_test, metric, sleep, token
 from .helpers_running import ApiClient
 from .redis_server import SKIP, RedisSentinel, RedisServer, Relay, free_port, wait_until
 
@@ -577,6 +577,36 @@ class OutageTests(RedisCase):
         self.assertEqual(done["counts"]["accepted"], 1)
 
     @deferred_test
+    async def test_a_primary_refusing_writes_is_an_outage_503_not_500(self) -> None:
+        # min-replicas-to-write without its replicas: Redis answers, but refuses to store.
+        spool = self.spool()
+        await self.connected(spool)
+        engine = self.engine(spool, FakeSender(auto=accept))
+        await engine.start()
+        key = b"redis-refusal-key-0123456789"
+        port = self.reactor.listenTCP(0, make_site(engine, key), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        api = ApiClient(self.reactor, f"http://127.0.0.1:{port.getHost().port}", key)
+        self.addCleanup(api.close)
+        body = {"tokens": [token(1)], "alert": "x", "async": True}
+        self.server.cli("CONFIG", "SET", "min-replicas-to-write", "1")
+        self.addCleanup(self.server.cli, "CONFIG", "SET", "min-replicas-to-write", "0")
+        refused = await api.post("a", body)
+        self.assertEqual(refused.code, 503, refused.raw)
+        self.assertIsNotNone(refused.header("Retry-After"))
+        health = await api.call("GET", "/healthz")
+        self.assertEqual((health.code, health.json["spool"]["redis"]), (503, "down"))
+        # Redis answers PING all along: the probe is a write, so the spool stays down.
+        await sleep(self.reactor, 10 * spool.settings.schedule_interval)
+        self.assertFalse(spool.available)
+        self.server.cli("CONFIG", "SET", "min-replicas-to-write", "0")
+        await wait_until(self.reactor, lambda: spool.available, what="recovery")
+        again = await api.post("a", body)
+        self.assertEqual(again.code, 202, again.raw)
+        done = await api.wait_job(again.json["job_id"])
+        self.assertEqual(done["counts"]["accepted"], 1)
+
+    @deferred_test
     async def test_stop_puts_unsent_entries_back_unflagged(self) -> None:
         spool = self.spool()
         await self.connected(spool)
@@ -808,6 +838,124 @@ class SentinelTests(RedisCase):
             ["127.0.0.1", str(self.server.port)],
         )
         self.assertEqual(self.entries_added(), 1)
+
+
+def bounded(reactor: Any, d: Deferred[Any], seconds: float) -> Deferred[Any]:
+    """``d``, failed with a TimeoutError after ``seconds``."""
+    return d.addTimeout(seconds, reactor)
+
+
+class FailoverTests(RedisCase):
+    """A primary, two replicas and a Sentinel (``redis-server --sentinel``), all started here;
+    the primary killed mid-run. What docs/cluster.rst tells operators to set is set:
+    ``min-replicas-to-write 1`` on every Redis, ``wait_replicas = 1`` in the service."""
+
+    timeout = 150
+    name = "txapns-failover"
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        base = Path(tempfile.mkdtemp(prefix="txapns-redis-failover-"))
+        safe = ("--min-replicas-to-write", "1", "--min-replicas-max-lag", "10")
+        cls.server = RedisServer(base / "primary", options=safe)
+        cls.server.start()
+        cls.replicas = [
+            RedisServer(base / f"replica-{i}", replica_of=cls.server, options=safe)
+            for i in (1, 2)
+        ]
+        for r in cls.replicas:
+            r.start()
+        cls.sentinel = RedisSentinel(base / "sentinel", cls.server, cls.name, down_after_ms=1000)
+        cls.sentinel.start()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.sentinel.stop()
+        for r in cls.replicas:
+            r.stop()
+        cls.server.stop()
+
+    def primary_port(self) -> int:
+        reply = self.sentinel.cli("SENTINEL", "get-master-addr-by-name", self.name).split()
+        return int(reply[1])
+
+    @deferred_test
+    async def test_primary_killed_mid_run_sending_resumes_on_the_new_one(self) -> None:
+        def ready() -> bool:
+            synced = all(
+                r.info("replication").get("master_link_status") == "up" for r in self.replicas
+            )
+            known = self.sentinel.cli("SENTINEL", "replicas", self.name).count("slave") >= 2
+            return synced and known
+
+        await wait_until(self.reactor, ready, timeout=30, what="replicas and Sentinel")
+        address = RedisAddress.from_url(
+            "redis://127.0.0.1/0", sentinels=(("127.0.0.1", self.sentinel.port),),
+            sentinel_master=self.name,
+        )  # fmt: skip
+        settings = RedisSettings(prefix=self.prefix, instance_id="f-1", wait_replicas=1,
+                                 claim_after=3.0, schedule_interval=0.05)  # fmt: skip
+        spool = RedisSpool(
+            RedisLink(self.reactor, address, reply_timeout=5),
+            lambda: RedisLink(self.reactor, address, reply_timeout=10),
+            self.reactor, ("a",), settings,
+        )  # fmt: skip
+        self.addCleanup(lambda: spool.close().addErrback(lambda f: None))
+        await wait_until(self.reactor, lambda: spool.available, timeout=20, what="via Sentinel")
+        sender = FakeSender(auto=accept)
+        engine = self.engine(spool, sender)
+        await engine.start()
+        key = b"redis-failover-key-0123456789"
+        port = self.reactor.listenTCP(0, make_site(engine, key), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        api = ApiClient(self.reactor, f"http://127.0.0.1:{port.getHost().port}", key)
+        self.addCleanup(api.close)
+
+        acknowledged: dict[str, list[str]] = {}  # job id -> its tokens
+        codes: list[int] = []
+        serial = itertools.count()
+
+        async def post() -> int:
+            tokens = [token(1000 * next(serial) + i) for i in range(10)]
+            body = {"tokens": tokens, "alert": "failover", "async": True}
+            reply = await bounded(self.reactor, Deferred.fromCoroutine(api.post("a", body)), 15)
+            codes.append(reply.code)
+            if reply.code == 202:
+                acknowledged[reply.json["job_id"]] = tokens
+            else:
+                self.assertEqual(reply.code, 503, reply.raw)  # never a 2xx, never a 500
+                self.assertIsNotNone(reply.header("Retry-After"))
+            return int(reply.code)
+
+        for _ in range(5):
+            self.assertEqual(await post(), 202)
+        old = self.primary_port()
+        self.server.kill()  # mid-run: outcomes and reads in flight
+        # Until Sentinel has promoted a replica, no primary answers: 503 (bounded).
+        await wait_until(self.reactor, lambda: not spool.available, what="the outage")
+        self.assertEqual(await post(), 503)
+        health = await api.call("GET", "/healthz")
+        self.assertEqual((health.code, health.json["spool"]["redis"]), (503, "down"))
+        deadline = self.reactor.seconds() + 60
+        after = 0
+        while after < 5:  # posting on: 503s, then 202s from the new primary
+            if await post() == 202:
+                after += 1
+            elif self.reactor.seconds() > deadline:
+                raise AssertionError(f"no primary accepted work in 60 s: {codes[-10:]}")
+            await sleep(self.reactor, 0.05)
+        self.assertNotEqual(self.primary_port(), old)
+        self.assertGreaterEqual(spool.outages, 1)
+        # Nothing acknowledged is lost: every job is on the new primary and finishes, and
+        # every one of its tokens reached APNs (a notification whose outcome the old
+        # primary took but did not pass on is sent again, after claim_after).
+        for job_id, tokens in acknowledged.items():
+            job = await api.wait_job(job_id, timeout=30)
+            self.assertEqual(job["counts"]["accepted"], len(tokens), job_id)
+        sent = {n.token for n in sender.sent}
+        missing = [t for ts in acknowledged.values() for t in ts if bytes.fromhex(t) not in sent]
+        self.assertEqual(missing, [])
+        self.assertEqual(set(codes), {202, 503})
 
 
 class ConfigTests(SynchronousTestCase):
