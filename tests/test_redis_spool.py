@@ -1037,6 +1037,48 @@ class ResultTests(SynchronousTestCase):
         r = Result(Notification.create(bytes(32), b"{}"), Outcome.UNKNOWN, reason="x")
         self.assertIs(r.outcome, Outcome.UNKNOWN)
 
+class EncodingTests(SynchronousTestCase):
+    """The hand-made encodings of the hot paths write what the library ones would."""
+
+    def test_commands_encoded_as_txredisapi_does(self) -> None:
+        import txredisapi
+
+        from txapns.service.redis_spool import _factory_classes
+
+        plain, sentinel = _factory_classes()
+        ours = [plain.protocol(), sentinel.protocol()]
+        theirs = txredisapi.RedisProtocol()
+        for args in (
+            ("PING",),
+            ("EVALSHA", "f" * 40, 3, "k:{a}:q", "", -7, 1.5, 0.1, b"\x00raw", "é ü", True),
+            tuple(str(i) for i in range(1000)),
+        ):
+            for p in ours:
+                self.assertEqual(p._build_command(*args), theirs._build_command(*args))
+        self.assertEqual(ours[0]._build_command("SET", "k", 12),
+                         b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n12\r\n")  # fmt: skip
+
+    def test_outcome_json_as_json_dumps_writes_it(self) -> None:
+        import json
+
+        from txapns.service.redis_spool import _Chunk, _Held
+
+        spool = RedisSpool.__new__(RedisSpool)
+        for deliveries in (1, 2):
+            held = _Held(_Chunk("a", "1-0", "j", deliveries), 3, "ab", None)
+            for r in (
+                OutcomeRecord(1, "j", "a", "ab", "accepted", 200, None, "0A1B-2c", None, 1),
+                OutcomeRecord(1, "j", "a", "ab", "rejected", 410, 'Unreg"ist\\ered\n', None,
+                              1700000000.25, 2, token_invalid=True),
+                OutcomeRecord(1, "j", "a", "ab", "unknown", None, "gave up é", 'x"y', None, 0),
+            ):  # fmt: skip
+                args = spool._record_args(held, r, 1733400000.123456, "")
+                expected = [r.state, r.status, r.reason, r.apns_id, r.timestamp, r.attempts,
+                            1 if deliveries > 1 else 0, 1733400000.123456]  # fmt: skip
+                self.assertEqual(json.loads(args[3]), expected)
+                self.assertEqual(args[3], json.dumps(expected, separators=(",", ":")))
+
+
 
 class UnavailableTests(SynchronousTestCase):
     """A lost connection is an outage wherever it surfaces, even wrapped by a fan-out read's

@@ -80,7 +80,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._twisted import cancel_call
-from ..core.notification import Notification
+from ..core.notification import Notification, PushType
 from ..core.token_evidence import recorded_kind
 from ..credentials import client_tls_options
 from .backend import ConsumerHooks, SpoolUnavailableError
@@ -577,7 +577,33 @@ def _factory_classes() -> tuple[Any, Any]:
             self._why = None
             super().addConnection(conn)  # type: ignore[misc]
 
-    class SentinelProtocol(txredisapi.SentinelRedisProtocol):  # type: ignore[misc]
+    class FastCommands:
+        """Mixed into a ``RedisProtocol``: the same bytes as txredisapi's ``_build_command``,
+        with one join instead of several bytearray writes per argument. That cost about
+        1.5 µs per argument, and an outcome write sends two per notification: a tenth of an
+        instance's CPU (``cluster_throughput.py --profile``)."""
+
+        charset: str
+        errors: str
+
+        def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+            parts = [b"*%d\r\n" % len(args)]
+            for arg in args:
+                if isinstance(arg, str):
+                    raw = arg.encode(self.charset, self.errors)
+                elif isinstance(arg, bytes):
+                    raw = arg
+                elif isinstance(arg, float):
+                    raw = format(arg, "f").encode()
+                else:
+                    raw = bytes(arg) if isinstance(arg, bytearray) else str(arg).encode()
+                parts += (b"$%d\r\n" % len(raw), raw, b"\r\n")
+            return b"".join(parts)
+
+    class Protocol(FastCommands, txredisapi.RedisProtocol):  # type: ignore[misc]
+        pass
+
+    class SentinelProtocol(FastCommands, txredisapi.SentinelRedisProtocol):  # type: ignore[misc]
         """txredisapi's, with its set-up's failures handled: it sends AUTH without waiting
         for the reply and returns ROLE's Deferred to no one, so a connection lost during
         the set-up left unhandled errors behind."""
@@ -604,7 +630,7 @@ def _factory_classes() -> tuple[Any, Any]:
             return d
 
     class Plain(KeepTrying, txredisapi.RedisFactory):  # type: ignore[misc]
-        pass
+        protocol = Protocol
 
     class ThroughSentinel(KeepTrying, txredisapi.SentinelConnectionFactory):  # type: ignore[misc]
         protocol = SentinelProtocol
@@ -866,6 +892,24 @@ def parse_chunk(value: str) -> tuple[str, list[int], list[str], list[str | None]
     return parts[0], indices, tokens, ids
 
 
+#: What every notification of a job shares: Notification's fields between token and apns-id.
+_Shared = tuple[bytes, int | None, int | None, str | None, PushType | None, str | None]
+
+
+def _num(value: float | None) -> str:
+    """A number (or None) as JSON, as json.dumps writes it."""
+    return "null" if value is None else repr(value)
+
+
+def _text(value: str | None) -> str:
+    """A string (or None) as JSON; an apns-id (letters, digits, -) quoted as it is."""
+    if value is None:
+        return "null"
+    if value.isascii() and value.replace("-", "").isalnum():
+        return f'"{value}"'
+    return json.dumps(value)
+
+
 def _pairs(flat: Sequence[Any]) -> dict[str, Any]:
     it = iter(flat)
     return dict(zip(it, it, strict=True))
@@ -909,7 +953,9 @@ class RedisSpool:
         self._reading: dict[str, bool] = dict.fromkeys(self.apps, False)
         self._wake_calls: dict[str, IDelayedCall] = {}
         self._claim_cursor: dict[str, str] = dict.fromkeys(self.apps, "0-0")
-        self._payloads: dict[str, tuple[str, str, float | None]] = {}
+        #: Per job: what its notifications share (Notification's fields after the token, but
+        #: the apns-id), decoded once, and its send_at.
+        self._payloads: dict[str, tuple[_Shared, float | None]] = {}
         self._loops: list[LoopingCall] = []
         self._groups_ready: set[str] = set()
         self.gauges = {app: QueueGauges() for app in self.apps}
@@ -1108,11 +1154,12 @@ class RedisSpool:
         return done
 
     def _record_args(self, h: _Held, r: OutcomeRecord, now: float, ack: str) -> list[str]:
-        outcome = json.dumps(
-            [r.state, r.status, r.reason, r.apns_id, r.timestamp, r.attempts,
-             1 if h.chunk.deliveries > 1 else 0, now],
-            separators=(",", ":"),
-        )  # fmt: skip
+        # The JSON array json.dumps would write, at a third of its cost (this runs once per
+        # notification): the state is one of a few words, the numbers are plain.
+        outcome = (
+            f'["{r.state}",{_num(r.status)},{_text(r.reason)},{_text(r.apns_id)},'
+            f"{_num(r.timestamp)},{r.attempts},{1 if h.chunk.deliveries > 1 else 0},{now!r}]"
+        )
         bad = tok = ""
         if r.token_invalid:
             tok = r.token
@@ -1509,7 +1556,12 @@ class RedisSpool:
                 self._payloads.clear()
             for j, (_, v) in zip(missing, results, strict=False):
                 if v[0] is not None:
-                    self._payloads[j] = (v[0], v[1], float(v[2]) if v[2] else None)
+                    shared = decode_notification("", v[0].encode("utf-8"), v[1], None)
+                    self._payloads[j] = (
+                        (shared.payload, shared.expiry, shared.priority, shared.topic,
+                         shared.push_type, shared.collapse_id),
+                        float(v[2]) if v[2] else None,
+                    )  # fmt: skip
             recorded: dict[str, set[int]] = {}
             for (entry_id, _, (_, indices, _, _)), (_, v) in zip(
                 again, results[len(missing) :], strict=True
@@ -1531,6 +1583,7 @@ class RedisSpool:
         gone: list[OutcomeRecord] = []
         acks: list[str] = []
         limit = self.settings.max_deliveries
+        fromhex = bytes.fromhex
         for entry_id, deliveries, (job_id, indices, tokens, ids) in parsed:
             chunk = _Chunk(app, entry_id, job_id, deliveries)
             done = recorded.get(entry_id, set())
@@ -1555,8 +1608,10 @@ class RedisSpool:
                         )
                     )
                     continue
-                payload, fields, send_at = template
-                n = decode_notification(token, payload.encode("utf-8"), fields, apns_id)
+                shared, send_at = template
+                # (The job was validated when it was stored: the plain constructor, with the
+                # fields decoded once per job, not once per notification.)
+                n = Notification(fromhex(token), *shared, apns_id)
                 items.append(SpooledNotification(ident, job_id, app, n, send_at, deliveries - 1))
             if chunk.open:
                 self._held_entries[entry_id] = chunk
