@@ -95,6 +95,15 @@ class RedisCase(TestCase):
         self.addCleanup(stop)
         return engine
 
+    def api(self, engine: Engine) -> ApiClient:
+        """The service API for ``engine`` on a free loopback port, and a client for it."""
+        key = b"redis-test-api-key-0123456789"
+        port = self.reactor.listenTCP(0, make_site(engine, key), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        api = ApiClient(self.reactor, f"http://127.0.0.1:{port.getHost().port}", key)
+        self.addCleanup(api.close)
+        return api
+
     def notifications(self, engine: Engine, n: int, first: int = 0) -> list[Notification]:
         return engine.prepare("a", ALERT, [token(first + i) for i in range(n)])
 
@@ -216,11 +225,7 @@ class StoreTests(RedisCase):
         await self.connected(spool)
         engine = self.engine(spool, FakeSender(auto=accept))
         await engine.start()
-        key = b"redis-idempotency-key-0123456789"
-        port = self.reactor.listenTCP(0, make_site(engine, key), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        api = ApiClient(self.reactor, f"http://127.0.0.1:{port.getHost().port}", key)
-        self.addCleanup(api.close)
+        api = self.api(engine)
         batch = {"tokens": [token(2), token(3)], "alert": "a", "async": True,
                  "idempotency_key": "batch-9"}  # fmt: skip
         a1 = await api.post("a", batch)
@@ -547,11 +552,7 @@ class OutageTests(RedisCase):
         sender = FakeSender(auto=accept)
         engine = self.engine(spool, sender)
         await engine.start()
-        key = b"redis-outage-key-0123456789"
-        port = self.reactor.listenTCP(0, make_site(engine, key), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        api = ApiClient(self.reactor, f"http://127.0.0.1:{port.getHost().port}", key)
-        self.addCleanup(api.close)
+        api = self.api(engine)
         body = {"tokens": [token(1)], "alert": "x", "async": True}
         ok = await api.post("a", body)
         self.assertEqual(ok.code, 202, ok.raw)
@@ -583,11 +584,7 @@ class OutageTests(RedisCase):
         await self.connected(spool)
         engine = self.engine(spool, FakeSender(auto=accept))
         await engine.start()
-        key = b"redis-refusal-key-0123456789"
-        port = self.reactor.listenTCP(0, make_site(engine, key), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        api = ApiClient(self.reactor, f"http://127.0.0.1:{port.getHost().port}", key)
-        self.addCleanup(api.close)
+        api = self.api(engine)
         body = {"tokens": [token(1)], "alert": "x", "async": True}
         self.server.cli("CONFIG", "SET", "min-replicas-to-write", "1")
         self.addCleanup(self.server.cli, "CONFIG", "SET", "min-replicas-to-write", "0")
@@ -905,11 +902,7 @@ class FailoverTests(RedisCase):
         sender = FakeSender(auto=accept)
         engine = self.engine(spool, sender)
         await engine.start()
-        key = b"redis-failover-key-0123456789"
-        port = self.reactor.listenTCP(0, make_site(engine, key), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        api = ApiClient(self.reactor, f"http://127.0.0.1:{port.getHost().port}", key)
-        self.addCleanup(api.close)
+        api = self.api(engine)
 
         acknowledged: dict[str, list[str]] = {}  # job id -> its tokens
         codes: list[int] = []
