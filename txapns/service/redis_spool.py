@@ -643,9 +643,9 @@ def _factory_classes() -> tuple[Any, Any]:
 class _AfterHandshake(Protocol):
     """Hands a TLS connection to ``inner`` only once the handshake is done.
 
-    txredisapi sets a connection up (AUTH, SELECT) in ``connectionMade`` and stops
-    reconnecting for good when that fails; a handshake that fails (an unknown CA, a wrong
-    name) must be a failed connection attempt, retried, not a connection lost mid-set-up."""
+    txredisapi sets a connection up (AUTH, SELECT) in ``connectionMade``; started only after
+    the handshake, a handshake that fails (an unknown CA, a wrong name) is a failed
+    connection attempt logged with its TLS reason, not a connection lost during AUTH."""
 
     def __init__(self, inner: IProtocol, ready: Deferred[IProtocol]) -> None:
         self._inner = inner
