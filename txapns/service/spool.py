@@ -10,7 +10,10 @@ Two layers:
   operation requested during one reactor turn and hands them to a *runner* (a thread pool in
   production, :func:`inline_runner` in tests) as one batch: one transaction and one ``fsync``
   for everything that turn produced, so the API can accept thousands of notifications a
-  second while each request still waits for its own commit.
+  second while each request still waits for its own commit. That turn's jobs without an
+  idempotency key are one operation (:meth:`SpoolStore.add_jobs`); a synchronous one, answered
+  only with its outcomes, is committed without an ``fsync`` of its own (see
+  :meth:`SpoolStore.run_batch`).
 
 Durability: WAL journal with ``synchronous=FULL`` by default. In WAL mode ``NORMAL`` already
 survives a killed process, but not a power loss or kernel crash: the last transactions could
