@@ -156,6 +156,7 @@ class MaskTests(SynchronousTestCase):
             ("http://u:pw@h:1/a@b/c", "http://u:***@h:1/a@b/c"),
             ("http://u:pw@h:1/x://y", "http://u:***@h:1/x://y"),
             ("http://u:p@w@h:1", "http://u:***@h:1"),
+            ("http://h/a:b@c", "http://h/a:b@c"),  # a path after a one-letter host
         ]:
             self.assertEqual(_mask(url), shown, url)
 
@@ -230,3 +231,95 @@ class MessagesTests(SynchronousTestCase):
             "within 1..65535 (host:port); set proxy_from_env = false (--no-env-proxy) to "
             "ignore it",
         )
+
+
+class SurvivorTests(SynchronousTestCase):
+    """What the rest of the proxy module's mutation run found unpinned."""
+
+    def test_half_bracketed_hosts_are_not_unbracketed(self) -> None:
+        from txapns.core.proxy import is_loopback, no_proxy_matches
+
+        self.assertFalse(is_loopback("x127.0.0.1]"))
+        self.assertFalse(no_proxy_matches("[::1", 443, "::"))
+        self.assertTrue(no_proxy_matches("[::1]", 443, "::1"))
+
+    def test_no_proxy_entry_ports_within_1_to_65535(self) -> None:
+        from txapns.core.proxy import no_proxy_matches
+
+        self.assertTrue(no_proxy_matches("h", 1, "h:1"))
+        self.assertTrue(no_proxy_matches("h", 65535, "h:65535"))
+        # An entry with a port outside 1..65535 cannot match: it is ignored, whatever asks.
+        self.assertFalse(no_proxy_matches("h", 0, "h:0"))
+        self.assertFalse(no_proxy_matches("h", 65536, "h:65536"))
+
+    def test_ranges_with_host_bits_and_entries_after_a_miss(self) -> None:
+        from txapns.core.proxy import no_proxy_matches
+
+        self.assertTrue(no_proxy_matches("10.1.2.3", 443, "10.0.0.1/8"))  # as curl: not strict
+        for no_proxy in ("10.0.0.0/33 h", "10.0.0.0/8 h", "127.0.0.1 h", "h:80 h"):
+            self.assertTrue(no_proxy_matches("h", 443, no_proxy), no_proxy)
+
+    def test_port_message(self) -> None:
+        with self.assertRaises(ValueError) as cm:
+            format_authority("h", 0)
+        self.assertEqual(str(cm.exception), "port must be within 1..65535, not 0")
+
+    def test_max_head(self) -> None:
+        self.assertEqual(ConnectResponseParser(16).max_head, 16)
+        with self.assertRaises(ValueError) as cm:
+            ConnectResponseParser(15)
+        self.assertEqual(str(cm.exception), "max_head must be at least 16 bytes")
+        # Exactly max_head bytes of an unfinished head are still waited on.
+        self.assertIsNone(ConnectResponseParser(16).feed(b"HTTP/1.1 200 OK\r"))
+
+    def test_after_the_answer(self) -> None:
+        parser = ConnectResponseParser()
+        answer = parser.feed(b"HTTP/1.1 200 OK\r\n\r\nTLS")
+        assert isinstance(answer, TunnelEstablished)
+        self.assertEqual(parser.received, 19)  # the head; the rest is the tunnel's
+        with self.assertRaises(RuntimeError) as cm:
+            parser.feed(b"more")
+        self.assertEqual(
+            str(cm.exception), "the proxy already answered; the bytes belong to the tunnel"
+        )
+
+    def test_an_error_is_raised_again(self) -> None:
+        from txapns.core.proxy import ProxyResponseError
+
+        parser = ConnectResponseParser()
+        with self.assertRaises(ProxyResponseError) as cm:
+            parser.feed(b"SSH-2.0")
+        with self.assertRaises(ProxyResponseError) as again:
+            parser.feed(b"")
+        self.assertIs(again.exception, cm.exception)
+
+    def test_folded_lines(self) -> None:
+        # Obsolete folding (a line starting with SP or HTAB) continues the previous value;
+        # only SP and HTAB are trimmed (RFC 9110 §5.6.3), other bytes are kept.
+        answer = ConnectResponseParser().feed(
+            b"HTTP/1.1 200 OK\r\nVia: X1X\x0b\r\n \tX2X\x0b \r\nX-A:\r\n\tb\r\n\r\n"
+        )
+        assert isinstance(answer, TunnelEstablished)
+        self.assertEqual(answer.header("via"), "X1X\x0b X2X\x0b")
+        self.assertEqual(answer.header("x-a"), "b")
+
+    def test_header_line_refusals(self) -> None:
+        from txapns.core.proxy import ProxyResponseError
+
+        for head, message in [
+            (b"HTTP/1.1 200 OK\r\n folded\r\n", "folded line before any header: b' folded'"),
+            (b"HTTP/1.1 200 OK\r\nnocolon\r\n", "malformed header line from the proxy: b'nocolon'"),
+        ]:
+            with self.assertRaises(ProxyResponseError) as cm:
+                ConnectResponseParser().feed(head)
+            self.assertEqual(str(cm.exception), message)
+
+    def test_a_password_after_an_empty_authority_is_masked(self) -> None:
+        # "http:///user:secret@proxy:3128" (one slash too many) is refused; its message must
+        # not show the password, although by URL grammar it sits in the path.
+        from txapns.core.proxy import ProxyURLError, _mask, parse_proxy_url
+
+        with self.assertRaises(ProxyURLError) as cm:
+            parse_proxy_url("http:///user:secret@proxy:3128")
+        self.assertNotIn("secret", str(cm.exception))
+        self.assertEqual(_mask("http:///user:secret@proxy:3128"), "http:///user:***@proxy:3128")

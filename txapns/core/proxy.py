@@ -181,8 +181,10 @@ def _mask(url: str) -> str:
         scheme, rest = "", url
     cut = len(rest)
     for stop in "/?#":
+        # A stop right after "://" (an empty authority) ends nothing: what follows may be
+        # user:password@host typed after one slash too many, and it is masked too.
         i = rest.find(stop)
-        if i >= 0:
+        if i > 0:
             cut = min(cut, i)
     netloc, tail = rest[:cut], rest[cut:]
     if "@" in netloc:
