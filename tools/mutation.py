@@ -107,6 +107,8 @@ _BIG = "int.to_bytes/from_bytes default to 'big' (Python >= 3.11)"
 _BEFORE_FIRST = "read only once a token exists: every reader checks _token first"
 _ONE_BYTE = "encode_integer(n, 7) is the one byte _LEN[n] for n < 127"
 _TEMPLATE_CODECS = (21, 26, 31, 39, 46, 60, 64, 74)
+_REASON = "every status line sets _reason before _end_of_head reads it"
+_URLSPLIT_PORT = "urlsplit's port refuses 65536 first ('the port must be within 1..65535')"
 _STRICT = "zip of two tables of 257 entries: strict or not, the same pairs"
 _COMPLETE = "the Huffman code is complete: no child is 0 (the root is nobody's child)"
 _FAST_PATH = "the inline static-table lookup is a fast path: _field gives the same field"
@@ -224,7 +226,12 @@ EQUIVALENT: dict[str, str] = {
             ("xǁEnvironmentProxyǁfrom_environ__mutmut_25", "URL schemes are case-insensitive"),
             ("xǁProxyCredentialsǁauthorization__mutmut_9", _CODEC),
             ("xǁTunnelRefusedǁerror__mutmut_15", "header() compares names in lower case"),
-            ("xǁConnectResponseParserǁ_line__mutmut_25", _CODEC),
+            *[(f"xǁConnectResponseParserǁ_line__mutmut_{n}", _CODEC) for n in (25, 42, 61, 66)],
+            *[(f"xǁConnectResponseParserǁ__init____mutmut_{n}", _REASON) for n in (11, 12)],
+            ("x__split_entry__mutmut_5", "rpartition differs only with two ']': no host has one"),
+            ("x_no_proxy_matches__mutmut_12", "an empty entry matches nothing either way"),
+            ("x_no_proxy_matches__mutmut_25", "strict=None is falsy like False"),
+            *[(f"x_parse_proxy_url__mutmut_{n}", _URLSPLIT_PORT) for n in (49, 50)],
         ]
     },
     "txapns.core.breaker.xǁCircuitBreakerǁhalf_open__mutmut_3": (
