@@ -133,6 +133,13 @@ class ReasonTests(SynchronousTestCase):
             11,
             "header block too large",
         ),
+        (
+            _OPEN + frame(DATA, 0, S, b"d" * 16384) * 4,  # 65,536 in one read
+            {"connection_window": 65535},
+            "connection",
+            3,
+            "DATA exceeds the connection flow-control window",
+        ),
         (frame(DATA, 0, S, b"x"), {}, "stream", 1, "DATA before response HEADERS"),
         (
             _OPEN + frame(DATA, 0, S, b"x" * 11),
