@@ -28,7 +28,9 @@ from .helpers_http2 import (
     frame,
     goaway,
     literal,
+    parse_frames,
     response,
+    settings_frame,
     terminated,
     window_update,
 )
@@ -250,3 +252,21 @@ class ReasonTests(SynchronousTestCase):
         with self.assertRaises(ConnectionClosingError) as closing:
             conn.ping()
         self.assertEqual(str(closing.exception), "the connection is dead")
+
+
+class ConnectionWindowResumeTests(SynchronousTestCase):
+    def test_a_body_held_by_the_connection_window_resumes_on_its_window_update(self) -> None:
+        # The stream's own window is large (1 MiB): only the connection window (65,535)
+        # holds the body back, so only a WINDOW_UPDATE on stream 0 can let the rest go.
+        conn = connected()
+        conn.receive_data(settings_frame((4, 1 << 20)))  # SETTINGS_INITIAL_WINDOW_SIZE
+        conn.data_to_send()
+        sid = conn.send_request(BLOCK, end_stream=False)
+        conn.send_data(sid, b"b" * 70_000, end_stream=True)
+        sent = [f for f in parse_frames(conn.data_to_send()) if f[0] == DATA]
+        self.assertEqual(sum(len(f[3]) for f in sent), 65535)
+        self.assertFalse(any(f[1] & END_STREAM for f in sent))
+        conn.receive_data(window_update(0, 10_000))
+        rest = [f for f in parse_frames(conn.data_to_send()) if f[0] == DATA]
+        self.assertEqual(sum(len(f[3]) for f in rest), 70_000 - 65535)
+        self.assertEqual(rest[-1][1] & END_STREAM, END_STREAM)
