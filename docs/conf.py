@@ -1,11 +1,14 @@
 """Sphinx configuration. CI builds with ``sphinx-build -W`` (warnings are errors)."""
 
+import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import txapns
+
+ROOT = Path(__file__).resolve().parent.parent
 
 project = "txapns"
 author = "txapns developers"
@@ -34,5 +37,24 @@ def _fix_docstring(app, what, name, obj, options, lines):  # type: ignore[no-unt
     lines[:] = [line.replace("``bearer ``", '``"bearer "``') for line in lines]
 
 
+def _unreleased_changes(app, docname, source):  # type: ignore[no-untyped-def]
+    # The changelog page shows the next version's section, drawn by towncrier from
+    # newsfragments/, above the released ones (towncrier writes it into the file at a release).
+    if docname != "changelog":
+        return
+    draft = subprocess.run(
+        [sys.executable, "-m", "towncrier", "build", "--draft", "--version", release,
+         "--date", "unreleased"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if draft.returncode != 0:
+        raise RuntimeError(
+            f"towncrier build --draft failed (it is in the dev extra):\n{draft.stderr}"
+        )
+    marker = ".. towncrier release notes start\n"
+    source[0] = source[0].replace(marker, draft.stdout + "\n" + marker, 1)
+
+
 def setup(app):  # type: ignore[no-untyped-def]
     app.connect("autodoc-process-docstring", _fix_docstring)
+    app.connect("source-read", _unreleased_changes)
