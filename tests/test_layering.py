@@ -73,6 +73,18 @@ class LayeringTests(SynchronousTestCase):
         core = list((PACKAGE / "core").rglob("*.py"))
         self.assertEqual(offenders(core, ("twisted", "zope")), {})
 
+    def test_no_module_imports_a_private_name_of_another(self) -> None:
+        """A leading underscore says "this module's own": a name two modules share gets a
+        public name (in a private ``_x.py`` module if it is not for users)."""
+        self.assertEqual(private_imports(sorted(PACKAGE.rglob("*.py"))), [])
+        self.assertEqual(
+            private_imports_in(
+                "from .api import _X, Api\nfrom .. import _timers\nfrom os import _exit\n",
+                "txapns.service",
+            ),
+            ["txapns.service.api._X"],
+        )
+
     def test_the_checker_sees_relative_lazy_and_type_only_imports(self) -> None:
         probe = PACKAGE.parent / "tests" / "_layering_probe.txt"
         probe.write_text(
@@ -99,3 +111,33 @@ def imports_from(source: str, package: str) -> set[str]:
         return imports(probe, package)
     finally:
         probe.unlink()
+
+
+def private_imports_in(source: str, package: str) -> list[str]:
+    """``module.name`` of each underscore name imported from a txapns module (a private
+    module itself, ``from . import _timers``, is fine)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ImportFrom) or node.module is None:
+            continue
+        if node.level:
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            module = ".".join([*base, node.module])
+        else:
+            module = node.module
+        if module.split(".")[0] != "txapns":
+            continue
+        found += [
+            f"{module}.{alias.name}"
+            for alias in node.names
+            if alias.name.startswith("_") and not alias.name.startswith("__")
+        ]
+    return found
+
+
+def private_imports(paths: list[pathlib.Path]) -> list[str]:
+    return [
+        f"{path.relative_to(PACKAGE.parent)}: {name}"
+        for path in paths
+        for name in private_imports_in(path.read_text(encoding="utf-8"), module_package(path))
+    ]

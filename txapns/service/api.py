@@ -506,7 +506,7 @@ class ApiChannel(HTTPChannel):
         path = self._path.split(b"?", 1)[0]
         # Before the base class, which would answer "Expect: 100-continue".
         if not self.site.resource.authorized(path, request.getHeader(b"authorization")):
-            self._refuse(401, unauthorized().body(), ((b"WWW-Authenticate", _CHALLENGE),))
+            self._refuse(401, unauthorized().body(), ((b"WWW-Authenticate", BEARER_CHALLENGE),))
             return
         HTTPChannel.allHeadersReceived(self)
         if self.length != 0:
@@ -656,7 +656,9 @@ def make_listener(
     return factory
 
 
-_CHALLENGE = b'Bearer realm="txapns"'
+#: The ``WWW-Authenticate`` value of every 401, from either HTTP layer (twisted.web's here,
+#: the lean one in :mod:`txapns.service.http1`).
+BEARER_CHALLENGE = b'Bearer realm="txapns"'
 #: Routes that answer without the bearer key: liveness only, no details.
 OPEN_PATHS = frozenset({b"/livez"})
 
@@ -971,7 +973,7 @@ class ApiResource(Api, Resource):
         request.setHeader(b"Content-Type", response.content_type.encode("ascii"))
         request.setHeader(b"Cache-Control", b"no-store")
         if response.code == 401:
-            request.setHeader(b"WWW-Authenticate", _CHALLENGE)
+            request.setHeader(b"WWW-Authenticate", BEARER_CHALLENGE)
         for k, v in response.headers:
             request.setHeader(k.encode("ascii"), v.encode("ascii"))
         request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))

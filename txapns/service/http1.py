@@ -44,7 +44,7 @@ from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, datetimeToLogString, datetimeToString
 
-from .api import _CHALLENGE, Api, ApiError, ApiRequest, Response, unauthorized
+from .api import BEARER_CHALLENGE, Api, ApiError, ApiRequest, Response, unauthorized
 
 log = Logger()
 
@@ -177,7 +177,11 @@ class ApiProtocol(Protocol):
         path = request.url.partition(b"?")[0]
         if not self._api.authorized(path, request.headers.get(b"authorization")):
             # Refused on its headers: its body is never read.
-            request.refuse = (401, unauthorized().body(), ((b"WWW-Authenticate", _CHALLENGE),))
+            request.refuse = (
+                401,
+                unauthorized().body(),
+                ((b"WWW-Authenticate", BEARER_CHALLENGE),),
+            )
             self._current = None
             self._enqueue(request)
             raise _Stop()
@@ -309,7 +313,7 @@ class ApiProtocol(Protocol):
             b"Cache-Control: no-store",
         ]
         if code == 401:
-            head.append(b"WWW-Authenticate: " + _CHALLENGE)
+            head.append(b"WWW-Authenticate: " + BEARER_CHALLENGE)
         for name, value in response.headers:
             head.append(name.encode("ascii") + b": " + value.encode("ascii"))
         head.append(b"Content-Length: %d" % len(body))
