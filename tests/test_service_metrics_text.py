@@ -64,10 +64,47 @@ class ExpositionTests(SynchronousTestCase):
 
     def test_empty(self) -> None:
         text = ServiceMetrics().render({})
-        self.assertEqual(
-            [line for line in text.splitlines() if not line.startswith("#")], []
-        )
+        self.assertEqual([line for line in text.splitlines() if not line.startswith("#")], [])
         self.assertTrue(text.endswith("\n"))
+
+
+class ReasonLabelTests(SynchronousTestCase):
+    """The ``reason`` label is :func:`~txapns.core.result.counter_key`, as in the clients'
+    :class:`~txapns.core.counters.Counters`: a local failure is labelled by its kind, never by
+    its free-text detail (addresses, error messages), so the label set stays bounded."""
+
+    def results(self) -> list[Result]:
+        n = Notification.create("ab" * 32, {"aps": {"alert": "x"}})
+        detail = [f"3 attempts, last: connection refused by 10.0.0.{i}:2195" for i in range(3)]
+        return [
+            *(Result(n, Outcome.REJECTED, None, d, local="unreachable") for d in detail),
+            Result(n, Outcome.REJECTED, None, "certificate verify failed (ca_file?)", local="tls"),
+            Result(n, Outcome.REJECTED, 8, "InvalidToken", local="attempts"),
+            Result(n, Outcome.UNKNOWN, None, "connection lost: [Errno 104] reset", local="lost"),
+            Result(n, Outcome.UNKNOWN, None, None),
+        ]
+
+    def test_a_free_text_reason_is_not_a_label(self) -> None:
+        m = ServiceMetrics()
+        for result in self.results():
+            m.app("shop").record(result, None)
+        a = m.app("shop")
+        self.assertEqual(
+            dict(a.rejected_by_reason), {"unreachable": 3, "tls": 1, "InvalidToken": 1}
+        )
+        self.assertEqual(dict(a.unknown_by_reason), {"lost": 1, "unknown": 1})
+        text = m.render({})
+        for result in self.results():
+            if result.local not in (None, "attempts"):  # "attempts": APNs' own reason
+                self.assertNotIn(str(result.reason), text)
+
+    def test_the_same_labels_as_the_clients_counters(self) -> None:
+        counters, m = Counters(), ServiceMetrics()
+        for result in self.results():
+            counters.record(result)
+            m.app("shop").record(result, None)
+        self.assertEqual(m.app("shop").rejected_by_reason, counters.rejected_by_reason)
+        self.assertEqual(m.app("shop").unknown_by_reason, counters.unknown_by_reason)
 
 
 class TableTests(SynchronousTestCase):

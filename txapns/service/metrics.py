@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..core.counters import Counters
-from ..core.result import Outcome, Result
+from ..core.result import Outcome, Result, counter_key
 
 #: Where each :class:`~txapns.core.counters.Counters` field of an app's client shows in
 #: ``/metrics``. The client's outcome counts are the engine's own (every result the client
@@ -95,6 +95,9 @@ class AppMetrics:
     #: Handed to the app's client (each hand-over counts, a requeued one again).
     sent: int = 0
     accepted: int = 0
+    #: Rejections and unknown outcomes, by :func:`~txapns.core.result.counter_key` (the
+    #: ``reason`` label): the local kind (``tls``, ``unreachable``…) when the client finished
+    #: it, never its free-text detail, so the label set stays bounded.
     rejected_by_reason: Counter[str] = field(default_factory=Counter)
     unknown_by_reason: Counter[str] = field(default_factory=Counter)
     #: Put back in the spool unsent (client stopping, queue full).
@@ -121,9 +124,9 @@ class AppMetrics:
         if result.outcome is Outcome.ACCEPTED:
             self.accepted += 1
         elif result.outcome is Outcome.REJECTED:
-            self.rejected_by_reason[result.reason or "unspecified"] += 1
+            self.rejected_by_reason[counter_key(result)] += 1
         else:
-            self.unknown_by_reason[result.reason or "unspecified"] += 1
+            self.unknown_by_reason[counter_key(result)] += 1
         if result.may_duplicate:
             self.may_duplicate += 1
         if latency is not None:
