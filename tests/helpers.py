@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 import tempfile
 from collections.abc import Callable, Coroutine
@@ -65,3 +66,27 @@ def assert_invalid(
         with case.assertRaises(ValueError) as cm:
             factory(**kwargs)
         case.assertEqual(str(cm.exception), message, kwargs)
+
+
+def absolute_module(node: ast.ImportFrom, package: str) -> str:
+    """The absolute name of the module a ``from … import`` in a module of ``package`` reads."""
+    if not node.level:
+        return node.module or ""
+    base = package.split(".")
+    base = base[: len(base) - node.level + 1]
+    return ".".join([*base, node.module] if node.module else base)
+
+
+def imported_names(source: str, package: str) -> set[str]:
+    """Absolute names of every module, and ``module.member``, that ``source`` (a module of
+    ``package``) imports, at any level: in functions and ``TYPE_CHECKING`` blocks too (a
+    type-only import is still a dependency). ``from . import x`` names module ``x``."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = absolute_module(node, package)
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names

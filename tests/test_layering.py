@@ -9,6 +9,8 @@ import pathlib
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from .helpers import absolute_module, imported_names
+
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "txapns"
 
 #: Everything outside these is the library.
@@ -18,21 +20,7 @@ NOT_LIBRARY = ("service", "testing", "tap.py", "cli.py", "demo.py")
 def imports(path: pathlib.Path, package: str) -> set[str]:
     """Absolute names of every module ``path`` imports, at any level (functions included,
     ``TYPE_CHECKING`` blocks included: a type-only import is still a dependency)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - node.level + 1]
-                module = ".".join([*base, node.module] if node.module else base)
-            else:
-                module = node.module or ""
-            names.add(module)
-            names.update(f"{module}.{alias.name}" for alias in node.names)
-    return names
+    return imported_names(path.read_text(encoding="utf-8"), package)
 
 
 def module_package(path: pathlib.Path) -> str:
@@ -120,11 +108,7 @@ def private_imports_in(source: str, package: str) -> list[str]:
     for node in ast.walk(ast.parse(source)):
         if not isinstance(node, ast.ImportFrom) or node.module is None:
             continue
-        if node.level:
-            base = package.split(".")[: len(package.split(".")) - node.level + 1]
-            module = ".".join([*base, node.module])
-        else:
-            module = node.module
+        module = absolute_module(node, package)
         if module.split(".")[0] != "txapns":
             continue
         found += [

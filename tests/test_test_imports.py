@@ -15,32 +15,15 @@ import pathlib
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from .helpers import imported_names
+
 TESTS = pathlib.Path(__file__).resolve().parent
-
-
-def imported_modules(source: str, package: str = "tests") -> set[str]:
-    """Absolute names of every module (or module member) ``source`` imports, at any level."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - node.level + 1]
-                module = ".".join([*base, node.module] if node.module else base)
-            else:
-                module = node.module or ""
-            names.add(module)
-            # ``from . import test_x`` and ``from tests import test_x`` import a module too.
-            names.update(f"{module}.{alias.name}" for alias in node.names)
-    return names
 
 
 def imported_test_modules(source: str) -> set[str]:
     """The test modules (``tests.test_*``) that ``source`` imports, in any spelling."""
     found = set()
-    for name in imported_modules(source):
+    for name in imported_names(source, "tests"):
         parts = name.split(".")
         if len(parts) >= 2 and parts[0] == "tests" and parts[1].startswith("test_"):
             found.add(".".join(parts[:2]))
