@@ -4,6 +4,7 @@ config test constants."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone
@@ -32,7 +34,7 @@ from txapns.service.engine import (
     Template,
 )
 from txapns.service.spool import Spool, SpoolStore, inline_runner
-from txapns.service.testing import FakeSender
+from txapns.service.testing import FakeSender, accept
 
 from .helpers import temp_dir, token
 
@@ -93,10 +95,38 @@ class Harness(SynchronousTestCase):
         return {state: n for (_, state), n in self.store.counts().items()}
 
 
+class FakeResponse:
+    """An answer whose body is ``chunks`` then ``end`` (``None``: the body never ends)."""
+
+    def __init__(
+        self,
+        code: int,
+        chunks: Sequence[bytes] = (b"ok",),
+        end: type[Exception] | None = ResponseDone,
+    ) -> None:
+        self.code = code
+        self.phrase = b"Whatever"
+        self.chunks = chunks
+        self.end = end
+        self.transport = StringTransport()
+
+    def deliverBody(self, protocol: Any) -> None:
+        protocol.makeConnection(self.transport)
+        for chunk in self.chunks:
+            protocol.dataReceived(chunk)
+        if self.end is not None:
+            protocol.connectionLost(Failure(self.end()))
+
+
 @implementer(IAgent)
 class FakeAgent:
-    def __init__(self, code: int = 200) -> None:
-        self.code = code
+    """Records each request as (method, uri, headers, body) and answers ``response``: a
+    :class:`FakeResponse`, a status code (a short body that ends), or ``None`` (never)."""
+
+    def __init__(self, response: FakeResponse | int | None = 200) -> None:
+        if isinstance(response, int):
+            response = FakeResponse(response)
+        self.response = response
         self.requests: list[tuple[bytes, bytes, Headers, bytes]] = []
 
     def request(
@@ -106,27 +136,11 @@ class FakeAgent:
         headers: Headers | None = None,
         bodyProducer: IBodyProducer | None = None,
     ) -> Deferred[Any]:
-        chunks: list[bytes] = []
-
-        class Consumer:
-            def write(self, data: bytes) -> None:
-                chunks.append(data)
-
+        written = StringTransport()
         assert bodyProducer is not None and headers is not None
-        bodyProducer.startProducing(Consumer())  # type: ignore[arg-type]
-        self.requests.append((method, uri, headers, b"".join(chunks)))
-        code = self.code
-
-        class Response:
-            def __init__(self) -> None:
-                self.code = code
-                self.phrase = b"OK"
-
-            def deliverBody(self, protocol: Any) -> None:
-                protocol.dataReceived(b"ok")
-                protocol.connectionLost(Failure(ResponseDone()))
-
-        return succeed(Response())
+        bodyProducer.startProducing(written)
+        self.requests.append((method, uri, headers, written.value()))
+        return Deferred() if self.response is None else succeed(self.response)
 
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
@@ -151,3 +165,22 @@ def app_config(name: str) -> AppConfig:
         protocol="http2",
         credentials=TokenCredentials(Path("AuthKey_ABC1234567.p8"), "ABC1234567", "T1"),
     )
+
+
+def accepting_engine(
+    case: SynchronousTestCase, clock: Clock
+) -> tuple[Engine, SpoolStore, FakeSender]:
+    """A started engine with one app, ``a``, whose :class:`FakeSender` accepts everything,
+    over a SQLite spool in a temp dir run inline: what the API tests put behind the API."""
+    store = SpoolStore(temp_dir(case) / "spool.db")
+    case.addCleanup(store.close)
+    sender = FakeSender(auto=accept)
+    engine = Engine(
+        {"a": EngineApp(sender, bundle_id="com.example.a")},
+        Spool(store, clock, inline_runner),
+        clock,
+        purge_interval=0,
+    )
+    engine.start()
+    clock.advance(0)
+    return engine, store, sender

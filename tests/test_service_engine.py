@@ -488,7 +488,7 @@ class WebhookTests(Harness):
         self.assertEqual(hook.posted, 3)
 
     def test_failed_post_is_logged(self) -> None:
-        agent = FakeAgent(code=500)
+        agent = FakeAgent(500)
         hook = InvalidTokenWebhook(agent, "http://127.0.0.1:1/hook", self.clock)
         hook.notify("a", token(1), None, "Unregistered", 410)
         self.turn()

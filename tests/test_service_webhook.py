@@ -5,71 +5,33 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.internet.defer import TimeoutError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer
-from zope.interface import implementer
 
 from txapns.service.webhook import BytesProducer, InvalidTokenWebhook
 
+from .helpers_service import FakeAgent, FakeResponse
+
 TOKEN = "ab" * 32
-
-
-class Response:
-    """An answer whose body is ``chunks`` then ``end`` (``None``: the body never ends)."""
-
-    def __init__(self, code: int, chunks: list[bytes], end: type[Exception] | None) -> None:
-        self.code = code
-        self.phrase = b"Whatever"
-        self.chunks = chunks
-        self.end = end
-        self.transport = StringTransport()
-
-    def deliverBody(self, protocol: Any) -> None:
-        protocol.makeConnection(self.transport)
-        for chunk in self.chunks:
-            protocol.dataReceived(chunk)
-        if self.end is not None:
-            protocol.connectionLost(Failure(self.end()))
-
-
-@implementer(IAgent)
-class Agent:
-    def __init__(self, response: Response | None) -> None:
-        self.response = response
-        self.requests: list[tuple[bytes, bytes, Headers, bytes]] = []
-
-    def request(
-        self,
-        method: bytes,
-        uri: bytes,
-        headers: Headers | None = None,
-        bodyProducer: IBodyProducer | None = None,
-    ) -> Deferred[Any]:
-        written = StringTransport()
-        assert bodyProducer is not None and headers is not None
-        bodyProducer.startProducing(written)
-        self.requests.append((method, uri, headers, written.value()))
-        return Deferred() if self.response is None else succeed(self.response)
 
 
 class WebhookTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
 
-    def hook(self, response: Response | None, **kw: Any) -> tuple[InvalidTokenWebhook, Agent]:
-        agent = Agent(response)
+    def hook(
+        self, response: FakeResponse | None, **kw: Any
+    ) -> tuple[InvalidTokenWebhook, FakeAgent]:
+        agent = FakeAgent(response)
         return InvalidTokenWebhook(agent, "http://127.0.0.1:1/dead", self.clock, **kw), agent
 
     def test_one_post_per_turn_with_its_headers(self) -> None:
         hook, agent = self.hook(
-            Response(204, [], ResponseDone), headers={"Authorization": "Bearer k"}
+            FakeResponse(204, [], ResponseDone), headers={"Authorization": "Bearer k"}
         )
         hook.notify("shop", TOKEN, 1.5, "Unregistered", 410, "unregistered")
         hook.notify("shop", TOKEN, None, "BadDeviceToken", 400, "bad_token")
@@ -105,13 +67,13 @@ class WebhookTests(SynchronousTestCase):
 
     def test_answer_without_a_length_counts(self) -> None:
         """An HTTP/1.0 answer that ends with its connection is whole: its code counts."""
-        hook, _ = self.hook(Response(200, [b"ok"], PotentialDataLoss))
+        hook, _ = self.hook(FakeResponse(200, [b"ok"], PotentialDataLoss))
         hook.notify("shop", TOKEN, None, "Unregistered", 410)
         self.clock.advance(0)
         self.assertEqual((hook.posted, hook.failed), (1, 0))
 
     def test_error_answer_counts_failed(self) -> None:
-        hook, _ = self.hook(Response(500, [b"oops"], ResponseDone))
+        hook, _ = self.hook(FakeResponse(500, [b"oops"], ResponseDone))
         hook.notify("shop", TOKEN, None, "Unregistered", 410)
         self.clock.advance(0)
         self.assertEqual((hook.posted, hook.failed), (0, 1))
@@ -120,7 +82,7 @@ class WebhookTests(SynchronousTestCase):
     def test_answer_that_never_ends_is_given_up(self) -> None:
         """The time limit covers the answer's body: a body that never ends is abandoned,
         its connection aborted, and stop() does not wait for it forever."""
-        response = Response(200, [b"more"], None)
+        response = FakeResponse(200, [b"more"], None)
         hook, _ = self.hook(response, timeout=5.0)
         hook.notify("shop", TOKEN, None, "Unregistered", 410)
         self.clock.advance(0)
@@ -143,7 +105,7 @@ class WebhookTests(SynchronousTestCase):
         self.successResultOf(hook.stop())
 
     def test_stop_posts_what_is_pending(self) -> None:
-        hook, agent = self.hook(Response(200, [], ResponseDone))
+        hook, agent = self.hook(FakeResponse(200, [], ResponseDone))
         hook.notify("shop", TOKEN, None, "Unregistered", 410)
         self.successResultOf(hook.stop())
         self.assertEqual((len(agent.requests), hook.posted), (1, 1))
