@@ -4,9 +4,7 @@ and leave nothing in the spool; valid ones are answered."""
 from __future__ import annotations
 
 import json
-import shutil
 from io import BytesIO
-from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -17,9 +15,8 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from txapns.service.api import ApiError, ApiResource, Limits, parse_submission
-from txapns.service.engine import Engine, EngineApp
-from txapns.service.spool import Spool, SpoolStore, inline_runner
-from txapns.service.testing import FakeSender, accept
+
+from .helpers_service import accepting_engine
 
 KEY = b"fuzz-key-0123456789abcdef"
 LIMITS = Limits(max_body_bytes=4096, max_recipients=5)
@@ -74,21 +71,8 @@ raw_bodies = st.one_of(
 
 class FuzzApiTests(SynchronousTestCase):
     def setUp(self) -> None:
-        tmp = Path(self.mktemp())
-        tmp.mkdir(parents=True)
-        self.addCleanup(shutil.rmtree, tmp.parts[0] if not tmp.is_absolute() else tmp, True)
         self.clock = Clock()
-        self.store = SpoolStore(tmp / "spool.db")
-        self.addCleanup(lambda: self.store.close())
-        self.sender = FakeSender(auto=accept)
-        self.engine = Engine(
-            {"a": EngineApp(self.sender, bundle_id="com.example.a")},
-            Spool(self.store, self.clock, inline_runner),
-            self.clock,
-            purge_interval=0,
-        )
-        self.engine.start()
-        self.clock.advance(0)
+        self.engine, self.store, self.sender = accepting_engine(self, self.clock)
         self.resource = ApiResource(self.engine, KEY, LIMITS)
 
     def post(self, body: bytes) -> DummyRequest:

@@ -20,13 +20,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txapns.service.api import Limits, make_listener
 from txapns.service.config import ConfigError, parse_config
-from txapns.service.engine import Engine, EngineApp
 from txapns.service.environ import apply_environment
 from txapns.service.http1 import MAX_HEADER_BYTES, MAX_PIPELINED
-from txapns.service.spool import Spool, SpoolStore, inline_runner
-from txapns.service.testing import FakeSender, accept
 
 from .helpers import temp_dir
+from .helpers_service import accepting_engine
 
 KEY = b"test-key-0123456789abcdef"
 LIMITS = Limits(max_body_bytes=1024, header_timeout=5, body_timeout=7, idle_timeout=60)
@@ -84,17 +82,7 @@ class _Connection(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.store = SpoolStore(temp_dir(self) / "spool.db")
-        self.addCleanup(self.store.close)
-        self.sender = FakeSender(auto=accept)
-        self.engine = Engine(
-            {"a": EngineApp(self.sender, bundle_id="com.example.a")},
-            Spool(self.store, self.clock, inline_runner),
-            self.clock,
-            purge_interval=0,
-        )
-        self.engine.start()
-        self.clock.advance(0)
+        self.engine, self.store, self.sender = accepting_engine(self, self.clock)
         self.factory: Any = make_listener(
             self.engine, KEY, LIMITS, reactor=self.clock, server=self.server
         )
