@@ -4,19 +4,23 @@ parsed independently of the product, the channel harness and hand-driven endpoin
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from txapns.binary import APNsProtocol
 from txapns.core.binary_channel import SENTINEL_TOKEN, BinaryChannel, ChannelConfig
 from txapns.core.notification import Notification
 from txapns.core.result import Outcome, Result
+from txapns.testing.binary_gateway import FakeGateway, listen_gateway
+from txapns.testing.pki import TestPKI, server_tls_options
 
 
 def note(i: int) -> Notification:
@@ -149,3 +153,16 @@ class ManualEndpoint:
         )
         d.callback(client)
         pump.flush()
+
+
+def tls_gateway(
+    case: SynchronousTestCase, reactor: Any, pki: TestPKI
+) -> tuple[FakeGateway, IListeningPort]:
+    """A fake binary gateway on a free loopback port with ``pki``'s server certificate,
+    stopped (connections closed) after the test."""
+    gateway = FakeGateway(reactor)
+    listening = listen_gateway(reactor, gateway, tls_options=server_tls_options(pki))
+    case.addCleanup(listening.stopListening)
+    case.addCleanup(gateway.stop)
+    case.addCleanup(gateway.when_all_closed)
+    return gateway, listening

@@ -47,10 +47,11 @@ from txapns.service.config import (
     parse_app,
 )
 from txapns.service.senders import make_sender
-from txapns.testing.binary_gateway import FakeGateway, listen_gateway
 from txapns.testing.http2_server import FakeAPNsServer, listen_http2
 from txapns.testing.pki import make_test_pki, server_tls_options
 from txapns.testing.proxy import FakeConnectProxy, listen_proxy
+
+from .helpers_binary import tls_gateway
 
 PKI = make_test_pki()
 APNS = "api.sandbox.push.apple.com"
@@ -485,11 +486,7 @@ class RealTLSTests(TestCase):
 
     @defer.inlineCallbacks
     def test_binary_sender_goes_through_the_environment_proxy(self) -> Any:
-        gateway = FakeGateway(self.reactor)
-        listening = listen_gateway(self.reactor, gateway, tls_options=server_tls_options(PKI))
-        self.addCleanup(listening.stopListening)
-        self.addCleanup(gateway.stop)
-        self.addCleanup(gateway.when_all_closed)
+        gateway, listening = tls_gateway(self, self.reactor, PKI)
         self.proxy.route(GATEWAY, 2195, to=("127.0.0.1", listening.getHost().port))
         app = binary_app(PKI.write(temp_dir(self)))
         with mock.patch.dict(os.environ, self.environ):

@@ -47,10 +47,11 @@ from txapns.http2 import HTTP2Client
 from txapns.proxy import HTTPConnectEndpoint
 from txapns.service.config import AppConfig, CertificateCredentials, TokenCredentials
 from txapns.service.senders import make_sender
-from txapns.testing.binary_gateway import FakeGateway, listen_gateway
 from txapns.testing.http2_server import FakeAPNsServer, listen_http2
 from txapns.testing.pki import make_test_pki, server_tls_options
 from txapns.testing.proxy import FakeConnectProxy, listen_proxy
+
+from .helpers_binary import tls_gateway
 
 PKI = make_test_pki()
 KEY = load_signing_key(PKI.token_key_p8)
@@ -536,11 +537,7 @@ class RealTLSTests(TestCase):
 
     @defer.inlineCallbacks
     def test_binary_sender_through_the_proxy(self) -> Any:
-        gateway = FakeGateway(self.reactor)
-        listening = listen_gateway(self.reactor, gateway, tls_options=server_tls_options(PKI))
-        self.addCleanup(listening.stopListening)
-        self.addCleanup(gateway.stop)
-        self.addCleanup(gateway.when_all_closed)
+        gateway, listening = tls_gateway(self, self.reactor, PKI)
         files = PKI.write(Path(self.mktemp()))
         app = AppConfig(
             name="legacy",
