@@ -20,11 +20,14 @@ from .helpers import temp_dir
 DELAY = 0.02
 
 
-class OutcomeBatchingTests(SynchronousTestCase):
+class _EngineCase(SynchronousTestCase):
+    """An engine over a real SQLite spool (run inline) and a sender that accepts."""
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.store = SpoolStore(temp_dir(self) / "spool.db")
         self.addCleanup(self.store.close)
+        self.watch_store()
         self.spool = Spool(self.store, self.clock, inline_runner)
         self.sender = FakeSender(auto=accept, clock=self.clock)  # answers on the next turn
         self.engine = Engine(
@@ -37,10 +40,15 @@ class OutcomeBatchingTests(SynchronousTestCase):
         self.engine.start()
         self.turns()
 
+    def watch_store(self) -> None:
+        """Wrap the store before the spool takes it (a test may record what it runs)."""
+
     def turns(self) -> None:
         for _ in range(5):
             self.clock.advance(0)
 
+
+class OutcomeBatchingTests(_EngineCase):
     def submit(self, token: str, *, async_: bool = True) -> str:
         batch = self.engine.prepare("a", Template(payload={"aps": {"alert": "x"}}), [token])
         d = self.engine.submit("a", batch, async_=async_)
@@ -87,16 +95,13 @@ class OutcomeBatchingTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
-class SynchronousRequestTests(SynchronousTestCase):
+class SynchronousRequestTests(_EngineCase):
     """A synchronous request without a key costs one fsync and two spool batches (issue 11,
     sync p50): its job is committed without an fsync (nothing was promised yet: it is
     answered only after its outcomes), and its view is read in the batch that records its
     last outcome, not in a third batch after it."""
 
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.store = SpoolStore(temp_dir(self) / "spool.db")
-        self.addCleanup(self.store.close)
+    def watch_store(self) -> None:
         self.batches: list[bool] = []  # volatile?
         run_batch = self.store.run_batch
 
@@ -105,21 +110,6 @@ class SynchronousRequestTests(SynchronousTestCase):
             return run_batch(ops, volatile=volatile)  # type: ignore[arg-type]
 
         self.store.run_batch = recording  # type: ignore[method-assign]
-        self.spool = Spool(self.store, self.clock, inline_runner)
-        self.sender = FakeSender(auto=accept, clock=self.clock)
-        self.engine = Engine(
-            {"a": EngineApp(self.sender, bundle_id="com.example.a")},
-            self.spool,
-            self.clock,
-            purge_interval=0,
-            outcome_delay=DELAY,
-        )
-        self.engine.start()
-        self.turns()
-
-    def turns(self) -> None:
-        for _ in range(5):
-            self.clock.advance(0)
 
     def request(self, tokens: list[str], **kw: object) -> Deferred[JobView]:
         """What the API does for a synchronous request."""

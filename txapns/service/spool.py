@@ -663,19 +663,9 @@ class SpoolStore:
             wanted.setdefault(r.id, r)
         finished: list[str] = []
         with self.transaction():
-            ids = list(wanted)
-            open_ids: list[int] = []
-            for i in range(0, len(ids), 500):
-                chunk = ids[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                open_ids.extend(
-                    row[0]
-                    for row in self._db.execute(
-                        f"SELECT id FROM notifications WHERE id IN ({marks})"
-                        " AND state IN ('queued', 'inflight')",
-                        chunk,
-                    )
-                )
+            open_ids = self._ids_where(
+                "notifications", list(wanted), "state IN ('queued', 'inflight')"
+            )
             todo = [wanted[i] for i in open_ids]
             self._db.executemany(
                 "UPDATE notifications SET state = ?, status = ?, reason = ?,"
@@ -713,17 +703,7 @@ class SpoolStore:
                 [(n, job_id) for job_id, n in per_job.items()],
             )
             jobs = list(per_job)
-            for i in range(0, len(jobs), 500):
-                some = jobs[i : i + 500]
-                marks = ",".join("?" * len(some))
-                finished.extend(
-                    row[0]
-                    for row in self._db.execute(
-                        f"SELECT id FROM jobs WHERE id IN ({marks})"
-                        " AND remaining <= 0 AND status != 'done'",
-                        some,
-                    )
-                )
+            finished = self._ids_where("jobs", jobs, "remaining <= 0 AND status != 'done'")
             if finished:
                 order = {job_id: k for k, job_id in enumerate(jobs)}
                 finished.sort(key=order.__getitem__)  # in a stable order, as before
@@ -732,6 +712,17 @@ class SpoolStore:
                     [(now, job_id) for job_id in finished],
                 )
         return finished
+
+    def _ids_where(self, table: str, ids: list[Any], condition: str) -> list[Any]:
+        """Those of ``ids`` whose row in ``table`` meets ``condition`` (500 per query: SQLite's
+        limit on bound parameters is 999 in older builds)."""
+        out: list[Any] = []
+        for i in range(0, len(ids), 500):
+            some = ids[i : i + 500]
+            marks = ",".join("?" * len(some))
+            sql = f"SELECT id FROM {table} WHERE id IN ({marks}) AND {condition}"
+            out.extend(row[0] for row in self._db.execute(sql, some))
+        return out
 
     def add_invalid_tokens(
         self,
