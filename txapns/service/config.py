@@ -615,14 +615,9 @@ def _parse_spool(raw: object, base_dir: Path) -> tuple[Path, RedisSpoolConfig | 
     if not isinstance(wait, int) or isinstance(wait, bool) or wait < 0:
         raise ConfigError("[spool] wait_replicas must be a whole number >= 0")
     chunk = raw.get("chunk_size", DEFAULT_CHUNK_SIZE)
-    if (
-        not isinstance(chunk, int)
-        or isinstance(chunk, bool)
-        or not 1 <= chunk <= MAX_CHUNK_SIZE
-    ):
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or not 1 <= chunk <= MAX_CHUNK_SIZE:
         raise ConfigError(
-            f"[spool] chunk_size must be a whole number from 1 to {MAX_CHUNK_SIZE}, "
-            f"not {chunk!r}"
+            f"[spool] chunk_size must be a whole number from 1 to {MAX_CHUNK_SIZE}, not {chunk!r}"
         )
     instance_id = _opt_str(raw, "instance_id", "[spool]")
     if instance_id is not None and not _APP_NAME.match(instance_id):

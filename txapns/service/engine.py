@@ -328,8 +328,6 @@ class Engine:
         self._left: dict[str, int] = {}
         #: Of those, the jobs whose last outcome is among self._records.
         self._complete: list[str] = []
-        #: Jobs whose view is read in the same spool batch as their last outcomes.
-        self._reading: set[str] = set()
         self._writes: set[Deferred[None]] = set()
         self._drained: Deferred[None] | None = None
         self._unknown_app_items = 0
@@ -672,10 +670,14 @@ class Engine:
         if fresh and count > 0 and not self.spool.shared and self.state == "running":
             self._left.setdefault(job_id, count)
         if not fresh or self.spool.shared or self.state != "running":
-            self.spool.job(job_id).addCallbacks(
-                self._check_waiters, self._waiter_read_failed, errbackArgs=(job_id,)
-            )
+            self._read_for_waiters(job_id)
         return d
+
+    def _read_for_waiters(self, job_id: str) -> None:
+        """Read the job; its waiters fire if it is done (or the engine stopped)."""
+        self.spool.job(job_id).addCallbacks(
+            self._check_waiters, self._waiter_read_failed, errbackArgs=(job_id,)
+        )
 
     def _check_waiters(self, view: JobView | None) -> None:
         if view is not None and (view.done or self.state == "stopped"):
@@ -691,21 +693,9 @@ class Engine:
         for d in self._waiters.pop(job_id, []):
             d.errback(failure)
 
-    def _read_with_outcomes(self, view: JobView | None, job_id: str) -> None:
-        self._reading.discard(job_id)
-        self._check_waiters(view)  # not done (a record was a repeat): _job_finished reads later
-
-    def _read_with_outcomes_failed(self, failure: Failure, job_id: str) -> None:
-        self._reading.discard(job_id)
-        self._waiter_read_failed(failure, job_id)
-
     def _job_finished(self, job_id: str) -> None:
-        if job_id in self._reading:
-            return  # its view is read in this very batch, after the outcomes
         if job_id in self._waiters:
-            self.spool.job(job_id).addCallbacks(
-                self._check_waiters, self._waiter_read_failed, errbackArgs=(job_id,)
-            )
+            self._read_for_waiters(job_id)
 
     def add_feedback(self, app: str, entries: Sequence[tuple[str, float | None]]) -> Deferred[None]:
         """Record dead tokens from the binary feedback service: ``(token hex, time)`` tuples."""
@@ -1077,27 +1067,22 @@ class Engine:
         records, self._records = self._records, []
         if not records:
             return
+        # Jobs a request waits for, finished by these records: read in the same batch (one
+        # transaction, after the outcomes), not in a later one of their own.
+        complete, self._complete = self._complete, []
+        read_now = frozenset(job_id for job_id in complete if job_id in self._waiters)
         d = self.spool.record_outcomes(records, now=self._now())
-        d.addCallback(self._recorded)
+        d.addCallback(self._recorded, read_now)
         self._track(
             d, f"record {len(records)} outcomes", ", ".join(sorted({r.app for r in records}))
         )
-        # Jobs a request waits for, finished by these records: read in the same batch (one
-        # transaction after the outcomes), not in a later one of their own.
-        complete, self._complete = self._complete, []
-        for job_id in complete:
-            if job_id in self._waiters and job_id not in self._reading:
-                self._reading.add(job_id)
-                self.spool.job(job_id).addCallbacks(
-                    self._read_with_outcomes,
-                    self._read_with_outcomes_failed,
-                    callbackArgs=(job_id,),
-                    errbackArgs=(job_id,),
-                )
+        for job_id in read_now:
+            self._read_for_waiters(job_id)
 
-    def _recorded(self, finished: list[str]) -> None:
+    def _recorded(self, finished: list[str], read_now: frozenset[str]) -> None:
         for job_id in finished:
-            self._job_finished(job_id)
+            if job_id not in read_now:  # already read in that batch, after the outcomes
+                self._job_finished(job_id)
 
     def _track(self, d: Deferred[Any], what: str, app: str) -> None:
         tracked: Deferred[None] = d.addCallbacks(

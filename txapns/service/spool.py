@@ -527,9 +527,13 @@ class SpoolStore:
             jobs: list[tuple[object, ...]] = []
             rows: list[tuple[object, ...]] = []
             stored = self._rows(
-                app, notifications, now, send_at, async_, idempotency_key, fingerprint,
-                inflight, jobs, rows, {},
-            )  # fmt: skip
+                NewJob(app, notifications, now, send_at, async_, inflight),
+                jobs,
+                rows,
+                {},
+                idempotency_key,
+                fingerprint,
+            )
             self._insert(jobs, rows)
             return stored
 
@@ -541,22 +545,7 @@ class SpoolStore:
         rows: list[tuple[object, ...]] = []
         fields_cache: dict[tuple[object, ...], str] = {}
         with self.transaction():
-            out = [
-                self._rows(
-                    j.app,
-                    j.notifications,
-                    j.now,
-                    j.send_at,
-                    j.async_,
-                    None,
-                    None,
-                    j.inflight,
-                    job_rows,
-                    rows,
-                    fields_cache,
-                )
-                for j in jobs
-            ]
+            out = [self._rows(j, job_rows, rows, fields_cache) for j in jobs]
             self._insert(job_rows, rows)
         return out
 
@@ -574,22 +563,18 @@ class SpoolStore:
 
     def _rows(
         self,
-        app: str,
-        notifications: Sequence[Notification],
-        now: float,
-        send_at: float | None,
-        async_: bool,
-        idempotency_key: str | None,
-        fingerprint: str | None,
-        inflight: bool,
+        job: NewJob,
         jobs: list[tuple[object, ...]],
         rows: list[tuple[object, ...]],
         fields_cache: dict[tuple[object, ...], str],
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> StoredJob:
         """A new job's row and its notifications' rows, appended to ``jobs`` and ``rows``
         (ids taken now: call inside the transaction that inserts them). ``fields_cache``:
         the encoded fields by their values, shared by the jobs of one call."""
         job_id = uuid.uuid4().hex
+        app, notifications, now, send_at = job.app, job.notifications, job.now, job.send_at
         count = len(notifications)
         jobs.append(
             (
@@ -598,14 +583,14 @@ class SpoolStore:
                 now,
                 idempotency_key,
                 fingerprint if idempotency_key is not None else None,
-                int(async_),
+                int(job.async_),
                 count,
                 count,
                 "pending" if count else "done",
             )
         )
         first = self._next_id
-        state = INFLIGHT if inflight else QUEUED
+        state = INFLIGHT if job.inflight else QUEUED
 
         def fields_of(n: Notification) -> str:
             k = (n.expiry, n.priority, n.topic, n.push_type, n.collapse_id)
@@ -631,7 +616,7 @@ class SpoolStore:
             for i, n in enumerate(notifications)
         )
         self._next_id = first + count
-        return StoredJob(job_id, tuple(range(first, first + count)), False, async_)
+        return StoredJob(job_id, tuple(range(first, first + count)), False, job.async_)
 
     def mark_inflight(self, ids: Iterable[int], *, now: float) -> None:
         with self.transaction():
