@@ -1,6 +1,7 @@
-"""How the clients hold their lifecycle and their timers: a :class:`Phase`, and one small
-helper for timers: each :class:`Timer` owns at most one ``callLater`` handle, and
-:meth:`Timers.cancel_all` cancels every one of them on stop.
+"""How the clients hold their state and their timers: enums (:class:`Phase` for the
+lifecycle, :class:`Dial` for a binary connection slot, :class:`Reach` and :class:`Retry` for
+the HTTP/2 pool), and one small helper for timers: each :class:`Timer` owns at most one
+``callLater`` handle, and :meth:`Timers.cancel_all` cancels every one of them on stop.
 
 It replaces the pattern of an ``IDelayedCall | None`` attribute per timer, reset to ``None`` at
 the top of each callback and cancelled in a hand-written tuple on stop: a timer added here
@@ -14,7 +15,7 @@ from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["Phase", "Phased", "Timer", "Timers"]
+__all__ = ["Dial", "Phase", "Phased", "Reach", "Retry", "Timer", "Timers"]
 
 
 class Phase(enum.Enum):
@@ -25,6 +26,37 @@ class Phase(enum.Enum):
     OPEN = "open"
     DRAINING = "draining"
     CLOSED = "closed"
+
+
+class Dial(enum.Enum):
+    """A binary connection slot's connection attempts (its connection itself is its
+    protocol, or ``None``)."""
+
+    #: ``start`` not called: submissions queue, nothing connects.
+    UNSTARTED = "unstarted"
+    #: No attempt in flight: connected, waiting out a backoff, or idle until a submission.
+    STANDBY = "standby"
+    #: An ``endpoint.connect`` in flight, until it fails or the protocol is connected.
+    CONNECTING = "connecting"
+
+
+class Reach(enum.Enum):
+    """Whether the HTTP/2 pool keeps its ``min_connections`` open."""
+
+    #: It does (and opens more for work).
+    KEEP = "keep"
+    #: It gave up: ``max_tls_failures`` TLS failures in a row, or the proxy refused its
+    #: credentials. It connects only for work, until a connection proves itself.
+    GAVE_UP = "gave-up"
+
+
+class Retry(enum.Enum):
+    """Whether the HTTP/2 pool's next connection attempt after a failure waits a backoff."""
+
+    #: It waits: the retry timer is armed first.
+    WAIT = "wait"
+    #: The backoff passed (the retry timer fired): the next attempt goes at once.
+    DUE = "due"
 
 
 class Phased:

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._feeder import BulkFeeder, ResultCallback
-from ._timers import Phase, Phased, Timers
+from ._timers import Dial, Phase, Phased, Timers
 from ._twisted import deliver, set_no_delay
 from .core._deprecate import renamed
 from .core.backoff import Backoff
@@ -166,13 +166,11 @@ class APNsClientFactory(ClientFactory, Phased):
         self.proto: APNsProtocol | None = None
         self.failures = 0
         self.tls_failures = 0
-        self.started = False
         #: OPEN; DRAINING once stop() was called (new submissions are refused); CLOSED once
         #: draining is over (no more connections are made).
         self.phase = Phase.OPEN
-        #: Someone waits for the queue to empty (drain()): confirm the tail with a sentinel.
-        self.draining = False
-        self.connecting = False
+        #: UNSTARTED until start(); CONNECTING while an attempt is in flight; else STANDBY.
+        self.dial = Dial.UNSTARTED
         self._ever_connected = False
         self._timers = timers = Timers(clock)
         self._flush_timer = timers.timer(self._flush)
@@ -188,10 +186,27 @@ class APNsClientFactory(ClientFactory, Phased):
     def buildProtocol(self, addr: IAddress | None) -> APNsProtocol:
         return APNsProtocol(self)
 
+    @property
+    def started(self) -> bool:
+        """``start`` was called."""
+        return self.dial is not Dial.UNSTARTED
+
+    @property
+    def connecting(self) -> bool:
+        """A connection attempt is in flight."""
+        return self.dial is Dial.CONNECTING
+
+    @property
+    def draining(self) -> bool:
+        """Someone waits for the queue to empty (:meth:`drain`): the tail is confirmed with a
+        sentinel."""
+        return bool(self._drained)
+
     # --- public ------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.started = True
+        if self.dial is Dial.UNSTARTED:
+            self.dial = Dial.STANDBY
         self._connect()
 
     def submit(self, notification: Notification, handle: Any) -> Pending:
@@ -201,7 +216,7 @@ class APNsClientFactory(ClientFactory, Phased):
         if self.queue_time is not None:
             self._queue_time_timer.start_unless_armed(self.queue_time.limit)
         if self.proto is None:
-            if self.started and not self.connecting and not self._retry_timer.armed:
+            if self.dial is Dial.STANDBY and not self._retry_timer.armed:
                 self._connect()
         else:
             self._schedule_flush()
@@ -211,7 +226,6 @@ class APNsClientFactory(ClientFactory, Phased):
         """Fires once nothing is pending (sending a sentinel to confirm the tail early)."""
         if self.channel.pending() == 0:
             return succeed(None)
-        self.draining = True
         d: Deferred[None] = Deferred()
         self._drained.append(d)
         self._schedule_flush()
@@ -231,20 +245,20 @@ class APNsClientFactory(ClientFactory, Phased):
 
     def _connect(self) -> None:
         self._retry_timer.cancel()
-        if self.closing or self.connecting or self.proto is not None:
+        if self.closing or self.dial is Dial.CONNECTING or self.proto is not None:
             return
-        self.connecting = True
+        self.dial = Dial.CONNECTING
         d = self.endpoint.connect(self)
         self._connect_attempt = d
         d.addCallbacks(self._connect_succeeded, self._connect_failed)
 
     def _connect_succeeded(self, proto: object) -> None:
         self._connect_attempt = None
-        self.connecting = False
+        self.dial = Dial.STANDBY
 
     def _connect_failed(self, reason: Failure) -> None:
         self._connect_attempt = None
-        self.connecting = False
+        self.dial = Dial.STANDBY
         if self.closing:
             return
         self.failures += 1
@@ -267,7 +281,7 @@ class APNsClientFactory(ClientFactory, Phased):
 
     def _protocol_connected(self, proto: APNsProtocol) -> None:
         self.proto = proto
-        self.connecting = False
+        self.dial = Dial.STANDBY
         self.counters.connections_made += 1
         if self._ever_connected:
             self.counters.reconnects += 1
@@ -390,7 +404,7 @@ class APNsClientFactory(ClientFactory, Phased):
         # stream that hits an early error (then every later frame is discarded and replayed)
         # wastes little; a clean stream reaches full-size writes within a few turns.
         self._chunk = min(self._chunk * 2, self.write_chunk)
-        if self.draining and self.sentinel_on_drain and not channel.queue:
+        if self._drained and self.sentinel_on_drain and not channel.queue:
             # Confirm the tail now rather than after the quiet window.
             data += channel.take_sentinel(now)
         if data:
@@ -458,8 +472,7 @@ class APNsClientFactory(ClientFactory, Phased):
                 self._queue_time_timer.cancel()
 
     def _check_drained(self) -> None:
-        if self.draining and self.channel.pending() == 0:
-            self.draining = False
+        if self._drained and self.channel.pending() == 0:
             waiting, self._drained = self._drained, []
             for d in waiting:
                 d.callback(None)

@@ -89,7 +89,7 @@ from ._http2_connection import (
 )
 from ._http2_connection import Item as _Item
 from ._http2_connection import Request as _Request
-from ._timers import Phase, Phased, Timers
+from ._timers import Phase, Phased, Reach, Retry, Timers
 from ._twisted import deliver
 from .core.backoff import Backoff
 from .core.breaker import BreakerState, CircuitBreaker
@@ -380,8 +380,8 @@ class HTTP2Client(Phased):
         self._connecting: set[Deferred[Any]] = set()
         self._failures = 0
         self._tls_failures = 0
-        self._tls_gave_up = False
-        self._backoff_done = False
+        self._reach = Reach.KEEP
+        self._retry = Retry.WAIT
         self._replaced = 0
 
         self._breaker = CircuitBreaker(circuit_reset)
@@ -652,7 +652,7 @@ class HTTP2Client(Phased):
         """Why nothing can be sent now (circuit open, TLS failing), or ``None``."""
         if self._breaker.state is _OPEN:
             return f"APNs refused the credential ({self.breaker_reason}); circuit open"
-        if self._tls_gave_up:
+        if self._reach is Reach.GAVE_UP:
             return self._tls_gave_up_why
         return None
 
@@ -855,7 +855,7 @@ class HTTP2Client(Phased):
         live_conns = [c for c in self.connections if c.state <= _READY]
         live = len(live_conns) + len(self._connecting)
         work = bool(self._queue) or bool(self._held)
-        want = 0 if self._tls_gave_up else self.min_connections
+        want = 0 if self._reach is Reach.GAVE_UP else self.min_connections
         if work and want < 1:
             want = 1
         if live < want:
@@ -870,16 +870,16 @@ class HTTP2Client(Phased):
             need = 1  # notifications to re-send elsewhere than on the only connection
         else:
             return
-        if self._failures and not self._backoff_done:
+        if self._failures and self._retry is Retry.WAIT:
             delay = self.backoff.delay(self._failures, self.rng.random())
             self._retry_timer.start(delay)
             return
-        self._backoff_done = False
+        self._retry = Retry.WAIT
         for _ in range(need):
             self._open_connection()
 
     def _retry_fired(self) -> None:
-        self._backoff_done = True
+        self._retry = Retry.DUE
         self._maintain()
 
     def _open_connection(self) -> None:
@@ -922,7 +922,7 @@ class HTTP2Client(Phased):
         send, as after ``max_tls_failures`` TLS failures."""
         log.error("{name}: {why}", name=self.name, why=why)
         self._failures = 0
-        self._tls_gave_up = True
+        self._reach = Reach.GAVE_UP
         self._fail_held(why, "proxy-auth", self.clock.seconds())
 
     def _build_protocol(self) -> APNsHTTP2Protocol:
@@ -1003,9 +1003,9 @@ class HTTP2Client(Phased):
         self._failures = 0
         self.connect_failures.succeeded()
         self._tls_failures = 0
-        self._tls_gave_up = False
+        self._reach = Reach.KEEP
         self._tls_gave_up_why = None
-        self._backoff_done = False
+        self._retry = Retry.WAIT
 
     def _connection_lost(
         self,
@@ -1069,7 +1069,7 @@ class HTTP2Client(Phased):
         error = TLSFailureError(f"{why}; gave up after {self._tls_failures} attempts in a row")
         log.error("{name}: {error}", name=self.name, error=str(error))
         self._tls_failures = 0
-        self._tls_gave_up = True
+        self._reach = Reach.GAVE_UP
         self._tls_gave_up_why = str(error)
         if self.hold_when_unavailable:
             return  # keep the queue; reconnect with a growing backoff
