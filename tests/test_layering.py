@@ -1,6 +1,7 @@
-"""One direction of dependencies: core (sans-IO) → the library's Twisted glue → service →
-entry points. The library never imports the service or the test fakes; the core never
-imports Twisted (tests/test_sans_io.py checks the core's other forbidden imports)."""
+"""One direction of dependencies: core (sans-IO) → the library's Twisted glue → the fakes
+(``txapns.testing``) → service → entry points. The library never imports the service or the
+test fakes; the fakes never import the service; the core never imports Twisted
+(tests/test_sans_io.py checks the core's other forbidden imports)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from .helpers import absolute_module, imported_names
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "txapns"
 
 #: Everything outside these is the library.
-NOT_LIBRARY = ("service", "testing", "tap.py", "cli.py", "demo.py")
+NOT_LIBRARY = ("service", "testing", "tap.py", "cli.py")
 
 
 def imports(path: pathlib.Path, package: str) -> set[str]:
@@ -56,6 +57,13 @@ class LayeringTests(SynchronousTestCase):
 
     def test_the_library_never_imports_the_service_or_the_fakes(self) -> None:
         self.assertEqual(offenders(library_files(), ("txapns.service", "txapns.testing")), {})
+
+    def test_the_fakes_never_import_the_service(self) -> None:
+        """The fakes test the library and serve the service's ``--fake``: the service builds
+        its app for them (``service.application.embedded_app``), not the other way round."""
+        fakes = list((PACKAGE / "testing").rglob("*.py"))
+        self.assertTrue(fakes)
+        self.assertEqual(offenders(fakes, ("txapns.service",)), {})
 
     def test_the_core_never_imports_twisted(self) -> None:
         core = list((PACKAGE / "core").rglob("*.py"))

@@ -527,7 +527,8 @@ async def _connect(reactor: Any, app: Any, fake_protocol: str) -> tuple[Any, Any
     if app is not None:
         sender = make_sender(app, reactor)
     else:
-        from .testing.embedded import EmbeddedAPNs, embedded_app
+        from .service.application import embedded_app
+        from .testing.embedded import EmbeddedAPNs
 
         fake = EmbeddedAPNs(reactor, fake_protocol)
         fake.startService()

@@ -5,7 +5,7 @@ file, the single-app flags, the environment, or ``--fake``) into the service tre
 embedded fake APNs when asked for, one started client per app, the engine with its spool
 (:mod:`.wiring`), the HTTP API's listeners and the ``--demo``. :class:`TopService` is its
 root: logging, start-up lines, systemd readiness. :func:`single_app` is shared with the
-``txapns`` command's credential flags.
+``txapns`` command's credential flags, :func:`embedded_app` with its ``--fake``.
 
 The reactor is imported inside :func:`build_service` only.
 """
@@ -18,7 +18,7 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
@@ -27,6 +27,7 @@ from twisted.python.components import Componentized
 
 from .config import (
     AppConfig,
+    CertificateCredentials,
     ConfigError,
     ServiceConfig,
     TokenCredentials,
@@ -36,6 +37,9 @@ from .config import (
 )
 from .environ import apply_environment
 
+if TYPE_CHECKING:
+    from ..testing.embedded import EmbeddedAPNs
+
 __all__ = [
     "APP_LINE",
     "Listener",
@@ -43,6 +47,7 @@ __all__ = [
     "TopService",
     "build_service",
     "describe_app",
+    "embedded_app",
     "exit_with_one_line",
     "single_app",
 ]
@@ -79,6 +84,31 @@ def single_app(options: Mapping[str, Any]) -> AppConfig:
     # The same start-up checks as a --config app: refuse expired or mismatched credentials.
     check_credentials(app, now=datetime.now(UTC))
     return app
+
+
+def embedded_app(fake: EmbeddedAPNs, directory: Path) -> AppConfig:
+    """The app that sends to the embedded fake APNs (``--fake``): its credentials written
+    under ``directory``."""
+    from ..testing.embedded import FAKE_APP, FAKE_BUNDLE
+
+    files = fake.pki.write(directory / "pki")
+    credentials: CertificateCredentials | TokenCredentials
+    if fake.protocol == "binary":
+        credentials = CertificateCredentials(
+            cert_file=Path(files["client_cert"]), key_file=Path(files["client_key"])
+        )
+    else:
+        credentials = TokenCredentials(
+            Path(files["token_key_p8"]), fake.pki.token_key_id, fake.pki.team_id
+        )
+    return AppConfig(
+        name=FAKE_APP,
+        bundle_id=FAKE_BUNDLE,
+        environment="sandbox",
+        protocol=fake.protocol,  # type: ignore[arg-type]
+        credentials=credentials,
+        ca_file=Path(files["ca_cert"]),
+    )
 
 
 class StartSenders(Service):
@@ -132,7 +162,7 @@ def build_service(options: Any) -> IService:
     from twisted.internet import reactor
     from twisted.web.client import Agent
 
-    from ..testing.embedded import EmbeddedAPNs, embedded_app
+    from ..testing.embedded import EmbeddedAPNs
     from .api import make_listener
     from .feedback import feedback_pollers
     from .senders import make_sender

@@ -1,21 +1,19 @@
 """The embedded fake APNs of ``twistd apns --fake`` and ``txapns send --fake``.
 
 :class:`EmbeddedAPNs` is a service that runs a fake APNs (HTTP/2, or a binary gateway with its
-feedback service) on an ephemeral loopback port with a throwaway PKI;
-:func:`embedded_app` is the service configuration of the one app that sends to it. Tokens
-starting with ``ff`` are rejected as invalid, so a demo shows a rejection with its reason.
+feedback service) on an ephemeral loopback port with a throwaway PKI; the service's
+:func:`~txapns.service.application.embedded_app` is the configuration of the one app that
+sends to it (the fakes know nothing of the service). Tokens starting with ``ff`` are rejected
+as invalid, so a demo shows a rejection with its reason.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
 
-from ..service.config import AppConfig, CertificateCredentials, TokenCredentials
-
-__all__ = ["FAKE_APP", "FAKE_BUNDLE", "EmbeddedAPNs", "embedded_app"]
+__all__ = ["FAKE_APP", "FAKE_BUNDLE", "EmbeddedAPNs"]
 
 #: The name and bundle id of the app that sends to the embedded fake.
 FAKE_APP = "demo"
@@ -89,24 +87,3 @@ class EmbeddedAPNs(Service):
 
         ports = [p for p in (self.port, self.feedback_port) if p is not None]
         return gatherResults([maybeDeferred(p.stopListening) for p in ports]) if ports else None
-
-
-def embedded_app(fake: EmbeddedAPNs, directory: Path) -> AppConfig:
-    """The app that sends to ``fake``: its credentials written under ``directory``."""
-    files = fake.pki.write(directory / "pki")
-    if fake.protocol == "binary":
-        credentials: Any = CertificateCredentials(
-            cert_file=Path(files["client_cert"]), key_file=Path(files["client_key"])
-        )
-    else:
-        credentials = TokenCredentials(
-            Path(files["token_key_p8"]), fake.pki.token_key_id, fake.pki.team_id
-        )
-    return AppConfig(
-        name=FAKE_APP,
-        bundle_id=FAKE_BUNDLE,
-        environment="sandbox",
-        protocol=fake.protocol,  # type: ignore[arg-type]
-        credentials=credentials,
-        ca_file=Path(files["ca_cert"]),
-    )
