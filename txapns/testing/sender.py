@@ -18,9 +18,12 @@ from ..core.errors import QueueFullError
 from ..core.notification import Notification
 from ..core.result import Outcome, Result
 
+__all__ = ["FakeSender", "ReportingFakeSender", "accept"]
+
 
 def accept(n: Notification) -> Result:
-    return Result(n, Outcome.ACCEPTED, status=200, apns_id=n.apns_id, attempts=1)
+    """An ``auto`` responder: APNs took it (status 200, its ``apns-id``)."""
+    return Result.accepted_for(n, 1, None, status=200, apns_id=n.apns_id)
 
 
 class FakeSender:
