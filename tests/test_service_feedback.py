@@ -367,5 +367,5 @@ class RunningFeedbackTests(TestCase):
         text = (await api.call("GET", "/metrics")).raw.decode()
         self.assertEqual(metric(text, "txapns_invalid_tokens_total", app=FAKE_APP), 1)
         await service.stopService()
-        self.assertIsNone(poller._call)
+        self.assertFalse(poller._next.armed)
         self.assertFalse(poller.polling)

@@ -1,6 +1,6 @@
-"""The clients' states (issue 10 item 4): each transition of the binary slot's :class:`Dial`
-and its waiting-for-drain, and of the HTTP/2 pool's :class:`Reach` and :class:`Retry`, with
-what it changes in behaviour."""
+"""States held as enums (issue 10 item 4): each transition of the binary slot's
+:class:`Dial` and its waiting-for-drain, of the HTTP/2 pool's :class:`Reach` and
+:class:`Retry`, and the engine's :class:`EngineState`, with what it changes in behaviour."""
 
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ from txapns.binary import APNsClientFactory, APNsProtocol
 from txapns.core.backoff import Backoff
 from txapns.core.binary_channel import ChannelConfig
 from txapns.core.result import Outcome, Result
+from txapns.service.engine import EngineState, NotAcceptingError
 
+from .helpers import token
 from .helpers_binary import StubEndpoint, error, note, parse_frames
 from .helpers_http2 import ClientTestCase
 from .helpers_http2 import note as h2_note
+from .helpers_service import ALERT, Harness
 
 
 class SlotFixture:
@@ -269,3 +272,32 @@ class HTTP2RetryTests(ClientTestCase):
         self.assertEqual(self.endpoint.attempts, 2)
         self.assertIs(client._retry, Retry.WAIT)  # consumed by the attempt
         self.stop(client)
+
+
+class EngineStateTests(Harness):
+    def test_new_recovering_running_stopping_stopped(self) -> None:
+        engine = self.engine
+        self.assertIs(engine.state, EngineState.NEW)
+        self.assertEqual(engine.health()["status"], "new")
+        ns = engine.prepare("a", ALERT, [token(1)])
+        self.assertRaises(NotAcceptingError, engine.submit, "a", ns)
+        started = engine.start()
+        self.assertIs(engine.state, EngineState.RECOVERING)
+        self.assertEqual(engine.health()["status"], "recovering")
+        self.assertRaises(RuntimeError, engine.start)
+        self.turn()
+        self.successResultOf(started)
+        self.assertIs(engine.state, EngineState.RUNNING)
+        self.assertEqual(engine.health()["status"], "ok")
+        self.submit(1)
+        self.turn()  # handed to the FakeSender, which holds it: in flight
+        stopped = engine.stop(timeout=5.0)
+        self.assertIs(engine.state, EngineState.STOPPING)
+        self.assertEqual(engine.health()["status"], "stopping")
+        self.assertRaises(RuntimeError, engine.stop)
+        self.sender.answer_all()
+        self.turn()
+        self.successResultOf(stopped)
+        self.assertIs(engine.state, EngineState.STOPPED)
+        self.assertEqual(engine.health()["status"], "stopped")
+        self.assertEqual(self.clock.getDelayedCalls(), [])

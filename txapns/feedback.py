@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._twisted import cancel_call
+from ._timers import Timer
 from .core.binary import FeedbackDecoder, FeedbackTuple
 from .core.errors import APNsError, ProtocolError
 from .credentials import as_connection_error, is_tls_failure
@@ -113,7 +113,8 @@ class FeedbackPoller:
         self.running = False
         self.polls = 0
         self.failures = 0
-        self._call: IDelayedCall | None = None
+        #: The next poll, armed once the current one has finished.
+        self._next = Timer(clock, self._poll)
         self._current: Deferred[list[FeedbackTuple]] | None = None
 
     def start(self, now: bool = True) -> None:
@@ -125,15 +126,13 @@ class FeedbackPoller:
 
     def stop(self) -> None:
         self.running = False
-        cancel_call(self._call)
-        self._call = None
+        self._next.cancel()
 
     def _schedule(self) -> None:
         if self.running:
-            self._call = self.clock.callLater(self.interval, self._poll)
+            self._next.start(self.interval)
 
     def _poll(self) -> None:
-        self._call = None
         if self._current is not None:
             return
         self.polls += 1

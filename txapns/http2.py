@@ -103,6 +103,7 @@ from .core.errors import (
     RequestError,
     TLSFailureError,
 )
+from .core.hosts import APNS_HOSTS
 from .core.http2 import ResponseReceived
 from .core.http2.headers import check_field
 from .core.http2_policy import RetryPolicy, parse_response
@@ -298,7 +299,7 @@ class HTTP2Client(Phased):
         clock: IReactorTime,
         endpoint: IStreamClientEndpoint,
         *,
-        authority: str = "api.push.apple.com",
+        authority: str = APNS_HOSTS["http2", "production"][0],
         bundle_id: str | None = None,
         token: ProviderToken | TokenAuth | None = None,
         min_connections: int = 1,

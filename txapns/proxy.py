@@ -31,7 +31,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import NoProtocol
 from twisted.internet.interfaces import (
     IAddress,
-    IDelayedCall,
     IProtocol,
     IProtocolFactory,
     IReactorTime,
@@ -42,7 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._twisted import cancel_call
+from ._timers import Timer
 from .core.proxy import (
     DEFAULT_MAX_HEAD,
     ConnectResponseParser,
@@ -144,12 +143,13 @@ class _Attempt:
         self.finished = False
         self.connecting: Deferred[Any] | None = None
         self.tunnel: _TunnelProtocol | None = None
-        self.timer: IDelayedCall | None = None
+        #: The tunnel's time limit (``endpoint.timeout``), when there is a clock.
+        self.timer = None if clock is None else Timer(clock, self._timed_out)
 
     def start(self) -> Deferred[IProtocol]:
         endpoint = self.endpoint
-        if endpoint.timeout is not None and self.clock is not None:
-            self.timer = self.clock.callLater(endpoint.timeout, self._timed_out)
+        if endpoint.timeout is not None and self.timer is not None:
+            self.timer.start(endpoint.timeout)
         log.debug("CONNECT {target}: connecting to the proxy", target=endpoint.target)
         try:
             d = endpoint.proxy_endpoint.connect(_TunnelFactory(self))
@@ -168,8 +168,8 @@ class _Attempt:
         if self.finished:
             return False
         self.finished = True
-        cancel_call(self.timer)
-        self.timer = None
+        if self.timer is not None:
+            self.timer.cancel()
         return True
 
     def _fail(self, error: BaseException) -> None:
@@ -192,7 +192,6 @@ class _Attempt:
             self._teardown()
 
     def _timed_out(self) -> None:
-        self.timer = None
         if self.finished:
             return
         error = ProxyTimeoutError(

@@ -27,6 +27,7 @@ puts back what they never sent, and closes the spool (:meth:`Engine.stop`).
 
 from __future__ import annotations
 
+import enum
 import heapq
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -35,11 +36,12 @@ from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .._timers import Timer, Timers
 from .._twisted import cancel_call
 from ..core.errors import APNsError, CircuitOpenError, QueueFullError, ValidationError
 from ..core.http2_policy import CIRCUIT_REASONS
@@ -47,6 +49,7 @@ from ..core.notification import (
     CheckedHTTP2,
     Notification,
     PushType,
+    new_apns_id,
     parse_token,
     validate_binary,
     validate_http2,
@@ -63,7 +66,6 @@ from ..core.token_evidence import (
     evidence_kind,
     mismatch_message,
 )
-from ..http2 import new_apns_id
 from ..interfaces import Sender
 from .backend import ConsumerHooks, SpoolBackend
 from .config import ServiceConfig
@@ -94,6 +96,19 @@ class AppPausedError(NotAcceptingError):
         super().__init__(f"app {app!r} is paused: {why}")
         self.app = app
         self.why = why
+
+
+class EngineState(enum.StrEnum):
+    """The engine's life, in order. A :class:`str` subclass: ``/healthz`` reports it as its
+    value while it is not running."""
+
+    NEW = "new"
+    #: Resuming the spool's unfinished work; no submissions until that has worked.
+    RECOVERING = "recovering"
+    RUNNING = "running"
+    #: Draining what is in flight; the rest stays in the spool.
+    STOPPING = "stopping"
+    STOPPED = "stopped"
 
 
 #: Why an app is paused: its client cannot send (credential refused, TLS failing), or its
@@ -241,7 +256,8 @@ class _AppState:
     #: Suspect answers (``bad_token``/``invalid_token``) waiting for the detector's verdict.
     detector: MismatchDetector = field(default_factory=MismatchDetector)
     suspects: list[tuple[_Item, Result]] = field(default_factory=list)
-    suspect_call: IDelayedCall | None = None
+    #: The detector's hold on the suspect answers (armed by the engine, which owns the clock).
+    suspect_timer: Timer = field(init=False)
     #: An operator resumed an environment pause: suspect answers are reported as they come.
     trust_environment: bool = False
     #: Since when the app has had work and no connection (``None``: connected or idle).
@@ -284,6 +300,8 @@ class Engine:
             name: _AppState(name, app, detector=MismatchDetector(self.mismatch))
             for name, app in apps.items()
         }
+        for st in self._apps.values():
+            st.suspect_timer = Timer(clock, partial(self._settle, st))
         #: Seconds an app with work may have no connection before ``/healthz`` fails.
         self.offline_threshold = offline_threshold
         #: Seconds between attempts to send for an app paused as unavailable.
@@ -306,23 +324,27 @@ class Engine:
         self.webhook = webhook
         self.stop_senders = stop_senders
         self.max_schedule_ahead = max_schedule_ahead
-        #: "new" → "recovering" → "running" → "stopping" → "stopped".
-        self.state = "new"
+        #: NEW → RECOVERING → RUNNING → STOPPING → STOPPED.
+        self.state = EngineState.NEW
         #: Why the last recovery of the spool failed (it is retried), or None.
         self.recovery_error: str | None = None
-        self._recovery_call: IDelayedCall | None = None
+        #: Cancelled together on stop: the next try of a failed recovery, the next due
+        #: scheduled notification, the queue-full retry and the end-of-turn dispatch.
+        self._timers = timers = Timers(clock)
+        self._recovery_timer = timers.timer(self._recover)
         self._recovery_failures = 0
         self._started: Deferred[None] | None = None
         #: Cap of the delay between tries of a failed recovery.
         self.max_recovery_delay = 30.0
         self._scheduled: list[tuple[float, int, _Item]] = []
-        self._sched_call: IDelayedCall | None = None
-        self._retry_call: IDelayedCall | None = None
+        self._sched_timer = timers.timer(self._release_due)
+        self._retry_timer = timers.timer(self._retry)
         self._purge_loop: LoopingCall | None = None
-        self._pump_call: IDelayedCall | None = None
+        self._pump_timer = timers.timer(self._pump_pending)
         self._to_pump: set[str] = set()
         self._records: list[OutcomeRecord] = []
-        self._records_call: IDelayedCall | None = None
+        #: Outcomes gathered this turn are recorded when it fires (not cancelled on stop).
+        self._records_timer = Timer(clock, self._flush_records)
         self._waiters: dict[str, list[Deferred[JobView]]] = {}
         #: Outcomes still to come of jobs waited for since they were stored (wait(count=)).
         self._left: dict[str, int] = {}
@@ -342,7 +364,7 @@ class Engine:
 
     @property
     def accepting(self) -> bool:
-        return self.state == "running" and self.spool.available
+        return self.state is EngineState.RUNNING and self.spool.available
 
     def _now(self) -> float:
         return self._clock.seconds()
@@ -401,7 +423,9 @@ class Engine:
             }
             unhealthy = unhealthy or problem is not None
             apps[name] = entry
-        status = self.state if self.state != "running" else "ok" if self.accepting else "spool"
+        status: str = self.state
+        if self.state is EngineState.RUNNING:
+            status = "ok" if self.accepting else "spool"
         if status == "ok" and unhealthy:
             status = "unhealthy"
         out: dict[str, object] = {"status": status, "apps": apps}
@@ -554,12 +578,12 @@ class Engine:
         if not self.accepting:
             raise NotAcceptingError(
                 "the spool cannot store now"
-                if self.state == "running"
+                if self.state is EngineState.RUNNING
                 else "the service is starting: recovering the spool"
                 + (f" (failed: {self.recovery_error}; trying again)" if self.recovery_error else "")
-                if self.state == "recovering"
+                if self.state is EngineState.RECOVERING
                 else "the service is stopping"
-                if self.state != "new"
+                if self.state is not EngineState.NEW
                 else "the service is starting"
             )
         if st.paused is not None or _sender_unavailable(st.app.sender):
@@ -584,7 +608,7 @@ class Engine:
         direct = (
             not self.spool.shared
             and send_at is None
-            and self.state == "running"
+            and self.state is EngineState.RUNNING
             and not st.ready
             and not st.blocked
             and len(items)
@@ -667,9 +691,9 @@ class Engine:
         """
         d: Deferred[JobView] = Deferred()
         self._waiters.setdefault(job_id, []).append(d)
-        if fresh and count > 0 and not self.spool.shared and self.state == "running":
+        if fresh and count > 0 and not self.spool.shared and self.state is EngineState.RUNNING:
             self._left.setdefault(job_id, count)
-        if not fresh or self.spool.shared or self.state != "running":
+        if not fresh or self.spool.shared or self.state is not EngineState.RUNNING:
             self._read_for_waiters(job_id)
         return d
 
@@ -680,7 +704,7 @@ class Engine:
         )
 
     def _check_waiters(self, view: JobView | None) -> None:
-        if view is not None and (view.done or self.state == "stopped"):
+        if view is not None and (view.done or self.state is EngineState.STOPPED):
             self._fire_waiters(view)
 
     def _fire_waiters(self, view: JobView) -> None:
@@ -716,17 +740,15 @@ class Engine:
             self._apps[item.app].ready.append(item)
 
     def _arm_schedule(self) -> None:
-        if self.state != "running" or not self._scheduled:
+        if self.state is not EngineState.RUNNING or not self._scheduled:
             return
         due = self._scheduled[0][0]
-        if self._sched_call is not None:
-            if self._sched_call.getTime() <= due:
-                return
-            self._sched_call.cancel()
-        self._sched_call = self._clock.callLater(max(0.0, due - self._now()), self._release_due)
+        when = self._sched_timer.when()
+        if when is not None and when <= due:
+            return
+        self._sched_timer.start(max(0.0, due - self._now()))
 
     def _release_due(self) -> None:
-        self._sched_call = None
         now = self._now()
         touched: set[str] = set()
         while self._scheduled and self._scheduled[0][0] <= now:
@@ -741,18 +763,17 @@ class Engine:
         """Dispatch for ``name`` at the end of this turn: slots freed by many results in one
         turn are filled with one spool write, not one per result."""
         self._to_pump.add(name)
-        if self._pump_call is None and self.state == "running":
-            self._pump_call = self._clock.callLater(0, self._pump_pending)
+        if self.state is EngineState.RUNNING:
+            self._pump_timer.start_unless_armed(0)
 
     def _pump_pending(self) -> None:
-        self._pump_call = None
         names, self._to_pump = self._to_pump, set()
         for name in names:
             self._pump(name)
 
     def _pump(self, name: str) -> None:
         st = self._apps[name]
-        if self.state != "running" or st.blocked or st.paused or not st.ready:
+        if self.state is not EngineState.RUNNING or st.blocked or st.paused or not st.ready:
             return
         if _sender_unavailable(st.app.sender):
             return  # the client holds what it has; the watchdog pumps once it can send
@@ -796,7 +817,7 @@ class Engine:
         # Paused meanwhile (or handed over directly at submission): back to the queue.
         held = st.paused is not None or _sender_unavailable(st.app.sender) is not None
         for item in batch:
-            if self.state != "running" or st.blocked or held:
+            if self.state is not EngineState.RUNNING or st.blocked or held:
                 back.append(item)
                 continue
             # In flight before the hand-over: a Sender may call back at once.
@@ -833,7 +854,7 @@ class Engine:
             self._finish(
                 st,
                 item,
-                Result(item.notification, Outcome.REJECTED, reason=str(e), local="validation"),
+                Result.rejected_for(item.notification, str(e), local="validation"),
             )
         else:
             log.failure(
@@ -845,11 +866,8 @@ class Engine:
             self._finish(
                 st,
                 item,
-                Result(
-                    item.notification,
-                    Outcome.REJECTED,
-                    reason=f"client error: {type(e).__name__}",
-                    local="error",
+                Result.rejected_for(
+                    item.notification, f"client error: {type(e).__name__}", local="error"
                 ),
             )
 
@@ -858,11 +876,10 @@ class Engine:
         self._track(d, "requeue", st.name)
 
     def _arm_retry(self) -> None:
-        if self._retry_call is None and self.state == "running":
-            self._retry_call = self._clock.callLater(self.retry_delay, self._retry)
+        if self.state is EngineState.RUNNING:
+            self._retry_timer.start_unless_armed(self.retry_delay)
 
     def _retry(self) -> None:
-        self._retry_call = None
         for st in self._apps.values():
             st.blocked = False
             self._pump_soon(st.name)
@@ -870,7 +887,7 @@ class Engine:
     def _on_result(self, st: _AppState, item: _Item, result: Result) -> None:
         st.inflight.pop(item.id, None)
         if (
-            self.state != "running"
+            self.state is not EngineState.RUNNING
             and result.outcome is Outcome.REJECTED
             and result.local == "stopped"
         ):
@@ -944,15 +961,13 @@ class Engine:
                 )
             for item, result in done:
                 self._finish(st, item, result, publish=publish)
-        elif st.suspect_call is None:
-            st.suspect_call = self._clock.callLater(self.mismatch.hold, self._settle, st)
+        elif not st.suspect_timer.armed:
+            st.suspect_timer.start(self.mismatch.hold)
             return
         if not st.suspects:
-            cancel_call(st.suspect_call)
-            st.suspect_call = None
+            st.suspect_timer.cancel()
 
     def _settle(self, st: _AppState) -> None:
-        st.suspect_call = None
         if st.suspects:
             self._decide(st, self._now(), settle=True)
 
@@ -975,7 +990,7 @@ class Engine:
         m.requeued += len(items)
         if held_back:
             m.tokens_held_back += len(items)
-        if self.state == "running":
+        if self.state is EngineState.RUNNING:
             st.ready.extendleft(reversed(items))
         self._requeue(st, items)
 
@@ -1054,16 +1069,13 @@ class Engine:
         # takes them into its transaction (one fsync for both, see submit), which is what
         # lets one connection's asynchronous requests cost one fsync each instead of two.
         delay = 0.0 if item.job_id in self._waiters else self.outcome_delay
-        call = self._records_call
-        if call is None:
-            self._records_call = self._clock.callLater(delay, self._flush_records)
-        elif delay == 0.0 and call.getTime() > self._clock.seconds():
-            call.reset(0)
+        when = self._records_timer.when()
+        if when is None or (delay == 0.0 and when > self._clock.seconds()):
+            self._records_timer.start(delay)
 
     def _flush_records(self) -> None:
         """Record the outcomes gathered this turn with one spool operation."""
-        cancel_call(self._records_call)
-        self._records_call = None
+        self._records_timer.cancel()
         records, self._records = self._records, []
         if not records:
             return
@@ -1103,9 +1115,9 @@ class Engine:
 
     def start(self) -> Deferred[None]:
         """Start accepting, and resume what the spool holds unfinished."""
-        if self.state != "new":
+        if self.state is not EngineState.NEW:
             raise RuntimeError(f"engine already {self.state}")
-        self.state = "recovering"
+        self.state = EngineState.RECOVERING
         started = self._started = Deferred()
         self._recover()  # may have recovered, and fired ``started``, already
         return started
@@ -1115,12 +1127,11 @@ class Engine:
         submissions and ``/healthz`` answers 503 (``recovering``): new work accepted over
         unrecovered work would be served while that waits for ever. A failed recovery
         (a corrupt page, an I/O error, the backend down) is retried, never skipped."""
-        self._recovery_call = None
         d = self.spool.recover(now=self._now())
         d.addCallbacks(self._recovered, self._recovery_failed)
 
     def _recovery_failed(self, failure: Failure) -> None:
-        if self.state != "recovering":
+        if self.state is not EngineState.RECOVERING:
             return
         self._recovery_failures += 1
         self.recovery_error = f"spool recovery failed: {failure.getErrorMessage()}"
@@ -1130,12 +1141,12 @@ class Engine:
             failure,
             delay=delay,
         )
-        self._recovery_call = self._clock.callLater(delay, self._recover)
+        self._recovery_timer.start(delay)
 
     def _recovered(self, recovery: Recovery) -> None:
-        if self.state != "recovering":
+        if self.state is not EngineState.RECOVERING:
             return  # stopped meanwhile: everything stays in the spool for the next start
-        self.state = "running"
+        self.state = EngineState.RUNNING
         if self.recovery_error is not None:
             log.info("spool recovered after {count} failed tries", count=self._recovery_failures)
             self.recovery_error = None
@@ -1202,7 +1213,7 @@ class Engine:
     def _room(self, app: str) -> int:
         """How many more notifications of ``app`` this instance takes from a shared spool."""
         st = self._apps.get(app)
-        if st is None or self.state != "running":
+        if st is None or self.state is not EngineState.RUNNING:
             return 0
         limit = st.app.max_inflight or self.max_inflight
         return limit - len(st.inflight) - st.reserved - len(st.ready)
@@ -1236,12 +1247,10 @@ class Engine:
         """Stop accepting, drain in flight, stop Senders, close spool: all within ``timeout``
         seconds (default ``drain_timeout``)."""
         budget = self.drain_timeout if timeout is None else max(0.0, timeout)
-        if self.state in ("stopping", "stopped"):
+        if self.state in (EngineState.STOPPING, EngineState.STOPPED):
             raise RuntimeError(f"engine already {self.state}")
-        self.state = "stopping"
-        for call in (self._sched_call, self._retry_call, self._pump_call, self._recovery_call):
-            cancel_call(call)
-        self._sched_call = self._retry_call = self._pump_call = self._recovery_call = None
+        self.state = EngineState.STOPPING
+        self._timers.cancel_all()
         started, self._started = self._started, None
         if started is not None:
             started.callback(None)  # never recovered: everything stays in the spool
@@ -1250,8 +1259,7 @@ class Engine:
                 loop.stop()
         for st in self._apps.values():
             # Answers still waiting for a verdict get one now (reported or held back).
-            cancel_call(st.suspect_call)
-            st.suspect_call = None
+            st.suspect_timer.cancel()
             if st.suspects:
                 self._decide(st, self._now(), settle=True)
         waiting = sum(len(st.ready) for st in self._apps.values()) + len(self._scheduled)
@@ -1330,7 +1338,7 @@ class Engine:
         return out
 
     def _close(self, _: object) -> Deferred[None]:
-        self.state = "stopped"
+        self.state = EngineState.STOPPED
         pending = list(self._waiters)
         if not pending:
             return self.spool.close()

@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList
 
 from ..core.notification import Notification, PushType
-from ..core.result import Outcome, Result
+from ..core.result import Result
 from ..core.token_evidence import SUSPECT_KINDS, environment_verdict, evidence_kind
 from ..interfaces import Sender
 from .config import AppConfig, Environment
@@ -95,7 +95,7 @@ async def _probe(
     finally:
         await sender.stop()
     return [
-        r if r is not None else Result(n, Outcome.UNKNOWN, reason="no answer (timeout)")
+        r if r is not None else Result.unknown_for(n, "no answer (timeout)")
         for r, n in zip(results, probes, strict=True)
     ]
 

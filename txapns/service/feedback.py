@@ -22,12 +22,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .._twisted import cancel_call
+from .._timers import Timer
 from ..core.binary import FeedbackTuple
 from ..endpoints import tls_endpoint
 from ..feedback import FeedbackProtocol
@@ -72,8 +72,10 @@ class FeedbackPolling:
         self.last_poll: float | None = None
         self.last_error: str | None = None
         self._sink: FeedbackSink | None = None
-        self._call: IDelayedCall | None = None
-        self._cut_call: IDelayedCall | None = None
+        #: The next read, armed once the current one is over.
+        self._next = Timer(clock, self._poll)
+        #: A read's time limit (``timeout``; ``stop_timeout`` once stopping).
+        self._cut_timer = Timer(clock, self._cut)
         self._current: Deferred[None] | None = None
         self._connecting: Deferred[Any] | None = None
         self._proto: FeedbackProtocol | None = None
@@ -97,8 +99,7 @@ class FeedbackPolling:
     def stop(self) -> Deferred[None]:
         """Cancel the timer; fires once a read in progress is over and recorded."""
         self.running = False
-        cancel_call(self._call)
-        self._call = None
+        self._next.cancel()
         if self._current is None:
             return succeed(None)
         d: Deferred[None] = Deferred()
@@ -107,7 +108,8 @@ class FeedbackPolling:
             self._connecting.cancel()  # not connected yet: nothing was read
         elif self._proto is not None:  # reading (else: recording what was read)
             deadline = self.clock.seconds() + self.stop_timeout
-            if self._cut_call is None or self._cut_call.getTime() > deadline:
+            cut_at = self._cut_timer.when()
+            if cut_at is None or cut_at > deadline:
                 self._arm_cut(self.stop_timeout)
         return d
 
@@ -125,11 +127,10 @@ class FeedbackPolling:
     # -- one read --
 
     def _schedule(self) -> None:
-        if self.running and self._call is None:
-            self._call = self.clock.callLater(self.interval, self._poll)
+        if self.running:
+            self._next.start_unless_armed(self.interval)
 
     def _poll(self) -> None:
-        self._call = None
         if self._current is not None or not self.running:
             return
         self.polls += 1
@@ -159,17 +160,14 @@ class FeedbackPolling:
         return proto.done
 
     def _arm_cut(self, delay: float) -> None:
-        self._cancel_cut()
-        self._cut_call = self.clock.callLater(delay, self._cut)
+        self._cut_timer.start(delay)
 
     def _cancel_cut(self) -> None:
-        cancel_call(self._cut_call)
-        self._cut_call = None
+        self._cut_timer.cancel()
 
     def _cut(self) -> None:
         """The read took too long (or the service is stopping): close it; what was read
         so far is still recorded."""
-        self._cut_call = None
         if self._connecting is not None:
             self._connecting.cancel()
         elif self._proto is not None and self._proto.transport is not None:
