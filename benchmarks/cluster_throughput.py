@@ -3,6 +3,7 @@
 
     python benchmarks/cluster_throughput.py --mock /tmp/apns-bench      # 1, 2, 3 instances
     python benchmarks/cluster_throughput.py --mock /tmp/apns-bench --n 100000 --instances 1 3
+    python benchmarks/cluster_throughput.py --mock /tmp/apns-bench --instances 1 --api-only
     python benchmarks/cluster_throughput.py --spool-only [--appendfsync everysec]
 
 Everything runs on loopback, each part in its own process: the neutral Node HTTP/2 mock
@@ -86,10 +87,10 @@ def start_redis(
     raise SystemExit("redis-server did not start")
 
 
-def redis_config(config: Path, port: int, instance: int) -> Path:
+def redis_config(config: Path, port: int, instance: int, consume: bool = True) -> Path:
     """The service configuration with a ``[spool] backend = "redis"`` table instead of the
     SQLite file (at the end: the keys that follow the file's ``spool =`` line are the
-    service's, not the table's)."""
+    service's, not the table's); ``consume=False``: an API-only instance."""
     text = config.read_text().replace('spool = "spool.sqlite3"\n', "")
     text += "\n".join(
         [
@@ -98,6 +99,7 @@ def redis_config(config: Path, port: int, instance: int) -> Path:
             'backend = "redis"',
             f'url = "redis://127.0.0.1:{port}/0"',
             f'instance_id = "bench-{instance}"',
+            f"consume = {'true' if consume else 'false'}",
             "",
         ]
     )
@@ -176,7 +178,10 @@ def command_stats(port: int, top: int = 6) -> list[tuple[str, int, float]]:
 def run(
     label: str, harness: Path, mock_port: int, n: int, clients: int, instances: int,
     backend: str, run_id: int, appendfsync: str = "always", profile: Path | None = None,
+    api_only: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
+    """One run; ``api_only``: instance 0 has ``consume = false`` and takes all the requests,
+    the other instances send."""
     work = Path(tempfile.mkdtemp(prefix=f"txapns-cluster-{label}-"))
     procs: list[subprocess.Popen[bytes]] = []
     key = secrets.token_urlsafe(24)
@@ -186,12 +191,15 @@ def run(
         configs = [base]
         if backend == "redis":
             redis_port, redis_pid = start_redis(work, procs, appendfsync)
-            configs = [redis_config(base, redis_port, i) for i in range(instances)]
+            configs = [
+                redis_config(base, redis_port, i, consume=not (api_only and i == 0))
+                for i in range(instances)
+            ]
         started = [
             start_instance(work, c, f"instance-{i}", procs, profile if i == 0 else None)
             for i, c in enumerate(configs)
         ]
-        ports = [p for p, _ in started]
+        ports = [p for p, _ in started][:1] if api_only else [p for p, _ in started]
         pids = [pid for _, pid in started]
         cpu0 = [cpu_seconds(p) for p in pids]
         rcpu0 = cpu_seconds(redis_pid) if redis_pid else 0.0
@@ -203,10 +211,12 @@ def run(
             results = pool.map(_submit, jobs)
         accept_s = time.perf_counter() - t0
         ok = sum(r[0] for r in results)
+        accept_cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
         failed = sum(r[1] for r in results)
         finished = drained(ports, key, ok)
         e2e_s = time.perf_counter() - t0
-        cpu = sum(cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True))
+        cpus = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
+        cpu = sum(cpus)
         rcpu = (cpu_seconds(redis_pid) - rcpu0) if redis_pid else 0.0
         stats = command_stats(redis_port) if redis_pid else []
         return {
@@ -218,6 +228,9 @@ def run(
             "accept_rate": ok / accept_s,
             "e2e_rate": ok / e2e_s if finished else 0.0,
             "instance_us": cpu / ok * 1e6 if ok else 0.0,
+            # The instances' CPU while the requests were answered, and instance 0's in all.
+            "accept_us": sum(accept_cpu) / ok * 1e6 if ok else 0.0,
+            "first_us": cpus[0] / ok * 1e6 if ok else 0.0,
             "redis_us": rcpu / ok * 1e6 if ok else 0.0,
         }
     finally:
@@ -343,6 +356,9 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=60_000, help="notifications per run")
     ap.add_argument("--clients", type=int, default=3, help="load-generator processes")
     ap.add_argument("--instances", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--api-only", action="store_true",
+                    help="also run one API-only instance (consume = false) taking every "
+                    "request, beside one instance that sends")
     ap.add_argument("--appendfsync", choices=["always", "everysec"], default="always",
                     help="redis-server's AOF fsync policy (appendonly is always on)")
     ap.add_argument("--spool-only", action="store_true",
@@ -368,6 +384,11 @@ def main() -> int:
                 run(f"redis x{count}", args.mock, mock_port, args.n, args.clients, count,
                     "redis", 2 + i, args.appendfsync, args.profile if i == 0 else None)
             )  # fmt: skip
+        if args.api_only:
+            rows.append(
+                run("redis 1+1", args.mock, mock_port, args.n, args.clients, 2, "redis",
+                    2 + len(args.instances), args.appendfsync, api_only=True)
+            )  # fmt: skip
     finally:
         for p in procs:
             p.terminate()
@@ -377,24 +398,32 @@ def main() -> int:
           f"{os.cpu_count()} cores; HTTP/2 to the neutral Node mock; Redis with appendonly "
           f"yes, appendfsync {args.appendfsync}\n")  # fmt: skip
     print(f"{'backend':<10} {'accepted/s':>11} {'end to end/s':>13} {'instance µs/n':>14} "
-          f"{'redis µs/n':>11} {'failed':>7}")  # fmt: skip
+          f"{'while accepting':>16} {'redis µs/n':>11} {'failed':>7}")  # fmt: skip
     for r in rows:
         print(f"{r['label']:<10} {r['accept_rate']:>11,.0f} {r['e2e_rate']:>13,.0f} "
-              f"{r['instance_us']:>14.1f} {r['redis_us']:>11.1f} {r['failed']:>7}"
-              + ("" if r["drained"] else "  (not drained!)"))  # fmt: skip
+              f"{r['instance_us']:>14.1f} {r['accept_us']:>16.1f} {r['redis_us']:>11.1f} "
+              f"{r['failed']:>7}" + ("" if r["drained"] else "  (not drained!)"))  # fmt: skip
+    print("(instance µs/n: all instances over the whole run; while accepting: their CPU until "
+          "the last request was answered)")
     sqlite = rows[0]
     one = rows[1]
     print(f"\nRedis commands that cost most ({one['label']}; µs per notification):")
     for name, calls, usec in one["commands"]:
         print(f"  {name:<12} {calls:>9} calls {usec / max(one['ok'], 1):>8.2f} µs/n")
     print("\nTargets (Redis, one instance):")
-    print(f"  durable accept {one['accept_rate']:,.0f}/s (target >= 20,000/s)")
+    print(f"  durable accept {one['accept_rate']:,.0f}/s (target >= 20,000/s), by an instance "
+          "that also sends")
+    if args.api_only:
+        front = rows[-1]
+        print(f"  durable accept {front['accept_rate']:,.0f}/s by an API-only instance "
+              f"({front['first_us']:.1f} µs/n of its CPU; one other instance sends, end to "
+              f"end {front['e2e_rate']:,.0f}/s)")
     ratio = one["instance_us"] / sqlite["instance_us"]
     print(f"  instance CPU {one['instance_us']:.1f} µs/n = {ratio:.2f}x SQLite's "
           f"{sqlite['instance_us']:.1f} (target <= 1.3x)")  # fmt: skip
     print(f"  redis-server CPU {one['redis_us']:.1f} µs/n (target <= 15)")
     rate = PER_MINUTE / 60
-    worst = max(rows[1:], key=lambda r: r["instance_us"])
+    worst = max((r for r in rows[1:] if r["label"] != "redis 1+1"), key=lambda r: r["instance_us"])
     inst_cores = rate * worst["instance_us"] / 1e6
     redis_cores = rate * max(r["redis_us"] for r in rows[1:]) / 1e6
     print(f"\n1,000,000 notifications/min = {rate:,.0f}/s needs about {inst_cores:.1f} cores of "

@@ -243,7 +243,8 @@ class ProcessServiceMixin:
             return [str(twistd)]
         return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
-    async def start_service(self, name: str) -> tuple[Child, ApiClient]:
+    async def start_service(self, name: str, config: Path | None = None) -> tuple[Child, ApiClient]:
+        """``twistd apns`` with ``config`` (default: ``self.config``), once it answers."""
         from twisted.internet import reactor
 
         service = self.spawn(
@@ -254,7 +255,7 @@ class ProcessServiceMixin:
                 "--pidfile=",
                 "apns",
                 "--config",
-                str(self.config),
+                str(config or self.config),
                 "--listen",
                 "tcp:0:interface=127.0.0.1",
             ],

@@ -41,7 +41,10 @@ class ClusterCase(ProcessServiceMixin, TestCase):
     # (the default is 120 s), short enough for a test.
     claim_after = 15
 
-    async def start_cluster(self, instances: int) -> list[tuple[Child, ApiClient]]:
+    async def start_cluster(
+        self, instances: int, api_only: int = 0
+    ) -> list[tuple[Child, ApiClient]]:
+        """``instances`` instances; the first ``api_only`` of them with ``consume = false``."""
         from twisted.internet import reactor
 
         self.reactor: Any = reactor
@@ -83,8 +86,15 @@ class ClusterCase(ProcessServiceMixin, TestCase):
                 ]
             )
         )
+        api_config = self.dir / "api-only.toml"
+        api_config.write_text(
+            self.config.read_text().replace("[spool]\n", "[spool]\nconsume = false\n")
+        )
         started = [
-            Deferred.fromCoroutine(self.start_service(f"instance-{i}")) for i in range(instances)
+            Deferred.fromCoroutine(
+                self.start_service(f"instance-{i}", api_config if i < api_only else None)
+            )
+            for i in range(instances)
         ]
         return [await d for d in started]
 
@@ -274,4 +284,38 @@ class SharedStateTests(ClusterCase):
         await self.stop_all()
         deliveries = self.deliveries()
         self.assertEqual(set(deliveries), set(batch_tokens(2)))
+        self.assertEqual(set(deliveries.values()), {1})
+
+
+class ApiOnlyTests(ClusterCase):
+    @deferred_test
+    async def test_api_only_instance_accepts_answers_and_never_sends(self) -> None:
+        (_, front), (_, worker) = await self.start_cluster(2, api_only=1)
+        health = (await front.call("GET", "/healthz")).json
+        self.assertEqual(health["spool"]["consume"], False)
+        self.assertTrue((await worker.call("GET", "/healthz")).json["spool"]["consume"])
+        jobs = []
+        for batch in range(4):
+            reply = await self.submit(front, batch)
+            self.assertEqual(reply.code, 202, reply.raw[:300])
+            jobs.append(reply.json["job_id"])
+        # A synchronous request at the API-only instance: answered once the worker has sent
+        # it (the instance learns it from Redis, as any instance does).
+        sync = await front.post(APP, {"tokens": batch_tokens(9)[:3], "alert": "sync"})
+        self.assertEqual(sync.code, 200, sync.raw[:300])
+        self.assertEqual(sync.json["counts"]["accepted"], 3)
+        for job_id in jobs:
+            view = await front.wait_job(job_id, timeout=60)
+            self.assertEqual(view["counts"]["accepted"], BATCH_SIZE)
+        # The worker sent everything; the API-only instance never connected to APNs.
+        front_app = (await front.call("GET", "/healthz")).json["apps"][APP]
+        worker_app = (await worker.call("GET", "/healthz")).json["apps"][APP]
+        self.assertEqual(front_app["connections_made"], 0)
+        self.assertGreater(worker_app["connections_made"], 0)
+        front_metrics = (await front.call("GET", "/metrics")).raw.decode()
+        self.assertEqual(metric(front_metrics, "txapns_notifications_accepted_total", app=APP), 0)
+        await self.stop_all()
+        deliveries = self.deliveries()
+        wanted = {t for b in range(4) for t in batch_tokens(b)} | set(batch_tokens(9)[:3])
+        self.assertEqual(set(deliveries), wanted)
         self.assertEqual(set(deliveries.values()), {1})

@@ -345,6 +345,26 @@ class TakeoverTests(RedisCase):
         # Acknowledged, so trimmed away on a later tick.
         await wait_until(self.reactor, lambda: self.server.cli("XLEN", q) == "0", what="trim")
 
+    @deferred_test
+    async def test_an_api_only_spool_reads_and_claims_nothing(self) -> None:
+        front = self.spool(claim_after=0.1, consume=False)
+        await self.connected(front)
+        fed = self.consume(front)
+        job_id = await self.job_of(front, 3)
+        # A ghost consumer holds the entry past claim_after: only a consuming spool takes it.
+        q = f"{self.prefix}:{{a}}:q"
+        self.server.cli("XREADGROUP", "GROUP", "txapns", "ghost", "COUNT", "1", "STREAMS", q, ">")
+        await sleep(self.reactor, 0.5)  # ten ticks of the API-only spool
+        self.assertEqual(fed.items, [])
+        self.assertEqual(front.gauges["a"].claimed, 0)
+        self.assertFalse(front.health()["consume"])
+        worker = self.spool(claim_after=0.1)
+        await self.connected(worker)
+        taken = self.consume(worker)
+        await wait_until(self.reactor, lambda: len(taken.items) == 3, what="the takeover")
+        self.assertEqual({i.job_id for i in taken.items}, {job_id})
+        self.assertEqual(fed.items, [])
+
 
 class ChunkTests(RedisCase):
     """One stream entry carries up to ``chunk_size`` notifications of a job."""
@@ -1004,6 +1024,9 @@ class ConfigTests(SynchronousTestCase):
             {"backend": "redis", "chunk_size": "100"},
             {"backend": "redis", "chunk_size": True},
             {"backend": "sqlite", "chunk_size": 100},
+            {"backend": "redis", "consume": "no"},
+            {"backend": "redis", "consume": 0},
+            {"backend": "sqlite", "consume": False},
             "",
             3,
         ):
@@ -1017,6 +1040,13 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.redis.chunk_size, 100)
         self.assertEqual(self.parse({"backend": "redis", "chunk_size": 1000}).redis.chunk_size,
                          1000)  # fmt: skip
+
+    def test_consume(self) -> None:
+        self.assertTrue(self.parse({"backend": "redis"}).redis.consume)
+        self.assertFalse(self.parse({"backend": "redis", "consume": False}).redis.consume)
+        with self.assertRaises(ConfigError) as e:
+            self.parse({"backend": "redis", "consume": "false"})
+        self.assertIn("consume must be true or false, not 'false'", str(e.exception))
 
     def test_bad_chunk_size_message(self) -> None:
         with self.assertRaises(ConfigError) as e:

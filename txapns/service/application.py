@@ -219,13 +219,18 @@ def build_service(options: Any) -> IService:
             )
         else:
             senders[app.name] = make_sender(app, reactor, hold_when_unavailable=True)
-    _attach(StartSenders(senders), top)
-    if fake is not None:
-        pollers = feedback_pollers(
-            config, reactor, address=fake.feedback_address, hostname="localhost"
-        )
+    if config.redis is not None and not config.redis.consume:
+        # An API-only instance: the consuming instances send and poll feedback; this one
+        # opens no connection to APNs (its clients exist for the engine's checks only).
+        pollers = {}
     else:
-        pollers = feedback_pollers(config, reactor)
+        _attach(StartSenders(senders), top)
+        if fake is not None:
+            pollers = feedback_pollers(
+                config, reactor, address=fake.feedback_address, hostname="localhost"
+            )
+        else:
+            pollers = feedback_pollers(config, reactor)
     health = client_health(senders, pollers)
     engine, pool = build_engine(config, senders, reactor, health=health, agent=Agent(reactor))  # type: ignore[arg-type]
     _attach(EngineService(engine, pool, feedback=pollers.values()), top)

@@ -173,6 +173,10 @@ class RedisSpoolConfig:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     #: This instance's consumer name; ``None``: hostname-pid.
     instance_id: str | None = None
+    #: ``False``: an API-only instance. It accepts, answers and schedules like any other, but
+    #: reads nothing from the queue, takes nothing over and opens no connection to APNs:
+    #: the instances with ``consume = true`` send its jobs.
+    consume: bool = True
     #: With ``rediss://``: the CA(s) to verify Redis's certificate with (``None``: the
     #: system's).
     ca_file: Path | None = None
@@ -570,6 +574,7 @@ _SPOOL_KEYS = {
     "chunk_size",
     "instance_id",
     "ca_file",
+    "consume",
 }
 
 
@@ -619,6 +624,9 @@ def _parse_spool(raw: object, base_dir: Path) -> tuple[Path, RedisSpoolConfig | 
         raise ConfigError(
             f"[spool] chunk_size must be a whole number from 1 to {MAX_CHUNK_SIZE}, not {chunk!r}"
         )
+    consume = raw.get("consume", True)
+    if not isinstance(consume, bool):
+        raise ConfigError(f"[spool] consume must be true or false, not {consume!r}")
     instance_id = _opt_str(raw, "instance_id", "[spool]")
     if instance_id is not None and not _APP_NAME.match(instance_id):
         raise ConfigError(f"[spool] instance_id {instance_id!r}: use letters, digits, . _ -")
@@ -636,6 +644,7 @@ def _parse_spool(raw: object, base_dir: Path) -> tuple[Path, RedisSpoolConfig | 
         chunk_size=chunk,
         instance_id=instance_id,
         ca_file=ca_file,
+        consume=consume,
     )
 
 

@@ -811,6 +811,9 @@ class RedisSettings:
     write_timeout: float = 10.0
     #: Seconds a clean stop waits to write what is left.
     close_timeout: float = 5.0
+    #: ``False``: an API-only instance; it never reads or claims entries (see
+    #: :attr:`~txapns.service.config.RedisSpoolConfig.consume`).
+    consume: bool = True
 
 
 @dataclass(slots=True)
@@ -1427,7 +1430,7 @@ class RedisSpool:
         return d.addCallbacks(created, exists)
 
     def _room(self, app: str) -> int:
-        if self._hooks is None or self._closing or not self._up:
+        if self._hooks is None or self._closing or not self._up or not self.settings.consume:
             return 0
         return self._hooks.room(app) - self._unwritten.get(app, 0)
 
@@ -1782,6 +1785,7 @@ class RedisSpool:
             "backend": "redis",
             "redis": "up" if self.available else "down",
             "instance_id": self.settings.instance_id,
+            "consume": self.settings.consume,
             "held_outcomes": self._held_outcomes(),
             "outages": self.outages,
         }

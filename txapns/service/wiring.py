@@ -119,6 +119,7 @@ def redis_spool(
         wait_replicas=config.wait_replicas,
         chunk_size=config.chunk_size,
         results_ttl=results_ttl,
+        consume=config.consume,
     )
     # Reads block for settings.block seconds: their connections get a longer reply timeout.
     link = RedisLink(reactor, address, reply_timeout=5.0 + settings.wait_timeout)
