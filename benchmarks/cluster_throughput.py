@@ -199,13 +199,16 @@ def run(
             start_instance(work, c, f"instance-{i}", procs, profile if i == 0 else None)
             for i, c in enumerate(configs)
         ]
-        ports = [p for p, _ in started][:1] if api_only else [p for p, _ in started]
+        ports = [p for p, _ in started]
+        targets = ports[:1] if api_only else ports
         pids = [pid for _, pid in started]
         cpu0 = [cpu_seconds(p) for p in pids]
         rcpu0 = cpu_seconds(redis_pid) if redis_pid else 0.0
         share = [n // clients + (1 if w < n % clients else 0) for w in range(clients)]
         # Each load generator posts to one instance (round-robin over workers).
-        jobs = [(ports[w % len(ports)], key, run_id, w, c, BATCH) for w, c in enumerate(share)]
+        jobs = [
+            (targets[w % len(targets)], key, run_id, w, c, BATCH) for w, c in enumerate(share)
+        ]
         t0 = time.perf_counter()
         with multiprocessing.Pool(clients) as pool:
             results = pool.map(_submit, jobs)

@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from txapns.core.notification import Notification
 from txapns.core.result import Outcome, Result
+from txapns.service import redis_spool
 from txapns.service.api import job_json, make_site
 from txapns.service.backend import ConsumerHooks, SpoolUnavailableError
 from txapns.service.config import ConfigError, RedisSpoolConfig, parse_config
@@ -564,6 +565,78 @@ class OutageTests(RedisCase):
         sender.answer_all()
         done = await engine.wait(again.job_id)
         self.assertEqual(done.counts["accepted"], 2)
+
+    @deferred_test
+    async def test_entries_read_as_redis_went_down_are_read_again_when_it_answers(self) -> None:
+        # claim_after stays at its 120 s: only reading our own pending entries again on
+        # recovery can feed the entry within this test's time.
+        spool = self.spool()
+        await self.connected(spool)
+        q = f"{self.prefix}:{{a}}:q"
+        self.server.cli("XGROUP", "CREATE", q, "txapns", "0", "MKSTREAM")
+        collector = Collector(room=0)
+        spool.start_consuming(collector.hooks())
+        held = await self.job_of(spool, 2, seed=1)
+        await wait_until(self.reactor, lambda: self.entries_added() == 1, what="the store")
+        # A read is taken and fed (room for exactly it: no read waits for more), and its
+        # entry's outcomes recorded but not yet written…
+        collector.space = 2
+        await wait_until(self.reactor, lambda: len(collector.items) == 2, what="the first read")
+        spool._down(Failure(ConnectionError("test")), "test")  # Redis "goes away"
+        spool.record_outcomes([outcome(i) for i in collector.items], now=2.0)
+        # …and, as the outage begins, a read whose reply is lost: pending for our id.
+        lost = await self.job_of_via_cli(q, spool.settings.instance_id)
+        collector.space = 1000
+        await wait_until(self.reactor, lambda: spool.available, what="recovery")
+        await wait_until(self.reactor, lambda: len(collector.items) == 3, what="the lost read")
+        self.assertEqual(collector.items[2].job_id, lost)
+        self.assertEqual(collector.items[2].resumed, 1)  # delivered before: may be a duplicate
+        await wait_until(self.reactor, lambda: spool._held_outcomes() == 0, what="the write")
+        view = await spool.job(held)
+        assert view is not None
+        self.assertEqual(view.status, "done")
+        # The entry acknowledged while the pending entries were read is not taken again.
+        await sleep(self.reactor, 0.3)
+        self.assertEqual(len(collector.items), 3)
+
+    @deferred_test
+    async def test_an_entry_acknowledged_while_our_pending_entries_are_read_is_not_retaken(
+        self,
+    ) -> None:
+        spool = self.spool()
+        await self.connected(spool)
+        collector = Collector(room=1)
+        spool.start_consuming(collector.hooks())
+        await self.job_of(spool, 1)
+        await wait_until(self.reactor, lambda: len(collector.items) == 1, what="the read")
+        (item,) = collector.items
+        spool._down(Failure(ConnectionError("test")), "test")
+        real = redis_spool.HISTORY
+
+        def history_then_outcome(link: Any, keys: Any, args: Any) -> Any:
+            # The entry's last outcome is recorded after the read of our pending entries
+            # went out, before its reply: Redis answers the read with the entry still
+            # pending, then acknowledges it.
+            d = real(link, keys, args)
+            spool.record_outcomes([outcome(item)], now=2.0)
+            return d
+
+        self.patch(redis_spool, "HISTORY", history_then_outcome)
+        collector.space = 1000
+        spool._back(None)
+        await wait_until(self.reactor, lambda: spool._held_outcomes() == 0, what="the write")
+        await wait_until(self.reactor, lambda: "0" not in spool._history.values(), what="read")
+        await sleep(self.reactor, 0.2)
+        self.assertEqual(collector.items, [item])
+
+    async def job_of_via_cli(self, q: str, consumer: str) -> str:
+        """A job stored by another instance, then read by ``consumer`` with redis-cli (the
+        reply never reaches the spool)."""
+        other = self.spool()
+        await self.connected(other)
+        job_id = await self.job_of(other, 1, seed=2)
+        self.server.cli("XREADGROUP", "GROUP", "txapns", consumer, "COUNT", "10", "STREAMS", q, ">")
+        return job_id
 
     @deferred_test
     async def test_api_answers_503_while_redis_is_down(self) -> None:

@@ -944,6 +944,9 @@ class RedisSpool:
         self._next_id = 1
         self._held: dict[int, _Held] = {}
         self._held_entries: dict[str, _Chunk] = {}
+        #: Entries whose last outcome is recorded and whose acknowledgement is not written
+        #: yet: a read of our own pending entries must not take them again.
+        self._acking: set[str] = set()
         #: Per app, where the read of this consumer's own pending entries (left by an earlier
         #: process with the same instance id) has got to; gone once it is done.
         self._history: dict[str, str] = {}
@@ -1007,6 +1010,11 @@ class RedisSpool:
         self._groups_ready.clear()
         self._flush()
         for app in self.apps:
+            if self._hooks is not None and self.settings.consume:
+                # A read whose reply the outage cut left its entries pending for us: read
+                # our own pending entries first (those we hold or are acknowledging are
+                # skipped), instead of leaving them to a takeover after claim_after.
+                self._history[app] = "0"
             self._wake(app)
 
     def _held_outcomes(self) -> int:
@@ -1147,6 +1155,7 @@ class RedisSpool:
             if c.open == 0:  # the entry's last outcome: acknowledged with it
                 ack = c.entry_id
                 self._held_entries.pop(c.entry_id, None)
+                self._acking.add(ack)
             args = by_app.setdefault(c.app, [])
             args += self._record_args(h, r, now, ack)
         done: Deferred[list[str]] = Deferred()
@@ -1253,6 +1262,7 @@ class RedisSpool:
     def _written(self, finished: list[str], app: str, parts: list[_Pending]) -> None:
         self._writing -= 1
         self._unwritten[app] -= sum(len(p.args) // 6 for p in parts)
+        self._acked(parts)
         finished = [str(f) for f in finished]
         for i, p in enumerate(parts):
             p.done.callback(finished if i == 0 else [])
@@ -1268,11 +1278,18 @@ class RedisSpool:
             self._outbox = sorted(parts + self._outbox, key=lambda p: p.seq)
             return
         self._unwritten[app] -= sum(len(p.args) // 6 for p in parts)
+        self._acked(parts)
         log.failure("could not record {app} outcomes in Redis", failure, app=app)
         for p in parts:
             p.done.errback(failure)
         if self._outbox:
             self._schedule_flush()
+
+    def _acked(self, parts: list[_Pending]) -> None:
+        """These writes are over: their entries are acknowledged (or, if the write failed
+        for good, left pending for a takeover)."""
+        for p in parts:
+            self._acking.difference_update(p.args[0::6])
 
     def add_invalid_tokens(
         self,
@@ -1535,8 +1552,8 @@ class RedisSpool:
         are not sent again."""
         parsed: list[tuple[str, int, tuple[str, list[int], list[str], list[str | None]]]] = []
         for entry_id, fields, deliveries in entries:
-            if entry_id in self._held_entries:
-                continue  # ours already (claimed back from ourselves): not twice
+            if entry_id in self._held_entries or entry_id in self._acking:
+                continue  # ours already (claimed back from ourselves, or being acknowledged)
             flat = fields if isinstance(fields, list) else []
             value = str(flat[1]) if len(flat) >= 2 else ""
             if value:
