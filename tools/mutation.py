@@ -90,7 +90,7 @@ DESELECT = [
 ]
 
 #: Surviving mutants judged equivalent (no behaviour can tell them from the original), by
-#: mutmut's name, with why. Reviewed by hand: see docs/testing.rst.
+#: mutmut's name, with why. Reviewed by hand: see docs/development.rst.
 _BC = "txapns.core.binary_channel.xǁBinaryChannelǁ"
 _SENTINEL_UNREAD = "a sentinel's notification, submitted_at and writes are never read"
 _SENTINELS_RESET = "_sentinels is set to 0 at the end of _on_error (the window is cleared)"
@@ -112,6 +112,33 @@ _URLSPLIT_PORT = "urlsplit's port refuses 65536 first ('the port must be within 
 _STRICT = "zip of two tables of 257 entries: strict or not, the same pairs"
 _COMPLETE = "the Huffman code is complete: no child is 0 (the root is nobody's child)"
 _FAST_PATH = "the inline static-table lookup is a fast path: _field gives the same field"
+_C = "H2ClientConnectionǁ"
+_TRUTH = "None for False/0/b'': the value is only ever tested for truth"
+_CONT_SET = "every HEADERS without END_HEADERS sets it before a CONTINUATION reads it"
+_EXACT_FIT = (
+    "a body that exactly fits goes through _send_pending instead: the same one frame, flags "
+    "and window accounting"
+)
+_WINDOW_0 = "_send_pending with a connection window of 0 sends nothing and changes nothing"
+_DROPPED = (
+    "pending None for b'' on a stream already dropped: only _flush reads it, and skips a falsy one"
+)
+_DROPPED_AT = [
+    ("reset_stream", 9),
+    ("_end_of_response", 22),
+    ("_stream_error", 1),
+    ("_on_rst_stream", 28),
+    ("_on_goaway", 30),
+]
+_SHORTER = (
+    "a length read too short (or no wait) only hands an incomplete frame to _process, which "
+    "parses the real header, stops and buffers it again"
+)
+_DEAD_INPUT = "after _die nothing is read: receive_data returns at once, the send queue is empty"
+_REASON_BYTES = (
+    "reasons are our literals and repr()s, never lone surrogates: 'strict' and 'replace' "
+    "give the same bytes, and codec names are case-insensitive"
+)
 EQUIVALENT: dict[str, str] = {
     f"{_BC}__init____mutmut_15": "connection_made replaces the decoder before any read",
     f"{_BC}take_sentinel__mutmut_3": "after an error response the window is empty: b'' anyway",
@@ -248,9 +275,80 @@ EQUIVALENT: dict[str, str] = {
             ("xǁHeaderDecoderǁdecode__mutmut_104", "_evict(limit) at size == limit evicts nothing"),
         ]
     },
+    **{
+        f"txapns.core.http2.connection.xǁ{name}": why
+        for name, why in [
+            *[(f"_Streamǁ__init____mutmut_{n}", _TRUTH) for n in (10, 12, 14)],
+            (
+                "_Streamǁ__init____mutmut_17",
+                "headers is set with the final status, before any read",
+            ),
+            *[(f"{_C}__init____mutmut_{n}", _TRUTH) for n in (76, 90, 93, 95)],
+            *[(f"{_C}__init____mutmut_{n}", _CONT_SET) for n in (92, 94, 96)],
+            *[(f"{_C}send_request__mutmut_{n}", _EXACT_FIT) for n in (76, 77, 78)],
+            *[(f"{_C}send_request__mutmut_{n}", _WINDOW_0) for n in (102,)],
+            *[(f"{_C}send_data__mutmut_{n}", _WINDOW_0) for n in (32,)],
+            *[(f"{_C}_on_window_update__mutmut_{n}", _WINDOW_0) for n in (65,)],
+            *[
+                (
+                    f"{_C}send_data__mutmut_{n}",
+                    "_DATA is 0: 0<<8|0, 0<<8&0, 0>>8|0, 0<<9|0 are all 0",
+                )
+                for n in (23, 24, 26)
+            ],
+            *[(f"{_C}{f}__mutmut_{n}", _DROPPED) for f, n in _DROPPED_AT],
+            *[(f"{_C}_send_pending__mutmut_{n}", _TRUTH) for n in (54,)],
+            (
+                f"{_C}_send_pending__mutmut_55",
+                "local_closed is set next: a closed stream takes no data",
+            ),
+            *[(f"{_C}_flush__mutmut_{n}", _TRUTH) for n in (8, 13)],
+            *[(f"{_C}receive_data__mutmut_{n}", _SHORTER) for n in (10, 12, 25)],
+            *[(f"{_C}receive_data__mutmut_{n}", _DEAD_INPUT) for n in (34, 35)],
+            *[
+                (f"{_C}{f}__mutmut_{n}", _TRUTH)
+                for f, n in [("_on_headers", 17), ("_on_continuation", 20), ("_on_settings", 29)]
+            ],
+            (
+                f"{_C}_on_headers__mutmut_19",
+                "neither flag: start 0, end len(payload), the block is the payload",
+            ),
+            (f"{_C}_on_continuation__mutmut_22", _CONT_SET),
+            (f"{_C}_end_of_response__mutmut_3", "b''.join([]) is b''"),
+            (
+                f"{_C}_on_window_update__mutmut_64",
+                "_send_pending with nothing pending changes nothing",
+            ),
+            (f"{_C}_on_settings__mutmut_63", "inside 'if delta:': delta is never 0 there"),
+            (f"{_C}_on_goaway__mutmut_26", "an equal last-stream-id leaves the same value"),
+            *[(f"{_C}_fail__mutmut_{n}", _REASON_BYTES) for n in (15, 17, 18, 19)],
+            *[(f"{_C}_die__mutmut_{n}", _DEAD_INPUT) for n in (3, 4, 5, 6, 7)],
+        ]
+    },
     "txapns.core.binary.x_encode_simple__mutmut_9": (
         "command 0 can only fail on a length, explained before the struct error is used"
     ),
+}
+
+#: Surviving mutants that are not equivalent but left untested on purpose, with why. They
+#: count against the score and are listed as "known gap".
+_QUEUE_ORDER = (
+    "a stream can end up twice in the send queue, or leave it early: only the queue position of "
+    "more body given by send_data to a stream whose queued body already went out can change; "
+    "the clients never call send_data (every body goes with send_request)"
+)
+KNOWN_GAPS: dict[str, str] = {
+    f"txapns.core.http2.connection.xǁ{_C}{name}": _QUEUE_ORDER
+    for name in (
+        "send_request__mutmut_105",
+        "send_request__mutmut_106",
+        "send_data__mutmut_35",
+        "send_data__mutmut_37",
+        "send_data__mutmut_38",
+        "_flush__mutmut_4",
+        "_on_settings__mutmut_30",
+        "_on_settings__mutmut_103",
+    )
 }
 
 #: mutmut's exit codes (mutmut.stats.status_by_exit_code).
@@ -372,8 +470,10 @@ def run(
         status = STATUS.get(exit_code or 0, "suspicious") if exit_code is not None else "not run"
         if status in ("survived", "no tests") and name in EQUIVALENT:
             status = "equivalent"
+        elif status in ("survived", "no tests") and name in KNOWN_GAPS:
+            status = "known gap"
         statuses[status] += 1
-        if status in ("survived", "no tests", "suspicious", "not run"):
+        if status in ("survived", "no tests", "suspicious", "not run", "known gap"):
             survivors.append(f"{status}: {name}")
     return statuses, survivors, elapsed
 
@@ -430,13 +530,13 @@ def main() -> int:
     print()
     print(
         f"{'module':34} {'mutants':>7} {'killed':>6} {'timeout':>7} {'survived':>8} "
-        f"{'no tests':>8} {'equiv':>5} {'score':>6} {'time':>6}"
+        f"{'no tests':>8} {'gap':>4} {'equiv':>5} {'score':>6} {'time':>6}"
     )
     for module, c, pct, elapsed in rows:
         print(
             f"txapns/{module:27} {sum(c.values()):7} {c['killed']:6} {c['timeout']:7} "
-            f"{c['survived']:8} {c['no tests']:8} {c['equivalent']:5} {pct:5.1f}% "
-            f"{elapsed:5.0f}s"
+            f"{c['survived']:8} {c['no tests']:8} {c['known gap']:4} {c['equivalent']:5} "
+            f"{pct:5.1f}% {elapsed:5.0f}s"
         )
     return 1 if low else 0
 

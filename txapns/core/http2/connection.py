@@ -874,10 +874,9 @@ class H2ClientConnection:
             )
             return
         if stream.pending and self._send_window > 0:
+            # A stream with a body pending is always in _blocked already (send_request,
+            # send_data and _flush keep it there): what is left waits in its place.
             self._send_pending(stream)
-            if stream.pending and not stream.queued:
-                stream.queued = True
-                self._blocked.append(stream)
 
     def _on_settings(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if stream_id:
