@@ -65,6 +65,21 @@ class LayeringTests(SynchronousTestCase):
         self.assertTrue(fakes)
         self.assertEqual(offenders(fakes, ("txapns.service",)), {})
 
+    def test_the_architecture_page_lists_every_module(self) -> None:
+        """docs/architecture.rst gives one line a module: none missing, none that is gone."""
+        listed = architecture_listing()
+        root = PACKAGE.parent
+        actual = {
+            str(p.relative_to(root))
+            for p in [*PACKAGE.rglob("*.py"), *(root / "twisted" / "plugins").glob("*.py")]
+        }
+        self.assertEqual(
+            sorted(actual - listed), [], "new modules: add a line for each to docs/architecture.rst"
+        )
+        self.assertEqual(
+            sorted(listed - actual), [], "gone: remove them from docs/architecture.rst"
+        )
+
     def test_the_core_never_imports_twisted(self) -> None:
         core = list((PACKAGE / "core").rglob("*.py"))
         self.assertEqual(offenders(core, ("twisted", "zope")), {})
@@ -98,6 +113,29 @@ class LayeringTests(SynchronousTestCase):
         self.assertIn(
             "txapns.service.config", imports_from("from ..service.config import A", "txapns.x")
         )
+
+
+def architecture_listing() -> set[str]:
+    """The paths of the module listing in docs/architecture.rst (two spaces a level; a name
+    ending in ``/`` is a folder)."""
+    page = (PACKAGE.parent / "docs" / "architecture.rst").read_text(encoding="utf-8")
+    block = page.split(".. code-block:: text\n\n", 1)[1]
+    folders: list[str] = []
+    paths = set()
+    for line in block.splitlines():
+        if not line.startswith("   "):
+            if line.strip():
+                break  # the end of the block
+            continue
+        text = line[3:]
+        depth = (len(text) - len(text.lstrip())) // 2
+        name = text.split()[0]
+        del folders[depth:]
+        if name.endswith("/"):
+            folders.append(name)
+        else:
+            paths.add("".join(folders) + name)
+    return paths
 
 
 def imports_from(source: str, package: str) -> set[str]:

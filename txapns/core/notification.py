@@ -41,6 +41,7 @@ __all__ = [
     "check_http2",
     "header_value",
     "http2_payload_limit",
+    "new_apns_id",
     "parse_token",
     "shorten",
     "validate_binary",
