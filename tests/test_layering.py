@@ -65,6 +65,16 @@ class LayeringTests(SynchronousTestCase):
         self.assertTrue(fakes)
         self.assertEqual(offenders(fakes, ("txapns.service",)), {})
 
+    def test_no_import_circles(self) -> None:
+        """Within the package too, imports run one way (lazy and type-only ones count). One
+        circle is known and left: ``config.load_config`` applies the environment
+        (``environ.apply_environment``), which raises ``config.ConfigError``."""
+        known = {frozenset({"txapns.service.config", "txapns.service.environ"})}
+        self.assertEqual(circles(module_graph()) - known, set())
+        self.assertEqual(
+            circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}), {frozenset("abc")}
+        )
+
     def test_the_architecture_page_lists_every_module(self) -> None:
         """docs/architecture.rst gives one line a module: none missing, none that is gone."""
         listed = architecture_listing()
@@ -113,6 +123,45 @@ class LayeringTests(SynchronousTestCase):
         self.assertIn(
             "txapns.service.config", imports_from("from ..service.config import A", "txapns.x")
         )
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Each txapns module and the txapns modules it imports (a name imported from a module
+    counts as that module; a package's ``__init__`` is not counted for its own modules)."""
+    modules: dict[str, pathlib.Path] = {}
+    for p in PACKAGE.rglob("*.py"):
+        parts = list(p.relative_to(PACKAGE.parent).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        deps = set()
+        for name in imports(path, module_package(path)):
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != module and not module.startswith(name + "."):
+                deps.add(name)
+        graph[module] = deps
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> set[frozenset[str]]:
+    """The sets of modules that import each other, directly or through others."""
+    reach: dict[str, set[str]] = {}
+    for start in graph:
+        seen: set[str] = set()
+        todo = list(graph[start])
+        while todo:
+            node = todo.pop()
+            if node not in seen:
+                seen.add(node)
+                todo.extend(graph.get(node, ()))
+        reach[start] = seen
+    found = set()
+    for module, reached in reach.items():
+        loop = frozenset({module, *(m for m in reached if module in reach.get(m, ()))})
+        if len(loop) > 1:
+            found.add(loop)
+    return found
 
 
 def architecture_listing() -> set[str]:

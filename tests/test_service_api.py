@@ -13,11 +13,12 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from txapns.service.api import Limits, make_listener
+from txapns.service.api import Limits
 from txapns.service.engine import Engine, EngineApp
 from txapns.service.http1 import ABORT_TIMEOUT
 from txapns.service.spool import Spool, SpoolStore, inline_runner
 from txapns.service.testing import FakeSender
+from txapns.service.wiring import make_listener
 
 from .helpers import deferred_test, temp_dir, token
 from .helpers_api import BUNDLE, KEY, Collect, Reply, responder

@@ -18,10 +18,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from txapns.service.api import Limits, make_listener
+from txapns.service.api import Limits
 from txapns.service.config import ConfigError, parse_config
 from txapns.service.environ import apply_environment
 from txapns.service.http1 import MAX_HEADER_BYTES, MAX_PIPELINED
+from txapns.service.wiring import make_listener
 
 from .helpers import temp_dir
 from .helpers_service import accepting_engine

@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, HTTPChannel
@@ -628,32 +628,6 @@ def make_site(
         limits=limits,
         reactor=reactor,
     )
-
-
-def make_listener(
-    engine: Engine,
-    api_key: bytes,
-    limits: Limits = Limits(),
-    reactor: IReactorTime | None = None,
-    *,
-    server: str = "lean",
-    access_log: str = "off",
-) -> IProtocolFactory:
-    """The factory to listen with (strports): the API over ``server``, the ``http_server``
-    setting: ``"lean"`` (:mod:`txapns.service.http1`, the default: a fraction of
-    twisted.web's CPU per request) or ``"twisted"`` (:class:`ApiSite`). ``access_log`` is
-    the setting of that name: ``"off"``, ``"log"`` (the service log) or a file's path."""
-    factory: ApiSite | Any
-    if server == "twisted":
-        factory = make_site(engine, api_key, limits, reactor)
-    elif server == "lean":
-        from .http1 import ApiFactory
-
-        factory = ApiFactory(Api(engine, api_key, limits), reactor)
-    else:
-        raise ValueError(f"http_server must be 'lean' or 'twisted', not {server!r}")
-    factory.access_log = access_log
-    return factory
 
 
 #: The ``WWW-Authenticate`` value of every 401, from either HTTP layer (twisted.web's here,

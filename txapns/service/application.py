@@ -163,10 +163,9 @@ def build_service(options: Any) -> IService:
     from twisted.web.client import Agent
 
     from ..testing.embedded import EmbeddedAPNs
-    from .api import make_listener
     from .feedback import feedback_pollers
     from .senders import make_sender
-    from .wiring import EngineService, build_engine, client_health, limits_from
+    from .wiring import EngineService, build_engine, client_health, limits_from, make_listener
 
     top = TopService(options)
     fake: EmbeddedAPNs | None = None

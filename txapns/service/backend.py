@@ -21,18 +21,18 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
-from ..core.errors import APNsError
 from ..core.notification import Notification
-from .spool import InvalidToken, JobView, OutcomeRecord, Recovery, SpooledNotification, StoredJob
+from .spool import (
+    InvalidToken,
+    JobView,
+    OutcomeRecord,
+    Recovery,
+    SpooledNotification,
+    SpoolUnavailableError,
+    StoredJob,
+)
 
-
-class SpoolUnavailableError(APNsError):
-    """The spool cannot store or read right now (e.g. Redis is unreachable); try again later.
-
-    The API answers 503 with ``Retry-After`` for it.
-    """
-
-    retry_after = 5
+__all__ = ["ConsumerHooks", "SpoolBackend", "SpoolUnavailableError"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,6 +138,16 @@ class SpoolClosedError(SpoolError):
     """The spool was closed; it takes no more operations."""
 
 
+class SpoolUnavailableError(APNsError):
+    """The spool cannot store or read right now (e.g. Redis is unreachable); try again later.
+
+    The API answers 503 with ``Retry-After`` for it. Either backend raises it; it lives here
+    with the other values both backends share (:mod:`.backend` gives it too).
+    """
+
+    retry_after = 5
+
+
 class IdempotencyKeyReusedError(APNsError):
     """The idempotency key names an earlier job whose request was different: nothing stored.
 
@@ -339,8 +349,6 @@ def _storage_failed(e: BaseException) -> bool:
 
 def _unavailable(e: BaseException) -> Exception:
     """The backend-neutral "cannot store now" error (the API's 503) for a storage error."""
-    from .backend import SpoolUnavailableError  # backend imports this module
-
     error = SpoolUnavailableError(f"the spool cannot write: {e}")
     error.__cause__ = e
     return error
@@ -1110,8 +1118,6 @@ class Spool:
         now: float,
         done: Deferred[list[str]],
     ) -> None:
-        from .backend import SpoolUnavailableError
-
         if self._closing or not failure.check(SpoolUnavailableError):
             done.errback(failure)
             return

@@ -26,17 +26,23 @@ then the spool's thread pool.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.interfaces import IReactorFromThreads, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import (
+    IProtocolFactory,
+    IReactorFromThreads,
+    IReactorTCP,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IAgent
 
 from ..interfaces import Sender
-from .api import Limits
+from .api import Api, ApiSite, Limits, make_site
 from .backend import SpoolBackend
 from .config import RedisSpoolConfig, ServiceConfig
 from .engine import OUTCOME_DELAY, WATCH_INTERVAL, Engine, engine_apps
@@ -51,8 +57,38 @@ class _Reactor(IReactorTime, IReactorFromThreads, IReactorTCP):
     """What :func:`build_engine` needs of the reactor (typing only)."""
 
 
+#: The API's default limits.
+_LIMITS = Limits()
+
+
 def limits_from(config: ServiceConfig) -> Limits:
     return Limits(max_body_bytes=config.max_body_bytes, max_recipients=config.max_recipients)
+
+
+def make_listener(
+    engine: Engine,
+    api_key: bytes,
+    limits: Limits = _LIMITS,
+    reactor: IReactorTime | None = None,
+    *,
+    server: str = "lean",
+    access_log: str = "off",
+) -> IProtocolFactory:
+    """The factory to listen with (strports): the API over ``server``, the ``http_server``
+    setting: ``"lean"`` (:mod:`txapns.service.http1`, the default: a fraction of
+    twisted.web's CPU per request) or ``"twisted"`` (:class:`~.api.ApiSite`). ``access_log`` is
+    the setting of that name: ``"off"``, ``"log"`` (the service log) or a file's path."""
+    factory: ApiSite | Any
+    if server == "twisted":
+        factory = make_site(engine, api_key, limits, reactor)
+    elif server == "lean":
+        from .http1 import ApiFactory
+
+        factory = ApiFactory(Api(engine, api_key, limits), reactor)
+    else:
+        raise ValueError(f"http_server must be 'lean' or 'twisted', not {server!r}")
+    factory.access_log = access_log
+    return factory
 
 
 def build_engine(
