@@ -4,9 +4,10 @@
 ``pyproject.toml``'s dependencies (read from there, so the bound and the test of it cannot
 drift apart); ``tests(twisted='newest')`` the newest release. Each session is a fresh venv with
 a plain (non-editable) install of the project, the ``test`` and ``redis`` extras, and runs the
-suite as README's test command does. Arguments after ``--`` go to pytest (``.ci/run`` adds the
-coverage gate there). The interop tests need ``npm ci --prefix tests/interop`` and the Redis
-tests ``redis-server``, as for README's command.
+suite as README's test command does, without the coverage gate (README's command measures
+coverage on the newest). Arguments after ``--`` go to pytest. ``.ci/run`` runs the lowest
+session after README's command. The interop tests need ``npm ci --prefix tests/interop`` and
+the Redis tests ``redis-server``, as for README's command.
 """
 
 from __future__ import annotations
