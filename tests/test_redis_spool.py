@@ -108,8 +108,8 @@ class RedisCase(TestCase):
     def notifications(self, engine: Engine, n: int, first: int = 0) -> list[Notification]:
         return engine.prepare("a", ALERT, [token(first + i) for i in range(n)])
 
-    def consume(self, spool: RedisSpool) -> Collector:
-        collector = Collector()
+    def consume(self, spool: RedisSpool, room: int = 1000) -> Collector:
+        collector = Collector(room)
         spool.start_consuming(collector.hooks())
         return collector
 
@@ -296,7 +296,9 @@ class TakeoverTests(RedisCase):
         live = self.spool(claim_after=0.2)
         await self.connected(dead)
         await self.connected(live)
-        first = self.consume(dead)
+        # Room for one entry each: a full consumer claims nothing, so on a loaded machine
+        # neither instance takes the entry back from itself after claim_after (resumed 2).
+        first = self.consume(dead, room=1)
         stored = await dead.add_job(
             "a", [Notification.create(bytes([7]) * 32, b'{"aps":{}}')], now=1.0
         )
@@ -305,7 +307,7 @@ class TakeoverTests(RedisCase):
         first.space = 0
         for loop in dead._loops:
             loop.stop()
-        second = self.consume(live)
+        second = self.consume(live, room=1)
         await wait_until(self.reactor, lambda: second.items, what="the takeover")
         item = second.items[0]
         self.assertEqual(item.resumed, 1)
@@ -440,7 +442,7 @@ class ChunkTests(RedisCase):
         live = self.spool(claim_after=0.2)
         await self.connected(dead)
         await self.connected(live)
-        first = self.consume(dead)
+        first = self.consume(dead, room=5)  # full: no claim of its own entries (see above)
         job_id = await self.job_of(dead, 5)
         await wait_until(self.reactor, lambda: len(first.items) == 5, what="the first delivery")
         # Two outcomes written, then the instance goes silent with three in flight.
@@ -448,7 +450,7 @@ class ChunkTests(RedisCase):
         first.space = 0
         for loop in dead._loops:
             loop.stop()
-        second = self.consume(live)
+        second = self.consume(live, room=3)
         await wait_until(self.reactor, lambda: len(second.items) == 3, what="the takeover")
         self.assertEqual(
             [i.notification.token_hex for i in second.items],
