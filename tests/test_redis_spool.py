@@ -1044,6 +1044,11 @@ class FailoverTests(RedisCase):
         missing = [t for ts in acknowledged.values() for t in ts if bytes.fromhex(t) not in sent]
         self.assertEqual(missing, [])
         self.assertEqual(set(codes), {202, 503})
+        # Outcomes taken during the outage wait in memory; when the failover outlasts
+        # write_timeout (10 s, on a loaded machine) the engine logs that they are not written
+        # yet. Expected here, and only that: any other logged error still fails the test.
+        for logged in self.flushLoggedErrors(SpoolUnavailableError):
+            self.assertIn("held in memory until it answers", logged.getErrorMessage())
 
 
 class ConfigTests(SynchronousTestCase):
