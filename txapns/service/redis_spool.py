@@ -79,6 +79,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .._timers import Timer
 from .._twisted import cancel_call
 from ..core.notification import Notification, PushType
 from ..core.token_evidence import recorded_kind
@@ -955,9 +956,13 @@ class RedisSpool:
         self._outbox: list[_Pending] = []
         self._unwritten: dict[str, int] = dict.fromkeys(self.apps, 0)
         self._writing = 0
-        self._flush_call: IDelayedCall | None = None
+        #: The held outcomes' write, at the end of the turn.
+        self._flush_timer = Timer(clock, self._flush)
         self._reading: dict[str, bool] = dict.fromkeys(self.apps, False)
-        self._wake_calls: dict[str, IDelayedCall] = {}
+        #: Per app, its next read.
+        self._wake_timers = {
+            app: Timer(clock, functools.partial(self._read, app)) for app in self.apps
+        }
         self._claim_cursor: dict[str, str] = dict.fromkeys(self.apps, "0-0")
         #: Per job: what its notifications share (Notification's fields after the token, but
         #: the apns-id), decoded once, and its send_at.
@@ -1219,8 +1224,7 @@ class RedisSpool:
             )
 
     def _schedule_flush(self) -> None:
-        if self._flush_call is None or not self._flush_call.active():
-            self._flush_call = self._clock.callLater(0, self._flush)
+        self._flush_timer.start_unless_armed(0)
 
     def _flush(self) -> None:
         """Write held outcomes, one script per app and at most 1,000 outcomes each.
@@ -1228,7 +1232,6 @@ class RedisSpool:
         One flush at a time: what arrives while a write is out goes in the next one, so under
         load writes grow instead of multiplying (each costs Redis a script run and, with
         ``appendfsync always``, an fsync)."""
-        self._flush_call = None
         if not self._up or not self._outbox or self._writing:
             return
         outbox, self._outbox = self._outbox, []
@@ -1455,19 +1458,17 @@ class RedisSpool:
         """Read for ``app`` soon, if a read is not running already."""
         if self._reading.get(app) or self._closing or self._hooks is None:
             return
-        call = self._wake_calls.get(app)
-        if call is not None and call.active():
-            if call.getTime() <= self._clock.seconds():
-                return
-            call.cancel()
-        self._wake_calls[app] = self._clock.callLater(0, self._read, app)
+        timer = self._wake_timers[app]
+        when = timer.when()
+        if when is not None and when <= self._clock.seconds():
+            return
+        timer.start(0)
 
     def _entries_for(self, room: int) -> int:
         """How many stream entries to ask for when the engine has ``room`` notifications."""
         return max(1, min(room, self.settings.read_batch) // self.settings.chunk_size)
 
     def _read(self, app: str) -> None:
-        self._wake_calls.pop(app, None)
         if self._reading[app] or not self._up or self._closing:
             return
         room = self._room(app)
@@ -1476,7 +1477,7 @@ class RedisSpool:
         link = self._blocking[app]
         if not link.connected:
             # Still connecting (or reconnecting): the main link decides whether Redis is down.
-            self._wake_calls[app] = self._clock.callLater(0.1, self._read, app)
+            self._wake_timers[app].start(0.1)
             return
         self._reading[app] = True
         count = self._entries_for(room)
@@ -1538,10 +1539,10 @@ class RedisSpool:
                 app=app,
             )
             self._groups_ready.discard(app)
-            self._wake_calls[app] = self._clock.callLater(1.0, self._read, app)
+            self._wake_timers[app].start(1.0)
         else:
             log.failure("reading {app} from Redis failed; retrying in 1s", failure, app=app)
-            self._wake_calls[app] = self._clock.callLater(1.0, self._read, app)
+            self._wake_timers[app].start(1.0)
 
     def _take(
         self, app: str, entries: list[tuple[str, Any, int]], *, claimed: bool = False
@@ -1852,9 +1853,8 @@ class RedisSpool:
         for loop in self._loops:
             if loop.running:
                 loop.stop()
-        for call in self._wake_calls.values():
-            cancel_call(call)
-        self._wake_calls.clear()
+        for wake in self._wake_timers.values():
+            wake.cancel()
         # Reads first: a blocking read still waiting would take the entries put back below.
         readers = [link.close() for link in self._blocking.values()]
         done: Deferred[Any] = DeferredList(readers, consumeErrors=True)

@@ -48,6 +48,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from .._timers import Timer
 from ..core.errors import APNsError
 from ..core.notification import Notification, PushType
 from ..core.result import Outcome, Result
@@ -932,7 +933,8 @@ class Spool:
         #: This batch's jobs without a key, stored together (its place in _queue is that of
         #: the first of them).
         self._group: _JobGroup | None = None
-        self._timer: IDelayedCall | None = None
+        #: The batch's write, at the end of the turn.
+        self._flush_timer = Timer(clock, self._flush)
         self._busy = False
         self._closing = False
         #: Why outcomes cannot be written now (the storage failed), or None.
@@ -955,12 +957,11 @@ class Spool:
         return d
 
     def _schedule(self) -> None:
-        if self._busy or self._timer is not None or not self._queue:
+        if self._busy or self._flush_timer.armed or not self._queue:
             return
-        self._timer = self._clock.callLater(0, self._flush)
+        self._flush_timer.start(0)
 
     def _flush(self) -> None:
-        self._timer = None
         batch, self._queue = self._queue, []
         group, self._group = self._group, None
         self._busy = True

@@ -11,13 +11,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import PartialDownloadError, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
+
+from .._timers import Timer
 
 __all__ = ["BytesProducer", "InvalidTokenWebhook"]
 
@@ -76,7 +78,8 @@ class InvalidTokenWebhook:
         self.timeout = timeout
         self._headers = dict(headers or {})
         self._pending: list[dict[str, object]] = []
-        self._timer: IDelayedCall | None = None
+        #: This turn's batch is posted when it fires.
+        self._timer = Timer(clock, self._flush)
         self._posts: set[Deferred[None]] = set()
         self.posted = 0
         self.failed = 0
@@ -100,11 +103,9 @@ class InvalidTokenWebhook:
                 "kind": kind,
             }
         )
-        if self._timer is None:
-            self._timer = self._clock.callLater(0, self._flush)
+        self._timer.start_unless_armed(0)
 
     def _flush(self) -> None:
-        self._timer = None
         batch, self._pending = self._pending, []
         if not batch:
             return
@@ -143,7 +144,7 @@ class InvalidTokenWebhook:
 
     def stop(self) -> Deferred[Any]:
         """Post what is pending now and wait for the posts in progress."""
-        if self._timer is not None:
+        if self._timer.armed:
             self._timer.cancel()
             self._flush()
         if not self._posts:

@@ -54,8 +54,9 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 
+from .._timers import Timer
 from .binary_gateway import DeliveredNotification
 from .http2_server import AcceptedNotification
 
@@ -70,7 +71,7 @@ class Recorder:
             open(path, "a", encoding="utf-8", buffering=1 << 16) if path else None  # noqa: SIM115
         )
         self._clock = clock
-        self._flush_call: IDelayedCall | None = None
+        self._flush_timer = Timer(clock, self.flush)
         self.count = 0
 
     def add(self, token: str, payload: bytes, ident: int | str) -> None:
@@ -82,18 +83,14 @@ class Recorder:
             separators=(",", ":"),
         )
         self._file.write(line + "\n")
-        if self._flush_call is None:
-            self._flush_call = self._clock.callLater(0, self.flush)
+        self._flush_timer.start_unless_armed(0)
 
     def flush(self) -> None:
-        self._flush_call = None
         if self._file is not None:
             self._file.flush()
 
     def close(self) -> None:
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
+        self._flush_timer.cancel()
         if self._file is not None:
             self._file.flush()
             os.fsync(self._file.fileno())
