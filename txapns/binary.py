@@ -563,15 +563,18 @@ class BinaryClient:
             for i in range(connections)
         ]
         self._feeders: list[_BulkFeeder] = []
-        self.started = False
         self.stopped = False
 
     @classmethod
     def unknown_policy(cls, policy: str) -> UnknownPolicy:
         return UnknownPolicy(policy)
 
+    @property
+    def started(self) -> bool:
+        """``start`` was called (its connection slots hold that state)."""
+        return self.factories[0].started
+
     def start(self) -> None:
-        self.started = True
         for f in self.factories:
             f.start()
 
