@@ -48,12 +48,12 @@ class SlotFixture:
 class BinaryDialTests(SynchronousTestCase):
     def test_unstarted_queues_and_start_connects(self) -> None:
         f = SlotFixture()
-        self.assertIs(f.factory.dial, Dial.UNSTARTED)
+        self.assertIs(f.factory._dial, Dial.UNSTARTED)
         self.assertFalse(f.factory.started)
         f.submit(0)
         self.assertEqual(f.endpoint.attempts, [])  # queued, no connection before start()
         f.factory.start()
-        self.assertIs(f.factory.dial, Dial.CONNECTING)
+        self.assertIs(f.factory._dial, Dial.CONNECTING)
         self.assertTrue(f.factory.started)
         self.assertTrue(f.factory.connecting)
         self.assertEqual(len(f.endpoint.attempts), 1)
@@ -65,7 +65,7 @@ class BinaryDialTests(SynchronousTestCase):
         f.factory.start()  # again: still the one attempt
         self.assertEqual(len(f.endpoint.attempts), 1)
         f.endpoint.accept()
-        self.assertIs(f.factory.dial, Dial.STANDBY)
+        self.assertIs(f.factory._dial, Dial.STANDBY)
         self.assertFalse(f.factory.connecting)
         self.assertIsNotNone(f.factory.proto)
 
@@ -78,9 +78,9 @@ class BinaryDialTests(SynchronousTestCase):
         proto = factory.buildProtocol(None)
         assert isinstance(proto, APNsProtocol)
         d.callback(proto)
-        self.assertIs(f.factory.dial, Dial.STANDBY)
+        self.assertIs(f.factory._dial, Dial.STANDBY)
         proto.makeConnection(StringTransport())
-        self.assertIs(f.factory.dial, Dial.STANDBY)
+        self.assertIs(f.factory._dial, Dial.STANDBY)
         self.assertIs(f.factory.proto, proto)
 
     def test_a_protocol_connected_before_its_attempt_fires_is_not_connecting(self) -> None:
@@ -88,14 +88,14 @@ class BinaryDialTests(SynchronousTestCase):
         f.factory.start()
         factory, _d = f.endpoint.attempts[-1]
         factory.buildProtocol(None).makeConnection(StringTransport())
-        self.assertIs(f.factory.dial, Dial.STANDBY)
+        self.assertIs(f.factory._dial, Dial.STANDBY)
         self.assertFalse(f.factory.connecting)
 
     def test_start_after_stop_connects_nothing(self) -> None:
         f = SlotFixture()
         self.successResultOf(f.factory.stop())
         f.factory.start()
-        self.assertIs(f.factory.dial, Dial.STANDBY)
+        self.assertIs(f.factory._dial, Dial.STANDBY)
         self.assertTrue(f.factory.started)
         self.assertEqual(f.endpoint.attempts, [])
 
@@ -103,11 +103,11 @@ class BinaryDialTests(SynchronousTestCase):
         f = SlotFixture()
         f.factory.start()
         f.endpoint.refuse()
-        self.assertIs(f.factory.dial, Dial.STANDBY)
+        self.assertIs(f.factory._dial, Dial.STANDBY)
         f.submit(0)  # the backoff is armed: a submission does not connect early
         self.assertEqual(len(f.endpoint.attempts), 1)
         f.reactor.advance(1.0)
-        self.assertIs(f.factory.dial, Dial.CONNECTING)
+        self.assertIs(f.factory._dial, Dial.CONNECTING)
         self.assertEqual(len(f.endpoint.attempts), 2)
 
     def test_health_counts_the_slots_connecting(self) -> None:
@@ -129,10 +129,10 @@ class BinaryDialTests(SynchronousTestCase):
         f.factory.start()
         f.submit(0)
         stopped = f.factory.stop(timeout=1.0)
-        self.assertIs(f.factory.dial, Dial.CONNECTING)
+        self.assertIs(f.factory._dial, Dial.CONNECTING)
         f.reactor.advance(1.0)
         self.successResultOf(stopped)
-        self.assertIs(f.factory.dial, Dial.STANDBY)  # the cancelled attempt is over
+        self.assertIs(f.factory._dial, Dial.STANDBY)  # the cancelled attempt is over
         self.assertEqual([r.local for r in f.results], ["stopped"])
         f.reactor.advance(100.0)
         self.assertEqual(len(f.endpoint.attempts), 1)

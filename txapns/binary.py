@@ -169,8 +169,8 @@ class APNsClientFactory(ClientFactory, Phased):
         #: OPEN; DRAINING once stop() was called (new submissions are refused); CLOSED once
         #: draining is over (no more connections are made).
         self.phase = Phase.OPEN
-        #: UNSTARTED until start(); CONNECTING while an attempt is in flight; else STANDBY.
-        self.dial = Dial.UNSTARTED
+        # UNSTARTED until start(); CONNECTING while an attempt is in flight; else STANDBY.
+        self._dial = Dial.UNSTARTED
         self._ever_connected = False
         self._timers = timers = Timers(clock)
         self._flush_timer = timers.timer(self._flush)
@@ -189,12 +189,12 @@ class APNsClientFactory(ClientFactory, Phased):
     @property
     def started(self) -> bool:
         """``start`` was called."""
-        return self.dial is not Dial.UNSTARTED
+        return self._dial is not Dial.UNSTARTED
 
     @property
     def connecting(self) -> bool:
         """A connection attempt is in flight."""
-        return self.dial is Dial.CONNECTING
+        return self._dial is Dial.CONNECTING
 
     @property
     def draining(self) -> bool:
@@ -205,8 +205,8 @@ class APNsClientFactory(ClientFactory, Phased):
     # --- public ------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self.dial is Dial.UNSTARTED:
-            self.dial = Dial.STANDBY
+        if self._dial is Dial.UNSTARTED:
+            self._dial = Dial.STANDBY
         self._connect()
 
     def submit(self, notification: Notification, handle: Any) -> Pending:
@@ -216,7 +216,7 @@ class APNsClientFactory(ClientFactory, Phased):
         if self.queue_time is not None:
             self._queue_time_timer.start_unless_armed(self.queue_time.limit)
         if self.proto is None:
-            if self.dial is Dial.STANDBY and not self._retry_timer.armed:
+            if self._dial is Dial.STANDBY and not self._retry_timer.armed:
                 self._connect()
         else:
             self._schedule_flush()
@@ -245,20 +245,20 @@ class APNsClientFactory(ClientFactory, Phased):
 
     def _connect(self) -> None:
         self._retry_timer.cancel()
-        if self.closing or self.dial is Dial.CONNECTING or self.proto is not None:
+        if self.closing or self._dial is Dial.CONNECTING or self.proto is not None:
             return
-        self.dial = Dial.CONNECTING
+        self._dial = Dial.CONNECTING
         d = self.endpoint.connect(self)
         self._connect_attempt = d
         d.addCallbacks(self._connect_succeeded, self._connect_failed)
 
     def _connect_succeeded(self, proto: object) -> None:
         self._connect_attempt = None
-        self.dial = Dial.STANDBY
+        self._dial = Dial.STANDBY
 
     def _connect_failed(self, reason: Failure) -> None:
         self._connect_attempt = None
-        self.dial = Dial.STANDBY
+        self._dial = Dial.STANDBY
         if self.closing:
             return
         self.failures += 1
@@ -281,7 +281,7 @@ class APNsClientFactory(ClientFactory, Phased):
 
     def _protocol_connected(self, proto: APNsProtocol) -> None:
         self.proto = proto
-        self.dial = Dial.STANDBY
+        self._dial = Dial.STANDBY
         self.counters.connections_made += 1
         if self._ever_connected:
             self.counters.reconnects += 1
