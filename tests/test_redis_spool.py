@@ -641,6 +641,31 @@ class OutageTests(RedisCase):
         return job_id
 
     @deferred_test
+    async def test_too_few_replicas_is_one_outage_until_a_replica_confirms(self) -> None:
+        spool = self.spool(wait_replicas=1, wait_timeout=0.05)
+        await self.connected(spool)
+        self.consume(spool)  # (its loop's ticks probe while the spool is down)
+        job = [Notification.create(bytes([3]) * 32, b'{"aps":{}}')]
+        error = await spool.add_job("a", job, now=1.0, async_=True).addCallbacks(
+            lambda _: None, lambda f: f.value
+        )
+        self.assertIsInstance(error, SpoolUnavailableError)
+        self.assertIn("only 0 of 1 Redis replicas", str(error))
+        # The primary takes writes, but no replica confirms them: down it stays (it went
+        # up at the next probe's write and down at the next submission, logging each time).
+        await sleep(self.reactor, 0.5)
+        self.assertFalse(spool.available)
+        self.assertEqual(spool.outages, 1)
+        replica = RedisServer(
+            Path(tempfile.mkdtemp(prefix="txapns-replica-")), replica_of=self.server
+        )
+        replica.start()
+        self.addCleanup(replica.stop)
+        await wait_until(self.reactor, lambda: spool.available, timeout=20, what="a replica")
+        stored = await spool.add_job("a", job, now=2.0, async_=True)
+        self.assertFalse(stored.duplicate)
+
+    @deferred_test
     async def test_api_answers_503_while_redis_is_down(self) -> None:
         spool = self.spool()
         await self.connected(spool)

@@ -945,6 +945,8 @@ class RedisSpool:
         self._next_id = 1
         self._held: dict[int, _Held] = {}
         self._held_entries: dict[str, _Chunk] = {}
+        #: A probe (see _probe) is out: one at a time.
+        self._probing = False
         #: Entries whose last outcome is recorded and whose acknowledgement is not written
         #: yet: a read of our own pending entries must not take them again.
         self._acking: set[str] = set()
@@ -999,11 +1001,20 @@ class RedisSpool:
         """While down: a small write (a PING would pass on a replica, or on a primary that
         refuses writes for want of replicas); once it is taken, write what waits, then read
         again."""
-        if self._up or self._closing:
+        if self._up or self._closing or self._probing:
             return
+        self._probing = True
         key = f"{self._p}:probe:{self.settings.instance_id}"
         d = self.link.call("SET", key, "1", "PX", 60_000)
-        d.addCallbacks(self._back, lambda f: None)
+        if self.settings.wait_replicas > 0:
+            # Down for want of replicas (a WAIT shortfall): back only once they confirm a
+            # write again, not at the first write the primary takes (that flapped up and down
+            # with every refused submission).
+            d.addCallback(self._wait_replicas)
+        d.addCallbacks(self._back, lambda f: None).addBoth(self._probed)
+
+    def _probed(self, _: object) -> None:
+        self._probing = False
 
     def _back(self, _: object) -> None:
         if self._up or self._closing:
