@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -996,11 +997,34 @@ class FailoverTests(RedisCase):
         reply = self.sentinel.cli("SENTINEL", "get-master-addr-by-name", self.name).split()
         return int(reply[1])
 
+    def primary(self) -> RedisServer:
+        """The server Sentinel names primary now (a test before may have failed over)."""
+        port = self.primary_port()
+        return next(s for s in (self.server, *self.replicas) if s.port == port)
+
     @deferred_test
     async def test_primary_killed_mid_run_sending_resumes_on_the_new_one(self) -> None:
+        await self.run_failover(lambda: self.primary().kill(), outage=True)
+
+    @deferred_test
+    async def test_sentinel_failover_mid_run_sending_resumes_on_the_new_one(self) -> None:
+        # The operator's switch (SENTINEL FAILOVER): the old primary becomes a replica and
+        # Sentinel drops its clients; they find the new one through Sentinel.
+        await self.run_failover(
+            lambda: self.sentinel.cli("SENTINEL", "FAILOVER", self.name), outage=False,
+            replicas=2,
+        )
+
+    async def run_failover(
+        self, fail: Callable[[], object], *, outage: bool, replicas: int = 1
+    ) -> None:
         def ready() -> bool:
+            primary = self.primary()
+            others = [s for s in (self.server, *self.replicas) if s is not primary]
             synced = all(
-                r.info("replication").get("master_link_status") == "up" for r in self.replicas
+                s.process is not None
+                and s.info("replication").get("master_link_status") == "up"
+                for s in others
             )
             known = self.sentinel.cli("SENTINEL", "replicas", self.name).count("slave") >= 2
             return synced and known
@@ -1010,7 +1034,7 @@ class FailoverTests(RedisCase):
             "redis://127.0.0.1/0", sentinels=(("127.0.0.1", self.sentinel.port),),
             sentinel_master=self.name,
         )  # fmt: skip
-        settings = RedisSettings(prefix=self.prefix, instance_id="f-1", wait_replicas=1,
+        settings = RedisSettings(prefix=self.prefix, instance_id="f-1", wait_replicas=replicas,
                                  claim_after=3.0, schedule_interval=0.05)  # fmt: skip
         spool = RedisSpool(
             RedisLink(self.reactor, address, reply_timeout=5),
@@ -1043,12 +1067,15 @@ class FailoverTests(RedisCase):
         for _ in range(5):
             self.assertEqual(await post(), 202)
         old = self.primary_port()
-        self.server.kill()  # mid-run: outcomes and reads in flight
-        # Until Sentinel has promoted a replica, no primary answers: 503 (bounded).
-        await wait_until(self.reactor, lambda: not spool.available, what="the outage")
-        self.assertEqual(await post(), 503)
-        health = await api.call("GET", "/healthz")
-        self.assertEqual((health.code, health.json["spool"]["redis"]), (503, "down"))
+        fail()  # mid-run: outcomes and reads in flight
+        if outage:
+            # Until Sentinel has promoted a replica, no primary answers: 503 (bounded).
+            await wait_until(self.reactor, lambda: not spool.available, what="the outage")
+            self.assertEqual(await post(), 503)
+            health = await api.call("GET", "/healthz")
+            self.assertEqual((health.code, health.json["spool"]["redis"]), (503, "down"))
+        else:
+            await wait_until(self.reactor, lambda: self.primary_port() != old, what="Sentinel")
         deadline = self.reactor.seconds() + 60
         after = 0
         while after < 5:  # posting on: 503s, then 202s from the new primary
@@ -1058,7 +1085,8 @@ class FailoverTests(RedisCase):
                 raise AssertionError(f"no primary accepted work in 60 s: {codes[-10:]}")
             await sleep(self.reactor, 0.05)
         self.assertNotEqual(self.primary_port(), old)
-        self.assertGreaterEqual(spool.outages, 1)
+        if outage:
+            self.assertGreaterEqual(spool.outages, 1)
         # Nothing acknowledged is lost: every job is on the new primary and finishes, and
         # every one of its tokens reached APNs (a notification whose outcome the old
         # primary took but did not pass on is sent again, after claim_after).
@@ -1068,7 +1096,9 @@ class FailoverTests(RedisCase):
         sent = {n.token for n in sender.sent}
         missing = [t for ts in acknowledged.values() for t in ts if bytes.fromhex(t) not in sent]
         self.assertEqual(missing, [])
-        self.assertEqual(set(codes), {202, 503})
+        self.assertLessEqual(set(codes), {202, 503})
+        if outage:
+            self.assertEqual(set(codes), {202, 503})
         # Outcomes taken during the outage wait in memory; when the failover outlasts
         # write_timeout (10 s, on a loaded machine) the engine logs that they are not written
         # yet. Expected here, and only that: any other logged error still fails the test.
