@@ -5,6 +5,7 @@ and the deadline timer re-armed for requests sent at different times."""
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
+from twisted.logger import capturedLogs, formatEvent
 
 from txapns.core.http2.frames import ErrorCode, rst_stream_frame
 from txapns.core.result import Outcome, Result
@@ -103,7 +104,7 @@ class StaggeredDeadlineTests(ClientTestCase):
         self.send(client, note(0))
         self.pump()
         self.server.never_answer_tokens.update(token(i).hex() for i in (1, 2, 3))
-        sent_at = {1: 0.0, 2: 3.0, 3: 4.0}
+        sent_at = {1: 0.0, 2: 3.0, 3: 3.3}  # after 2, the timer is re-armed for 0.3 s
         start = self.clock.seconds()
         ds: dict[int, Deferred[Result]] = {}
         for i, at in sent_at.items():
@@ -117,3 +118,90 @@ class StaggeredDeadlineTests(ClientTestCase):
             result = self.result_of(ds[i])
             self.assertEqual((result.outcome, result.reason), (Outcome.UNKNOWN, "timeout"))
         self.assertEqual(self.server.stats.streams_reset, 3)
+
+
+class SilentTimeoutTests(ClientTestCase):
+    """Timeouts with no answer in between count across the deadline timer's runs."""
+
+    def test_timeouts_at_separate_checks_add_up(self) -> None:
+        client = self.make_client(deadline=5.0, ping_interval=0, ping_timeout=100.0)
+        self.send(client, note(0))
+        self.pump()
+        self.server.blackhole = True
+        ds = []
+        for i in range(1, 4):  # sent at 0, 1, 2 s: they time out at 5, 6, 7 s
+            ds.append(self.send(client, note(i)))
+            self.pump()
+            self.advance(1.0)
+        self.advance(1.9)  # 4.9 s: nothing yet
+        self.assertEqual([c.number for c in client.connections], [1])
+        self.advance(0.2)
+        self.assertEqual(self.result_of(ds[0]).reason, "timeout")
+        self.assertEqual(client.connections[0].silent_timeouts, 1)
+        self.advance(1.0)
+        self.assertEqual(client.connections[0].silent_timeouts, 2)
+        self.advance(1.0)  # the third in a row: the connection is replaced
+        self.assertEqual(self.result_of(ds[2]).reason, "timeout")
+        self.assertEqual([c.number for c in client.connections], [2])
+
+    def test_a_timeout_sends_a_ping(self) -> None:
+        # A request timed out on a connection that answers otherwise: one PING asks whether
+        # it is still alive (the server answers it; nothing else happens).
+        client = self.make_client(deadline=5.0, ping_interval=0)
+        self.send(client, note(0))
+        self.pump()
+        self.server.never_answer_tokens.add(token(1).hex())
+        d = self.send(client, note(1))
+        self.pump()
+        pings = self.server.stats.pings
+        self.advance(5.1)
+        self.assertEqual(self.result_of(d).reason, "timeout")
+        self.assertEqual(self.server.stats.pings, pings + 1)
+        self.assertEqual([c.number for c in client.connections], [1])
+
+
+class ConnectionLogTests(ClientTestCase):
+    """What an operator reads about a connection's GOAWAY and its timeouts, word for word."""
+
+    def test_goaway_log_and_retire_reason(self) -> None:
+        for debug, reason, retire in (
+            (b"", "no reason", "GOAWAY NO_ERROR"),
+            (b'{"reason":"Shutdown"}', "Shutdown", "GOAWAY Shutdown"),
+        ):
+            self.server.latency = 1.0
+            client = self.make_client()
+            self.send(client, note(0))
+            self.pump()
+            [conn] = client.connections
+            [sid] = conn.streams
+            with capturedLogs() as events:
+                conn.dataReceived(goaway(sid, 0, debug))
+            self.assertEqual(
+                [formatEvent(e) for e in events if "GOAWAY" in e["log_format"]],
+                [
+                    f"{client.name}: connection 1: GOAWAY NO_ERROR last-stream-id {sid} "
+                    f"({reason}); 0 unprocessed requests re-sent, 1 still open"
+                ],
+            )
+            self.assertEqual(conn.retire_reason, retire)
+            self.advance(1.0)
+            client.stop()
+            self.pump()
+
+    def test_timeout_logs(self) -> None:
+        client = self.make_client(deadline=5.0, ping_interval=0, ping_timeout=100.0)
+        self.send(client, note(0))
+        self.pump()
+        self.server.blackhole = True
+        for i in range(1, 4):
+            self.send(client, note(i))
+        self.pump()
+        with capturedLogs() as events:
+            self.advance(5.0)
+        texts = [formatEvent(e) for e in events]
+        self.assertIn(
+            f"{client.name}: connection 1: 3 requests passed their 5.0 s deadline; reset", texts
+        )
+        self.assertIn(
+            f"{client.name}: connection 1: 3 timeouts in a row with no answer; replacing it", texts
+        )

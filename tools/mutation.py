@@ -87,6 +87,10 @@ DESELECT = [
     # 5000 requests through a 64 KiB window (27 s): the window edges have their own tests.
     "tests/test_http2_conformance.py::FlowControlAndSettings::"
     "test_5000_requests_of_4k_through_a_64k_connection_window",
+    # Checks that a deprecation warning blames the caller (stacklevel): mutmut's trampoline
+    # adds a frame, so under mutmut the warning points into mutmut and the test cannot pass.
+    "tests/test_http2_client.py::TokenTests::"
+    "test_the_old_token_tuple_still_works_with_a_deprecation_warning",
 ]
 
 #: Surviving mutants judged equivalent (no behaviour can tell them from the original), by
