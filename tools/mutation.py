@@ -71,13 +71,20 @@ TARGETS: dict[str, list[str]] = {
     "core/http2/frames.py": _H2,
     "core/http2/headers.py": [*_H2, "test_http2_headers_edges.py"],
     "core/http2/decoder.py": ["test_http2_decoder.py"],
-    "http2.py": ["test_http2_client.py", "test_http2_client_edges.py"],
+    # test_broadcast: broadcasts and management requests are the clients' other path.
+    "http2.py": [
+        "test_http2_client.py",
+        "test_http2_client_edges.py",
+        "test_broadcast.py",
+        "test_hold_when_unavailable.py",
+    ],
     "_http2_connection.py": [
         "test_http2_connection_owner.py",
         "test_http2_client.py",
         "test_http2_client_edges.py",
+        "test_broadcast.py",
     ],
-    "binary.py": ["test_binary_client.py", "test_binary_iosim.py"],
+    "binary.py": ["test_binary_client.py", "test_binary_iosim.py", "test_hold_when_unavailable.py"],
 }
 CLIENTS = ("http2.py", "_http2_connection.py", "binary.py")
 
