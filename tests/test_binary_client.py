@@ -337,3 +337,57 @@ class ShardingTests(SynchronousTestCase):
         self.assertIs(client._shard(n), client._shard(Notification.create(n.token, {"aps": {}})))
         used = {id(client._shard(note(i))) for i in range(64)}
         self.assertEqual(len(used), 4)
+
+
+class ReconnectEdgeTests(SynchronousTestCase):
+    """What a sample of binary.py's mutants showed untested (issue 13)."""
+
+    def tls_failure(self, f: Fixture) -> None:
+        proto, _ = f.endpoint.accept(handshake=False)
+        proto.connectionLost(Failure(SSL.Error("certificate verify failed")))
+
+    def test_tls_failures_back_off_like_refused_connections(self) -> None:
+        f = Fixture()
+        f.client.start()
+        f.send(0)
+        for delay in (1.0, 2.0):  # the backoff's 1 s, then 2 s
+            attempts = len(f.endpoint.attempts)
+            self.tls_failure(f)
+            f.turn(delay - 0.01)
+            self.assertEqual(len(f.endpoint.attempts), attempts)
+            f.turn(0.02)
+            self.assertEqual(len(f.endpoint.attempts), attempts + 1)
+        self.assertEqual(f.client.counters.connection_failures, 2)
+
+    def test_a_good_connection_starts_the_tls_failure_count_again(self) -> None:
+        # Two TLS failures, a connection that works and closes, two more: still trying
+        # (3 in a row give up); the third in a row gives up.
+        f = Fixture()
+        f.client.start()
+        ds = f.send(0)
+        for _ in range(2):
+            self.tls_failure(f)
+            f.turn(10)
+        proto, _ = f.endpoint.accept()
+        f.turn(1.0)  # not "right after the handshake"
+        proto.received = 1
+        proto.connectionLost(Failure(ConnectionLost()))
+        f.turn(10)
+        for _ in range(2):
+            self.tls_failure(f)
+            f.turn(10)
+        self.assertFalse(ds[0].called)
+        self.tls_failure(f)
+        self.assertEqual([r.local for r in f.results], ["tls"])
+
+    def test_a_close_exactly_at_the_wrong_environment_window_counts(self) -> None:
+        # Handshake at 0 s, a clean close at 0.1 s (WRONG_ENVIRONMENT_WINDOW): still "right
+        # after the handshake", a failed connection; 0.1 s later it would not be.
+        for close_at, failures in ((0.1, 1), (0.2, 0)):
+            f = Fixture()
+            f.client.start()
+            f.send(0)
+            proto, _ = f.endpoint.accept()
+            f.turn(close_at)
+            proto.connectionLost(Failure(ConnectionDone()))
+            self.assertEqual(f.client.counters.connection_failures, failures, close_at)
