@@ -8,6 +8,7 @@ from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -391,3 +392,42 @@ class ReconnectEdgeTests(SynchronousTestCase):
             f.turn(close_at)
             proto.connectionLost(Failure(ConnectionDone()))
             self.assertEqual(f.client.counters.connection_failures, failures, close_at)
+
+
+class BinaryLogTests(SynchronousTestCase):
+    """What an operator reads about a binary connection, word for word, and the reason a
+    stop that timed out gives its notifications."""
+
+    def test_error_response_log(self) -> None:
+        f = Fixture()
+        f.client.start()
+        proto, _ = f.endpoint.accept()
+        f.send(0, 1)
+        f.turn()
+        name = f.client.factories[0].name
+        with capturedLogs() as events:
+            proto.dataReceived(error(8, 1))
+        self.assertIn(
+            f"{name}: error response 8 (InvalidToken) for identifier 1",
+            [formatEvent(e) for e in events],
+        )
+
+    def test_stop_timeout_log_and_reason(self) -> None:
+        f = Fixture(quiet=100.0)
+        f.client.start()
+        f.endpoint.accept()
+        ds = f.send(0, 1)
+        f.turn()
+        name = f.client.factories[0].name
+        with capturedLogs() as events:
+            f.client.stop(timeout=5.0)
+            f.turn(5.0)
+        self.assertIn(
+            f"{name}: stop timeout with 2 notifications pending; finishing them",
+            [formatEvent(e) for e in events],
+        )
+        self.assertTrue(all(d.called for d in ds))
+        self.assertEqual(
+            {(r.outcome, r.reason, r.local) for r in f.results},
+            {(Outcome.UNKNOWN, "client stopped", "stopped")},
+        )
