@@ -11,7 +11,7 @@ from txapns.core.http2.frames import ErrorCode, rst_stream_frame
 from txapns.core.result import Outcome, Result
 from txapns.http2 import APNsHTTP2Protocol, HTTP2Client
 
-from .helpers_http2 import ClientTestCase, goaway, note, token
+from .helpers_http2 import DATA, ClientTestCase, frame, goaway, note, token
 
 
 class CircuitOpenMaybeDeliveredTests(ClientTestCase):
@@ -204,4 +204,18 @@ class ConnectionLogTests(ClientTestCase):
         )
         self.assertIn(
             f"{client.name}: connection 1: 3 timeouts in a row with no answer; replacing it", texts
+        )
+
+    def test_protocol_error_log(self) -> None:
+        self.server.latency = 1.0
+        client = self.make_client()
+        self.send(client, note(0))
+        self.pump()
+        [conn] = client.connections
+        with capturedLogs() as events:
+            conn.dataReceived(frame(DATA, 0, 0, b"x"))  # DATA on stream 0
+        self.assertIn(
+            f"{client.name}: connection 1: the server broke HTTP/2 "
+            "(PROTOCOL_ERROR: DATA on stream 0); closing",
+            [formatEvent(e) for e in events],
         )
