@@ -766,6 +766,7 @@ class GoAwayTests(ClientTestCase):
         self.assertEqual(
             (result.outcome, result.local, result.attempts), (Outcome.REJECTED, "attempts", 3)
         )
+        self.assertEqual(result.reason, "never processed by APNs in 3 attempts")
         self.assertEqual(client.counters.replayed, 2)
 
     def test_other_reset_is_unknown_and_resent_with_the_same_id(self) -> None:
