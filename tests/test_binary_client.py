@@ -431,3 +431,28 @@ class BinaryLogTests(SynchronousTestCase):
             {(r.outcome, r.reason, r.local) for r in f.results},
             {(Outcome.UNKNOWN, "client stopped", "stopped")},
         )
+
+    def test_connection_loss_logs(self) -> None:
+        f = Fixture()
+        f.client.start()
+        name = f.client.factories[0].name
+        with capturedLogs() as events:
+            proto, _ = f.endpoint.accept(handshake=False)
+            proto.connectionLost(Failure(SSL.Error("certificate verify failed")))
+            f.turn(10)
+            proto, _ = f.endpoint.accept()
+            f.turn(1.0)
+            f.send(0)
+            f.turn()
+            proto.received = 1
+            proto.connectionLost(Failure(ConnectionLost()))  # silent close: resent
+            proto, _ = f.endpoint.accept()
+            f.turn()
+            proto.dataReceived(error(8, 0))
+            proto.connectionLost(Failure(ConnectionDone()))
+        texts = [formatEvent(e) for e in events]
+        [tls] = [t for t in texts if "TLS failure" in t]
+        self.assertTrue(tls.startswith(f"{name}: TLS failure: "), tls)
+        self.assertIn("certificate verify failed", tls)
+        self.assertIn(f"{name}: connection closed with no error response; reconnecting", texts)
+        self.assertIn(f"{name}: closed after an error response; reconnecting", texts)
