@@ -357,7 +357,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--mock", type=Path, help="the neutral harness (set up)")
     ap.add_argument("--n", type=int, default=60_000, help="notifications per run")
-    ap.add_argument("--clients", type=int, default=3, help="load-generator processes")
+    ap.add_argument("--clients", type=int, default=6, help="load-generator processes")
     ap.add_argument("--instances", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--api-only", action="store_true",
                     help="also run one API-only instance (consume = false) taking every "

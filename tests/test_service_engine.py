@@ -6,7 +6,8 @@ import datetime as dt
 import json
 import uuid
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from txapns.core import (
     InvalidTokenError,
@@ -23,7 +24,7 @@ from txapns.service.engine import (
     Template,
     UnknownAppError,
 )
-from txapns.service.spool import JobView, SpoolStore
+from txapns.service.spool import JobView, OutcomesHeldError, SpoolStore, SpoolUnavailableError
 from txapns.service.testing import FakeSender
 from txapns.service.webhook import InvalidTokenWebhook
 
@@ -258,6 +259,26 @@ class DispatchTests(Harness):
         view = self.successResultOf(waited)
         self.assertEqual(view.results[0].reason, "client error: KeyError")
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+    def test_outcomes_a_spool_holds_during_an_outage_are_a_warning_not_an_error(self) -> None:
+        # The Redis spool holds outcomes in memory while Redis is down and writes them when
+        # it answers: an expected state, logged as a warning. Any other write failure stays a
+        # logged error (the row stays in flight; a restart resumes it).
+        real = self.spool.record_outcomes
+        cases = [(OutcomesHeldError("held in memory"), ["held in memory"], 0),
+                 (SpoolUnavailableError("cannot write"), [], 1)]  # fmt: skip
+        for error, warned, errors in cases:
+            self.spool.record_outcomes = lambda *a, e=error, **k: fail(e)  # type: ignore[method-assign]
+            with capturedLogs() as events:
+                self.successResultOf(self.submit_and_turn(1))
+                self.sender.answer_all()
+                self.clock.advance(1)
+            warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+            self.assertEqual(len(warnings), len(warned), warnings)
+            for text, expected in zip(warnings, warned, strict=True):
+                self.assertIn("could not record 1 outcomes for a yet: " + expected, text)
+            self.assertEqual(len(self.flushLoggedErrors(SpoolUnavailableError)), errors)
+        self.spool.record_outcomes = real  # type: ignore[method-assign]
 
     def test_synchronous_sender(self) -> None:
         # The result arrives inside send_to, before it returns: still counted once.

@@ -26,13 +26,14 @@ from .spool import (
     InvalidToken,
     JobView,
     OutcomeRecord,
+    OutcomesHeldError,
     Recovery,
     SpooledNotification,
     SpoolUnavailableError,
     StoredJob,
 )
 
-__all__ = ["ConsumerHooks", "SpoolBackend", "SpoolUnavailableError"]
+__all__ = ["ConsumerHooks", "OutcomesHeldError", "SpoolBackend", "SpoolUnavailableError"]
 
 
 @dataclass(frozen=True, slots=True)

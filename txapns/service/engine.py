@@ -67,7 +67,7 @@ from ..core.token_evidence import (
     mismatch_message,
 )
 from ..interfaces import Sender
-from .backend import ConsumerHooks, SpoolBackend
+from .backend import ConsumerHooks, OutcomesHeldError, SpoolBackend
 from .config import ServiceConfig
 from .metrics import AppGauges, ServiceMetrics
 from .spool import JobView, OutcomeRecord, Recovery, SpooledNotification, StoredJob
@@ -1109,6 +1109,15 @@ class Engine:
     def _write_failed(self, failure: Failure, what: str, app: str) -> None:
         # The row stays in flight in the spool: a restart resumes it (counted as possible
         # duplicate), so nothing is lost; the failure is logged, not hidden.
+        if failure.check(OutcomesHeldError):
+            # An outage the spool reports in its health and writes through when it ends.
+            log.warn(
+                "spool: could not {what} for {app} yet: {why}",
+                what=what,
+                app=app,
+                why=failure.getErrorMessage(),
+            )
+            return
         log.failure("spool: could not {what} for {app}", failure, what=what, app=app)
 
     # -- lifecycle ---------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ from .._twisted import cancel_call
 from ..core.notification import Notification, PushType
 from ..core.token_evidence import recorded_kind
 from ..credentials import client_tls_options
-from .backend import ConsumerHooks, SpoolUnavailableError
+from .backend import ConsumerHooks, OutcomesHeldError, SpoolUnavailableError
 from .metrics import family_lines
 from .spool import (
     QUEUED,
@@ -1229,7 +1229,7 @@ class RedisSpool:
     def _write_late(self, done: Deferred[list[str]]) -> None:
         if not done.called:
             done.errback(
-                SpoolUnavailableError(
+                OutcomesHeldError(
                     "outcomes not written to Redis yet; held in memory until it answers"
                 )
             )

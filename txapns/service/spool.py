@@ -149,6 +149,13 @@ class SpoolUnavailableError(APNsError):
     retry_after = 5
 
 
+class OutcomesHeldError(SpoolUnavailableError):
+    """Outcomes the spool could not write yet and holds in memory, writing them when its
+    store answers again (the Redis spool during an outage): an expected state of an outage
+    that the spool's health already reports, so the engine warns instead of logging an error.
+    """
+
+
 class IdempotencyKeyReusedError(APNsError):
     """The idempotency key names an earlier job whose request was different: nothing stored.
 
