@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -664,9 +664,8 @@ class OutageTests(RedisCase):
     async def test_too_few_replicas_is_one_outage_until_a_replica_confirms(self) -> None:
         spool = self.spool(wait_replicas=1, wait_timeout=0.05)
         await self.connected(spool)
-        # Its loop's ticks probe while the spool is down. It reads nothing (room 0): an entry
-        # held at the end would be put back as the spool closes, a write that a loaded
-        # machine could leave unanswered within close_timeout (a logged error).
+        # Its loop's ticks probe while the spool is down. It reads nothing (room 0): nothing
+        # is put back as the spool closes.
         spool.start_consuming(Collector(room=0).hooks())
         job = [Notification.create(bytes([3]) * 32, b'{"aps":{}}')]
         error = await spool.add_job("a", job, now=1.0, async_=True).addCallbacks(
@@ -763,6 +762,41 @@ class OutageTests(RedisCase):
         collector = self.consume(other)
         await wait_until(self.reactor, lambda: len(collector.items) == 6, what="re-reads")
         self.assertEqual([i.resumed for i in collector.items], [0] * 6)
+        self.assertEqual({i.job_id for i in collector.items}, {accepted.job_id})
+
+
+    @deferred_test
+    async def test_a_put_back_that_fails_leaves_the_entry_pending_and_warns(self) -> None:
+        # REQUEUE is all or nothing: when it fails (a close_timeout cutting it short on a
+        # slow Redis), the entry stays pending for this consumer, claimed after claim_after
+        # by another instance. Nothing is lost: a warning, not a logged error.
+        spool = self.spool()
+        await self.connected(spool)
+        sender = FakeSender(capacity=0)
+        engine = self.engine(spool, sender, drain_timeout=0.1, retry_delay=10)
+        await engine.start()
+        accepted = await engine.submit("a", self.notifications(engine, 3), async_=True)
+        await wait_until(self.reactor, lambda: spool._held, what="the read")
+        self.patch(redis_spool, "REQUEUE", lambda *a: fail(ConnectionError("link closed")))
+        warnings: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_level") == LogLevel.warn:
+                warnings.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        await engine.stop()
+        self.assertIn(
+            "could not put back 1 unsent entries of a (link closed); they stay pending",
+            "\n".join(warnings),
+        )
+        q = f"{self.prefix}:{{a}}:q"
+        self.assertEqual(self.server.cli("XPENDING", q, "txapns").split("\n")[0], "1")
+        other = self.spool(claim_after=0.1)
+        await self.connected(other)
+        collector = self.consume(other)
+        await wait_until(self.reactor, lambda: len(collector.items) == 3, what="the takeover")
         self.assertEqual({i.job_id for i in collector.items}, {accepted.job_id})
 
 

@@ -1912,7 +1912,19 @@ class RedisSpool:
             return []
         return [
             REQUEUE(self.link, [self._key(app, "q")], [GROUP, *args]).addErrback(
-                lambda f: log.failure("could not put back unsent entries", f)
+                self._put_back_failed, app, len(args) // 2
             )
             for app, args in by_app.items()
         ]
+
+    def _put_back_failed(self, failure: Failure, app: str, count: int) -> None:
+        # The script puts back all or nothing: its entries stay pending for this consumer,
+        # and another instance claims them after claim_after. Nothing is lost, so a warning
+        # (a close_timeout that cut the write short on a slow Redis is the usual cause).
+        log.warn(
+            "could not put back {count} unsent entries of {app} ({why}); they stay pending "
+            "and another instance claims them after claim_after",
+            count=count,
+            app=app,
+            why=failure.getErrorMessage(),
+        )
