@@ -37,9 +37,11 @@ outcome, and the library uses 4 connections.
 ``apt-get install nghttp2-client``; installed when missing and running as root) posts one
 notification per request for ``--h1load-seconds`` on 1, 16 and 64 keep-alive connections
 (``--h1load-conns``), first to a bare :mod:`twisted.web` resource that reads the body and
-answers 202 (the framework's own ceiling, its own process), then to the service
-(asynchronous), then synchronous on 1 connection with p50/p99 latency. It prints each rate
-and its ratio to the bare resource at the same connection count, all in the same run.
+answers 202 (the framework's own ceiling, its own process), then to the same resource
+committing each body to SQLite first (WAL, ``synchronous=FULL``, one thread, one transaction
+per request: the price of a durable answer alone), then to the service (asynchronous), then
+synchronous on 1 connection with p50/p99 latency. It prints each rate and its ratio to both
+references at the same connection count, all in the same run.
 
     python benchmarks/service_throughput.py --mock /tmp/apns-bench --h1load --skip-batch
 """
@@ -167,25 +169,61 @@ def wait_drained(conn: http.client.HTTPConnection, key: str, timeout: float = 30
 # --- one notification per request, load from h2load --h1 -------------------------------------
 
 
-def bare_site() -> None:
+def bare_site(durable: bool = False) -> None:
     """The reference: a bare :mod:`twisted.web` resource that reads the body and answers 202
-    (default ``Site``, same reactor as ``twistd``); prints its port, then serves."""
+    (default ``Site``, same reactor as ``twistd``); prints its port, then serves.
+
+    ``durable``: before answering, it also commits the body to SQLite in the work directory
+    (WAL, ``synchronous=FULL``, as the service's spool) on one thread, one transaction per
+    request: the simplest durable answer, so the price of durability alone is measured
+    beside the service in the same run."""
+    import sqlite3
+
     from twisted.internet import reactor as _reactor
+    from twisted.internet.threads import deferToThreadPool
+    from twisted.python.threadpool import ThreadPool
     from twisted.web.resource import Resource
-    from twisted.web.server import Request, Site
+    from twisted.web.server import NOT_DONE_YET, Request, Site
 
     reactor: Any = _reactor
+    pool = ThreadPool(minthreads=1, maxthreads=1, name="bare-durable")
+    db: list[sqlite3.Connection] = []
+
+    def store(body: bytes) -> None:
+        if not db:  # made in the pool's one thread, the only one that uses it
+            c = sqlite3.connect("bare-durable.db")
+            c.execute("PRAGMA journal_mode = WAL")
+            c.execute("PRAGMA synchronous = FULL")
+            c.execute("CREATE TABLE IF NOT EXISTS jobs (body BLOB)")
+            db.append(c)
+        with db[0]:
+            db[0].execute("INSERT INTO jobs (body) VALUES (?)", (body,))
 
     class Bare(Resource):
         isLeaf = True
 
-        def render_POST(self, request: Request) -> bytes:
+        def render_POST(self, request: Request) -> bytes | int:
             assert request.content is not None
-            request.content.read()
+            body = request.content.read()
             request.setResponseCode(202)
             request.setHeader(b"content-type", b"application/json")
-            return b'{"job_id":"0"}'
+            if not durable:
+                return b'{"job_id":"0"}'
 
+            gone: list[object] = []
+            request.notifyFinish().addErrback(gone.append)  # h2load closed at its end
+
+            def answer(_: object) -> None:
+                if not gone:
+                    request.write(b'{"job_id":"0"}')
+                    request.finish()
+
+            deferToThreadPool(reactor, pool, store, body).addCallback(answer)
+            return NOT_DONE_YET
+
+    if durable:
+        pool.start()
+        reactor.addSystemEventTrigger("before", "shutdown", pool.stop)
     port = reactor.listenTCP(0, Site(Bare()), interface="127.0.0.1")
     print(port.getHost().port, flush=True)
     reactor.run()
@@ -254,20 +292,23 @@ def h1load_phase(
     async_body.write_text(json.dumps({"token": token, "alert": "bench", "badge": 1, "async": True}))
     sync_body = work / "single-sync.json"
     sync_body.write_text(json.dumps({"token": token, "alert": "bench", "badge": 1}))
-    bare = subprocess.Popen(
-        [sys.executable, __file__, "--bare-site"], stdout=subprocess.PIPE, cwd=work, env=env
-    )
-    try:
-        assert bare.stdout is not None
-        bare_url = f"http://127.0.0.1:{int(bare.stdout.readline())}/v1/apps/{APP}/notifications"
-        reference = {}
-        for c in conns:
-            cpu0 = cpu_seconds(bare.pid)
-            reference[c] = h1load(h2load, bare_url, async_body, key, c, seconds)
-            reference[c]["cpu"] = cpu_seconds(bare.pid) - cpu0
-    finally:
-        bare.send_signal(signal.SIGTERM)
-        bare.wait(30)
+    reference: dict[int, dict[str, Any]] = {}
+    durable: dict[int, dict[str, Any]] = {}
+    for flag, into in (("--bare-site", reference), ("--bare-durable", durable)):
+        bare = subprocess.Popen(
+            [sys.executable, __file__, flag], stdout=subprocess.PIPE, cwd=work, env=env
+        )
+        try:
+            assert bare.stdout is not None
+            bare_port = int(bare.stdout.readline())
+            bare_url = f"http://127.0.0.1:{bare_port}/v1/apps/{APP}/notifications"
+            for c in conns:
+                cpu0 = cpu_seconds(bare.pid)
+                into[c] = h1load(h2load, bare_url, async_body, key, c, seconds)
+                into[c]["cpu"] = cpu_seconds(bare.pid) - cpu0
+        finally:
+            bare.send_signal(signal.SIGTERM)
+            bare.wait(30)
     url = f"http://127.0.0.1:{port}/v1/apps/{APP}/notifications"
     print(f"one notification per request, h2load --h1, {seconds:g} s each after a 1 s warm-up:")
     for c in conns:
@@ -282,6 +323,12 @@ def h1load_phase(
             f"service async {got['rate']:8,.0f} requests/s ({got['ok']:,} 202, {got['bad']} "
             f"other; {cpu / max(got['ok'], 1) * 1e6:.0f} µs CPU each) = "
             f"{got['rate'] / ref['rate']:.2f} of bare (target ≥ 0.6)"
+        )
+        dur = durable[c]
+        print(
+            f"       bare + one SQLite commit per request {dur['rate']:8,.0f} requests/s "
+            f"({dur['cpu'] / max(dur['ok'], 1) * 1e6:.0f} µs CPU each): the service is "
+            f"{got['rate'] / dur['rate']:.2f} of that"
         )
     fsync = fsync_p50(work)
     print(
@@ -591,6 +638,7 @@ def main() -> int:
     ap.add_argument("--library", metavar="CONFIG", help=argparse.SUPPRESS)
     ap.add_argument("--library-conns", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--bare-site", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--bare-durable", action="store_true", help=argparse.SUPPRESS)
     if sys.argv[1:2] == ["--profiled"]:
         return profiled(sys.argv[2], sys.argv[3:])
     args = ap.parse_args()
@@ -600,8 +648,8 @@ def main() -> int:
             flush=True,
         )
         return 0
-    if args.bare_site:
-        bare_site()
+    if args.bare_site or args.bare_durable:
+        bare_site(durable=args.bare_durable)
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="txapns-service-bench-"))
