@@ -68,6 +68,18 @@ class RedisCase(TestCase):
         if self.server.process is None:
             self.server.start()
 
+    def watch_warnings(self) -> list[str]:
+        """The warnings logged from now until the test ends, formatted."""
+        warnings: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_level") == LogLevel.warn:
+                warnings.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return warnings
+
     def spool(self, apps: tuple[str, ...] = ("a",), **settings: Any) -> RedisSpool:
         settings.setdefault("prefix", self.prefix)
         settings.setdefault("instance_id", f"i{next(_prefixes)}")
@@ -564,14 +576,7 @@ class OutageTests(RedisCase):
         self.assertIsInstance(error, SpoolUnavailableError)
         sender.answer_all()  # outcomes arrive while Redis is down: held in memory
         await wait_until(self.reactor, lambda: spool._held_outcomes() == 5)
-        warnings: list[str] = []
-
-        def observe(event: dict[str, Any]) -> None:
-            if event.get("log_level") == LogLevel.warn:
-                warnings.append(formatEvent(event))
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        warnings = self.watch_warnings()
         late = "could not record 5 outcomes for a yet: outcomes not written to Redis yet"
         await wait_until(self.reactor, lambda: any(late in w for w in warnings), what="late")
         self.server.start()
@@ -747,12 +752,7 @@ class OutageTests(RedisCase):
 
     @deferred_test
     async def test_stop_puts_unsent_entries_back_unflagged(self) -> None:
-        spool = self.spool()
-        await self.connected(spool)
-        sender = FakeSender(capacity=2)
-        engine = self.engine(spool, sender, drain_timeout=0.1, retry_delay=10)
-        await engine.start()
-        accepted = await engine.submit("a", self.notifications(engine, 6), async_=True)
+        _, sender, engine, accepted = await self.stopping(capacity=2, count=6)
         await wait_until(self.reactor, lambda: len(sender.waiting) == 2, what="sends")
         await engine.stop()  # 2 were sent (the fake says "stopped"), 4 never sent
         q = f"{self.prefix}:{{a}}:q"
@@ -764,28 +764,26 @@ class OutageTests(RedisCase):
         self.assertEqual([i.resumed for i in collector.items], [0] * 6)
         self.assertEqual({i.job_id for i in collector.items}, {accepted.job_id})
 
+    async def stopping(self, capacity: int, count: int) -> tuple[Any, FakeSender, Any, Any]:
+        """A spool and an engine whose sender takes ``capacity``, with a job of ``count``
+        submitted: the set-up of the tests of what a stop puts back."""
+        spool = self.spool()
+        await self.connected(spool)
+        sender = FakeSender(capacity=capacity)
+        engine = self.engine(spool, sender, drain_timeout=0.1, retry_delay=10)
+        await engine.start()
+        accepted = await engine.submit("a", self.notifications(engine, count), async_=True)
+        return spool, sender, engine, accepted
 
     @deferred_test
     async def test_a_put_back_that_fails_leaves_the_entry_pending_and_warns(self) -> None:
         # REQUEUE is all or nothing: when it fails (a close_timeout cutting it short on a
         # slow Redis), the entry stays pending for this consumer, claimed after claim_after
         # by another instance. Nothing is lost: a warning, not a logged error.
-        spool = self.spool()
-        await self.connected(spool)
-        sender = FakeSender(capacity=0)
-        engine = self.engine(spool, sender, drain_timeout=0.1, retry_delay=10)
-        await engine.start()
-        accepted = await engine.submit("a", self.notifications(engine, 3), async_=True)
+        spool, _, engine, accepted = await self.stopping(capacity=0, count=3)
         await wait_until(self.reactor, lambda: spool._held, what="the read")
         self.patch(redis_spool, "REQUEUE", lambda *a: fail(ConnectionError("link closed")))
-        warnings: list[str] = []
-
-        def observe(event: dict[str, Any]) -> None:
-            if event.get("log_level") == LogLevel.warn:
-                warnings.append(formatEvent(event))
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        warnings = self.watch_warnings()
         await engine.stop()
         self.assertIn(
             "could not put back 1 unsent entries of a (link closed); they stay pending",
