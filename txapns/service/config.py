@@ -44,10 +44,11 @@ from cryptography.hazmat.primitives.serialization import (
     pkcs12,
 )
 
-from ..core.errors import APNsError
 from ..core.hosts import APNS_HOSTS, FEEDBACK_HOSTS
 from ..core.proxy import ProxyURL, ProxyURLError, format_authority, parse_proxy_url
 from ..core.queue_time import DEFAULT_MAX_QUEUE_TIME
+from .environ import apply_environment
+from .errors import ConfigError as ConfigError  # given here too: service.config.ConfigError
 
 DEFAULT_LISTEN = "tcp:8325:interface=127.0.0.1"
 DEFAULT_SPOOL = "txapns-spool.sqlite3"
@@ -75,10 +76,6 @@ _AUTHKEY_NAME = re.compile(r"AuthKey_([A-Za-z0-9]+)\.p8\Z")
 Environment = Literal["production", "sandbox"]
 #: The wire protocol an app uses: the ``protocol`` value of its TOML table.
 WireProtocol = Literal["http2", "binary"]
-
-
-class ConfigError(APNsError, ValueError):
-    """The configuration cannot be used; the message says where and why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,8 +288,6 @@ def load_config(
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
     if environ is not None:
-        from .environ import apply_environment
-
         data = apply_environment(data, environ)
     return parse_config(data, base_dir=p.parent, now=now, check_files=check_files)
 

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from .errors import ConfigError
 
 PREFIX = "TXAPNS_"
 APP_PREFIX = "TXAPNS_APP_"
