@@ -181,6 +181,7 @@ def bare_site(durable: bool = False) -> None:
 
     from twisted.internet import reactor as _reactor
     from twisted.internet.threads import deferToThreadPool
+    from twisted.python.failure import Failure
     from twisted.python.threadpool import ThreadPool
     from twisted.web.resource import Resource
     from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -207,18 +208,26 @@ def bare_site(durable: bool = False) -> None:
             body = request.content.read()
             request.setResponseCode(202)
             request.setHeader(b"content-type", b"application/json")
+            answer_body = b'{"job_id":"0"}'
             if not durable:
-                return b'{"job_id":"0"}'
-
+                return answer_body
+            request.setHeader(b"content-length", b"%d" % len(answer_body))  # as the other
             gone: list[object] = []
             request.notifyFinish().addErrback(gone.append)  # h2load closed at its end
 
             def answer(_: object) -> None:
                 if not gone:
-                    request.write(b'{"job_id":"0"}')
+                    request.write(answer_body)
                     request.finish()
 
-            deferToThreadPool(reactor, pool, store, body).addCallback(answer)
+            def failed(failure: Failure) -> None:
+                print(f"bare-durable: the commit failed: {failure.value!r}", file=sys.stderr)
+                if not gone:
+                    request.setResponseCode(500)
+                    request.write(answer_body)
+                    request.finish()
+
+            deferToThreadPool(reactor, pool, store, body).addCallbacks(answer, failed)
             return NOT_DONE_YET
 
     if durable:

@@ -764,10 +764,12 @@ class OutageTests(RedisCase):
         self.assertEqual([i.resumed for i in collector.items], [0] * 6)
         self.assertEqual({i.job_id for i in collector.items}, {accepted.job_id})
 
-    async def stopping(self, capacity: int, count: int) -> tuple[Any, FakeSender, Any, Any]:
+    async def stopping(
+        self, capacity: int, count: int, **settings: Any
+    ) -> tuple[Any, FakeSender, Any, Any]:
         """A spool and an engine whose sender takes ``capacity``, with a job of ``count``
         submitted: the set-up of the tests of what a stop puts back."""
-        spool = self.spool()
+        spool = self.spool(**settings)
         await self.connected(spool)
         sender = FakeSender(capacity=capacity)
         engine = self.engine(spool, sender, drain_timeout=0.1, retry_delay=10)
@@ -775,18 +777,46 @@ class OutageTests(RedisCase):
         accepted = await engine.submit("a", self.notifications(engine, count), async_=True)
         return spool, sender, engine, accepted
 
+    # REQUEUE is all or nothing: when the put-back at a stop fails, the entry stays pending
+    # for this consumer and another instance claims it after claim_after. Nothing is lost:
+    # a warning naming the count and the cause, not a logged error.
+
     @deferred_test
     async def test_a_put_back_that_fails_leaves_the_entry_pending_and_warns(self) -> None:
-        # REQUEUE is all or nothing: when it fails (a close_timeout cutting it short on a
-        # slow Redis), the entry stays pending for this consumer, claimed after claim_after
-        # by another instance. Nothing is lost: a warning, not a logged error.
-        spool, _, engine, accepted = await self.stopping(capacity=0, count=3)
+        await self.put_back_fails(
+            lambda spool: self.patch(
+                redis_spool, "REQUEUE", lambda *a: fail(ConnectionError("link closed"))
+            ),
+            "link closed",
+        )
+
+    @deferred_test
+    async def test_a_put_back_cut_by_close_timeout_says_so(self) -> None:
+        # close_timeout (0.2 s) also runs out while the blocking readers close: the writes
+        # after it were then waited for without limit (this test hung), now cancelled.
+        await self.put_back_fails(
+            lambda spool: self.patch(redis_spool, "REQUEUE", lambda *a: Deferred()),
+            "no answer within close_timeout; Redis may still put them back",
+            close_timeout=0.2,
+        )
+
+    @deferred_test
+    async def test_no_put_back_while_redis_is_down_is_a_warning_too(self) -> None:
+        await self.put_back_fails(
+            lambda spool: spool._down(Failure(ConnectionError("test")), "test"),
+            "Redis is unavailable",
+        )
+
+    async def put_back_fails(
+        self, arrange: Callable[[RedisSpool], object], why: str, **settings: Any
+    ) -> None:
+        spool, _, engine, accepted = await self.stopping(capacity=0, count=3, **settings)
         await wait_until(self.reactor, lambda: spool._held, what="the read")
-        self.patch(redis_spool, "REQUEUE", lambda *a: fail(ConnectionError("link closed")))
+        arrange(spool)
         warnings = self.watch_warnings()
         await engine.stop()
         self.assertIn(
-            "could not put back 1 unsent entries of a (link closed); they stay pending",
+            f"could not put back 3 unsent notifications of a ({why}); they stay pending",
             "\n".join(warnings),
         )
         q = f"{self.prefix}:{{a}}:q"

@@ -1110,7 +1110,8 @@ class Engine:
         # The row stays in flight in the spool: a restart resumes it (counted as possible
         # duplicate), so nothing is lost; the failure is logged, not hidden.
         if failure.check(OutcomesHeldError):
-            # An outage the spool reports in its health and writes through when it ends.
+            # Not written within the spool's time limit (an outage, or a slow Redis): held in
+            # memory and written when it answers.
             log.warn(
                 "spool: could not {what} for {app} yet: {why}",
                 what=what,

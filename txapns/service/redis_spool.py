@@ -60,7 +60,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    FirstError,
+    fail,
+    succeed,
+)
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -1868,9 +1875,18 @@ class RedisSpool:
             wake.cancel()
         # Reads first: a blocking read still waiting would take the entries put back below.
         readers = [link.close() for link in self._blocking.values()]
-        done: Deferred[Any] = DeferredList(readers, consumeErrors=True)
-        done.addCallback(lambda _: self._finish_writes())
-        timer = self._clock.callLater(self.settings.close_timeout, done.cancel)
+        # close_timeout bounds both steps: the timer cancels the step under way, and writes
+        # that start after it fired are cancelled at once (sent, never waited for).
+        step: list[Deferred[Any]] = [DeferredList(readers, consumeErrors=True)]
+        timer = self._clock.callLater(self.settings.close_timeout, lambda: step[0].cancel())
+
+        def writes(_: object) -> Deferred[Any]:
+            step[0] = self._finish_writes()
+            if not timer.active():
+                step[0].cancel()
+            return step[0]
+
+        done = step[0].addCallback(writes)
         done.addBoth(self._cancel_timer, timer)
 
         def report(_: object) -> Deferred[Any]:
@@ -1896,6 +1912,7 @@ class RedisSpool:
         them (unflagged: never sent). One with a notification in flight without an outcome
         stays pending as a whole, for another instance to claim."""
         by_app: dict[str, list[object]] = {}
+        unsent: dict[str, int] = {}
         for entry_id, c in list(self._held_entries.items()):
             held = [self._held[i] for i in c.members if i in self._held]
             if not held or any(h.inflight for h in held):
@@ -1908,23 +1925,34 @@ class RedisSpool:
                 [h.apns_id for h in held],
             )  # fmt: skip
             by_app.setdefault(c.app, []).extend((entry_id, value))
+            unsent[c.app] = unsent.get(c.app, 0) + len(held)
         if not self._up:
+            for app, count in unsent.items():
+                self._put_back_failed(None, app, count, "Redis is unavailable")
             return []
         return [
             REQUEUE(self.link, [self._key(app, "q")], [GROUP, *args]).addErrback(
-                self._put_back_failed, app, len(args) // 2
+                self._put_back_failed, app, unsent[app]
             )
             for app, args in by_app.items()
         ]
 
-    def _put_back_failed(self, failure: Failure, app: str, count: int) -> None:
+    def _put_back_failed(
+        self, failure: Failure | None, app: str, count: int, why: str = ""
+    ) -> None:
         # The script puts back all or nothing: its entries stay pending for this consumer,
-        # and another instance claims them after claim_after. Nothing is lost, so a warning
-        # (a close_timeout that cut the write short on a slow Redis is the usual cause).
+        # and another instance claims them after claim_after. Nothing is lost, so a warning.
+        # A close_timeout cancels the write (CancelledError, no message): Redis may still run
+        # the script it received, and then they were put back after all.
+        if failure is not None:
+            if failure.check(CancelledError):
+                why = "no answer within close_timeout; Redis may still put them back"
+            else:
+                why = failure.getErrorMessage() or repr(failure.value)
         log.warn(
-            "could not put back {count} unsent entries of {app} ({why}); they stay pending "
-            "and another instance claims them after claim_after",
+            "could not put back {count} unsent notifications of {app} ({why}); they stay "
+            "pending and another instance claims them after claim_after",
             count=count,
             app=app,
-            why=failure.getErrorMessage(),
+            why=why,
         )

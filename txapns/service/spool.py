@@ -150,10 +150,10 @@ class SpoolUnavailableError(APNsError):
 
 
 class OutcomesHeldError(SpoolUnavailableError):
-    """Outcomes the spool could not write yet and holds in memory, writing them when its
-    store answers again (the Redis spool during an outage): an expected state of an outage
-    that the spool's health already reports, so the engine warns instead of logging an error.
-    """
+    """Outcomes the spool did not write within its time limit and holds in memory, writing
+    them when its store answers (the Redis spool's ``write_timeout``: an outage, or a slow
+    Redis). Nothing is lost and the spool keeps trying, so the engine warns instead of
+    logging an error; a write that fails for good is logged as an error by the spool."""
 
 
 class IdempotencyKeyReusedError(APNsError):
