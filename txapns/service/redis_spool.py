@@ -1928,7 +1928,7 @@ class RedisSpool:
             unsent[c.app] = unsent.get(c.app, 0) + len(held)
         if not self._up:
             for app, count in unsent.items():
-                self._put_back_failed(None, app, count, "Redis is unavailable")
+                self._not_put_back(app, count, "Redis is unavailable")
             return []
         return [
             REQUEUE(self.link, [self._key(app, "q")], [GROUP, *args]).addErrback(
@@ -1937,18 +1937,18 @@ class RedisSpool:
             for app, args in by_app.items()
         ]
 
-    def _put_back_failed(
-        self, failure: Failure | None, app: str, count: int, why: str = ""
-    ) -> None:
-        # The script puts back all or nothing: its entries stay pending for this consumer,
-        # and another instance claims them after claim_after. Nothing is lost, so a warning.
+    def _put_back_failed(self, failure: Failure, app: str, count: int) -> None:
         # A close_timeout cancels the write (CancelledError, no message): Redis may still run
         # the script it received, and then they were put back after all.
-        if failure is not None:
-            if failure.check(CancelledError):
-                why = "no answer within close_timeout; Redis may still put them back"
-            else:
-                why = failure.getErrorMessage() or repr(failure.value)
+        if failure.check(CancelledError):
+            why = "no answer within close_timeout; Redis may still put them back"
+        else:
+            why = failure.getErrorMessage() or repr(failure.value)
+        self._not_put_back(app, count, why)
+
+    def _not_put_back(self, app: str, count: int, why: str) -> None:
+        # The script puts back all or nothing: its entries stay pending for this consumer,
+        # and another instance claims them after claim_after. Nothing is lost, so a warning.
         log.warn(
             "could not put back {count} unsent notifications of {app} ({why}); they stay "
             "pending and another instance claims them after claim_after",
