@@ -46,6 +46,12 @@ class Fixture:
         self.reactor.advance(seconds)
 
 
+def tls_failure(f: Fixture) -> None:
+    """The next connection attempt fails its TLS handshake (a certificate APNs refuses)."""
+    proto, _ = f.endpoint.accept(handshake=False)
+    proto.connectionLost(Failure(SSL.Error("certificate verify failed")))
+
+
 class ClientTests(SynchronousTestCase):
     def test_writes_are_coalesced_into_one_write_per_turn(self) -> None:
         f = Fixture()
@@ -121,8 +127,7 @@ class ClientTests(SynchronousTestCase):
         f.client.start()
         ds = f.send(0, 1)
         for _attempt in range(3):
-            proto, _ = f.endpoint.accept(handshake=False)
-            proto.connectionLost(Failure(SSL.Error("certificate verify failed")))
+            tls_failure(f)
             f.turn(10)
         self.assertTrue(all(d.called for d in ds))
         self.assertEqual({r.outcome for r in f.results}, {Outcome.REJECTED})
@@ -343,17 +348,13 @@ class ShardingTests(SynchronousTestCase):
 class ReconnectEdgeTests(SynchronousTestCase):
     """What a sample of binary.py's mutants showed untested (issue 13)."""
 
-    def tls_failure(self, f: Fixture) -> None:
-        proto, _ = f.endpoint.accept(handshake=False)
-        proto.connectionLost(Failure(SSL.Error("certificate verify failed")))
-
     def test_tls_failures_back_off_like_refused_connections(self) -> None:
         f = Fixture()
         f.client.start()
         f.send(0)
         for delay in (1.0, 2.0):  # the backoff's 1 s, then 2 s
             attempts = len(f.endpoint.attempts)
-            self.tls_failure(f)
+            tls_failure(f)
             f.turn(delay - 0.01)
             self.assertEqual(len(f.endpoint.attempts), attempts)
             f.turn(0.02)
@@ -367,7 +368,7 @@ class ReconnectEdgeTests(SynchronousTestCase):
         f.client.start()
         ds = f.send(0)
         for _ in range(2):
-            self.tls_failure(f)
+            tls_failure(f)
             f.turn(10)
         proto, _ = f.endpoint.accept()
         f.turn(1.0)  # not "right after the handshake"
@@ -375,10 +376,10 @@ class ReconnectEdgeTests(SynchronousTestCase):
         proto.connectionLost(Failure(ConnectionLost()))
         f.turn(10)
         for _ in range(2):
-            self.tls_failure(f)
+            tls_failure(f)
             f.turn(10)
         self.assertFalse(ds[0].called)
-        self.tls_failure(f)
+        tls_failure(f)
         self.assertEqual([r.local for r in f.results], ["tls"])
 
     def test_a_close_exactly_at_the_wrong_environment_window_counts(self) -> None:
@@ -437,8 +438,7 @@ class BinaryLogTests(SynchronousTestCase):
         f.client.start()
         name = f.client.factories[0].name
         with capturedLogs() as events:
-            proto, _ = f.endpoint.accept(handshake=False)
-            proto.connectionLost(Failure(SSL.Error("certificate verify failed")))
+            tls_failure(f)
             f.turn(10)
             proto, _ = f.endpoint.accept()
             f.turn(1.0)

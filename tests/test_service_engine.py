@@ -264,11 +264,10 @@ class DispatchTests(Harness):
         # The Redis spool holds outcomes in memory while Redis is down and writes them when
         # it answers: an expected state, logged as a warning. Any other write failure stays a
         # logged error (the row stays in flight; a restart resumes it).
-        real = self.spool.record_outcomes
         cases = [(OutcomesHeldError("held in memory"), ["held in memory"], 0),
                  (SpoolUnavailableError("cannot write"), [], 1)]  # fmt: skip
         for error, warned, errors in cases:
-            self.spool.record_outcomes = lambda *a, e=error, **k: fail(e)  # type: ignore[method-assign]
+            self.patch(self.spool, "record_outcomes", lambda *a, e=error, **k: fail(e))
             with capturedLogs() as events:
                 self.successResultOf(self.submit_and_turn(1))
                 self.sender.answer_all()
@@ -278,7 +277,6 @@ class DispatchTests(Harness):
             for text, expected in zip(warnings, warned, strict=True):
                 self.assertIn("could not record 1 outcomes for a yet: " + expected, text)
             self.assertEqual(len(self.flushLoggedErrors(SpoolUnavailableError)), errors)
-        self.spool.record_outcomes = real  # type: ignore[method-assign]
 
     def test_synchronous_sender(self) -> None:
         # The result arrives inside send_to, before it returns: still counted once.
