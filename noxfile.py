@@ -3,11 +3,12 @@
 ``nox -s "tests(twisted='lowest')"`` installs the lower bound of ``twisted`` in
 ``pyproject.toml``'s dependencies (read from there, so the bound and the test of it cannot
 drift apart); ``tests(twisted='newest')`` the newest release. Each session is a fresh venv with
-a plain (non-editable) install of the project, the ``test`` and ``redis`` extras, and runs the
-suite as README's test command does, without the coverage gate (README's command measures
-coverage on the newest). Arguments after ``--`` go to pytest. ``.ci/run`` runs the lowest
-session after README's command. The interop tests need ``npm ci --prefix tests/interop`` and
-the Redis tests ``redis-server``, as for README's command.
+a plain (non-editable) install of the project, the ``test`` and ``redis`` extras and towncrier
+(for the changelog test), and runs the suite as README's test command does, without the
+coverage gate (README's command measures coverage on the newest). Arguments after ``--`` go
+to pytest. ``.ci/run`` runs the lowest session after README's command. The interop tests need
+``npm ci --prefix tests/interop`` and the Redis tests ``redis-server``, as for README's
+command.
 """
 
 from __future__ import annotations
