@@ -17,7 +17,9 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from txapns.core import Notification
+from txapns.service import spool as spool_module
 from txapns.service.spool import (
+    NewJob,
     OutcomeRecord,
     Spool,
     SpoolClosedError,
@@ -83,6 +85,70 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual([r.token for r in view.results], [token(1), token(2)])
         self.assertEqual([r.index for r in view.results], [0, 1])
         self.assertIsNone(self.store.job("nope"))
+
+    def rows(self) -> list[tuple[object, ...]]:
+        return self.store._db.execute(
+            "SELECT id, state, status, reason, apns_id, attempts, resumed, updated"
+            " FROM notifications ORDER BY id"
+        ).fetchall()
+
+    def check_statements_split_at_the_parameter_limit(self) -> None:
+        # 25 parameters: 2 notification rows (11 columns), 2 job rows (9) per statement.
+        self.store._max_params = 25
+        jobs = [self.store.add_jobs([NewJob("a", [note(i) for i in range(7)], 1.0)])[0]]
+        jobs += self.store.add_jobs([NewJob("a", [note(10 + i)], 1.0) for i in range(5)])
+        ids = [i for j in jobs for i in j.ids]
+        self.assertEqual(ids, list(range(1, 13)))
+        self.store.mark_inflight(ids[:-1], now=2.0)
+        self.store.requeue(ids[:3], now=3.0)
+        self.store.mark_inflight(ids[:3], now=4.0)
+        records = [
+            outcome(k, jobs[0].job_id, k, status=200, apns_id=f"id-{k}", attempts=1)
+            for k in ids[:6]
+        ] + [
+            outcome(7, jobs[0].job_id, 7, "rejected", status=400, reason="BadTopic"),
+            outcome(8, jobs[1].job_id, 8, "unknown", reason="lost", may_duplicate=True),
+        ]
+        # The first record of a row wins; a row with an outcome keeps it.
+        done = self.store.record_outcomes([*records, outcome(1, jobs[0].job_id, 1)], now=5.0)
+        self.assertEqual(done, [jobs[0].job_id, jobs[1].job_id])
+        self.assertEqual(self.store.record_outcomes([outcome(2, jobs[0].job_id, 2)], now=6), [])
+        self.assertEqual(
+            self.rows(),
+            [(k, "accepted", 200, None, f"id-{k}", 1, 0, 5.0) for k in ids[:6]]
+            + [
+                (7, "rejected", 400, "BadTopic", None, 0, 0, 5.0),
+                (8, "unknown", None, "lost", None, 0, 1, 5.0),
+            ]
+            + [(k, "inflight", None, None, None, 0, 0, 2.0) for k in ids[8:11]]
+            + [(12, "queued", None, None, None, 0, 0, 1.0)],
+        )
+        for j in jobs[2:]:
+            view = self.store.job(j.job_id)
+            assert view is not None
+            self.assertEqual((view.status, view.finished), ("pending", None))
+
+    def test_statements_split_at_the_parameter_limit(self) -> None:
+        self.check_statements_split_at_the_parameter_limit()
+
+    def test_an_older_sqlite_updates_outcomes_row_by_row(self) -> None:
+        # Before 3.33 there is no UPDATE … FROM: the same rows, one step per row.
+        self.patch(spool_module, "_UPDATE_FROM", False)
+        self.check_statements_split_at_the_parameter_limit()
+
+    def test_outcomes_of_a_batch_are_a_few_statements(self) -> None:
+        # executemany steps (and lets go of the GIL) once per row: under a busy reactor each
+        # is a wait for the GIL. 1,000 outcomes are 2 UPDATE statements of 500 rows.
+        jobs = self.store.add_jobs([NewJob("a", [note(i) for i in range(1000)], 1.0)])
+        statements: list[str] = []
+        self.store._db.set_trace_callback(statements.append)
+        self.store.record_outcomes([outcome(k, jobs[0].job_id, k) for k in jobs[0].ids], now=2.0)
+        self.store._db.set_trace_callback(None)
+        self.assertEqual(len([s for s in statements if s.startswith("WITH o ")]), 2)
+        # BEGIN, 2 SELECTs of the open rows, 2 UPDATEs, the jobs' count, the finished
+        # jobs' SELECT and UPDATE, COMMIT.
+        self.assertEqual(len(statements), 9)
+        self.assertEqual(self.store.counts(), {("a", "accepted"): 1000})
 
     def test_idempotency_key_per_app(self) -> None:
         first = self.store.add_job("a", [note(1)], now=1, idempotency_key="k", async_=True)
@@ -178,6 +244,14 @@ class StoreTests(SynchronousTestCase):
         self.store.add_invalid_tokens("a", [(token(1), 1_800_000_000.0)], now=30)
         latest = self.store.invalid_tokens("a", since=25)
         self.assertEqual([(t.token, t.timestamp) for t in latest], [(token(1), 1_800_000_000.0)])
+        # Twice in one call (one statement): the later report wins, as one by one.
+        self.store.add_invalid_tokens(
+            "a", [(token(3), 1.0), (token(4), 2.0), (token(3), 3.0)], now=40
+        )
+        latest = self.store.invalid_tokens("a", since=35)
+        self.assertEqual(
+            [(t.token, t.timestamp) for t in latest], [(token(3), 3.0), (token(4), 2.0)]
+        )
 
     def test_invalid_tokens_since_is_exclusive_and_pages_end_between_times(self) -> None:
         self.store.add_invalid_tokens("a", [(token(i), None) for i in (1, 2)], now=10)
@@ -505,7 +579,7 @@ class JobGroupTests(SynchronousTestCase):
             assert view is not None
             self.assertEqual([r.index for r in view.results], [0, 1])
         inserts = [s for s in self.statements if s.startswith("INSERT INTO jobs")]
-        # executemany traces each row: five from one statement, one for the keyed job.
-        self.assertEqual(len(inserts), 6)
+        # One multi-row statement for the five unkeyed jobs, one for the keyed job.
+        self.assertEqual(len(inserts), 2)
         savepoints = [s for s in self.statements if s.startswith("SAVEPOINT")]
         self.assertEqual(len(savepoints), 3)  # the group, the keyed job, the reused key

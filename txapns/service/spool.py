@@ -57,6 +57,13 @@ from ..core.token_evidence import evidence_kind
 _T = TypeVar("_T")
 log = Logger()
 
+#: Rows in one multi-row statement at most (see SpoolStore._rows_at_once).
+_ROWS_PER_STATEMENT = 500
+#: ``UPDATE … FROM`` (SQLite 3.33, 2020): outcomes for many rows in one statement. A single
+#: row (one notification per request) and an older SQLite take the plain ``UPDATE``, a
+#: statement step per row: for one row it is the cheaper statement.
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
+
 QUEUED = "queued"
 INFLIGHT = "inflight"
 FINISHED_STATES = (Outcome.ACCEPTED.value, Outcome.REJECTED.value, Outcome.UNKNOWN.value)
@@ -422,6 +429,8 @@ class SpoolStore:
             self._db.close()
             raise
         self._next_id = (top or 0) + 1
+        #: Bound parameters one statement may have (999 in SQLite before 3.32, 32,766 since).
+        self._max_params = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._synchronous = synchronous
         self._sync_now = synchronous  # the connection's setting at this moment
         self.closed = False
@@ -566,16 +575,44 @@ class SpoolStore:
         return out
 
     def _insert(self, jobs: list[tuple[object, ...]], rows: list[tuple[object, ...]]) -> None:
-        self._db.executemany(
+        self._rows_at_once(
             "INSERT INTO jobs (id, app, created, idempotency_key, fingerprint, async, total,"
-            " remaining, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " remaining, status) VALUES ",
             jobs,
         )
-        self._db.executemany(
+        self._rows_at_once(
             "INSERT INTO notifications (id, job_id, idx, app, token, payload, fields,"
-            " send_at, state, apns_id, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " send_at, state, apns_id, updated) VALUES ",
             rows,
         )
+
+    def _rows_at_once(
+        self,
+        head: str,
+        rows: Sequence[Sequence[object]],
+        tail: str = "",
+        first: Sequence[object] = (),
+    ) -> None:
+        """``head`` + one ``(?, …)`` group per row + ``tail``, run for ``rows`` in as few
+        statements as SQLite's parameter limit allows (``first``: parameters that come
+        before the rows' in each), instead of ``executemany``.
+
+        Why: the sqlite3 module lets go of the GIL around every step, and ``executemany``
+        steps once per row. While the reactor thread is busy, each of those is a GIL
+        hand-off between the two threads, and the spool thread waits for the GIL once per
+        row (``benchmarks/spool_statements.py`` measures both ways beside a busy thread).
+        """
+        if not rows:
+            return
+        width = len(rows[0])
+        group = "(" + ", ".join("?" * width) + ")"
+        per = max(1, min(_ROWS_PER_STATEMENT, (self._max_params - len(first)) // width))
+        for start in range(0, len(rows), per):
+            part = rows[start : start + per]
+            params = list(first)
+            for row in part:
+                params.extend(row)
+            self._db.execute(head + ", ".join([group] * len(part)) + tail, params)
 
     def _rows(
         self,
@@ -636,20 +673,22 @@ class SpoolStore:
 
     def mark_inflight(self, ids: Iterable[int], *, now: float) -> None:
         with self.transaction():
-            self._db.executemany(
-                "UPDATE notifications SET state = 'inflight', updated = ?"
-                " WHERE id = ? AND state = 'queued'",
-                [(now, i) for i in ids],
-            )
+            self._set_state(ids, QUEUED, INFLIGHT, now)
 
     def requeue(self, ids: Iterable[int], *, now: float) -> None:
         """Put in-flight rows back to ``queued`` (they were not sent after all)."""
         with self.transaction():
-            self._db.executemany(
-                "UPDATE notifications SET state = 'queued', updated = ?"
-                " WHERE id = ? AND state = 'inflight'",
-                [(now, i) for i in ids],
-            )
+            self._set_state(ids, INFLIGHT, QUEUED, now)
+
+    def _set_state(self, ids: Iterable[int], was: str, state: str, now: float) -> None:
+        """Rows of ``ids`` that are in state ``was`` go to ``state``."""
+        self._rows_at_once(
+            f"UPDATE notifications SET state = '{state}', updated = ?"
+            f" WHERE state = '{was}' AND id IN (",
+            [(i,) for i in ids],
+            ")",
+            (now,),
+        )
 
     def record_outcomes(self, records: Iterable[OutcomeRecord], *, now: float) -> list[str]:
         """Record final outcomes; return the ids of jobs this finished.
@@ -668,25 +707,21 @@ class SpoolStore:
                 "notifications", list(wanted), "state IN ('queued', 'inflight')"
             )
             todo = [wanted[i] for i in open_ids]
-            self._db.executemany(
-                "UPDATE notifications SET state = ?, status = ?, reason = ?,"
-                " apns_id = coalesce(?, apns_id), timestamp = ?, attempts = attempts + ?,"
-                " resumed = resumed + ?, updated = ? WHERE id = ?",
-                [
-                    (
-                        r.state,
-                        r.status,
-                        r.reason,
-                        r.apns_id,
-                        r.timestamp,
-                        r.attempts,
-                        int(r.may_duplicate),
-                        now,
-                        r.id,
-                    )
-                    for r in todo
-                ],
-            )
+            rows = [
+                (
+                    r.id,
+                    r.state,
+                    r.status,
+                    r.reason,
+                    r.apns_id,
+                    r.timestamp,
+                    r.attempts,
+                    int(r.may_duplicate),
+                    now,
+                )
+                for r in todo
+            ]
+            self._update_outcomes(rows)
             per_job: dict[str, int] = {}
             for r in todo:
                 per_job[r.job_id] = per_job.get(r.job_id, 0) + 1
@@ -699,20 +734,51 @@ class SpoolStore:
                 self._upsert_invalid(dead)
             # Three statements for any number of jobs (one notification per request makes a
             # job per outcome: two statements per job were most of this transaction).
-            self._db.executemany(
-                "UPDATE jobs SET remaining = remaining - ? WHERE id = ?",
-                [(n, job_id) for job_id, n in per_job.items()],
-            )
+            if _UPDATE_FROM and len(per_job) > 1:
+                self._rows_at_once(
+                    "WITH d (id, n) AS (VALUES ",
+                    list(per_job.items()),
+                    ") UPDATE jobs SET remaining = jobs.remaining - d.n"
+                    " FROM d WHERE jobs.id = d.id",
+                )
+            else:
+                self._db.executemany(
+                    "UPDATE jobs SET remaining = remaining - ?2 WHERE id = ?1", per_job.items()
+                )
             jobs = list(per_job)
             finished = self._ids_where("jobs", jobs, "remaining <= 0 AND status != 'done'")
             if finished:
                 order = {job_id: k for k, job_id in enumerate(jobs)}
                 finished.sort(key=order.__getitem__)  # in a stable order, as before
-                self._db.executemany(
-                    "UPDATE jobs SET status = 'done', finished = ? WHERE id = ?",
-                    [(now, job_id) for job_id in finished],
+                self._rows_at_once(
+                    "UPDATE jobs SET status = 'done', finished = ? WHERE id IN (",
+                    [(job_id,) for job_id in finished],
+                    ")",
+                    (now,),
                 )
         return finished
+
+    def _update_outcomes(self, rows: Sequence[tuple[object, ...]]) -> None:
+        """Outcome rows ``(id, state, status, reason, apns_id, timestamp, attempts, resumed,
+        updated)``: many per statement (``UPDATE … FROM``), or one by one."""
+        if _UPDATE_FROM and len(rows) > 1:
+            self._rows_at_once(
+                "WITH o (id, state, status, reason, apns_id, timestamp, attempts, resumed,"
+                " updated) AS (VALUES ",
+                rows,
+                ") UPDATE notifications SET state = o.state, status = o.status,"
+                " reason = o.reason, apns_id = coalesce(o.apns_id, notifications.apns_id),"
+                " timestamp = o.timestamp, attempts = notifications.attempts + o.attempts,"
+                " resumed = notifications.resumed + o.resumed, updated = o.updated"
+                " FROM o WHERE notifications.id = o.id",
+            )
+        else:
+            self._db.executemany(
+                "UPDATE notifications SET state = ?2, status = ?3, reason = ?4,"
+                " apns_id = coalesce(?5, apns_id), timestamp = ?6, attempts = attempts + ?7,"
+                " resumed = resumed + ?8, updated = ?9 WHERE id = ?1",
+                rows,
+            )
 
     def _ids_where(self, table: str, ids: list[Any], condition: str) -> list[Any]:
         """Those of ``ids`` whose row in ``table`` meets ``condition`` (500 per query: SQLite's
@@ -746,13 +812,15 @@ class SpoolStore:
             )
 
     def _upsert_invalid(self, rows: Sequence[tuple[object, ...]]) -> None:
-        self._db.executemany(
+        # A token twice in one statement: its later row updates the earlier, as before.
+        self._rows_at_once(
             "INSERT INTO invalid_tokens (app, token, timestamp, reason, status, source,"
-            " reported_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (app, token)"
+            " reported_at, kind) VALUES ",
+            rows,
+            " ON CONFLICT (app, token)"
             " DO UPDATE SET timestamp = excluded.timestamp, reason = excluded.reason,"
             " status = excluded.status, source = excluded.source,"
             " reported_at = excluded.reported_at, kind = excluded.kind",
-            rows,
         )
 
     def recover(self, *, now: float) -> Recovery:
