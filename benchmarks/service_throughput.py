@@ -128,6 +128,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def reactor_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the process's main thread (the reactor's; the spool has its own)."""
+    with open(f"/proc/{pid}/task/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def token_for(run: int, worker: int, i: int) -> str:
     return f"{run:02x}{worker:02x}{i:060x}"
 
@@ -322,9 +329,10 @@ def h1load_phase(
     print(f"one notification per request, h2load --h1, {seconds:g} s each after a 1 s warm-up:")
     for c in conns:
         wait_drained(conn, key)
-        cpu0 = cpu_seconds(args.service_pid)
+        cpu0, reactor0 = cpu_seconds(args.service_pid), reactor_cpu_seconds(args.service_pid)
         got = h1load(h2load, url, async_body, key, c, seconds)
         cpu = cpu_seconds(args.service_pid) - cpu0
+        reactor = reactor_cpu_seconds(args.service_pid) - reactor0
         ref = reference[c]
         print(
             f"  {c:3d} connections: bare twisted.web {ref['rate']:8,.0f} requests/s "
@@ -332,6 +340,11 @@ def h1load_phase(
             f"service async {got['rate']:8,.0f} requests/s ({got['ok']:,} 202, {got['bad']} "
             f"other; {cpu / max(got['ok'], 1) * 1e6:.0f} µs CPU each) = "
             f"{got['rate'] / ref['rate']:.2f} of bare (target ≥ 0.6)"
+        )
+        print(
+            f"       service: reactor thread {reactor / max(got['ok'], 1) * 1e6:.0f} µs CPU "
+            f"per request, busy {reactor / (seconds + 1):.0%} of the run; other threads "
+            f"(the spool's) {(cpu - reactor) / max(got['ok'], 1) * 1e6:.0f} µs"
         )
         dur = durable[c]
         print(
