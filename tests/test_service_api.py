@@ -336,6 +336,7 @@ class ApiTests(TestCase):
             (b"[1, 2]", 400, "malformed_json", ("must be a JSON object, not an array",)),
             (b'{"token": NaN}', 400, "malformed_json", ("NaN",)),
             (b"\xff\xfe{}", 400, "malformed_json", ("not UTF-8",)),
+            (b"\xef\xbb\xbf{}", 400, "malformed_json", ("not valid JSON", "BOM")),
             (
                 {"tokens": [token(1), "abc", token(2)], "alert": "x"},
                 400,
