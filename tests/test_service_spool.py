@@ -26,6 +26,7 @@ from txapns.service.spool import (
     SpoolError,
     SpoolStore,
     inline_runner,
+    new_job_id,
     thread_runner,
 )
 
@@ -149,6 +150,19 @@ class StoreTests(SynchronousTestCase):
         # jobs' SELECT and UPDATE, COMMIT.
         self.assertEqual(len(statements), 9)
         self.assertEqual(self.store.counts(), {("a", "accepted"): 1000})
+
+    def test_job_ids_follow_creation_time(self) -> None:
+        # Ordered ids keep a batch's index writes on a few pages (see new_job_id).
+        ids = [self.store.add_job("a", [note(i)], now=1_700_000_000.0 + i).job_id for i in range(5)]
+        many = self.store.add_jobs([NewJob("a", [note(9)], 1_700_000_010.0) for _ in range(500)])
+        ids += sorted(j.job_id for j in many)
+        self.assertEqual(ids, sorted(ids))
+        self.assertEqual(len(set(ids)), 505)
+        for job_id in ids:
+            self.assertRegex(job_id, r"\A[0-9a-f]{32}\Z")
+        self.assertEqual(ids[0][:12], f"{1_700_000_000_000:012x}")
+        for odd in (-1.0, 1e12):  # a clock before 1970 or past year 10,000: still 32 digits
+            self.assertRegex(new_job_id(odd), r"\A[0-9a-f]{32}\Z")
 
     def test_idempotency_key_per_app(self) -> None:
         first = self.store.add_job("a", [note(1)], now=1, idempotency_key="k", async_=True)
