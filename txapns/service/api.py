@@ -142,8 +142,8 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise _bad("the request body is empty; send a JSON object", "malformed_json")
     try:
         text = body.decode("utf-8")
-        if text.startswith("\ufeff"):  # as json.loads says it
-            raise ValueError("Unexpected UTF-8 BOM (decode using utf-8-sig)")
+        if text.startswith("\ufeff"):  # refused as json.loads refuses it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
         value = _DECODER.decode(text)
     except UnicodeDecodeError as e:
         raise _bad(

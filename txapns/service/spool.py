@@ -792,11 +792,12 @@ class SpoolStore:
             )
 
     def _ids_where(self, table: str, ids: list[Any], condition: str) -> list[Any]:
-        """Those of ``ids`` whose row in ``table`` meets ``condition`` (500 per query: SQLite's
-        limit on bound parameters is 999 in older builds)."""
+        """Those of ``ids`` whose row in ``table`` meets ``condition`` (up to 500 per query,
+        fewer if the connection allows fewer parameters)."""
         out: list[Any] = []
-        for i in range(0, len(ids), 500):
-            some = ids[i : i + 500]
+        per = min(_ROWS_PER_STATEMENT, self._max_params)
+        for i in range(0, len(ids), per):
+            some = ids[i : i + per]
             marks = ",".join("?" * len(some))
             sql = f"SELECT id FROM {table} WHERE id IN ({marks}) AND {condition}"
             out.extend(row[0] for row in self._db.execute(sql, some))
