@@ -603,18 +603,20 @@ class SpoolStore:
         rows: Sequence[Sequence[object]],
         tail: str = "",
         first: Sequence[object] = (),
-    ) -> None:
+    ) -> list[Any]:
         """``head`` + one ``(?, …)`` group per row + ``tail``, run for ``rows`` in as few
         statements as SQLite's parameter limit allows (``first``: parameters that come
-        before the rows' in each), instead of ``executemany``.
+        before the rows' in each), instead of ``executemany``; the rows the statements
+        return (a ``SELECT``'s), in order.
 
         Why: the sqlite3 module lets go of the GIL around every step, and ``executemany``
         steps once per row. While the reactor thread is busy, each of those is a GIL
         hand-off between the two threads, and the spool thread waits for the GIL once per
         row (``benchmarks/spool_statements.py`` measures both ways beside a busy thread).
         """
+        out: list[Any] = []
         if not rows:
-            return
+            return out
         width = len(rows[0])
         group = "(" + ", ".join("?" * width) + ")"
         per = max(1, min(_ROWS_PER_STATEMENT, (self._max_params - len(first)) // width))
@@ -623,7 +625,8 @@ class SpoolStore:
             params = list(first)
             for row in part:
                 params.extend(row)
-            self._db.execute(head + ", ".join([group] * len(part)) + tail, params)
+            out.extend(self._db.execute(head + ", ".join([group] * len(part)) + tail, params))
+        return out
 
     def _rows(
         self,
@@ -745,17 +748,12 @@ class SpoolStore:
                 self._upsert_invalid(dead)
             # Three statements for any number of jobs (one notification per request makes a
             # job per outcome: two statements per job were most of this transaction).
-            if _UPDATE_FROM and len(per_job) > 1:
-                self._rows_at_once(
-                    "WITH d (id, n) AS (VALUES ",
-                    list(per_job.items()),
-                    ") UPDATE jobs SET remaining = jobs.remaining - d.n"
-                    " FROM d WHERE jobs.id = d.id",
-                )
-            else:
-                self._db.executemany(
-                    "UPDATE jobs SET remaining = remaining - ?2 WHERE id = ?1", per_job.items()
-                )
+            self._update_rows(
+                list(per_job.items()),
+                "WITH d (id, n) AS (VALUES ",
+                ") UPDATE jobs SET remaining = jobs.remaining - d.n FROM d WHERE jobs.id = d.id",
+                "UPDATE jobs SET remaining = remaining - ?2 WHERE id = ?1",
+            )
             jobs = list(per_job)
             finished = self._ids_where("jobs", jobs, "remaining <= 0 AND status != 'done'")
             if finished:
@@ -771,37 +769,39 @@ class SpoolStore:
 
     def _update_outcomes(self, rows: Sequence[tuple[object, ...]]) -> None:
         """Outcome rows ``(id, state, status, reason, apns_id, timestamp, attempts, resumed,
-        updated)``: many per statement (``UPDATE … FROM``), or one by one."""
+        updated)``."""
+        self._update_rows(
+            rows,
+            "WITH o (id, state, status, reason, apns_id, timestamp, attempts, resumed,"
+            " updated) AS (VALUES ",
+            ") UPDATE notifications SET state = o.state, status = o.status,"
+            " reason = o.reason, apns_id = coalesce(o.apns_id, notifications.apns_id),"
+            " timestamp = o.timestamp, attempts = notifications.attempts + o.attempts,"
+            " resumed = notifications.resumed + o.resumed, updated = o.updated"
+            " FROM o WHERE notifications.id = o.id",
+            "UPDATE notifications SET state = ?2, status = ?3, reason = ?4,"
+            " apns_id = coalesce(?5, apns_id), timestamp = ?6, attempts = attempts + ?7,"
+            " resumed = resumed + ?8, updated = ?9 WHERE id = ?1",
+        )
+
+    def _update_rows(
+        self, rows: Sequence[Sequence[object]], head: str, tail: str, one_row: str
+    ) -> None:
+        """Update from ``rows``: ``head`` (``WITH x (…) AS (VALUES``) + the rows + ``tail``
+        (``) UPDATE … FROM x …``), many rows per statement; or ``one_row`` (numbered
+        parameters, ``?1`` the first of a row) stepped once per row, for a single row (the
+        cheaper statement then) or an SQLite without ``UPDATE … FROM``."""
         if _UPDATE_FROM and len(rows) > 1:
-            self._rows_at_once(
-                "WITH o (id, state, status, reason, apns_id, timestamp, attempts, resumed,"
-                " updated) AS (VALUES ",
-                rows,
-                ") UPDATE notifications SET state = o.state, status = o.status,"
-                " reason = o.reason, apns_id = coalesce(o.apns_id, notifications.apns_id),"
-                " timestamp = o.timestamp, attempts = notifications.attempts + o.attempts,"
-                " resumed = notifications.resumed + o.resumed, updated = o.updated"
-                " FROM o WHERE notifications.id = o.id",
-            )
+            self._rows_at_once(head, rows, tail)
         else:
-            self._db.executemany(
-                "UPDATE notifications SET state = ?2, status = ?3, reason = ?4,"
-                " apns_id = coalesce(?5, apns_id), timestamp = ?6, attempts = attempts + ?7,"
-                " resumed = resumed + ?8, updated = ?9 WHERE id = ?1",
-                rows,
-            )
+            self._db.executemany(one_row, rows)
 
     def _ids_where(self, table: str, ids: list[Any], condition: str) -> list[Any]:
-        """Those of ``ids`` whose row in ``table`` meets ``condition`` (up to 500 per query,
-        fewer if the connection allows fewer parameters)."""
-        out: list[Any] = []
-        per = min(_ROWS_PER_STATEMENT, self._max_params)
-        for i in range(0, len(ids), per):
-            some = ids[i : i + per]
-            marks = ",".join("?" * len(some))
-            sql = f"SELECT id FROM {table} WHERE id IN ({marks}) AND {condition}"
-            out.extend(row[0] for row in self._db.execute(sql, some))
-        return out
+        """Those of ``ids`` whose row in ``table`` meets ``condition``."""
+        found = self._rows_at_once(
+            f"SELECT id FROM {table} WHERE id IN (", [(i,) for i in ids], f") AND {condition}"
+        )
+        return [row[0] for row in found]
 
     def add_invalid_tokens(
         self,
