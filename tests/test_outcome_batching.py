@@ -5,12 +5,14 @@ written at once."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from txapns.service import spool as spool_module
 from txapns.service.engine import Engine, EngineApp, Template
 from txapns.service.spool import JobView, Spool, SpoolStore, inline_runner
 from txapns.service.testing import FakeSender, accept
@@ -102,14 +104,19 @@ class SynchronousRequestTests(_EngineCase):
     last outcome, not in a third batch after it."""
 
     def watch_store(self) -> None:
-        self.batches: list[bool] = []  # volatile?
-        run_batch = self.store.run_batch
+        self.batches: list[bool] = []  # volatile (no fsync after its commit)?
+        commit_batch, sync = self.store.commit_batch, self.store.sync
 
-        def recording(ops: object, *, volatile: bool = False) -> list[object]:
-            self.batches.append(volatile)
-            return run_batch(ops, volatile=volatile)  # type: ignore[arg-type]
+        def committing(ops: Any) -> list[object]:
+            self.batches.append(True)
+            return commit_batch(ops)
 
-        self.store.run_batch = recording  # type: ignore[method-assign]
+        def syncing() -> None:
+            self.batches[-1] = False
+            sync()
+
+        self.store.commit_batch = committing  # type: ignore[method-assign]
+        self.store.sync = syncing  # type: ignore[method-assign]
 
     def request(self, tokens: list[str], **kw: object) -> Deferred[JobView]:
         """What the API does for a synchronous request."""
@@ -184,19 +191,27 @@ class SynchronousRequestTests(_EngineCase):
 
 
 class VolatileBatchTests(SynchronousTestCase):
-    """SpoolStore.run_batch(volatile=True) commits with synchronous=NORMAL (no fsync); the
-    next batch is back at the configured level."""
-
-    def level(self, store: SpoolStore, volatile: bool) -> int:
-        (value,) = store.run_batch(
-            [lambda s: s._db.execute("PRAGMA synchronous").fetchone()[0]], volatile=volatile
-        )
-        return int(value)  # type: ignore[call-overload]
+    """The connection itself never fsyncs: SpoolStore.sync is the WAL's fsync, run after a
+    durable batch, never after a volatile one, and never with synchronous=NORMAL."""
 
     def test_levels(self) -> None:
-        for configured, number in (("FULL", 2), ("EXTRA", 3), ("NORMAL", 1)):
-            store = SpoolStore(temp_dir(self) / f"{configured}.db", synchronous=configured)
+        synced: list[int] = []
+        self.patch(spool_module, "_fdatasync", synced.append)
+        for configured, fsyncs in (("FULL", 1), ("EXTRA", 1), ("NORMAL", 0)):
+            path = temp_dir(self) / f"{configured}.db"
+            store = SpoolStore(path, synchronous=configured)
             self.addCleanup(store.close)
-            self.assertEqual(self.level(store, False), number)
-            self.assertEqual(self.level(store, True), 1)
-            self.assertEqual(self.level(store, False), number)
+            self.assertEqual(store._db.execute("PRAGMA synchronous").fetchone()[0], 1)
+            write = [lambda s: s._db.execute("INSERT INTO meta VALUES (?, 'v')", (str(s),))]
+            del synced[:]
+            store.run_batch(write, volatile=True)
+            self.assertEqual(synced, [])
+            store.run_batch(write, volatile=False)
+            self.assertEqual(len(synced), fsyncs, configured)
+            if fsyncs:  # the descriptor is the WAL's
+                wal = os.stat(f"{path}-wal")
+                self.assertEqual(os.fstat(synced[0]).st_ino, wal.st_ino)
+            # A store method called on its own is one durable transaction, as ever.
+            del synced[:]
+            store.add_invalid_tokens("a", [("aa" * 32, None)], now=1)
+            self.assertEqual(len(synced), fsyncs)

@@ -26,6 +26,7 @@ from txapns.service.spool import (
     SpoolClosedError,
     SpoolError,
     SpoolStore,
+    SpoolUnavailableError,
     inline_runner,
     new_job_id,
     thread_runner,
@@ -65,10 +66,14 @@ class StoreTests(SynchronousTestCase):
     def test_pragmas(self) -> None:
         db = self.store._db
         self.assertEqual(db.execute("PRAGMA journal_mode").fetchone()[0], "wal")
-        self.assertEqual(db.execute("PRAGMA synchronous").fetchone()[0], 2)  # FULL
+        # The WAL's fsync and the checkpoints are SpoolStore.sync's, not SQLite's.
+        self.assertEqual(db.execute("PRAGMA synchronous").fetchone()[0], 1)  # NORMAL
+        self.assertEqual(db.execute("PRAGMA wal_autocheckpoint").fetchone()[0], 0)
+        self.assertEqual(self.store._synchronous, "FULL")
+        self.assertGreaterEqual(self.store._wal_fd, 0)
         normal = SpoolStore(self.path.with_name("n.db"), synchronous="NORMAL")
         self.addCleanup(normal.close)
-        self.assertEqual(normal._db.execute("PRAGMA synchronous").fetchone()[0], 1)
+        self.assertEqual(normal._wal_fd, -1)
         self.assertRaises(ValueError, SpoolStore, self.path.with_name("o.db"), synchronous="OFF")
 
     def test_add_job_and_view(self) -> None:
@@ -153,6 +158,7 @@ class StoreTests(SynchronousTestCase):
             raise SkipTest("this SQLite has no UPDATE … FROM, or allows fewer parameters")
         jobs = self.store.add_jobs([NewJob("a", [note(i) for i in range(1000)], 1.0)])
         statements: list[str] = []
+        self.store._changes_at_checkpoint = self.store._db.total_changes  # no checkpoint here
         self.store._db.set_trace_callback(statements.append)
         self.store.record_outcomes([outcome(k, jobs[0].job_id, k) for k in jobs[0].ids], now=2.0)
         self.store._db.set_trace_callback(None)
@@ -161,6 +167,40 @@ class StoreTests(SynchronousTestCase):
         # jobs' SELECT and UPDATE, COMMIT.
         self.assertEqual(len(statements), 9)
         self.assertEqual(self.store.counts(), {("a", "accepted"): 1000})
+
+    def test_checkpoints_follow_the_rows_changed(self) -> None:
+        # SQLite's own checkpoints are off (they would run on the committing thread, the
+        # reactor's): sync() runs one once enough rows changed since the last.
+        self.patch(spool_module, "_CHECKPOINT_CHANGES", 10)
+        statements: list[str] = []
+        self.store._db.set_trace_callback(statements.append)
+        self.store.commit_batch(
+            [lambda s: s.add_jobs([NewJob("a", [note(i) for i in range(4)], 1.0)])]
+        )
+        self.store.sync()
+        self.assertNotIn("PRAGMA wal_checkpoint(PASSIVE)", statements)
+        self.store.commit_batch(
+            [lambda s: s.add_jobs([NewJob("a", [note(i) for i in range(6)], 1.0)])]
+        )
+        self.store.sync()
+        self.assertEqual(statements.count("PRAGMA wal_checkpoint(PASSIVE)"), 1)
+        self.store.sync()  # nothing changed since
+        self.assertEqual(statements.count("PRAGMA wal_checkpoint(PASSIVE)"), 1)
+        self.store._db.set_trace_callback(None)
+        # Everything reached the database file: the WAL can start over.
+        (busy, log, done) = self.store._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self.assertEqual((busy, log), (0, done))
+
+    def test_a_failed_fsync_is_the_spool_unavailable(self) -> None:
+        def broken(fd: int) -> None:
+            raise OSError(5, "Input/output error")
+
+        self.patch(spool_module, "_fdatasync", broken)
+        with self.assertRaises(SpoolUnavailableError) as cm:
+            self.store.run_batch([lambda s: s.add_job("a", [note(1)], now=1)])
+        self.assertIn("Input/output error", str(cm.exception))
+        # A volatile batch needs no fsync.
+        self.store.run_batch([lambda s: s.add_job("a", [note(2)], now=1)], volatile=True)
 
     def test_job_ids_follow_creation_time(self) -> None:
         # Ordered ids keep a batch's index writes on a few pages (see new_job_id).
@@ -430,7 +470,7 @@ class AsyncSpoolTests(SynchronousTestCase):
         self.spool = Spool(self.store, self.clock, counting_runner)
 
     def test_calls_in_one_turn_share_one_transaction(self) -> None:
-        ds = [self.spool.add_job("a", [note(i)], now=1) for i in range(20)]
+        ds = [self.spool.add_job("a", [note(i)], now=1, async_=True) for i in range(20)]
         fired: list[object] = []
         for d in ds:
             d.addCallback(fired.append)
@@ -438,7 +478,7 @@ class AsyncSpoolTests(SynchronousTestCase):
         self.assertEqual(self.store.counts(), {})
         self.clock.advance(0)
         self.assertEqual(len(fired), 20)
-        self.assertEqual(self.runs, 1)
+        self.assertEqual(self.runs, 1)  # one fsync
         self.assertEqual((self.spool.batches, self.spool.operations), (1, 20))
         self.assertEqual(self.store.counts(), {("a", "queued"): 20})
 
@@ -448,10 +488,68 @@ class AsyncSpoolTests(SynchronousTestCase):
         def then(stored: object) -> None:
             self.spool.job(stored.job_id).addCallback(seen.append)  # type: ignore[attr-defined]
 
-        self.spool.add_job("a", [note(1)], now=1).addCallback(then)
+        self.spool.add_job("a", [note(1)], now=1, async_=True).addCallback(then)
         self.clock.advance(0)
-        self.assertEqual(self.runs, 2)
+        self.assertEqual(self.spool.batches, 2)
+        self.assertEqual(self.runs, 1)  # a read needs no fsync
         self.assertEqual(len(seen), 1)
+
+    def test_answered_only_after_the_fsync(self) -> None:
+        # The statements run at once, on the calling (reactor) thread; the Deferreds wait
+        # for the runner's fsync, and the next batch waits for them.
+        syncs: list[Deferred[None]] = []
+
+        def held(fn):  # type: ignore[no-untyped-def]
+            self.assertEqual(fn, self.store.sync)
+            d: Deferred[None] = Deferred()
+            syncs.append(d)
+            return d.addCallback(lambda _: fn())
+
+        self.spool._runner = held
+        first = self.spool.add_job("a", [note(1)], now=1, async_=True)
+        self.clock.advance(0)
+        self.assertEqual(self.store.counts(), {("a", "queued"): 1})  # committed
+        self.assertNoResult(first)
+        second = self.spool.add_job("a", [note(2)], now=1, async_=True)
+        self.clock.advance(0)
+        self.assertEqual(self.store.counts(), {("a", "queued"): 1})  # not yet begun
+        syncs[0].callback(None)
+        self.successResultOf(first)
+        self.assertNoResult(second)
+        self.clock.advance(0)
+        syncs[1].callback(None)
+        self.successResultOf(second)
+        self.assertEqual(self.store.counts(), {("a", "queued"): 2})
+
+    def test_a_failed_fsync_errbacks_the_batch(self) -> None:
+        def broken(fd: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        self.patch(spool_module, "_fdatasync", broken)
+        d = self.spool.add_job("a", [note(1)], now=1, async_=True)
+        self.clock.advance(0)
+        self.failureResultOf(d, SpoolUnavailableError)
+        self.flushLoggedErrors(SpoolUnavailableError)
+
+    def test_long_operations_run_on_the_runner(self) -> None:
+        ran: list[object] = []
+
+        def recording(fn):  # type: ignore[no-untyped-def]
+            ran.append(fn)
+            return inline_runner(fn)
+
+        self.spool._runner = recording
+        self.spool.add_job("a", [note(1)], now=1, async_=True)
+        self.clock.advance(0)
+        self.assertEqual(ran, [self.store.sync])
+        del ran[:]
+        self.spool.add_job("a", [note(2)], now=1, async_=True)  # joins the purge's batch
+        purged = self.spool.purge(before=0)
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(purged), 0)
+        self.assertEqual(len(ran), 1)
+        self.assertNotEqual(ran, [self.store.sync])  # the whole batch, fsync included
+        self.assertEqual(self.store.counts(), {("a", "queued"): 2})
 
     def test_failed_operation_errbacks_alone(self) -> None:
         good = self.spool.add_job("a", [note(1)], now=1)
@@ -506,14 +604,31 @@ class ThreadRunnerTests(TestCase):
             threads.append(threading.get_ident())
             return s.add_job("a", [note(1)], now=1).ids[0]
 
-        d = spool._call(where)
+        sync = store.sync
 
-        def check(first_id: int) -> None:
+        def syncing() -> None:
+            threads.append(threading.get_ident())
+            sync()
+
+        store.sync = syncing  # type: ignore[method-assign]
+        # A long operation's batch runs (and syncs) in the pool; another batch's statements
+        # run here, and its fsync in the pool.
+        d = spool._call(where, long=True)
+
+        def check(first_id: int) -> Deferred[int]:
             self.assertEqual(first_id, 1)
-            self.assertNotEqual(threads, [main])
-            self.assertEqual(len(threads), 1)
+            self.assertEqual(len(threads), 2)
+            self.assertNotEqual(threads[0], main)
+            self.assertEqual(threads[1], threads[0])
+            del threads[:]
+            return spool._call(where)
 
-        return d.addCallback(check)
+        def check_again(second_id: int) -> None:
+            self.assertEqual(second_id, 2)
+            self.assertEqual(threads[0], main)
+            self.assertNotEqual(threads[1], main)
+
+        return d.addCallback(check).addCallback(check_again)
 
 
 class SpoolFileTests(SynchronousTestCase):
