@@ -191,6 +191,40 @@ class StoreTests(SynchronousTestCase):
         (busy, log, done) = self.store._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         self.assertEqual((busy, log), (0, done))
 
+    def test_a_failed_checkpoint_fails_no_batch(self) -> None:
+        # The batch is durable once the WAL is synced: a checkpoint that fails after that
+        # is logged (once) and tried again at the next sync.
+        self.patch(spool_module, "_CHECKPOINT_CHANGES", 1)
+        real = self.store._db
+        failing = True
+
+        class Db:
+            total_changes = property(lambda _: real.total_changes)
+
+            def execute(self, sql: str, *args: object) -> object:
+                if sql.startswith("PRAGMA wal_checkpoint") and failing:
+                    raise sqlite3.OperationalError("disk I/O error")
+                return real.execute(sql, *args)
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(real, name)
+
+        self.store._db = Db()  # type: ignore[assignment]
+        self.addCleanup(setattr, self.store, "_db", real)
+        logged: list[dict[str, object]] = []
+        self.patch(spool_module.log, "observer", logged.append)
+        job = self.store.run_batch([lambda s: s.add_job("a", [note(1)], now=1)])[0]
+        self.store.run_batch([lambda s: s.add_job("a", [note(2)], now=1)])
+        self.assertEqual(job.ids, (1,))  # type: ignore[attr-defined]
+        self.assertEqual(
+            [e["log_format"] for e in logged],
+            ["spool: cannot checkpoint the WAL ({why}); trying again"],
+        )
+        failing = False
+        self.store.run_batch([lambda s: s.add_job("a", [note(3)], now=1)])
+        self.assertEqual(len(logged), 2)
+        self.assertEqual(self.store.counts(), {("a", "queued"): 3})
+
     def test_a_failed_fsync_is_the_spool_unavailable(self) -> None:
         def broken(fd: int) -> None:
             raise OSError(5, "Input/output error")

@@ -10,10 +10,10 @@ Two layers:
   operation requested during one reactor turn into one batch: one transaction, committed on
   the reactor thread, and one ``fsync``, run by a *runner* (a thread pool in production,
   :func:`inline_runner` in tests), for everything that turn produced, so the API can accept
-  thousands of notifications a second while each request still waits for its own commit. That turn's jobs without an
-  idempotency key are one operation (:meth:`SpoolStore.add_jobs`); a synchronous one, answered
-  only with its outcomes, is committed without an ``fsync`` of its own (see
-  :meth:`SpoolStore.run_batch`).
+  thousands of notifications a second while each request still waits for its own commit.
+  That turn's jobs without an idempotency key are one operation (:meth:`SpoolStore.add_jobs`);
+  a synchronous one, answered only with its outcomes, is committed without an ``fsync`` of its
+  own (see :meth:`SpoolStore.run_batch`).
 
 Durability: WAL journal with ``synchronous=FULL`` by default. In WAL mode ``NORMAL`` already
 survives a killed process, but not a power loss or kernel crash: the last transactions could
@@ -432,6 +432,7 @@ class SpoolStore:
         #: left to a call of sync().
         self._sync_later = True
         self._changes_at_checkpoint = 0
+        self._checkpoint_failed = False
         try:
             self._db.execute("PRAGMA locking_mode = EXCLUSIVE")
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -577,15 +578,29 @@ class SpoolStore:
         releases the GIL once, instead of handing it back and forth at every statement.
         ``synchronous="NORMAL"`` skips the ``fsync``.
         """
-        try:
-            if self._wal_fd >= 0:
+        if self._wal_fd >= 0:
+            try:
                 _fdatasync(self._wal_fd)
-            if self._db.total_changes - self._changes_at_checkpoint >= _CHECKPOINT_CHANGES:
-                # SQLite syncs the WAL before, and the database file after, a checkpoint.
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                self._changes_at_checkpoint = self._db.total_changes
-        except (OSError, sqlite3.Error) as e:
-            raise _unavailable(e) from e
+            except OSError as e:
+                raise _unavailable(e) from e
+        if self._db.total_changes - self._changes_at_checkpoint >= _CHECKPOINT_CHANGES:
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database file (SQLite syncs the WAL before and the file
+        after). What was committed is durable already: a failure here fails nothing; it is
+        logged once and tried again at the next sync, and the WAL grows meanwhile."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as e:
+            if not self._checkpoint_failed:
+                log.warn("spool: cannot checkpoint the WAL ({why}); trying again", why=e)
+            self._checkpoint_failed = True
+            return
+        if self._checkpoint_failed:
+            log.info("spool: the WAL is checkpointed again")
+            self._checkpoint_failed = False
+        self._changes_at_checkpoint = self._db.total_changes
 
     def close(self) -> None:
         if not self.closed:
