@@ -4,10 +4,11 @@ multi-row statements, alone and beside a busy second thread.
 
     python benchmarks/spool_statements.py [--batches 3] [--size 500]
 
-The service's spool runs on its own thread while the reactor thread runs Python code. The
-``sqlite3`` module lets go of the GIL around every statement step, so when a statement is
-stepped once per row (``executemany``), a busy reactor and the spool's thread hand the GIL
-to each other once per row. This script stores ``--batches`` batches of ``--size``
+The ``sqlite3`` module lets go of the GIL around every statement step. When the spool ran its
+statements on its own thread, a statement stepped once per row (``executemany``) made a busy
+reactor and the spool's thread hand the GIL to each other once per row. (The spool now commits
+on the reactor thread and sends only the ``fsync`` to its thread; fewer statements still cost
+less CPU.) This script stores ``--batches`` batches of ``--size``
 notification rows (one transaction each, ``synchronous=FULL``, the spool's schema), then
 records an outcome for each row (another transaction), with the spool's own statements
 (``SpoolStore._insert`` and ``SpoolStore._update_outcomes``) and the rows built beforehand,
