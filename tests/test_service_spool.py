@@ -584,6 +584,11 @@ class AsyncSpoolTests(SynchronousTestCase):
         self.assertEqual(len(ran), 1)
         self.assertNotEqual(ran, [self.store.sync])  # the whole batch, fsync included
         self.assertEqual(self.store.counts(), {("a", "queued"): 2})
+        del ran[:]
+        feed = self.spool.invalid_tokens("a")  # the feed may be long
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(feed), [])
+        self.assertEqual(len(ran), 1)
 
     def test_failed_operation_errbacks_alone(self) -> None:
         good = self.spool.add_job("a", [note(1)], now=1)

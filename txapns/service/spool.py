@@ -1359,7 +1359,8 @@ class Spool:
     def invalid_tokens(
         self, app: str, *, since: float | None = None
     ) -> Deferred[list[InvalidToken]]:
-        return self._call(lambda s: s.invalid_tokens(app, since=since), volatile=True)
+        # The feed may hold every dead token of an app: read on the thread.
+        return self._call(lambda s: s.invalid_tokens(app, since=since), volatile=True, long=True)
 
     def close(self) -> Deferred[None]:
         """Write what is queued, then close the store; later calls fail with SpoolClosedError."""
