@@ -174,35 +174,60 @@ class StoreTests(SynchronousTestCase):
         self.patch(spool_module, "_CHECKPOINT_CHANGES", 10)
         statements: list[str] = []
         self.store._db.set_trace_callback(statements.append)
-        self.store.commit_batch(
-            [lambda s: s.add_jobs([NewJob("a", [note(i) for i in range(4)], 1.0)])]
-        )
-        self.store.sync()
+
+        def store(n: int) -> None:
+            jobs = [NewJob("a", [note(i) for i in range(n)], 1.0)]
+            self.store.commit_batch([lambda s: s.add_jobs(jobs)])
+            self.store.sync()
+
+        store(4)
         self.assertNotIn("PRAGMA wal_checkpoint(PASSIVE)", statements)
-        self.store.commit_batch(
-            [lambda s: s.add_jobs([NewJob("a", [note(i) for i in range(6)], 1.0)])]
-        )
-        self.store.sync()
+        size = self.path.stat().st_size  # the rows are in the WAL only
+        store(6)
         self.assertEqual(statements.count("PRAGMA wal_checkpoint(PASSIVE)"), 1)
+        self.assertGreater(self.path.stat().st_size, size)  # now in the database file
         self.store.sync()  # nothing changed since
         self.assertEqual(statements.count("PRAGMA wal_checkpoint(PASSIVE)"), 1)
         self.store._db.set_trace_callback(None)
-        # Everything reached the database file: the WAL can start over.
-        (busy, log, done) = self.store._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        self.assertEqual((busy, log), (0, done))
+
+    def test_the_changes_count_wraps(self) -> None:
+        # sqlite3_total_changes() is a C int: past 2**31 it wraps to -2**31, and a plain
+        # difference would stay negative (no checkpoint) for 2**32 more changes.
+        self.patch(spool_module, "_CHECKPOINT_CHANGES", 10)
+        checkpoints: list[None] = []
+        self.patch(self.store, "_checkpoint", lambda: checkpoints.append(None))
+        now = self.store._db.total_changes
+        self.store._changes_at_checkpoint = now + 2**32 - 5  # 5 changes ago, across a wrap
+        self.store.sync()
+        self.assertEqual(checkpoints, [])
+        self.store._changes_at_checkpoint = now + 2**32 - 20  # 20 changes ago
+        self.store.sync()
+        self.assertEqual(checkpoints, [None])
 
     def test_a_failed_checkpoint_fails_no_batch(self) -> None:
         # The batch is durable once the WAL is synced: a checkpoint that fails after that
-        # is logged (once) and tried again at the next sync.
+        # is noted, and tried again at the next sync.
         self.patch(spool_module, "_CHECKPOINT_CHANGES", 1)
+        failing = self.failing_checkpoints()
+        job = self.store.run_batch([lambda s: s.add_job("a", [note(1)], now=1)])[0]
+        self.assertEqual(job.ids, (1,))  # type: ignore[attr-defined]
+        self.assertEqual(self.store.checkpoint_error, "disk I/O error")
+        self.store.run_batch([lambda s: s.add_job("a", [note(2)], now=1)])
+        failing[0] = False
+        self.store.run_batch([lambda s: s.add_job("a", [note(3)], now=1)])
+        self.assertIsNone(self.store.checkpoint_error)
+        self.assertEqual(self.store.counts(), {("a", "queued"): 3})
+
+    def failing_checkpoints(self) -> list[bool]:
+        """Make the store's checkpoints fail until the returned flag is cleared."""
         real = self.store._db
-        failing = True
+        failing = [True]
 
         class Db:
             total_changes = property(lambda _: real.total_changes)
 
             def execute(self, sql: str, *args: object) -> object:
-                if sql.startswith("PRAGMA wal_checkpoint") and failing:
+                if sql.startswith("PRAGMA wal_checkpoint") and failing[0]:
                     raise sqlite3.OperationalError("disk I/O error")
                 return real.execute(sql, *args)
 
@@ -211,21 +236,9 @@ class StoreTests(SynchronousTestCase):
 
         self.store._db = Db()  # type: ignore[assignment]
         self.addCleanup(setattr, self.store, "_db", real)
-        logged: list[dict[str, object]] = []
-        self.patch(spool_module.log, "observer", logged.append)
-        job = self.store.run_batch([lambda s: s.add_job("a", [note(1)], now=1)])[0]
-        self.store.run_batch([lambda s: s.add_job("a", [note(2)], now=1)])
-        self.assertEqual(job.ids, (1,))  # type: ignore[attr-defined]
-        self.assertEqual(
-            [e["log_format"] for e in logged],
-            ["spool: cannot checkpoint the WAL ({why}); trying again"],
-        )
-        failing = False
-        self.store.run_batch([lambda s: s.add_job("a", [note(3)], now=1)])
-        self.assertEqual(len(logged), 2)
-        self.assertEqual(self.store.counts(), {("a", "queued"): 3})
+        return failing
 
-    def test_a_failed_fsync_is_the_spool_unavailable(self) -> None:
+    def test_a_failed_fsync_breaks_the_store(self) -> None:
         def broken(fd: int) -> None:
             raise OSError(5, "Input/output error")
 
@@ -233,8 +246,16 @@ class StoreTests(SynchronousTestCase):
         with self.assertRaises(SpoolUnavailableError) as cm:
             self.store.run_batch([lambda s: s.add_job("a", [note(1)], now=1)])
         self.assertIn("Input/output error", str(cm.exception))
-        # A volatile batch needs no fsync.
-        self.store.run_batch([lambda s: s.add_job("a", [note(2)], now=1)], volatile=True)
+        self.assertIn("restarted", str(self.store.broken))
+        # Unlike a failed COMMIT, the transaction stays committed (a restart recovers what
+        # the disk holds); nothing more is written on top of it, not even without an fsync.
+        self.assertEqual(self.store.counts(), {("a", "queued"): 1})
+        for volatile in (False, True):
+            with self.assertRaises(SpoolUnavailableError):
+                self.store.run_batch(
+                    [lambda s: s.add_job("a", [note(2)], now=1)], volatile=volatile
+                )
+        self.assertEqual(self.store.counts(), {("a", "queued"): 1})
 
     def test_job_ids_follow_creation_time(self) -> None:
         # Ordered ids keep a batch's index writes on a few pages (see new_job_id).
@@ -555,15 +576,47 @@ class AsyncSpoolTests(SynchronousTestCase):
         self.successResultOf(second)
         self.assertEqual(self.store.counts(), {("a", "queued"): 2})
 
-    def test_a_failed_fsync_errbacks_the_batch(self) -> None:
+    def test_a_failed_fsync_errbacks_the_batch_and_refuses_work(self) -> None:
         def broken(fd: int) -> None:
             raise OSError(28, "No space left on device")
 
         self.patch(spool_module, "_fdatasync", broken)
+        logged: list[dict[str, object]] = []
+        self.patch(spool_module.log, "observer", logged.append)
         d = self.spool.add_job("a", [note(1)], now=1, async_=True)
         self.clock.advance(0)
         self.failureResultOf(d, SpoolUnavailableError)
-        self.flushLoggedErrors(SpoolUnavailableError)
+        self.assertFalse(self.spool.available)
+        self.assertIn("No space left on device", str(self.spool.health()["error"]))
+        self.assertEqual(logged[0]["log_format"], "spool: {why}")
+        self.assertIn("restarted", str(logged[0]["why"]))
+        again = self.spool.job("x")
+        self.clock.advance(0)
+        self.failureResultOf(again, SpoolUnavailableError)
+        # Closing still closes the store, and says why the last batch failed.
+        closed = self.spool.close()
+        self.clock.advance(0)
+        self.failureResultOf(closed, SpoolUnavailableError)
+        self.assertTrue(self.store.closed)
+
+    def test_checkpoint_failures_are_logged_once(self) -> None:
+        self.patch(spool_module, "_CHECKPOINT_CHANGES", 1)
+        failing = StoreTests.failing_checkpoints(self)  # type: ignore[arg-type]
+        logged: list[dict[str, object]] = []
+        self.patch(spool_module.log, "observer", logged.append)
+        for i in range(3):
+            d = self.spool.add_job("a", [note(i)], now=1, async_=True)
+            self.clock.advance(0)
+            self.successResultOf(d)
+            if i == 1:
+                failing[0] = False
+        self.assertEqual(
+            [e["log_format"] for e in logged],
+            [
+                "spool: cannot checkpoint the WAL ({why}); trying again",
+                "spool: the WAL is checkpointed again",
+            ],
+        )
 
     def test_long_operations_run_on_the_runner(self) -> None:
         ran: list[object] = []

@@ -20,9 +20,11 @@ survives a killed process, but not a power loss or kernel crash: the last transa
 vanish after the API said "stored". Since writes are batched per reactor turn, FULL costs one
 ``fsync`` per batch, not per notification, so the stronger promise is cheap. The connection
 itself commits with ``NORMAL``; :meth:`SpoolStore.sync` is FULL's ``fsync`` of the WAL, run
-on the runner before a batch's Deferreds fire. The connection
-uses ``locking_mode=EXCLUSIVE``: a second service started on the same spool fails at once
-instead of resuming (and re-sending) the first one's notifications.
+on the runner before a batch's Deferreds fire. One difference: a failed COMMIT under FULL is
+rolled back, while a failed :meth:`SpoolStore.sync` leaves its transactions committed, maybe
+on disk or not, so the store then refuses all work until a restart (:attr:`SpoolStore.broken`).
+The connection uses ``locking_mode=EXCLUSIVE``: a second service started on the same spool
+fails at once instead of resuming (and re-sending) the first one's notifications.
 
 Notification states: ``queued`` → ``inflight`` (handed to a client) → ``accepted`` |
 ``rejected`` | ``unknown``. :meth:`SpoolStore.recover` returns every ``queued`` or
@@ -406,7 +408,8 @@ def new_job_id(now: float) -> str:
 
 
 class SpoolStore:
-    """Synchronous SQLite storage. Use from one thread at a time (the runner serialises)."""
+    """Synchronous SQLite storage. Use from one thread at a time (:class:`Spool` never lets
+    two batches overlap)."""
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
         if synchronous not in ("NORMAL", "FULL", "EXTRA"):
@@ -432,7 +435,10 @@ class SpoolStore:
         #: left to a call of sync().
         self._sync_later = True
         self._changes_at_checkpoint = 0
-        self._checkpoint_failed = False
+        #: Why the last checkpoint failed (tried again at each sync), or None.
+        self.checkpoint_error: str | None = None
+        #: Why this store refuses all work (its WAL could not be synced), or None.
+        self.broken: str | None = None
         try:
             self._db.execute("PRAGMA locking_mode = EXCLUSIVE")
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -475,10 +481,12 @@ class SpoolStore:
         self._sync_later = False
         self.closed = False
         if synchronous != "NORMAL":
+            # SQLite's own name for the file (symbolic links resolved), and its WAL's.
+            main = Path(self._db.execute("PRAGMA database_list").fetchone()[2])
             try:
-                self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+                self._wal_fd = os.open(f"{main}-wal", os.O_RDONLY | os.O_CLOEXEC)
                 # SQLite syncs a new WAL's directory at its first fsync, so do we.
-                _fsync_path(self.path.parent)
+                _fsync_path(main.parent)
             except OSError as e:
                 self._db.close()
                 if self._wal_fd >= 0:
@@ -510,6 +518,8 @@ class SpoolStore:
             finally:
                 self._depth -= 1
             return
+        if self.broken is not None:
+            raise SpoolUnavailableError(self.broken)
         self._db.execute("BEGIN IMMEDIATE")
         self._depth = 1
         try:
@@ -582,24 +592,33 @@ class SpoolStore:
             try:
                 _fdatasync(self._wal_fd)
             except OSError as e:
-                raise _unavailable(e) from e
-        if self._db.total_changes - self._changes_at_checkpoint >= _CHECKPOINT_CHANGES:
+                # Unlike a failed COMMIT under FULL, the transactions are committed: they
+                # may or may not be on disk, and after a failed fsync Linux may count their
+                # pages as written, so a later fsync "succeeding" proves nothing for them
+                # (nor for commits after them in the WAL). Nothing more is written or
+                # acknowledged on top of that; a restart recovers what the disk holds.
+                self.broken = (
+                    f"the spool's WAL could not be synced ({e.strerror or e}): it takes no "
+                    "more work until the service is restarted"
+                )
+                raise SpoolUnavailableError(self.broken) from e
+        # total_changes is a C int: it wraps, hence the mask.
+        if (self._db.total_changes - self._changes_at_checkpoint) & 0xFFFFFFFF >= (
+            _CHECKPOINT_CHANGES
+        ):
             self._checkpoint()
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the database file (SQLite syncs the WAL before and the file
         after). What was committed is durable already: a failure here fails nothing; it is
-        logged once and tried again at the next sync, and the WAL grows meanwhile."""
+        noted in :attr:`checkpoint_error` (the Spool logs it) and tried again at the next
+        sync, and the WAL grows meanwhile."""
         try:
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as e:
-            if not self._checkpoint_failed:
-                log.warn("spool: cannot checkpoint the WAL ({why}); trying again", why=e)
-            self._checkpoint_failed = True
+            self.checkpoint_error = str(e)
             return
-        if self._checkpoint_failed:
-            log.info("spool: the WAL is checkpointed again")
-            self._checkpoint_failed = False
+        self.checkpoint_error = None
         self._changes_at_checkpoint = self._db.total_changes
 
     def close(self) -> None:
@@ -1107,6 +1126,8 @@ class Spool:
         self._busy = False
         #: This batch has a long operation (see _call).
         self._long = False
+        #: The store's checkpoint_error and broken as last logged.
+        self._logged: tuple[str | None, str | None] = (None, None)
         self._closing = False
         #: Why outcomes cannot be written now (the storage failed), or None.
         self.unavailable_reason: str | None = None
@@ -1168,6 +1189,7 @@ class Spool:
 
     def _written(self, values: list[object], batch: list[_Op]) -> None:
         self._busy = False
+        self._log_store_state()
         for (_, d, _), value in zip(batch, values, strict=True):
             if isinstance(value, _Failed):
                 d.errback(Failure(value.error, type(value.error), value.error.__traceback__))
@@ -1177,10 +1199,26 @@ class Spool:
 
     def _batch_failed(self, failure: Failure, batch: list[_Op]) -> None:
         self._busy = False
+        self._log_store_state()
         log.failure("spool batch of {count} operations failed", failure, count=len(batch))
         for _, d, _ in batch:
             d.errback(failure)
         self._schedule()
+
+    def _log_store_state(self) -> None:
+        """Log what changed in the store's state during the batch (here, on the reactor
+        thread: the store's sync runs on the runner's)."""
+        checkpoint, broken = state = (self.store.checkpoint_error, self.store.broken)
+        if state == self._logged:
+            return
+        if broken is not None and self._logged[1] is None:
+            log.critical("spool: {why}", why=broken)
+        if checkpoint != self._logged[0]:
+            if checkpoint is None:
+                log.info("spool: the WAL is checkpointed again")
+            else:  # once per error, not at every sync it fails again
+                log.warn("spool: cannot checkpoint the WAL ({why}); trying again", why=checkpoint)
+        self._logged = state
 
     @property
     def pending_operations(self) -> int:
@@ -1194,17 +1232,19 @@ class Spool:
 
     @property
     def available(self) -> bool:
-        """False once closing, and while outcomes cannot be written (disk full): the engine
-        then takes no submissions (503) and ``/healthz`` fails, until a retry succeeds."""
-        return not self._closing and self.unavailable_reason is None
+        """False once closing, while outcomes cannot be written (disk full), and for good
+        once the WAL could not be synced: the engine then takes no submissions (503) and
+        ``/healthz`` fails, until a retry succeeds (or a restart)."""
+        return not self._closing and self.unavailable_reason is None and self.store.broken is None
 
     def start_consuming(self, hooks: object) -> None:
         """Nothing to consume: :meth:`recover` gave the engine everything."""
 
     def health(self) -> dict[str, object]:
         out: dict[str, object] = {"backend": "sqlite", "path": str(self.store.path)}
-        if self.unavailable_reason is not None:
-            out["error"] = self.unavailable_reason
+        error = self.store.broken or self.unavailable_reason
+        if error is not None:
+            out["error"] = error
         return out
 
     def metrics_text(self) -> str:
@@ -1375,10 +1415,15 @@ class Spool:
         barrier = self._call(lambda s: None, long=True)
         self._closing = True
 
-        def close_store(_: object) -> Deferred[None]:
-            return self._runner(self.store.close)
+        def close_store(result: object) -> Deferred[None]:
+            # Closed even when the last batch failed; that failure is still close()'s.
+            def closed(_: None) -> None:
+                if isinstance(result, Failure):
+                    result.raiseException()
 
-        return barrier.addCallback(close_store)
+            return self._runner(self.store.close).addCallback(closed)
+
+        return barrier.addBoth(close_store)
 
 
 def to_datetime(ts: float | None) -> datetime | None:
