@@ -591,8 +591,12 @@ class AsyncSpoolTests(SynchronousTestCase):
         self.assertEqual(logged[0]["log_format"], "spool: {why}")
         self.assertIn("restarted", str(logged[0]["why"]))
         again = self.spool.job("x")
+        outcomes = self.spool.record_outcomes([outcome(1, "j", 1)], now=2)
         self.clock.advance(0)
         self.failureResultOf(again, SpoolUnavailableError)
+        # Not tried again later (as for a full disk): a broken store stays broken.
+        self.failureResultOf(outcomes, SpoolUnavailableError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
         # Closing still closes the store, and says why the last batch failed.
         closed = self.spool.close()
         self.clock.advance(0)

@@ -1349,7 +1349,8 @@ class Spool:
         now: float,
         done: Deferred[list[str]],
     ) -> None:
-        if self._closing or not failure.check(SpoolUnavailableError):
+        if self._closing or not failure.check(SpoolUnavailableError) or self.store.broken:
+            # A broken store stays broken until a restart: trying again cannot help.
             done.errback(failure)
             return
         self._outcome_failures += 1
