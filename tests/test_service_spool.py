@@ -51,6 +51,25 @@ def outcome(
     return OutcomeRecord(id=store_id, job_id=job_id, app="a", token=token(i), state=state, **kw)  # type: ignore[arg-type]
 
 
+def failing_checkpoints(case: SynchronousTestCase, store: SpoolStore) -> list[bool]:
+    """Make ``store``'s checkpoints fail until the returned flag is cleared."""
+    real = store._db
+    failing = [True]
+
+    class Db:
+        def execute(self, sql: str, *args: object) -> object:
+            if sql.startswith("PRAGMA wal_checkpoint") and failing[0]:
+                raise sqlite3.OperationalError("disk I/O error")
+            return real.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+    store._db = Db()  # type: ignore[assignment]
+    case.addCleanup(setattr, store, "_db", real)
+    return failing
+
+
 class StoreTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.path = temp_dir(self) / "spool.db"
@@ -208,7 +227,7 @@ class StoreTests(SynchronousTestCase):
         # The batch is durable once the WAL is synced: a checkpoint that fails after that
         # is noted, and tried again at the next sync.
         self.patch(spool_module, "_CHECKPOINT_CHANGES", 1)
-        failing = self.failing_checkpoints()
+        failing = failing_checkpoints(self, self.store)
         job = self.store.run_batch([lambda s: s.add_job("a", [note(1)], now=1)])[0]
         self.assertEqual(job.ids, (1,))  # type: ignore[attr-defined]
         self.assertEqual(self.store.checkpoint_error, "disk I/O error")
@@ -217,26 +236,6 @@ class StoreTests(SynchronousTestCase):
         self.store.run_batch([lambda s: s.add_job("a", [note(3)], now=1)])
         self.assertIsNone(self.store.checkpoint_error)
         self.assertEqual(self.store.counts(), {("a", "queued"): 3})
-
-    def failing_checkpoints(self) -> list[bool]:
-        """Make the store's checkpoints fail until the returned flag is cleared."""
-        real = self.store._db
-        failing = [True]
-
-        class Db:
-            total_changes = property(lambda _: real.total_changes)
-
-            def execute(self, sql: str, *args: object) -> object:
-                if sql.startswith("PRAGMA wal_checkpoint") and failing[0]:
-                    raise sqlite3.OperationalError("disk I/O error")
-                return real.execute(sql, *args)
-
-            def __getattr__(self, name: str) -> object:
-                return getattr(real, name)
-
-        self.store._db = Db()  # type: ignore[assignment]
-        self.addCleanup(setattr, self.store, "_db", real)
-        return failing
 
     def test_a_failed_fsync_breaks_the_store(self) -> None:
         def broken(fd: int) -> None:
@@ -605,7 +604,7 @@ class AsyncSpoolTests(SynchronousTestCase):
 
     def test_checkpoint_failures_are_logged_once(self) -> None:
         self.patch(spool_module, "_CHECKPOINT_CHANGES", 1)
-        failing = StoreTests.failing_checkpoints(self)  # type: ignore[arg-type]
+        failing = failing_checkpoints(self, self.store)
         logged: list[dict[str, object]] = []
         self.patch(spool_module.log, "observer", logged.append)
         for i in range(3):
