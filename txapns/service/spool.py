@@ -402,8 +402,8 @@ def new_job_id(now: float) -> str:
     ``jobs`` key and the notifications' ``job_id`` index, so a batch of jobs and their
     outcomes dirties a few B-tree pages instead of one or two random ones per job: half the
     WAL pages per batch of one-notification jobs (31 → 15 in a spool of 60,000 jobs), about
-    9 % less of the spool thread's CPU per request. The format (32 lowercase hex digits)
-    is unchanged."""
+    9 % less of the store's CPU per request. The format (32 lowercase hex digits) is
+    unchanged."""
     return f"{int(now * 1000) & 0xFFFFFFFFFFFF:012x}{os.urandom(10).hex()}"
 
 
