@@ -97,11 +97,8 @@ class OutcomeBatchingTests(_EngineCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
-class SynchronousRequestTests(_EngineCase):
-    """A synchronous request without a key costs one fsync and two spool batches (issue 11,
-    sync p50): its job is committed without an fsync (nothing was promised yet: it is
-    answered only after its outcomes), and its view is read in the batch that records its
-    last outcome, not in a third batch after it."""
+class _BatchRecordingCase(_EngineCase):
+    """Records each spool batch: volatile (no fsync after its commit) or not."""
 
     def watch_store(self) -> None:
         self.batches: list[bool] = []  # volatile (no fsync after its commit)?
@@ -117,6 +114,13 @@ class SynchronousRequestTests(_EngineCase):
 
         self.store.commit_batch = committing  # type: ignore[method-assign]
         self.store.sync = syncing  # type: ignore[method-assign]
+
+
+class SynchronousRequestTests(_BatchRecordingCase):
+    """A synchronous request without a key costs one fsync and two spool batches (issue 11,
+    sync p50): its job is committed without an fsync (nothing was promised yet: it is
+    answered only after its outcomes), and its view is read in the batch that records its
+    last outcome, not in a third batch after it."""
 
     def request(self, tokens: list[str], **kw: object) -> Deferred[JobView]:
         """What the API does for a synchronous request."""
@@ -188,6 +192,81 @@ class SynchronousRequestTests(_EngineCase):
         # Answered (202 as it stands) only once the close made its volatile job durable.
         self.assertEqual(seen, [[True]])
         self.assertFalse(self.successResultOf(waiting).done)
+
+
+class WaitLimitTests(_BatchRecordingCase):
+    """A synchronous request never waits without a limit (APNs unreachable, the disk full):
+    past it, it gets its job as it stands, read in a durable batch, since the answer
+    promises the job (stored without an fsync of its own)."""
+
+    def request_with_limit(self, tokens: list[str], limit: float) -> Deferred[JobView]:
+        batch = self.engine.prepare("a", Template(payload={"aps": {"alert": "x"}}), tokens)
+        waiting: Deferred[JobView] = Deferred()
+        self.engine.submit("a", batch).addCallback(
+            lambda accepted: self.engine.wait(
+                accepted.job_id, fresh=True, count=accepted.count, limit=limit
+            ).chainDeferred(waiting)
+        )
+        return waiting
+
+    def limit_calls(self) -> list[Any]:
+        return [c for c in self.clock.getDelayedCalls() if c.func == self.engine._wait_expired]
+
+    def test_past_its_limit_a_wait_gets_the_job_as_it_stands_durably(self) -> None:
+        self.sender.auto = None  # APNs never answers
+        waiting = self.request_with_limit(["aa" * 32], 30)
+        self.turns()
+        del self.batches[:]
+        self.clock.advance(29.9)
+        self.turns()
+        self.assertNoResult(waiting)
+        self.assertEqual(self.batches, [])
+        self.clock.advance(0.1)
+        self.turns()
+        view = self.successResultOf(waiting)
+        self.assertFalse(view.done)
+        self.assertEqual(view.counts["inflight"], 1)
+        self.assertEqual(self.batches, [False])  # the read's batch was synced
+        self.assertEqual(self.engine._waiters, {})
+        self.assertEqual(self.limit_calls(), [])
+
+    def test_a_wait_done_in_time_cancels_its_limit(self) -> None:
+        waiting = self.request_with_limit(["aa" * 32], 30)
+        self.turns()
+        self.assertTrue(self.successResultOf(waiting).done)
+        self.assertEqual(self.limit_calls(), [])
+
+    def test_only_the_waiter_past_its_limit_is_answered(self) -> None:
+        self.sender.auto = None
+        short = self.request_with_limit(["aa" * 32], 5)
+        self.turns()
+        job_id = next(iter(self.engine._waiters))
+        long = self.engine.wait(job_id, limit=60)
+        self.turns()
+        self.clock.advance(5)
+        self.turns()
+        self.assertFalse(self.successResultOf(short).done)
+        self.assertNoResult(long)
+        self.assertEqual(len(self.engine._waiters[job_id]), 1)
+
+    def test_a_wait_for_a_job_not_in_the_spool_ends_at_its_limit(self) -> None:
+        waiting = self.engine.wait("0" * 32, limit=10)
+        self.turns()
+        self.assertNoResult(waiting)
+        self.clock.advance(10)
+        self.turns()
+        self.assertIn("no longer in the spool", str(self.failureResultOf(waiting).value))
+
+    def test_stop_cancels_the_limits(self) -> None:
+        self.sender.auto = None
+        waiting = self.request_with_limit(["aa" * 32], 30)
+        self.turns()
+        stopped = self.engine.stop(timeout=1)
+        for _ in range(5):
+            self.clock.advance(1)
+        self.successResultOf(stopped)
+        self.assertFalse(self.successResultOf(waiting).done)
+        self.assertEqual(self.limit_calls(), [])
 
 
 class VolatileBatchTests(SynchronousTestCase):

@@ -555,6 +555,7 @@ class ChannelTests(SynchronousTestCase):
             Spool(store, self.clock, inline_runner),
             self.clock,
         )
+        self.engine = engine
         self.site = make_listener(
             engine, KEY, Limits(max_body_bytes=64 * 1024, header_timeout=5, body_timeout=7),
             reactor=self.clock, server=self.server,
@@ -633,6 +634,26 @@ class ChannelTests(SynchronousTestCase):
         self.channel.dataReceived(b"GET /healthz HTTP/1.1\r\n")
         self.clock.advance(5)
         self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 408 "))
+
+    def test_a_synchronous_request_waits_no_longer_than_sync_wait(self) -> None:
+        # APNs never answers (the fake sender holds what it takes): past sync_wait the
+        # request gets 202 with its job as it stands, instead of hanging.
+        self.engine.start()
+        self.clock.advance(0)
+        body = json.dumps({"token": token(1), "alert": "x"}).encode()
+        self.channel.dataReceived(self.head(KEY, length=len(body)) + body)
+        for _ in range(5):
+            self.clock.advance(0)
+        self.clock.advance(Limits().sync_wait - 0.5)
+        self.assertEqual(self.transport.value(), b"")
+        self.clock.advance(0.5)
+        for _ in range(5):
+            self.clock.advance(0)
+        answer = self.transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 202 "), answer)
+        job = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        self.assertEqual((job["status"], job["counts"]["inflight"]), ("pending", 1))
+        self.assertFalse(self.transport.disconnecting)
 
 
 class TwistedWebChannelTests(ChannelTests):

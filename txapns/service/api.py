@@ -108,6 +108,9 @@ class Limits:
     body_timeout: float = 30.0
     #: Seconds a keep-alive connection may sit idle between requests.
     idle_timeout: float = 60.0
+    #: Seconds a synchronous submission waits for its outcomes at most; then it is answered
+    #: 202 with its job as it stands (APNs unreachable, the disk full: no request hangs).
+    sync_wait: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -869,9 +872,9 @@ class Api:
             return Response(200 if view.done else 202, job_json(view), headers=replay)
 
         fresh = not accepted.duplicate  # stored just now: its outcomes are all to come
-        return self.engine.wait(accepted.job_id, fresh=fresh, count=accepted.count).addCallback(
-            answer
-        )
+        return self.engine.wait(
+            accepted.job_id, fresh=fresh, count=accepted.count, limit=self.limits.sync_wait
+        ).addCallback(answer)
 
     def _job(self, request: ApiRequest, job_id: str) -> Deferred[Response]:
         def answer(view: JobView | None) -> Response:

@@ -36,7 +36,7 @@ from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -70,7 +70,7 @@ from ..interfaces import Sender
 from .backend import ConsumerHooks, OutcomesHeldError, SpoolBackend
 from .config import ServiceConfig
 from .metrics import AppGauges, ServiceMetrics
-from .spool import JobView, OutcomeRecord, Recovery, SpooledNotification, StoredJob
+from .spool import JobView, OutcomeRecord, Recovery, SpooledNotification, SpoolError, StoredJob
 from .webhook import InvalidTokenWebhook
 
 log = Logger()
@@ -680,10 +680,14 @@ class Engine:
             self._arm_schedule()
         return Accepted(stored.job_id, len(items), False, stored.async_)
 
-    def wait(self, job_id: str, *, fresh: bool = False, count: int = 0) -> Deferred[JobView]:
+    def wait(
+        self, job_id: str, *, fresh: bool = False, count: int = 0, limit: float | None = None
+    ) -> Deferred[JobView]:
         """Fires with the job's view once every notification has an outcome.
 
-        If the engine stops first, fires with the (unfinished) view at that moment.
+        If the engine stops first, fires with the (unfinished) view at that moment; and so
+        it does after ``limit`` seconds, if given (the view then read durably: see
+        :meth:`_wait_expired`).
         ``fresh``: the job was stored by this engine in this reactor turn, so none of its
         outcomes can be recorded yet: its view is read once, when they are (not also now).
         ``count`` (with ``fresh``): its notifications; the view is then read in the same spool
@@ -691,11 +695,49 @@ class Engine:
         """
         d: Deferred[JobView] = Deferred()
         self._waiters.setdefault(job_id, []).append(d)
+        if limit is not None:
+            # Cancelled once the waiter fires, however it does (the stop answers them all).
+            timer = self._clock.callLater(limit, self._wait_expired, job_id, d, limit)
+            d.addBoth(self._wait_ended, timer)
         if fresh and count > 0 and not self.spool.shared and self.state is EngineState.RUNNING:
             self._left.setdefault(job_id, count)
         if not fresh or self.spool.shared or self.state is not EngineState.RUNNING:
             self._read_for_waiters(job_id)
         return d
+
+    @staticmethod
+    def _wait_ended(result: object, timer: IDelayedCall) -> object:
+        cancel_call(timer)
+        return result
+
+    def _wait_expired(self, job_id: str, d: Deferred[JobView], limit: float) -> None:
+        """A wait's limit passed before the job was done (APNs unreachable, the disk full…):
+        the waiter gets the job as it stands. Read ``durable``: a synchronous job was
+        stored without an fsync of its own (nothing was promised until its outcomes were),
+        and this answer promises it."""
+        waiting = self._waiters.get(job_id, [])
+        if d not in waiting:
+            return
+        waiting.remove(d)
+        if not waiting:
+            del self._waiters[job_id]
+            self._left.pop(job_id, None)
+        log.info(
+            "job {job_id} not done after {limit:g} s: its synchronous request is answered "
+            "with the job as it stands",
+            job_id=job_id,
+            limit=limit,
+        )
+        self.spool.job(job_id, durable=True).addCallbacks(
+            self._expired_read, d.errback, callbackArgs=(job_id, d)
+        )
+
+    @staticmethod
+    def _expired_read(view: JobView | None, job_id: str, d: Deferred[JobView]) -> None:
+        if view is None:  # purged within the wait: only a done job can be
+            d.errback(Failure(SpoolError(f"job {job_id} is no longer in the spool")))
+        else:
+            d.callback(view)
 
     def _read_for_waiters(self, job_id: str) -> None:
         """Read the job; its waiters fire if it is done (or the engine stopped)."""

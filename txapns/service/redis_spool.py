@@ -1340,7 +1340,8 @@ class RedisSpool:
 
     # -- reads for the API --
 
-    def job(self, job_id: str) -> Deferred[JobView | None]:
+    def job(self, job_id: str, *, durable: bool = False) -> Deferred[JobView | None]:
+        # ``durable`` asks nothing more here: a job is answered for only once Redis has it.
         if not job_id.isalnum():
             return succeed(None)
         d = JOB(self.link, [], [self._job_prefix + job_id])

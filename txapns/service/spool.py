@@ -1391,8 +1391,10 @@ class Spool:
 
     # Reads write nothing: they never make a batch durable (nor need it to be).
 
-    def job(self, job_id: str) -> Deferred[JobView | None]:
-        return self._call(lambda s: s.job(job_id), volatile=True)
+    def job(self, job_id: str, *, durable: bool = False) -> Deferred[JobView | None]:
+        """The job's view. ``durable``: fires only once everything committed so far, the
+        job included, is synced (for an answer that promises the job)."""
+        return self._call(lambda s: s.job(job_id), volatile=not durable)
 
     def find_job(self, app: str, idempotency_key: str) -> Deferred[str | None]:
         return self._call(lambda s: s.find_job(app, idempotency_key), volatile=True)
