@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Why the SQLite spool writes many rows per statement: a statement step per row against
-multi-row statements, alone and beside a busy second thread.
+multi-row statements, alone and beside a busy second thread; and (``--outcomes``) which
+statement records outcomes cheapest.
 
-    python benchmarks/spool_statements.py [--batches 3] [--size 500]
+    python benchmarks/spool_statements.py [--batches 3] [--size 500] [--outcomes]
 
 The ``sqlite3`` module lets go of the GIL around every statement step. When the spool ran its
 statements on its own thread, a statement stepped once per row (``executemany``) made a busy
@@ -18,7 +19,14 @@ two ways:
 * ``multi-row``: up to 500 rows per statement, as it writes now;
 
 first alone, then while a second thread spins in Python (as a busy reactor does). It prints
-the writing thread's CPU and wall time per row. No assertions.
+the writing thread's CPU and wall time per row.
+
+``--outcomes`` instead records the same outcomes (all alike: accepted on the first try, as
+nearly all are) three ways, each on its own store, committed without an ``fsync`` as the
+reactor thread commits: a step per row; ``UPDATE … FROM (VALUES …)`` with each row's values,
+as the spool wrote until it grouped them (SQLite stores the joined rows in a temporary table
+before it updates them); and ``UPDATE … WHERE id IN (…)`` for the rows alike, as it writes
+now. It prints the CPU per outcome of each. No assertions.
 """
 
 from __future__ import annotations
@@ -49,19 +57,60 @@ def rows_for(batches: int, size: int) -> list[tuple[Rows, Rows]]:
              "inflight", None, 1.0)
             for i in range(size)
         ]  # fmt: skip
-        outcomes: Rows = [
-            (first + i, "accepted", 200, None, None, None, 1, 0, 2.0) for i in range(size)
-        ]
+        outcomes: Rows = [(first + i,) for i in range(size)]
         out.append((rows, outcomes))
     return out
 
 
-def write(store: spool.SpoolStore, batches: list[tuple[Rows, Rows]]) -> None:
+#: The outcome every row gets: (state, status, reason, timestamp, attempts, resumed).
+OUTCOME = ("accepted", 200, None, None, 1, 0)
+#: The statement the spool recorded outcomes with before it grouped them.
+UPDATE_FROM = (
+    "WITH o (id, state, status, reason, apns_id, timestamp, attempts, resumed, updated) AS"
+    " (VALUES ",
+    ") UPDATE notifications SET state = o.state, status = o.status, reason = o.reason,"
+    " apns_id = coalesce(o.apns_id, notifications.apns_id), timestamp = o.timestamp,"
+    " attempts = notifications.attempts + o.attempts,"
+    " resumed = notifications.resumed + o.resumed, updated = o.updated"
+    " FROM o WHERE notifications.id = o.id",
+)
+
+
+def record(store: spool.SpoolStore, outcomes: Rows, how: str) -> None:
+    """Record ``outcomes`` (``(id,)`` rows) the way ``how`` says."""
+    if how == "grouped":
+        store._update_outcomes({OUTCOME: outcomes}, [], 2.0)  # type: ignore[arg-type]
+    elif how == "per row":
+        store._update_outcomes({}, [(i, None, *OUTCOME, 2.0) for (i,) in outcomes], 2.0)
+    else:
+        head, tail = UPDATE_FROM
+        rows = [(i, *OUTCOME[:3], None, *OUTCOME[3:], 2.0) for (i,) in outcomes]
+        store._rows_at_once(head, rows, tail)
+
+
+def write(store: spool.SpoolStore, batches: list[tuple[Rows, Rows]], how: str) -> None:
     for rows, outcomes in batches:
         with store.transaction():
             store._insert([], rows)
         with store.transaction():
-            store._update_outcomes(outcomes)
+            record(store, outcomes, how)
+
+
+def outcomes_only(work: Path, batches: int, size: int) -> None:
+    """CPU per outcome recorded, each way, committed without an fsync."""
+    print(f"outcomes: {batches} batches of {size}, each committed without an fsync")
+    for how in ("per row", "UPDATE … FROM", "grouped"):
+        store = spool.SpoolStore(work / f"outcomes-{how.split()[0]}.db", synchronous="NORMAL")
+        data = rows_for(batches, size)
+        for rows, _ in data:
+            store.commit_batch([lambda s, rows=rows: s._insert([], rows)])
+        cpu = 0.0
+        for _, outcomes in data:
+            c0 = time.thread_time()
+            store.commit_batch([lambda s, o=outcomes, h=how: record(s, o, h)])
+            cpu += time.thread_time() - c0
+        store.close()
+        print(f"  {how:14}  {cpu / (batches * size) * 1e6:6.2f} µs CPU per outcome")
 
 
 def spin(stop: threading.Event) -> None:
@@ -75,10 +124,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--size", type=int, default=500)
+    ap.add_argument("--outcomes", action="store_true", help="compare outcome statements")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="txapns-spool-statements-"))
+    if args.outcomes:
+        outcomes_only(work, args.batches, args.size)
+        return 0
     print(f"{args.batches} batches of {args.size} rows, synchronous=FULL, in {work}")
-    multi_row = spool._UPDATE_FROM
     for busy in (False, True):
         stop = threading.Event()
         if busy:
@@ -87,12 +139,9 @@ def main() -> int:
             store = spool.SpoolStore(work / f"{name.replace(' ', '-')}-{busy}.db")
             if name == "row by row":
                 store._max_params = 11  # one notification row (11 columns) per statement
-                spool._UPDATE_FROM = False
-            else:
-                spool._UPDATE_FROM = multi_row
             batches = rows_for(args.batches, args.size)
             c0, w0 = time.thread_time(), time.perf_counter()
-            write(store, batches)
+            write(store, batches, "per row" if name == "row by row" else "grouped")
             cpu, wall = time.thread_time() - c0, time.perf_counter() - w0
             store.close()
             rows = args.batches * args.size
