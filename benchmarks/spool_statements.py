@@ -3,7 +3,7 @@
 multi-row statements, alone and beside a busy second thread; and (``--outcomes``) which
 statement records outcomes cheapest.
 
-    python benchmarks/spool_statements.py [--batches 3] [--size 500] [--outcomes]
+    python benchmarks/spool_statements.py [--batches 3] [--size 500] [--outcomes | --shapes]
 
 The ``sqlite3`` module lets go of the GIL around every statement step. When the spool ran its
 statements on its own thread, a statement stepped once per row (``executemany``) made a busy
@@ -26,7 +26,14 @@ nearly all are) three ways, each on its own store, committed without an ``fsync`
 reactor thread commits: a step per row; ``UPDATE … FROM (VALUES …)`` with each row's values,
 as the spool wrote until it grouped them (SQLite stores the joined rows in a temporary table
 before it updates them); and ``UPDATE … WHERE id IN (…)`` for the rows alike, as it writes
-now. It prints the CPU per outcome of each. No assertions.
+now. It prints the CPU per outcome of each.
+
+``--shapes`` writes batches of 1 to ``--size`` one-notification jobs (at random, the same
+sizes both ways), each batch with the previous batch's outcomes, as the service does under
+many connections; once with a statement shape for every row count and the sqlite3 module's
+default statement cache (128), as the spool wrote before, and once as it writes now (exact
+shapes up to ``_EXACT_ROWS`` rows, then 256, 128 … rows a statement; a cache of
+``_STATEMENT_CACHE``), in turns, and prints the CPU per notification of each. No assertions.
 """
 
 from __future__ import annotations
@@ -120,15 +127,57 @@ def spin(stop: threading.Event) -> None:
         n += 1
 
 
+def shapes(work: Path, batches: int, size: int) -> None:
+    """CPU per notification with varying batch sizes: every row count its own shape and a
+    cache of 128, against the spool's shapes and cache."""
+    import random
+
+    from txapns.core.notification import Notification
+
+    n = Notification.create("ab" * 32, {"aps": {"alert": "bench"}}, topic="com.example.app")
+    sizes = [random.randint(1, size) for _ in range(batches)]
+    print(f"shapes: {batches} batches of 1 to {size} jobs and the previous batch's outcomes")
+    ways = {"a shape per row count, cache 128": (spool._ROWS_PER_STATEMENT, 128)}
+    ways["the spool's shapes and cache"] = (spool._EXACT_ROWS, spool._STATEMENT_CACHE)
+    stores, exact = {}, {}
+    for k, (name, (rows, cache)) in enumerate(ways.items()):
+        spool._STATEMENT_CACHE = cache
+        stores[name] = spool.SpoolStore(work / f"shapes-{k}.db", synchronous="NORMAL")
+        exact[name] = rows
+    cpu = dict.fromkeys(ways, 0.0)
+    pending: dict[str, list[spool.OutcomeRecord]] = {name: [] for name in ways}
+    for count in sizes:
+        new = [spool.NewJob("a", [n], 1.0, inflight=True)] * count
+        for name, store in stores.items():
+            spool._EXACT_ROWS = exact[name]
+            done = pending[name]
+            c0 = time.thread_time()
+            jobs = store.commit_batch(
+                [lambda s, j=new: s.add_jobs(j), lambda s, o=done: s.record_outcomes(o, now=2.0)]
+            )[0]
+            cpu[name] += time.thread_time() - c0
+            pending[name] = [
+                spool.OutcomeRecord(j.ids[0], j.job_id, "a", "", "accepted", attempts=1)
+                for j in jobs  # type: ignore[attr-defined]
+            ]
+    for name, store in stores.items():
+        store.close()
+        print(f"  {name:34}  {cpu[name] / sum(sizes) * 1e6:6.1f} µs CPU per notification")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--size", type=int, default=500)
     ap.add_argument("--outcomes", action="store_true", help="compare outcome statements")
+    ap.add_argument("--shapes", action="store_true", help="statement shapes and cache")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="txapns-spool-statements-"))
     if args.outcomes:
         outcomes_only(work, args.batches, args.size)
+        return 0
+    if args.shapes:
+        shapes(work, args.batches, args.size)
         return 0
     print(f"{args.batches} batches of {args.size} rows, synchronous=FULL, in {work}")
     for busy in (False, True):

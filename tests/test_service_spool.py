@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -188,6 +189,47 @@ class StoreTests(SynchronousTestCase):
         # jobs' SELECT and UPDATE, COMMIT.
         self.assertEqual(len(statements), 9)
         self.assertEqual(self.store.counts(), {("a", "accepted"): 1000})
+
+    def test_statement_shapes_are_few(self) -> None:
+        # Every row count its own statement pushed statements out of the connection's cache
+        # (batches vary in size): beyond a few rows, what is left under the parameter limit
+        # goes 256, 128 … rows a statement.
+        if self.store._max_params < 500 * 11:
+            raise SkipTest("this SQLite allows fewer parameters")
+        statements: list[str] = []
+        self.store._db.set_trace_callback(statements.append)
+
+        def rows_per_insert(count: int) -> list[int]:
+            del statements[:]
+            self.store.add_jobs([NewJob("a", [note(i) for i in range(count)], 1.0)])
+            inserts = [s for s in statements if s.startswith("INSERT INTO notifications")]
+            return [s.count("), (") + 1 for s in inserts]
+
+        self.assertEqual(rows_per_insert(1), [1])
+        self.assertEqual(rows_per_insert(spool_module._EXACT_ROWS), [spool_module._EXACT_ROWS])
+        self.assertEqual(rows_per_insert(100), [64, 32, 4])
+        self.assertEqual(rows_per_insert(1100), [500, 500, 64, 32, 4])
+        shapes = {tuple(rows_per_insert(count)) for count in (*range(1, 70), 300, 499, 500, 501)}
+        self.assertEqual(
+            {n for shape in shapes for n in shape},
+            {*range(1, spool_module._EXACT_ROWS + 1), 64, 128, 256, 500},
+        )
+        self.store._db.set_trace_callback(None)
+
+    def test_the_statement_cache_holds_every_shape(self) -> None:
+        seen: dict[str, Any] = {}
+        real = sqlite3.connect
+
+        def connect(*args: Any, **kw: Any) -> sqlite3.Connection:
+            seen.update(kw)
+            return real(*args, **kw)
+
+        self.patch(spool_module.sqlite3, "connect", connect)
+        SpoolStore(self.path.with_name("cache.db")).close()
+        # The statements _rows_at_once writes, each with up to _EXACT_ROWS + 4 shapes
+        # (1 … _EXACT_ROWS, 64, 128, 256, 500), and the plain ones besides.
+        kinds = 11
+        self.assertGreater(seen["cached_statements"], kinds * (spool_module._EXACT_ROWS + 4))
 
     def test_an_outcome_sets_the_apns_id_only_if_it_brings_another(self) -> None:
         ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(4)]

@@ -62,6 +62,12 @@ log = Logger()
 
 #: Rows in one multi-row statement at most (see SpoolStore._rows_at_once).
 _ROWS_PER_STATEMENT = 500
+#: Up to this many rows, a statement holds exactly the rows it writes; beyond, what is left
+#: under _ROWS_PER_STATEMENT is written 256, 128 … rows a statement (see _rows_at_once).
+_EXACT_ROWS = 32
+#: The connection's cache of prepared statements: each kind of statement has up to
+#: _EXACT_ROWS + 5 shapes (a few MB at most); the sqlite3 module's default is 128.
+_STATEMENT_CACHE = 512
 #: ``UPDATE … FROM`` (SQLite 3.33, 2020): the jobs' counts for many jobs in one statement. A
 #: single job (one request's outcomes) and an older SQLite take the plain ``UPDATE``, a
 #: statement step per job: for one row it is the cheaper statement.
@@ -423,7 +429,11 @@ class SpoolStore:
             raise SpoolError(f"cannot open spool {str(self.path)!r}: {e.strerror}") from None
         try:
             self._db = sqlite3.connect(
-                str(self.path), isolation_level=None, check_same_thread=False, timeout=0
+                str(self.path),
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=0,
+                cached_statements=_STATEMENT_CACHE,
             )
         except sqlite3.Error as e:
             raise SpoolError(f"cannot open spool {str(self.path)!r}: {e}") from None
@@ -704,15 +714,24 @@ class SpoolStore:
         tail: str = "",
         first: Sequence[object] = (),
     ) -> list[Any]:
-        """``head`` + one ``(?, …)`` group per row + ``tail``, run for ``rows`` in as few
-        statements as SQLite's parameter limit allows (``first``: parameters that come
-        before the rows' in each), instead of ``executemany``; the rows the statements
-        return (a ``SELECT``'s), in order.
+        """``head`` + one ``(?, …)`` group per row + ``tail``, run for ``rows`` in a few
+        statements (``first``: parameters that come before the rows' in each), instead of
+        ``executemany``; the rows the statements return (a ``SELECT``'s), in order.
 
         Why: the sqlite3 module lets go of the GIL around every step, and ``executemany``
         steps once per row. While the reactor thread is busy, each of those is a GIL
         hand-off between the two threads, and the spool thread waits for the GIL once per
         row (``benchmarks/spool_statements.py`` measures both ways beside a busy thread).
+
+        Statements hold as many rows as SQLite's parameter limit allows (at most
+        ``_ROWS_PER_STATEMENT``). What is left takes one statement of exactly its rows if
+        they are few (``_EXACT_ROWS``), else statements of 256, 128 … rows: each kind of
+        statement has a few dozen shapes, and they all stay in the connection's statement
+        cache. With a statement for every row count, the batches' varying sizes (the
+        requests of one reactor turn, the answers of another) pushed statements out of
+        the cache, and preparing them again cost about a quarter more of the store's CPU
+        per notification at up to 64 rows a batch (``benchmarks/spool_statements.py
+        --shapes``).
         """
         out: list[Any] = []
         if not rows:
@@ -720,12 +739,20 @@ class SpoolStore:
         width = len(rows[0])
         group = "(" + ", ".join("?" * width) + ")"
         per = max(1, min(_ROWS_PER_STATEMENT, (self._max_params - len(first)) // width))
-        for start in range(0, len(rows), per):
-            part = rows[start : start + per]
+        start, total = 0, len(rows)
+        while start < total:
+            left = total - start
+            if left >= per:
+                count = per
+            elif left <= _EXACT_ROWS:
+                count = left
+            else:
+                count = 1 << (left.bit_length() - 1)
             params = list(first)
-            for row in part:
+            for row in rows[start : start + count]:
                 params.extend(row)
-            out.extend(self._db.execute(head + ", ".join([group] * len(part)) + tail, params))
+            out.extend(self._db.execute(head + ", ".join([group] * count) + tail, params))
+            start += count
         return out
 
     def _rows(
