@@ -66,7 +66,7 @@ _ROWS_PER_STATEMENT = 500
 #: under _ROWS_PER_STATEMENT is written 256, 128 … rows a statement (see _rows_at_once).
 _EXACT_ROWS = 32
 #: The connection's cache of prepared statements: each kind of statement has up to
-#: _EXACT_ROWS + 5 shapes (a few MB at most); the sqlite3 module's default is 128.
+#: _EXACT_ROWS + 4 shapes (a few MB at most); the sqlite3 module's default is 128.
 _STATEMENT_CACHE = 512
 #: ``UPDATE … FROM`` (SQLite 3.33, 2020): the jobs' counts for many jobs in one statement. A
 #: single job (one request's outcomes) and an older SQLite take the plain ``UPDATE``, a
