@@ -86,7 +86,7 @@ UPDATE_FROM = (
 def record(store: spool.SpoolStore, outcomes: Rows, how: str) -> None:
     """Record ``outcomes`` (``(id,)`` rows) the way ``how`` says."""
     if how == "grouped":
-        store._update_outcomes({OUTCOME: outcomes}, [], 2.0)  # type: ignore[arg-type]
+        store._update_outcomes({OUTCOME: [(i, None) for (i,) in outcomes]}, [], 2.0)
     elif how == "per row":
         store._update_outcomes({}, [(i, None, *OUTCOME, 2.0) for (i,) in outcomes], 2.0)
     else:

@@ -249,6 +249,40 @@ class WaitLimitTests(_BatchRecordingCase):
         self.assertNoResult(long)
         self.assertEqual(len(self.engine._waiters[job_id]), 1)
 
+    def test_a_limit_passing_while_the_stop_closes_the_spool_leaves_it_the_answer(self) -> None:
+        # The stop answers its waiters once the spool is closed; a limit passing meanwhile
+        # must not read from the closing spool (that read would fail: a 500, not a 202).
+        self.sender.auto = None
+        waiting = self.request_with_limit(["aa" * 32], 30)
+        self.turns()
+        held: list[tuple[Any, Deferred[Any]]] = []
+
+        def holding(fn: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            held.append((fn, d))
+            return d
+
+        self.spool._runner = holding  # what runs on the spool's thread waits for us
+
+        def release() -> None:
+            fn, d = held.pop(0)
+            d.callback(fn())
+            self.turns()
+
+        stopped = self.engine.stop(timeout=1)
+        for _ in range(3):
+            self.clock.advance(1)
+        while not self.spool._closing:  # the stop's writes and reads, then the close
+            release()
+        self.assertTrue(held)  # the close's last batch, on the spool's thread
+        self.clock.advance(30)  # the limit passes meanwhile
+        self.assertNoResult(waiting)
+        while held:
+            release()
+        self.successResultOf(stopped)
+        self.assertFalse(self.successResultOf(waiting).done)
+        self.assertEqual(self.limit_calls(), [])
+
     def test_a_wait_for_a_job_not_in_the_spool_ends_at_its_limit(self) -> None:
         waiting = self.engine.wait("0" * 32, limit=10)
         self.turns()
@@ -256,6 +290,15 @@ class WaitLimitTests(_BatchRecordingCase):
         self.clock.advance(10)
         self.turns()
         self.assertIn("no longer in the spool", str(self.failureResultOf(waiting).value))
+
+    def test_the_stop_answers_a_wait_for_a_job_not_in_the_spool(self) -> None:
+        waiting = self.engine.wait("0" * 32)  # no limit: only the stop can end it
+        self.turns()
+        stopped = self.engine.stop(timeout=1)
+        for _ in range(5):
+            self.clock.advance(1)
+        self.successResultOf(stopped)
+        self.assertIn("not in the spool", str(self.failureResultOf(waiting).value))
 
     def test_stop_cancels_the_limits(self) -> None:
         self.sender.auto = None

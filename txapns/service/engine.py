@@ -716,8 +716,8 @@ class Engine:
         stored without an fsync of its own (nothing was promised until its outcomes were),
         and this answer promises it."""
         waiting = self._waiters.get(job_id, [])
-        if d not in waiting:
-            return
+        if d not in waiting or self.state is EngineState.STOPPED:
+            return  # answered already, or by the stop once the spool is closed (_close)
         waiting.remove(d)
         if not waiting:
             del self._waiters[job_id]
@@ -1403,7 +1403,10 @@ class Engine:
         def close(results: list[tuple[bool, Any]]) -> Deferred[None]:
             def answer(closed: object) -> object:
                 for job_id, (ok, value) in zip(pending, results, strict=True):
-                    if ok:
+                    if ok and value is None:  # not in the spool: no view to answer with
+                        missing = SpoolError(f"job {job_id} is not in the spool")
+                        self._waiter_read_failed(Failure(missing), job_id)
+                    elif ok:
                         self._check_waiters(value)
                     else:
                         self._waiter_read_failed(value, job_id)

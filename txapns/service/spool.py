@@ -852,9 +852,11 @@ class SpoolStore:
                 ") AND state IN ('queued', 'inflight')",
             )
             todo: list[OutcomeRecord] = []
-            alike: dict[tuple[object, ...], list[tuple[int]]] = {}
+            alike: dict[tuple[object, ...], list[tuple[int, object]]] = {}
             own_id: list[tuple[object, ...]] = []
-            for ident, apns_id in stored:
+            # In id order, as one statement returned them (jobs finish, and a token's last
+            # evidence wins, in that order), whatever statements the ids took.
+            for ident, apns_id in sorted(stored):
                 r = wanted[ident]
                 todo.append(r)
                 values = (
@@ -866,7 +868,7 @@ class SpoolStore:
                     int(r.may_duplicate),
                 )
                 if r.apns_id is None or r.apns_id == apns_id:
-                    alike.setdefault(values, []).append((ident,))
+                    alike.setdefault(values, []).append((ident, apns_id))
                 else:
                     own_id.append((ident, r.apns_id, *values, now))
             self._update_outcomes(alike, own_id, now)
@@ -903,24 +905,29 @@ class SpoolStore:
 
     def _update_outcomes(
         self,
-        alike: Mapping[tuple[object, ...], Sequence[tuple[int]]],
-        own_id: Sequence[tuple[object, ...]],
+        alike: Mapping[tuple[object, ...], Sequence[tuple[int, object]]],
+        own_id: list[tuple[object, ...]],
         now: float,
     ) -> None:
         """Write outcomes: ``alike`` maps ``(state, status, reason, timestamp, attempts,
-        may_duplicate)`` to the rows (``(id,)``) that get just those values, a statement for
-        many rows; ``own_id`` has rows ``(id, apns_id, …those values, now)`` whose outcome
-        brings an apns-id other than the one stored (seldom: APNs echoes ours), a step each.
+        may_duplicate)`` to the rows ``(id, stored apns-id)`` that get just those values, a
+        statement for each group of several; ``own_id`` has rows ``(id, apns_id, …those
+        values, now)``, each with its own apns-id, a step each: those whose outcome brings
+        an apns-id other than the one stored (seldom: APNs echoes ours), and the groups of
+        one (dead tokens: each has its own timestamp), with the stored apns-id.
 
         Why grouped: one notification's outcome is nearly always one of a few alike (accepted
         on the first try), and ``UPDATE … WHERE id IN (…)`` costs SQLite about half of an
         ``UPDATE … FROM (VALUES …)`` per row, which stores the joined rows in a temporary
         table before it updates them (``benchmarks/spool_statements.py --outcomes``)."""
-        for values, ids in alike.items():
+        for values, rows in alike.items():
+            if len(rows) == 1:
+                own_id.append((*rows[0], *values, now))
+                continue
             self._rows_at_once(
                 "UPDATE notifications SET state = ?, status = ?, reason = ?, timestamp = ?,"
                 " attempts = attempts + ?, resumed = resumed + ?, updated = ? WHERE id IN (",
-                ids,
+                [(ident,) for ident, _ in rows],
                 ")",
                 (*values, now),
             )
@@ -1436,7 +1443,7 @@ class Spool:
     def purge(self, *, before: float) -> Deferred[int]:
         return self._call(lambda s: s.purge(before=before), long=True)
 
-    # Reads write nothing: they never make a batch durable (nor need it to be).
+    # Reads write nothing: they make a batch durable only when asked to (job(durable=True)).
 
     def job(self, job_id: str, *, durable: bool = False) -> Deferred[JobView | None]:
         """The job's view. ``durable``: fires only once everything committed so far, the
