@@ -906,7 +906,7 @@ class SpoolStore:
     def _update_outcomes(
         self,
         alike: Mapping[tuple[object, ...], Sequence[tuple[int, object]]],
-        own_id: list[tuple[object, ...]],
+        own_id: Sequence[tuple[object, ...]],
         now: float,
     ) -> None:
         """Write outcomes: ``alike`` maps ``(state, status, reason, timestamp, attempts,
@@ -920,9 +920,10 @@ class SpoolStore:
         on the first try), and ``UPDATE … WHERE id IN (…)`` costs SQLite about half of an
         ``UPDATE … FROM (VALUES …)`` per row, which stores the joined rows in a temporary
         table before it updates them (``benchmarks/spool_statements.py --outcomes``)."""
+        steps = list(own_id)
         for values, rows in alike.items():
             if len(rows) == 1:
-                own_id.append((*rows[0], *values, now))
+                steps.append((*rows[0], *values, now))
                 continue
             self._rows_at_once(
                 "UPDATE notifications SET state = ?, status = ?, reason = ?, timestamp = ?,"
@@ -935,7 +936,7 @@ class SpoolStore:
             "UPDATE notifications SET apns_id = ?2, state = ?3, status = ?4, reason = ?5,"
             " timestamp = ?6, attempts = attempts + ?7, resumed = resumed + ?8, updated = ?9"
             " WHERE id = ?1",
-            own_id,
+            steps,
         )
 
     def _update_rows(
