@@ -388,4 +388,4 @@ class SpoolMigrationTests(Harness):
             ],
         )
         version = store._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        self.assertEqual(version, ("2",))
+        self.assertEqual(version, ("3",))

@@ -915,3 +915,141 @@ class JobGroupTests(SynchronousTestCase):
         self.assertEqual(len(inserts), 2)
         savepoints = [s for s in self.statements if s.startswith("SAVEPOINT")]
         self.assertEqual(len(savepoints), 3)  # the group, the keyed job, the reused key
+
+
+#: A spool's tables as txapns wrote them at schema 2 (before the jobs table became its key).
+SCHEMA_2 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, app TEXT NOT NULL, created REAL NOT NULL, idempotency_key TEXT,
+    fingerprint TEXT, async INTEGER NOT NULL, total INTEGER NOT NULL,
+    remaining INTEGER NOT NULL, status TEXT NOT NULL, finished REAL,
+    UNIQUE (app, idempotency_key)
+);
+CREATE INDEX jobs_done ON jobs (finished) WHERE status = 'done';
+CREATE TABLE notifications (
+    id INTEGER PRIMARY KEY, job_id TEXT NOT NULL, idx INTEGER NOT NULL, app TEXT NOT NULL,
+    token TEXT NOT NULL, payload BLOB NOT NULL, fields TEXT NOT NULL, send_at REAL,
+    state TEXT NOT NULL, status INTEGER, reason TEXT, apns_id TEXT, timestamp REAL,
+    attempts INTEGER NOT NULL DEFAULT 0, resumed INTEGER NOT NULL DEFAULT 0,
+    updated REAL NOT NULL
+);
+CREATE INDEX notifications_job ON notifications (job_id);
+CREATE INDEX notifications_open ON notifications (state) WHERE state IN ('queued', 'inflight');
+CREATE TABLE invalid_tokens (
+    app TEXT NOT NULL, token TEXT NOT NULL, timestamp REAL, reason TEXT, status INTEGER,
+    source TEXT NOT NULL, reported_at REAL NOT NULL, kind TEXT, PRIMARY KEY (app, token)
+);
+CREATE INDEX invalid_tokens_reported ON invalid_tokens (app, reported_at);
+INSERT INTO meta VALUES ('schema', '2');
+"""
+
+
+class SchemaThreeTests(SynchronousTestCase):
+    """Schema 3: the jobs table is its key, and a job's notifications are found by their
+    consecutive ids, not by an index of their job's id."""
+
+    def schema_2_spool(self, rows: list[tuple[str, int, str]]) -> Path:
+        """A schema-2 spool with jobs ``done`` (finished at 10, key ``k``), ``open`` (one
+        queued notification) and ``empty`` (none), and notifications ``(job, id, state)``."""
+        path = temp_dir(self) / "spool.db"
+        db = sqlite3.connect(path)
+        db.executescript(SCHEMA_2)
+        jobs = [
+            ("done", "k", 2, 0, "done", 10.0),
+            ("open", None, 1, 1, "pending", None),
+            ("empty", None, 0, 0, "done", 10.0),
+        ]
+        db.executemany("INSERT INTO jobs VALUES (?, 'a', 1.0, ?, NULL, 1, ?, ?, ?, ?)", jobs)
+        for job_id, ident, state in rows:
+            n = note(ident)
+            db.execute(
+                "INSERT INTO notifications (id, job_id, idx, app, token, payload, fields,"
+                " state, updated) VALUES (?, ?, 0, 'a', ?, ?, ?, ?, 1.0)",
+                (ident, job_id, n.token_hex, n.payload, spool_module.encode_fields(n), state),
+            )
+        db.commit()
+        db.close()
+        return path
+
+    def test_a_schema_2_spool_is_brought_to_schema_3(self) -> None:
+        path = self.schema_2_spool(
+            [("done", 1, "accepted"), ("done", 2, "accepted"), ("open", 3, "queued")]
+        )
+        store = SpoolStore(path)
+        self.addCleanup(store.close)
+        db = store._db
+        self.assertEqual(
+            db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone(), ("3",)
+        )
+        self.assertIn(
+            "WITHOUT ROWID",
+            db.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs'").fetchone()[0],
+        )
+        indexes = {
+            r[0]
+            for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index'"
+                " AND tbl_name IN ('jobs', 'notifications')"
+            )
+        }
+        self.assertEqual(indexes, {"jobs_key", "jobs_done", "notifications_open"})
+        # Each job's notifications, found by their ids; the key still finds its job.
+        done = store.job("done")
+        assert done is not None
+        self.assertEqual([r.id for r in done.results], [1, 2])
+        self.assertEqual(store.find_job("a", "k"), "done")
+        empty = store.job("empty")
+        assert empty is not None
+        self.assertEqual(empty.results, ())
+        self.assertEqual([s.id for s in store.recover(now=20).notifications], [3])
+        # A new job after them, and the purge of the finished ones.
+        new = store.add_job("a", [note(4), note(5)], now=20)
+        self.assertEqual(new.ids, (4, 5))
+        self.assertEqual(store.purge(before=15), 2)
+        self.assertIsNone(store.job("done"))
+        self.assertIsNone(store.find_job("a", "k"))
+        self.assertEqual(store.counts(), {("a", "queued"): 3})
+        view = store.job(new.job_id)
+        assert view is not None
+        self.assertEqual([r.id for r in view.results], [4, 5])
+
+    def test_a_spool_whose_job_ids_are_not_consecutive_is_refused_as_it_is(self) -> None:
+        path = self.schema_2_spool(
+            [("done", 1, "accepted"), ("open", 2, "queued"), ("done", 3, "accepted")]
+        )
+        with self.assertRaises(SpoolError) as cm:
+            SpoolStore(path)
+        self.assertIn("job done's notifications do not have consecutive ids", str(cm.exception))
+        db = sqlite3.connect(path)
+        self.addCleanup(db.close)
+        self.assertEqual(
+            db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone(), ("2",)
+        )
+        self.assertEqual(db.execute("SELECT count(*) FROM jobs").fetchone(), (3,))
+
+    def test_a_migrated_spool_has_the_tables_and_indexes_of_a_new_one(self) -> None:
+        def shape(store: SpoolStore) -> list[object]:
+            db = store._db
+            out: list[object] = []
+            for table in ("jobs", "notifications"):
+                out.append(db.execute(f"PRAGMA table_xinfo({table})").fetchall())
+                # (name, unique, origin, partial) of each index.
+                out.append(sorted(r[1:] for r in db.execute(f"PRAGMA index_list({table})")))
+            return out
+
+        migrated = SpoolStore(self.schema_2_spool([]))
+        self.addCleanup(migrated.close)
+        new = SpoolStore(temp_dir(self) / "spool.db")
+        self.addCleanup(new.close)
+        self.assertEqual(shape(migrated), shape(new))
+        # The "pk" index of a WITHOUT ROWID table is the table itself.
+        self.assertEqual(
+            shape(new)[1],
+            [
+                ("jobs_done", 0, "c", 1),
+                ("jobs_key", 1, "c", 1),
+                ("sqlite_autoindex_jobs_1", 1, "pk", 0),
+            ],
+        )
+        self.assertEqual(shape(new)[3], [("notifications_open", 0, "c", 1)])
