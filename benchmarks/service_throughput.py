@@ -145,8 +145,17 @@ def api_call(
     headers = {"Authorization": f"Bearer {key}"}
     if body is not None:
         headers["Content-Type"] = "application/json"
-    conn.request(method, path, body, headers)
-    response = conn.getresponse()
+    try:
+        conn.request(method, path, body, headers)
+        response = conn.getresponse()
+    except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+        if method != "GET":
+            raise
+        # The service closed this keep-alive connection after its idle_timeout (60 s: a
+        # GET of /metrics after long --h1load phases); http.client connects again.
+        conn.close()
+        conn.request(method, path, body, headers)
+        response = conn.getresponse()
     return response.status, response.read()
 
 
