@@ -917,6 +917,11 @@ class JobGroupTests(SynchronousTestCase):
         self.assertEqual(len(savepoints), 3)  # the group, the keyed job, the reused key
 
 
+def db_columns(store: SpoolStore, table: str) -> list[tuple[object, ...]]:
+    """``PRAGMA table_xinfo``: (cid, name, type, notnull, default, pk, hidden) per column."""
+    return store._db.execute(f"PRAGMA table_xinfo({table})").fetchall()
+
+
 #: A spool's tables as txapns wrote them at schema 2 (before the jobs table became its key).
 SCHEMA_2 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -949,18 +954,28 @@ class SchemaThreeTests(SynchronousTestCase):
     """Schema 3: the jobs table is its key, and a job's notifications are found by their
     consecutive ids, not by an index of their job's id."""
 
-    def schema_2_spool(self, rows: list[tuple[str, int, str]]) -> Path:
-        """A schema-2 spool with jobs ``done`` (finished at 10, key ``k``), ``open`` (one
-        queued notification) and ``empty`` (none), and notifications ``(job, id, state)``."""
+    def schema_2_spool(
+        self,
+        rows: list[tuple[str, int, str]],
+        jobs: tuple[tuple[object, ...], ...] = (
+            ("done", "k", "f1", 2, 0, "done", 10.0),
+            ("open", None, None, 1, 1, "pending", None),
+            ("empty", None, None, 0, 0, "done", 10.0),
+        ),
+        schema_1: bool = False,
+    ) -> Path:
+        """A schema-2 spool with jobs ``done`` (finished at 10, key ``k``, fingerprint
+        ``f1``), ``open`` (one queued notification) and ``empty`` (none), or ``jobs``
+        ``(id, key, fingerprint, total, remaining, status, finished)``, and notifications
+        ``(job, id, state)``. ``schema_1``: as schema 1 left it, made before fingerprints."""
         path = temp_dir(self) / "spool.db"
         db = sqlite3.connect(path)
         db.executescript(SCHEMA_2)
-        jobs = [
-            ("done", "k", 2, 0, "done", 10.0),
-            ("open", None, 1, 1, "pending", None),
-            ("empty", None, 0, 0, "done", 10.0),
-        ]
-        db.executemany("INSERT INTO jobs VALUES (?, 'a', 1.0, ?, NULL, 1, ?, ?, ?, ?)", jobs)
+        db.executemany("INSERT INTO jobs VALUES (?, 'a', 1.0, ?, ?, 1, ?, ?, ?, ?)", jobs)
+        if schema_1:
+            db.execute("ALTER TABLE jobs DROP COLUMN fingerprint")
+            db.execute("ALTER TABLE invalid_tokens DROP COLUMN kind")
+            db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
         for job_id, ident, state in rows:
             n = note(ident)
             db.execute(
@@ -1018,27 +1033,75 @@ class SchemaThreeTests(SynchronousTestCase):
         path = self.schema_2_spool(
             [("done", 1, "accepted"), ("open", 2, "queued"), ("done", 3, "accepted")]
         )
+        self.assert_refused(path, "done")
+
+    def test_a_job_without_all_its_rows_is_refused(self) -> None:
+        # Their ranges would take in the next job's rows: shown, and purged, with them.
+        # "done" counts 2 and has none; "a3" counts 3 and lacks its first.
+        self.assert_refused(self.schema_2_spool([("open", 1, "queued")]), "done")
+        jobs = (("a3", None, None, 3, 0, "done", 10.0), ("b", None, None, 1, 1, "pending", None))
+        rows = [("a3", 2, "accepted"), ("a3", 3, "accepted"), ("b", 4, "queued")]
+        self.assert_refused(self.schema_2_spool(rows, jobs), "a3")
+
+    def assert_refused(self, path: Path, job_id: str) -> None:
         with self.assertRaises(SpoolError) as cm:
             SpoolStore(path)
-        self.assertIn("job done's notifications do not have consecutive ids", str(cm.exception))
+        self.assertIn(
+            f"job {job_id}'s notifications are not its total of consecutive ids",
+            str(cm.exception),
+        )
         db = sqlite3.connect(path)
         self.addCleanup(db.close)
         self.assertEqual(
             db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone(), ("2",)
         )
-        self.assertEqual(db.execute("SELECT count(*) FROM jobs").fetchone(), (3,))
+        self.assertIsNotNone(
+            db.execute("SELECT 1 FROM sqlite_master WHERE name = 'notifications_job'").fetchone()
+        )
+
+    def test_keys_and_fingerprints_outlive_the_migration(self) -> None:
+        from txapns.service.spool import IdempotencyKeyReusedError
+
+        rows = [("done", 1, "accepted"), ("done", 2, "accepted"), ("open", 3, "queued")]
+        store = SpoolStore(self.schema_2_spool(rows))
+        self.addCleanup(store.close)
+        again = store.add_job("a", [note(1)], now=20, idempotency_key="k", fingerprint="f1")
+        self.assertEqual((again.duplicate, again.job_id), (True, "done"))
+        with self.assertRaises(IdempotencyKeyReusedError):
+            store.add_job("a", [note(1)], now=20, idempotency_key="k", fingerprint="f2")
+        # The keys' index holds keyed jobs only, and still refuses a second (app, key).
+        with self.assertRaises(sqlite3.IntegrityError):
+            store._db.execute(
+                "INSERT INTO jobs (id, app, created, idempotency_key, async, total, remaining,"
+                " status, first_id) VALUES ('x', 'a', 1.0, 'k', 1, 0, 0, 'done', 9)"
+            )
+
+    def test_a_schema_1_spool_goes_through_schema_2_to_3(self) -> None:
+        rows = [("done", 1, "accepted"), ("done", 2, "accepted"), ("open", 3, "queued")]
+        store = SpoolStore(self.schema_2_spool(rows, schema_1=True))
+        self.addCleanup(store.close)
+        db = store._db
+        self.assertEqual(
+            db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone(), ("3",)
+        )
+        view = store.job("done")
+        assert view is not None
+        self.assertEqual([r.id for r in view.results], [1, 2])
+        # Made before fingerprints: a repeat of its key is a repeat, whatever its body.
+        again = store.add_job("a", [note(9)], now=20, idempotency_key="k", fingerprint="f9")
+        self.assertEqual((again.duplicate, again.job_id), (True, "done"))
 
     def test_a_migrated_spool_has_the_tables_and_indexes_of_a_new_one(self) -> None:
         def shape(store: SpoolStore) -> list[object]:
             db = store._db
             out: list[object] = []
             for table in ("jobs", "notifications"):
-                out.append(db.execute(f"PRAGMA table_xinfo({table})").fetchall())
+                out.append(db_columns(store, table))
                 # (name, unique, origin, partial) of each index.
                 out.append(sorted(r[1:] for r in db.execute(f"PRAGMA index_list({table})")))
             return out
 
-        migrated = SpoolStore(self.schema_2_spool([]))
+        migrated = SpoolStore(self.schema_2_spool([], jobs=()))
         self.addCleanup(migrated.close)
         new = SpoolStore(temp_dir(self) / "spool.db")
         self.addCleanup(new.close)
@@ -1053,3 +1116,6 @@ class SchemaThreeTests(SynchronousTestCase):
             ],
         )
         self.assertEqual(shape(new)[3], [("notifications_open", 0, "c", 1)])
+        # Every job has its range of ids (an empty one when it has no notifications).
+        (first_id,) = [c for c in db_columns(new, "jobs") if c[1] == "first_id"]
+        self.assertEqual((first_id[2], first_id[3]), ("INTEGER", 1))

@@ -97,7 +97,7 @@ _JOBS_TABLE = """ (
     remaining INTEGER NOT NULL,
     status TEXT NOT NULL,
     finished REAL,
-    first_id INTEGER
+    first_id INTEGER NOT NULL
 ) WITHOUT ROWID"""
 _JOBS_INDEXES = """
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs (app, idempotency_key)
@@ -547,17 +547,19 @@ class SpoolStore:
             )
 
     def _check_consecutive_ids(self) -> None:
-        """Before schema 3: refuse a spool where a job's notifications do not take
-        consecutive ids (never written so: a job's rows are stored in one transaction, their
-        ids counted on from the last), instead of losing track of some of them."""
+        """Before schema 3: refuse a spool where a job's notifications are not exactly
+        ``total`` rows of consecutive ids (never written so: a job's rows are stored in one
+        transaction, their ids counted on from the last, and purged with it). Its range of
+        ids would take in another job's rows, to be shown and purged with it."""
         broken = self._db.execute(
-            "SELECT job_id FROM notifications GROUP BY job_id"
-            " HAVING max(id) - min(id) + 1 != count(*) LIMIT 1"
+            "SELECT j.id FROM jobs j LEFT JOIN notifications n ON n.job_id = j.id"
+            " GROUP BY j.id HAVING count(n.id) != j.total"
+            " OR (count(n.id) > 0 AND max(n.id) - min(n.id) + 1 != count(n.id)) LIMIT 1"
         ).fetchone()
         if broken is not None:
             raise SpoolError(
-                f"spool {str(self.path)!r}: job {broken[0]}'s notifications do not have "
-                "consecutive ids; it cannot be brought to schema 3"
+                f"spool {str(self.path)!r}: job {broken[0]}'s notifications are not its "
+                "total of consecutive ids; it cannot be brought to schema 3"
             )
 
     # -- transactions --
