@@ -157,7 +157,8 @@ _MIGRATIONS: dict[str, tuple[tuple[str, ...], str]] = {
         "2",
     ),
     # 2 → 3: the jobs table becomes its key, with its notifications' first id (see
-    # _JOBS_TABLE); SpoolStore._migrate checks first that every job's ids are consecutive.
+    # _JOBS_TABLE); SpoolStore._migrate first checks that each job's notifications are its
+    # total of consecutive ids (_check_consecutive_ids).
     "2": (
         (
             f"CREATE TABLE jobs_3{_JOBS_TABLE}",
