@@ -102,18 +102,18 @@ class _BatchRecordingCase(_EngineCase):
 
     def watch_store(self) -> None:
         self.batches: list[bool] = []  # volatile (no fsync after its commit)?
-        commit_batch, sync = self.store.commit_batch, self.store.sync
+        commit_batch, sync_wal = self.store.commit_batch, self.store.sync_wal
 
         def committing(ops: Any) -> list[object]:
             self.batches.append(True)
             return commit_batch(ops)
 
-        def syncing() -> None:
+        def syncing() -> None:  # on the reactor's thread or in store.sync, on the runner's
             self.batches[-1] = False
-            sync()
+            sync_wal()
 
         self.store.commit_batch = committing  # type: ignore[method-assign]
-        self.store.sync = syncing  # type: ignore[method-assign]
+        self.store.sync_wal = syncing  # type: ignore[method-assign]
 
 
 class SynchronousRequestTests(_BatchRecordingCase):
@@ -263,6 +263,7 @@ class WaitLimitTests(_BatchRecordingCase):
             return d
 
         self.spool._runner = holding  # what runs on the spool's thread waits for us
+        self.spool.inline_sync_limit = 0  # the fsyncs too, however quick
 
         def release() -> None:
             fn, d = held.pop(0)

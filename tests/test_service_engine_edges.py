@@ -58,9 +58,11 @@ class HeldSpoolInflightTests(SynchronousTestCase):
         self.addCleanup(self.store.close)
         self.runner = HeldRunner()
         self.sender = FakeSender()
+        spool = Spool(self.store, self.clock, self.runner)
+        spool.inline_sync_limit = 0  # every fsync held by the runner, however quick
         self.engine = Engine(
             {"a": EngineApp(self.sender, bundle_id=BUNDLE, max_inflight=2)},
-            Spool(self.store, self.clock, self.runner),
+            spool,
             self.clock,
             purge_interval=0,
         )

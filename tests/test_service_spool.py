@@ -619,6 +619,8 @@ class AsyncSpoolTests(SynchronousTestCase):
             return inline_runner(fn)
 
         self.spool = Spool(self.store, self.clock, counting_runner)
+        # Every fsync on the runner, however quick (InlineSyncTests: on the reactor's thread).
+        self.spool.inline_sync_limit = 0
 
     def test_calls_in_one_turn_share_one_transaction(self) -> None:
         ds = [self.spool.add_job("a", [note(i)], now=1, async_=True) for i in range(20)]
@@ -774,6 +776,115 @@ class AsyncSpoolTests(SynchronousTestCase):
         self.failureResultOf(self.spool.close(), SpoolClosedError)
 
 
+class FsyncTimer:
+    """A SpoolStore timer under which each fsync of the WAL takes the next of ``durations``
+    seconds (``quick`` once they run out)."""
+
+    def __init__(self, *durations: float, quick: float = 0.0002) -> None:
+        self.durations = list(durations)
+        self.quick = quick
+        self.now = 0.0
+        self.started = False
+
+    def __call__(self) -> float:
+        if self.started:
+            self.now += self.durations.pop(0) if self.durations else self.quick
+        self.started = not self.started
+        return self.now
+
+
+class InlineSyncTests(SynchronousTestCase):
+    """A batch's fsync runs on the reactor's thread while the last fsync took at most
+    ``Spool.inline_sync_limit``, and on the runner's otherwise and when a checkpoint is due
+    (milliseconds): a slow disk holds the reactor up for one fsync at most."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.syncs = 0
+        real = spool_module._fdatasync
+
+        def counting(fd: int) -> None:
+            self.syncs += 1
+            real(fd)
+
+        self.patch(spool_module, "_fdatasync", counting)
+        self.runs: list[object] = []
+
+        def recording(fn):  # type: ignore[no-untyped-def]
+            self.runs.append(fn)
+            return inline_runner(fn)
+
+        self.runner = recording
+
+    def spool(self, timer: FsyncTimer) -> Spool:
+        store = SpoolStore(temp_dir(self) / "spool.db", timer=timer)
+        self.addCleanup(store.close)
+        return Spool(store, self.clock, self.runner)
+
+    def batch(self, spool: Spool, i: int) -> Deferred[Any]:
+        d = spool.add_job("a", [note(i)], now=1, async_=True)
+        self.clock.advance(0)
+        return d
+
+    def where(self, spool: Spool, batches: int) -> list[str]:
+        """Where each of ``batches`` durable batches synced: "runner" or "here"."""
+        out = []
+        for i in range(batches):
+            runs, syncs = len(self.runs), self.syncs
+            self.successResultOf(self.batch(spool, i))
+            self.assertEqual(self.syncs, syncs + 1)  # synced, once, either way
+            out.append("runner" if len(self.runs) > runs else "here")
+        return out
+
+    def test_after_a_quick_fsync_the_next_runs_here(self) -> None:
+        spool = self.spool(FsyncTimer())
+        self.assertEqual(self.where(spool, 3), ["runner", "here", "here"])
+        self.assertEqual(self.runs, [spool.store.sync])
+
+    def test_after_a_slow_fsync_the_next_goes_to_the_runner(self) -> None:
+        # Quick, then 5 ms (on the reactor's thread: it was not known to be slow), then quick.
+        spool = self.spool(FsyncTimer(0.0002, 0.005, 0.0002, 0.0009, 0.0011))
+        self.assertEqual(
+            self.where(spool, 6), ["runner", "here", "runner", "here", "here", "runner"]
+        )
+
+    def test_a_due_checkpoint_goes_to_the_runner_with_its_fsync(self) -> None:
+        spool = self.spool(FsyncTimer())
+        self.where(spool, 1)
+        self.patch(spool_module, "_CHECKPOINT_CHANGES", 1)
+        self.assertEqual(self.where(spool, 2), ["runner", "runner"])
+        self.assertFalse(spool.store.checkpoint_due)  # each was checkpointed
+
+    def test_a_limit_of_0_keeps_every_fsync_on_the_runner(self) -> None:
+        spool = self.spool(FsyncTimer())
+        spool.inline_sync_limit = 0
+        self.assertEqual(self.where(spool, 3), ["runner"] * 3)
+
+    def test_a_read_after_a_quick_fsync_needs_none(self) -> None:
+        spool = self.spool(FsyncTimer())
+        stored = self.successResultOf(self.batch(spool, 1))
+        view = spool.job(stored.job_id)
+        self.clock.advance(0)
+        self.assertIsNotNone(self.successResultOf(view))
+        self.assertEqual((self.syncs, len(self.runs)), (1, 1))
+
+    def test_a_failed_fsync_here_fails_its_batch_and_breaks_the_store(self) -> None:
+        spool = self.spool(FsyncTimer())
+        self.where(spool, 1)
+
+        def broken(fd: int) -> None:
+            raise OSError(5, "Input/output error")
+
+        self.patch(spool_module, "_fdatasync", broken)
+        self.patch(spool_module.log, "observer", lambda event: None)
+        d = self.batch(spool, 2)
+        self.failureResultOf(d, SpoolUnavailableError)
+        self.assertEqual(len(self.runs), 1)  # it ran here
+        self.assertIn("Input/output error", str(spool.store.broken))
+        self.assertFalse(spool.available)
+        self.failureResultOf(self.batch(spool, 3), SpoolUnavailableError)
+
+
 class ThreadRunnerTests(TestCase):
     """The production runner: the work runs in the pool, the Deferred fires in the reactor."""
 
@@ -796,15 +907,16 @@ class ThreadRunnerTests(TestCase):
             threads.append(threading.get_ident())
             return s.add_job("a", [note(1)], now=1).ids[0]
 
-        sync = store.sync
+        sync_wal = store.sync_wal
 
         def syncing() -> None:
             threads.append(threading.get_ident())
-            sync()
+            sync_wal()
 
-        store.sync = syncing  # type: ignore[method-assign]
+        store.sync_wal = syncing  # type: ignore[method-assign]
         # A long operation's batch runs (and syncs) in the pool; another batch's statements
-        # run here, and its fsync in the pool.
+        # run here, and its fsync in the pool, unless the last fsync was quick (then here).
+        spool.inline_sync_limit = 0
         d = spool._call(where, long=True)
 
         def check(first_id: int) -> Deferred[int]:
@@ -813,14 +925,23 @@ class ThreadRunnerTests(TestCase):
             self.assertNotEqual(threads[0], main)
             self.assertEqual(threads[1], threads[0])
             del threads[:]
+            # Any fsync is quick enough from now on: the next batch's (decided when the
+            # last one ended) still goes to the pool; the one after is synced here.
+            spool.inline_sync_limit = 60.0
             return spool._call(where)
 
-        def check_again(second_id: int) -> None:
+        def check_again(second_id: int) -> Deferred[int]:
             self.assertEqual(second_id, 2)
             self.assertEqual(threads[0], main)
             self.assertNotEqual(threads[1], main)
+            del threads[:]
+            return spool._call(where)
 
-        return d.addCallback(check).addCallback(check_again)
+        def check_inline(third_id: int) -> None:
+            self.assertEqual(third_id, 3)
+            self.assertEqual(threads, [main, main])
+
+        return d.addCallback(check).addCallback(check_again).addCallback(check_inline)
 
 
 class SpoolFileTests(SynchronousTestCase):

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -404,6 +405,11 @@ def _storage_failed(e: BaseException) -> bool:
 #: pages by default, would run on the committing thread, the reactor's).
 _CHECKPOINT_CHANGES = 2000
 
+#: Seconds an fsync of the WAL may take for the next batch's to run on the reactor thread
+#: (Spool.inline_sync_limit): a fraction of a millisecond on an SSD; a disk slower than this
+#: syncs on the spool's thread.
+INLINE_SYNC_LIMIT = 0.001
+
 #: ``fdatasync`` where the platform has one (not macOS), else ``fsync``.
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
@@ -446,7 +452,13 @@ class SpoolStore:
     """Synchronous SQLite storage. Use from one thread at a time (:class:`Spool` never lets
     two batches overlap)."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
         if synchronous not in ("NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = Path(path)
@@ -474,6 +486,10 @@ class SpoolStore:
         #: left to a call of sync().
         self._sync_later = True
         self._changes_at_checkpoint = 0
+        #: Measures each fsync of the WAL (a monotonic clock in seconds; tests give their own).
+        self._timer = timer
+        #: How long the last fsync of the WAL took (0 before the first, and without one).
+        self.last_sync_seconds = 0.0
         #: Why the last checkpoint failed (tried again at each sync), or None.
         self.checkpoint_error: str | None = None
         #: Why this store refuses all work (its WAL could not be synced), or None.
@@ -635,17 +651,25 @@ class SpoolStore:
         return out
 
     def sync(self) -> None:
-        """Make every commit so far durable; now and then, checkpoint the WAL.
+        """Make every commit so far durable (:meth:`sync_wal`); now and then, checkpoint the
+        WAL (:attr:`checkpoint_due`)."""
+        self.sync_wal()
+        if self.checkpoint_due:
+            self._checkpoint()
+
+    def sync_wal(self) -> None:
+        """Make every commit so far durable: one ``fdatasync`` of the WAL file, timed in
+        :attr:`last_sync_seconds`.
 
         The connection commits with ``synchronous=NORMAL``, and this is the ``fsync`` that
-        SQLite's ``FULL`` would add to each commit in WAL mode: one ``fdatasync`` of the WAL
-        file, after its frames are written. Done here instead, a commit costs the calling
-        thread microseconds and no ``fsync``, and the ``fsync`` (one for all the commits
-        since the last one) and the checkpoints go to the spool's thread as one call that
-        releases the GIL once, instead of handing it back and forth at every statement.
+        SQLite's ``FULL`` would add to each commit in WAL mode, after the commit's frames are
+        written. Done apart from the commit, one ``fsync`` serves every commit since the last
+        one, and it runs where the caller chooses (:class:`Spool`: on the spool's thread, or
+        on the reactor's while the last one took at most ``Spool.inline_sync_limit``).
         ``synchronous="NORMAL"`` skips the ``fsync``.
         """
         if self._wal_fd >= 0:
+            start = self._timer()
             try:
                 _fdatasync(self._wal_fd)
             except OSError as e:
@@ -659,11 +683,14 @@ class SpoolStore:
                     "more work until the service is restarted"
                 )
                 raise SpoolUnavailableError(self.broken) from e
+            self.last_sync_seconds = self._timer() - start
+
+    @property
+    def checkpoint_due(self) -> bool:
+        """Enough rows changed since the last checkpoint for :meth:`sync` to run one."""
         # total_changes is a C int: it wraps, hence the mask.
-        if (self._db.total_changes - self._changes_at_checkpoint) & 0xFFFFFFFF >= (
-            _CHECKPOINT_CHANGES
-        ):
-            self._checkpoint()
+        changed = (self._db.total_changes - self._changes_at_checkpoint) & 0xFFFFFFFF
+        return changed >= _CHECKPOINT_CHANGES
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the database file (SQLite syncs the WAL before and the file
@@ -1242,6 +1269,13 @@ class Spool:
         self._outcome_retries: dict[IDelayedCall, tuple[list[OutcomeRecord], float, Any]] = {}
         #: Cap of the delay between tries of an outcome write.
         self.max_retry_delay = 30.0
+        #: A batch's fsync runs on the reactor thread, not the runner's, while the last one
+        #: took at most this long (seconds) and no checkpoint is due: see _flush. 0 turns
+        #: that off.
+        self.inline_sync_limit = INLINE_SYNC_LIMIT
+        #: The last fsync was that quick (none yet: not known, so the first goes to the
+        #: runner).
+        self._sync_inline = False
         #: Batches written and operations in them (for metrics and tests).
         self.batches = 0
         self.operations = 0
@@ -1279,10 +1313,19 @@ class Spool:
         if long:
             d = self._runner(lambda: self.store.run_batch(ops, volatile=volatile))
         else:
-            # A batch's statements take microseconds a row: they run here, on the reactor,
-            # and only the fsync (and now and then a checkpoint) on the runner, in one call.
+            # A batch's statements take microseconds a row: they run here, on the reactor.
+            # So does the fsync while the last one took at most inline_sync_limit (1 ms): the
+            # batch's answers wait for it anyway, and handing it to the spool's thread and
+            # back cost the process more CPU than the fsync itself (benchmarks/
+            # service_throughput.py --h1load). After a slower fsync, and with a checkpoint
+            # due (milliseconds), the fsync goes to the runner (with the checkpoint, in one
+            # call): a slow disk holds the reactor up for one fsync at most, one that
+            # followed a quick one.
             try:
                 values = self.store.commit_batch(ops)
+                if not volatile and self._sync_inline and not self.store.checkpoint_due:
+                    self.store.sync_wal()
+                    volatile = True  # synced
             except Exception:
                 d = fail(Failure())
             else:
@@ -1295,6 +1338,7 @@ class Spool:
 
     def _written(self, values: list[object], batch: list[_Op]) -> None:
         self._busy = False
+        self._sync_inline = 0 < self.store.last_sync_seconds <= self.inline_sync_limit
         self._log_store_state()
         for (_, d, _), value in zip(batch, values, strict=True):
             if isinstance(value, _Failed):
