@@ -8,8 +8,9 @@ Two layers:
   others).
 * :class:`Spool` is the asynchronous face the engine and the API use. It collects every
   operation requested during one reactor turn into one batch: one transaction, committed on
-  the reactor thread, and one ``fsync``, run by a *runner* (a thread pool in production,
-  :func:`inline_runner` in tests), for everything that turn produced, so the API can accept
+  the reactor thread, and one ``fsync`` for everything that turn produced, run there while
+  the disk's fsyncs are quick, else by a *runner* (a thread pool in production,
+  :func:`inline_runner` in tests), so the API can accept
   thousands of notifications a second while each request still waits for its own commit.
   That turn's jobs without an idempotency key are one operation (:meth:`SpoolStore.add_jobs`);
   a synchronous one, answered only with its outcomes, is committed without an ``fsync`` of its
@@ -19,8 +20,8 @@ Durability: WAL journal with ``synchronous=FULL`` by default. In WAL mode ``NORM
 survives a killed process, but not a power loss or kernel crash: the last transactions could
 vanish after the API said "stored". Since writes are batched per reactor turn, FULL costs one
 ``fsync`` per batch, not per notification, so the stronger promise is cheap. The connection
-itself commits with ``NORMAL``; :meth:`SpoolStore.sync` is FULL's ``fsync`` of the WAL, run
-on the runner before a batch's Deferreds fire. One difference: a failed COMMIT under FULL is
+itself commits with ``NORMAL``; :meth:`SpoolStore.sync_wal` is FULL's ``fsync`` of the WAL,
+run before a batch's Deferreds fire. One difference: a failed COMMIT under FULL is
 rolled back, while a failed :meth:`SpoolStore.sync` leaves its transactions committed, maybe
 on disk or not, so the store then refuses all work until a restart (:attr:`SpoolStore.broken`).
 The connection uses ``locking_mode=EXCLUSIVE``: a second service started on the same spool
@@ -409,6 +410,10 @@ _CHECKPOINT_CHANGES = 2000
 #: (Spool.inline_sync_limit): a fraction of a millisecond on an SSD; a disk slower than this
 #: syncs on the spool's thread.
 INLINE_SYNC_LIMIT = 0.001
+#: Seconds the fsyncs stay on the spool's thread after one on the reactor's was slower than
+#: the limit (Spool.inline_sync_backoff): a disk that stalls now and then holds the reactor up
+#: once in that time at most.
+INLINE_SYNC_BACKOFF = 10.0
 
 #: ``fdatasync`` where the platform has one (not macOS), else ``fsync``.
 _fdatasync = getattr(os, "fdatasync", os.fsync)
@@ -499,8 +504,8 @@ class SpoolStore:
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise SpoolError(f"spool {str(self.path)!r}: WAL journal unavailable ({mode})")
-            # The WAL's fsync is ours (see sync()): commits run where they are asked for,
-            # the fsync and the checkpoints on the spool's thread.
+            # The WAL's fsync is ours (see sync_wal()): commits run where they are asked
+            # for, the fsync where Spool chooses, the checkpoints on the spool's thread.
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA wal_autocheckpoint = 0")
             with self.transaction():
@@ -684,6 +689,11 @@ class SpoolStore:
                 )
                 raise SpoolUnavailableError(self.broken) from e
             self.last_sync_seconds = self._timer() - start
+
+    @property
+    def syncs_wal(self) -> bool:
+        """:meth:`sync_wal` syncs (``synchronous`` is not ``NORMAL``)."""
+        return self._wal_fd >= 0
 
     @property
     def checkpoint_due(self) -> bool:
@@ -1269,13 +1279,20 @@ class Spool:
         self._outcome_retries: dict[IDelayedCall, tuple[list[OutcomeRecord], float, Any]] = {}
         #: Cap of the delay between tries of an outcome write.
         self.max_retry_delay = 30.0
-        #: A batch's fsync runs on the reactor thread, not the runner's, while the last one
-        #: took at most this long (seconds) and no checkpoint is due: see _flush. 0 turns
-        #: that off.
+        #: A batch's fsync runs on the reactor thread, not the runner's, while the fsyncs
+        #: take at most this long (seconds) and no checkpoint is due: see _flush and
+        #: _judge_sync. 0 turns that off.
         self.inline_sync_limit = INLINE_SYNC_LIMIT
-        #: The last fsync was that quick (none yet: not known, so the first goes to the
-        #: runner).
+        #: After a slower fsync on the reactor thread, they stay on the runner this long.
+        self.inline_sync_backoff = INLINE_SYNC_BACKOFF
+        #: Fsyncs run on the reactor thread (not before one is measured: the first goes to
+        #: the runner).
         self._sync_inline = False
+        #: Not again before this time (the clock's), after a slow one there.
+        self._inline_not_before = 0.0
+        #: Where this batch's fsync ran: "here", "runner", or None (none, or part of a long
+        #: batch).
+        self._synced: str | None = None
         #: Batches written and operations in them (for metrics and tests).
         self.batches = 0
         self.operations = 0
@@ -1314,16 +1331,22 @@ class Spool:
             d = self._runner(lambda: self.store.run_batch(ops, volatile=volatile))
         else:
             # A batch's statements take microseconds a row: they run here, on the reactor.
-            # So does the fsync while the last one took at most inline_sync_limit (1 ms): the
+            # So does the fsync while the fsyncs take at most inline_sync_limit (1 ms): the
             # batch's answers wait for it anyway, and handing it to the spool's thread and
             # back cost the process more CPU than the fsync itself (benchmarks/
-            # service_throughput.py --h1load). After a slower fsync, and with a checkpoint
-            # due (milliseconds), the fsync goes to the runner (with the checkpoint, in one
-            # call): a slow disk holds the reactor up for one fsync at most, one that
-            # followed a quick one.
+            # service_throughput.py --h1load). After a slower one here, for a while, and
+            # whenever a checkpoint is due (milliseconds), the fsync goes to the runner, with
+            # the checkpoint, in one call (_judge_sync). A disk that stalls after quick
+            # fsyncs still holds the reactor up for that one fsync, however long it takes.
+            self._synced = None
             try:
                 values = self.store.commit_batch(ops)
-                if not volatile and self._sync_inline and not self.store.checkpoint_due:
+                if (
+                    not volatile
+                    and not self.store.checkpoint_due
+                    and (self._sync_inline or not self.store.syncs_wal)
+                ):
+                    self._synced = "here"
                     self.store.sync_wal()
                     volatile = True  # synced
             except Exception:
@@ -1331,6 +1354,7 @@ class Spool:
             else:
                 d = succeed(values)
                 if not volatile:
+                    self._synced = "runner"
                     d = self._runner(self.store.sync).addCallback(lambda _: values)
         d.addCallbacks(
             self._written, self._batch_failed, callbackArgs=(batch,), errbackArgs=(batch,)
@@ -1338,7 +1362,7 @@ class Spool:
 
     def _written(self, values: list[object], batch: list[_Op]) -> None:
         self._busy = False
-        self._sync_inline = 0 < self.store.last_sync_seconds <= self.inline_sync_limit
+        self._judge_sync()
         self._log_store_state()
         for (_, d, _), value in zip(batch, values, strict=True):
             if isinstance(value, _Failed):
@@ -1346,6 +1370,23 @@ class Spool:
             else:
                 d.callback(value)
         self._schedule()
+
+    def _judge_sync(self) -> None:
+        """Where the next fsyncs run, from how long this batch's took.
+
+        On the reactor thread, one slower than the limit sends them to the runner for at
+        least ``inline_sync_backoff`` seconds. On the runner, one within the limit brings
+        them back, after that time; one the runner ran only because a checkpoint was due
+        changes nothing (while the reactor is busy, the runner's thread also waits for the
+        GIL after its fsync, and that wait is in the time measured)."""
+        took = self.store.last_sync_seconds
+        quick = 0 < took <= self.inline_sync_limit
+        if self._synced == "here":
+            if took > self.inline_sync_limit:
+                self._sync_inline = False
+                self._inline_not_before = self._clock.seconds() + self.inline_sync_backoff
+        elif self._synced == "runner" and not self._sync_inline:
+            self._sync_inline = quick and self._clock.seconds() >= self._inline_not_before
 
     def _batch_failed(self, failure: Failure, batch: list[_Op]) -> None:
         self._busy = False
@@ -1357,7 +1398,7 @@ class Spool:
 
     def _log_store_state(self) -> None:
         """Log what changed in the store's state during the batch (here, on the reactor
-        thread: the store's sync runs on the runner's)."""
+        thread: the store's sync may have run on the runner's)."""
         checkpoint, broken = state = (self.store.checkpoint_error, self.store.broken)
         if state == self._logged:
             return
