@@ -841,15 +841,23 @@ class InlineSyncTests(SynchronousTestCase):
         self.assertEqual(self.where(spool, 3), ["runner", "here", "here"])
         self.assertEqual(self.runs, [spool.store.sync])
 
-    def test_after_a_slow_fsync_here_they_go_to_the_runner_for_a_while(self) -> None:
-        # Quick (on the runner: nothing known yet), 5 ms here, then quick ones: they stay on
-        # the runner for inline_sync_backoff (10 s), then come back; 0.9 ms stays, 1.1 does not.
-        spool = self.spool(FsyncTimer(0.0002, 0.005, 0.0002, 0.0002, 0.0002, 0.0009, 0.0011))
+    def test_after_a_slow_fsync_here_the_next_go_to_the_runner(self) -> None:
+        # Quick (on the runner: nothing known yet), 5 ms here, quick there, then 0.9 ms stays
+        # here and 1.1 ms does not.
+        spool = self.spool(FsyncTimer(0.0002, 0.005, 0.0002, 0.0009, 0.0011))
+        self.assertEqual(
+            self.where(spool, 6), ["runner", "here", "runner", "here", "here", "runner"]
+        )
+
+    def test_after_a_stall_here_they_stay_on_the_runner_for_a_while(self) -> None:
+        # A 20 ms fsync here is a stall: the quick ones after it stay on the runner for
+        # inline_sync_backoff (10 s), then come back.
+        spool = self.spool(FsyncTimer(0.0002, 0.02))
         self.assertEqual(self.where(spool, 3), ["runner", "here", "runner"])
         self.clock.advance(9.9)
         self.assertEqual(self.where(spool, 1), ["runner"])
         self.clock.advance(0.1)
-        self.assertEqual(self.where(spool, 4), ["runner", "here", "here", "runner"])
+        self.assertEqual(self.where(spool, 2), ["runner", "here"])
 
     def test_a_due_checkpoint_goes_to_the_runner_with_its_fsync(self) -> None:
         # However long that fsync takes there: it went there for the checkpoint (and on the

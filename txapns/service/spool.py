@@ -410,9 +410,12 @@ _CHECKPOINT_CHANGES = 2000
 #: (Spool.inline_sync_limit): a fraction of a millisecond on an SSD; a disk slower than this
 #: syncs on the spool's thread.
 INLINE_SYNC_LIMIT = 0.001
-#: Seconds the fsyncs stay on the spool's thread after one on the reactor's was slower than
-#: the limit (Spool.inline_sync_backoff): a disk that stalls now and then holds the reactor up
-#: once in that time at most.
+#: An fsync on the reactor thread this slow (seconds) is a stall (Spool.inline_sync_stall):
+#: the fsyncs then stay on the spool's thread for INLINE_SYNC_BACKOFF seconds at least, so a
+#: disk that stalls now and then holds the reactor up once in that time at most. (One merely
+#: slower than the limit, as a virtual disk's are now and then, sends the next ones to the
+#: thread until one there is quick again.)
+INLINE_SYNC_STALL = 0.02
 INLINE_SYNC_BACKOFF = 10.0
 
 #: ``fdatasync`` where the platform has one (not macOS), else ``fsync``.
@@ -1283,12 +1286,14 @@ class Spool:
         #: take at most this long (seconds) and no checkpoint is due: see _flush and
         #: _judge_sync. 0 turns that off.
         self.inline_sync_limit = INLINE_SYNC_LIMIT
-        #: After a slower fsync on the reactor thread, they stay on the runner this long.
+        #: After a stall (an fsync this long) on the reactor thread, they stay on the runner
+        #: for inline_sync_backoff seconds.
+        self.inline_sync_stall = INLINE_SYNC_STALL
         self.inline_sync_backoff = INLINE_SYNC_BACKOFF
         #: Fsyncs run on the reactor thread (not before one is measured: the first goes to
         #: the runner).
         self._sync_inline = False
-        #: Not again before this time (the clock's), after a slow one there.
+        #: Not again before this time (the clock's), after a stall there.
         self._inline_not_before = 0.0
         #: Where this batch's fsync ran: "here", "runner", or None (none, or part of a long
         #: batch).
@@ -1334,10 +1339,10 @@ class Spool:
             # So does the fsync while the fsyncs take at most inline_sync_limit (1 ms): the
             # batch's answers wait for it anyway, and handing it to the spool's thread and
             # back cost the process more CPU than the fsync itself (benchmarks/
-            # service_throughput.py --h1load). After a slower one here, for a while, and
-            # whenever a checkpoint is due (milliseconds), the fsync goes to the runner, with
-            # the checkpoint, in one call (_judge_sync). A disk that stalls after quick
-            # fsyncs still holds the reactor up for that one fsync, however long it takes.
+            # service_throughput.py --h1load). After a slower one here (for a while after a
+            # stall), and whenever a checkpoint is due (milliseconds), the fsync goes to the
+            # runner, with the checkpoint, in one call (_judge_sync). A disk that stalls after
+            # quick fsyncs still holds the reactor up for that one fsync, however long.
             self._synced = None
             try:
                 values = self.store.commit_batch(ops)
@@ -1374,16 +1379,18 @@ class Spool:
     def _judge_sync(self) -> None:
         """Where the next fsyncs run, from how long this batch's took.
 
-        On the reactor thread, one slower than the limit sends them to the runner for at
-        least ``inline_sync_backoff`` seconds. On the runner, one within the limit brings
-        them back, after that time; one the runner ran only because a checkpoint was due
-        changes nothing (while the reactor is busy, the runner's thread also waits for the
-        GIL after its fsync, and that wait is in the time measured)."""
+        On the reactor thread, one slower than the limit sends them to the runner; a stall
+        (``inline_sync_stall``), for at least ``inline_sync_backoff`` seconds. On the
+        runner, one within the limit brings them back (after that time); one the runner ran
+        only because a checkpoint was due changes nothing (while the reactor is busy, the
+        runner's thread also waits for the GIL after its fsync, and that wait is in the time
+        measured)."""
         took = self.store.last_sync_seconds
         quick = 0 < took <= self.inline_sync_limit
         if self._synced == "here":
             if took > self.inline_sync_limit:
                 self._sync_inline = False
+            if took >= self.inline_sync_stall:
                 self._inline_not_before = self._clock.seconds() + self.inline_sync_backoff
         elif self._synced == "runner" and not self._sync_inline:
             self._sync_inline = quick and self._clock.seconds() >= self._inline_not_before
