@@ -873,6 +873,15 @@ class InlineSyncTests(SynchronousTestCase):
         self.patch(spool_module, "_CHECKPOINT_CHANGES", changes)
         self.assertEqual(self.where(spool, 1), ["here"])
 
+    def test_a_long_batch_does_not_judge(self) -> None:
+        # Its fsync runs on the runner with the whole batch (a purge: 50 ms here).
+        spool = self.spool(FsyncTimer(0.0002, 0.0002, 0.05))
+        self.assertEqual(self.where(spool, 2), ["runner", "here"])
+        purged = spool.purge(before=0)
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(purged), 0)
+        self.assertEqual(self.where(spool, 1), ["here"])
+
     def test_a_store_without_fsyncs_needs_no_runner(self) -> None:
         store = SpoolStore(temp_dir(self) / "spool.db", synchronous="NORMAL")
         self.addCleanup(store.close)

@@ -1331,6 +1331,7 @@ class Spool:
         # One durable operation makes the whole batch durable (one fsync, as ever).
         volatile = all(v for _, _, v in batch) and (group is None or group.volatile)
         long, self._long = self._long, False
+        self._synced = None
         d: Deferred[list[object]]
         if long:
             d = self._runner(lambda: self.store.run_batch(ops, volatile=volatile))
@@ -1343,7 +1344,6 @@ class Spool:
             # stall), and whenever a checkpoint is due (milliseconds), the fsync goes to the
             # runner, with the checkpoint, in one call (_judge_sync). A disk that stalls after
             # quick fsyncs still holds the reactor up for that one fsync, however long.
-            self._synced = None
             try:
                 values = self.store.commit_batch(ops)
                 if (
