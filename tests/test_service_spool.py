@@ -794,9 +794,9 @@ class FsyncTimer:
 
 
 class InlineSyncTests(SynchronousTestCase):
-    """A batch's fsync runs on the reactor's thread while the last fsync took at most
-    ``Spool.inline_sync_limit``, and on the runner's otherwise and when a checkpoint is due
-    (milliseconds): a slow disk holds the reactor up for one fsync at most."""
+    """A batch's fsync runs on the reactor's thread while the fsyncs there take at most
+    ``Spool.inline_sync_limit``; for a second after a slower one there (10 s after a stall),
+    and when a checkpoint is due (milliseconds), on the runner's."""
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -836,50 +836,50 @@ class InlineSyncTests(SynchronousTestCase):
             out.append("runner" if len(self.runs) > runs else "here")
         return out
 
-    def test_after_a_quick_fsync_the_next_runs_here(self) -> None:
+    def test_quick_fsyncs_run_here(self) -> None:
         spool = self.spool(FsyncTimer())
-        self.assertEqual(self.where(spool, 3), ["runner", "here", "here"])
-        self.assertEqual(self.runs, [spool.store.sync])
+        self.assertEqual(self.where(spool, 3), ["here"] * 3)
+        self.assertEqual(self.runs, [])
 
-    def test_after_a_slow_fsync_here_the_next_go_to_the_runner(self) -> None:
-        # Quick (on the runner: nothing known yet), 5 ms here, quick there, then 0.9 ms stays
-        # here and 1.1 ms does not.
-        spool = self.spool(FsyncTimer(0.0002, 0.005, 0.0002, 0.0009, 0.0011))
-        self.assertEqual(
-            self.where(spool, 6), ["runner", "here", "runner", "here", "here", "runner"]
-        )
+    def test_after_a_slow_fsync_here_they_go_to_the_runner_for_a_second(self) -> None:
+        # 5 ms here: the next ones (quick or not: times taken there do not count) go to the
+        # runner for inline_sync_retry (1 s), then one is tried here again; 0.9 ms stays.
+        spool = self.spool(FsyncTimer(0.005, 0.005, 0.0002, 0.0002, 0.0009, 0.0011))
+        self.assertEqual(self.where(spool, 3), ["here", "runner", "runner"])
+        self.clock.advance(0.9)
+        self.assertEqual(self.where(spool, 1), ["runner"])
+        self.clock.advance(0.1)
+        self.assertEqual(self.where(spool, 3), ["here", "here", "runner"])
 
-    def test_after_a_stall_here_they_stay_on_the_runner_for_a_while(self) -> None:
-        # A 20 ms fsync here is a stall: the quick ones after it stay on the runner for
-        # inline_sync_backoff (10 s), then come back.
-        spool = self.spool(FsyncTimer(0.0002, 0.02))
-        self.assertEqual(self.where(spool, 3), ["runner", "here", "runner"])
+    def test_after_a_stall_here_they_stay_on_the_runner_for_10_s(self) -> None:
+        spool = self.spool(FsyncTimer(0.02))
+        self.assertEqual(self.where(spool, 2), ["here", "runner"])
         self.clock.advance(9.9)
         self.assertEqual(self.where(spool, 1), ["runner"])
         self.clock.advance(0.1)
-        self.assertEqual(self.where(spool, 2), ["runner", "here"])
+        self.assertEqual(self.where(spool, 2), ["here", "here"])
 
     def test_a_due_checkpoint_goes_to_the_runner_with_its_fsync(self) -> None:
-        # However long that fsync takes there: it went there for the checkpoint (and on the
-        # runner's thread, the time measured includes waiting for the GIL).
+        # However long that fsync takes there: times taken on the runner do not count.
         timer = FsyncTimer()
         spool = self.spool(timer)
         self.where(spool, 1)
         changes = spool_module._CHECKPOINT_CHANGES
         self.patch(spool_module, "_CHECKPOINT_CHANGES", 1)
-        timer.durations = [0.005, 0.005]
+        timer.durations = [0.05, 0.05]
         self.assertEqual(self.where(spool, 2), ["runner", "runner"])
         self.assertFalse(spool.store.checkpoint_due)  # each was checkpointed
         self.patch(spool_module, "_CHECKPOINT_CHANGES", changes)
         self.assertEqual(self.where(spool, 1), ["here"])
 
     def test_a_long_batch_does_not_judge(self) -> None:
-        # Its fsync runs on the runner with the whole batch (a purge: 50 ms here).
-        spool = self.spool(FsyncTimer(0.0002, 0.0002, 0.05))
-        self.assertEqual(self.where(spool, 2), ["runner", "here"])
+        # Its fsync runs on the runner with the whole batch (a purge: 50 ms there).
+        spool = self.spool(FsyncTimer(0.0002, 0.05))
+        self.assertEqual(self.where(spool, 1), ["here"])
         purged = spool.purge(before=0)
         self.clock.advance(0)
         self.assertEqual(self.successResultOf(purged), 0)
+        self.assertEqual(len(self.runs), 1)  # the purge, on the runner
         self.assertEqual(self.where(spool, 1), ["here"])
 
     def test_a_store_without_fsyncs_needs_no_runner(self) -> None:
@@ -901,11 +901,10 @@ class InlineSyncTests(SynchronousTestCase):
         view = spool.job(stored.job_id)
         self.clock.advance(0)
         self.assertIsNotNone(self.successResultOf(view))
-        self.assertEqual((self.syncs, len(self.runs)), (1, 1))
+        self.assertEqual((self.syncs, self.runs), (1, []))
 
     def test_a_failed_fsync_here_fails_its_batch_and_breaks_the_store(self) -> None:
         spool = self.spool(FsyncTimer())
-        self.where(spool, 1)
 
         def broken(fd: int) -> None:
             raise OSError(5, "Input/output error")
@@ -914,7 +913,7 @@ class InlineSyncTests(SynchronousTestCase):
         self.patch(spool_module.log, "observer", lambda event: None)
         d = self.batch(spool, 2)
         self.failureResultOf(d, SpoolUnavailableError)
-        self.assertEqual(len(self.runs), 1)  # it ran here
+        self.assertEqual(self.runs, [])  # it ran here
         self.assertIn("Input/output error", str(spool.store.broken))
         self.assertFalse(spool.available)
         self.failureResultOf(self.batch(spool, 3), SpoolUnavailableError)
@@ -950,7 +949,7 @@ class ThreadRunnerTests(TestCase):
 
         store.sync_wal = syncing  # type: ignore[method-assign]
         # A long operation's batch runs (and syncs) in the pool; another batch's statements
-        # run here, and its fsync in the pool, unless the last fsync was quick (then here).
+        # run here, and its fsync in the pool, unless the fsyncs are quick (then here).
         spool.inline_sync_limit = 0
         d = spool._call(where, long=True)
 
@@ -960,9 +959,6 @@ class ThreadRunnerTests(TestCase):
             self.assertNotEqual(threads[0], main)
             self.assertEqual(threads[1], threads[0])
             del threads[:]
-            # Any fsync is quick enough from now on: the next batch's (decided when the
-            # last one ended) still goes to the pool; the one after is synced here.
-            spool.inline_sync_limit = 60.0
             return spool._call(where)
 
         def check_again(second_id: int) -> Deferred[int]:
@@ -970,6 +966,7 @@ class ThreadRunnerTests(TestCase):
             self.assertEqual(threads[0], main)
             self.assertNotEqual(threads[1], main)
             del threads[:]
+            spool.inline_sync_limit = 60.0  # any fsync is quick enough: synced here
             return spool._call(where)
 
         def check_inline(third_id: int) -> None:

@@ -406,15 +406,13 @@ def _storage_failed(e: BaseException) -> bool:
 #: pages by default, would run on the committing thread, the reactor's).
 _CHECKPOINT_CHANGES = 2000
 
-#: Seconds an fsync of the WAL may take for the next batch's to run on the reactor thread
-#: (Spool.inline_sync_limit): a fraction of a millisecond on an SSD; a disk slower than this
-#: syncs on the spool's thread.
+#: Seconds an fsync of the WAL may take on the reactor thread (Spool.inline_sync_limit): a
+#: fraction of a millisecond on an SSD. After a slower one, the fsyncs run on the spool's
+#: thread for INLINE_SYNC_RETRY seconds, then one is tried on the reactor's again; after a
+#: stall (INLINE_SYNC_STALL or more), for INLINE_SYNC_BACKOFF seconds. So a slow disk holds
+#: the reactor up for one fsync a second at most, and a stalling one once in 10 s.
 INLINE_SYNC_LIMIT = 0.001
-#: An fsync on the reactor thread this slow (seconds) is a stall (Spool.inline_sync_stall):
-#: the fsyncs then stay on the spool's thread for INLINE_SYNC_BACKOFF seconds at least, so a
-#: disk that stalls now and then holds the reactor up once in that time at most. (One merely
-#: slower than the limit, as a virtual disk's are now and then, sends the next ones to the
-#: thread until one there is quick again.)
+INLINE_SYNC_RETRY = 1.0
 INLINE_SYNC_STALL = 0.02
 INLINE_SYNC_BACKOFF = 10.0
 
@@ -673,7 +671,7 @@ class SpoolStore:
         SQLite's ``FULL`` would add to each commit in WAL mode, after the commit's frames are
         written. Done apart from the commit, one ``fsync`` serves every commit since the last
         one, and it runs where the caller chooses (:class:`Spool`: on the spool's thread, or
-        on the reactor's while the last one took at most ``Spool.inline_sync_limit``).
+        on the reactor's while the disk's fsyncs are quick: ``Spool.inline_sync_limit``).
         ``synchronous="NORMAL"`` skips the ``fsync``.
         """
         if self._wal_fd >= 0:
@@ -1283,17 +1281,14 @@ class Spool:
         #: Cap of the delay between tries of an outcome write.
         self.max_retry_delay = 30.0
         #: A batch's fsync runs on the reactor thread, not the runner's, while the fsyncs
-        #: take at most this long (seconds) and no checkpoint is due: see _flush and
-        #: _judge_sync. 0 turns that off.
+        #: there take at most this long (seconds) and no checkpoint is due; 0 turns that
+        #: off. After a slower one they run on the runner for inline_sync_retry seconds,
+        #: after a stall (inline_sync_stall or more) for inline_sync_backoff (_judge_sync).
         self.inline_sync_limit = INLINE_SYNC_LIMIT
-        #: After a stall (an fsync this long) on the reactor thread, they stay on the runner
-        #: for inline_sync_backoff seconds.
+        self.inline_sync_retry = INLINE_SYNC_RETRY
         self.inline_sync_stall = INLINE_SYNC_STALL
         self.inline_sync_backoff = INLINE_SYNC_BACKOFF
-        #: Fsyncs run on the reactor thread (not before one is measured: the first goes to
-        #: the runner).
-        self._sync_inline = False
-        #: Not again before this time (the clock's), after a stall there.
+        #: The fsyncs run on the reactor thread again from this time (the clock's).
         self._inline_not_before = 0.0
         #: Where this batch's fsync ran: "here", "runner", or None (none, or part of a long
         #: batch).
@@ -1340,16 +1335,16 @@ class Spool:
             # So does the fsync while the fsyncs take at most inline_sync_limit (1 ms): the
             # batch's answers wait for it anyway, and handing it to the spool's thread and
             # back cost the process more CPU than the fsync itself (benchmarks/
-            # service_throughput.py --h1load). After a slower one here (for a while after a
-            # stall), and whenever a checkpoint is due (milliseconds), the fsync goes to the
-            # runner, with the checkpoint, in one call (_judge_sync). A disk that stalls after
-            # quick fsyncs still holds the reactor up for that one fsync, however long.
+            # service_throughput.py --h1load). For a second after a slower one here (10 s
+            # after a stall: _judge_sync), and whenever a checkpoint is due (milliseconds),
+            # the fsync goes to the runner, with the checkpoint, in one call. A disk that
+            # stalls still holds the reactor up for the one fsync that meets the stall.
             try:
                 values = self.store.commit_batch(ops)
                 if (
                     not volatile
                     and not self.store.checkpoint_due
-                    and (self._sync_inline or not self.store.syncs_wal)
+                    and (not self.store.syncs_wal or self._inline_now())
                 ):
                     self._synced = "here"
                     self.store.sync_wal()
@@ -1376,24 +1371,22 @@ class Spool:
                 d.callback(value)
         self._schedule()
 
-    def _judge_sync(self) -> None:
-        """Where the next fsyncs run, from how long this batch's took.
+    def _inline_now(self) -> bool:
+        return self.inline_sync_limit > 0 and self._clock.seconds() >= self._inline_not_before
 
-        On the reactor thread, one slower than the limit sends them to the runner; a stall
-        (``inline_sync_stall``), for at least ``inline_sync_backoff`` seconds. On the
-        runner, one within the limit brings them back (after that time); one the runner ran
-        only because a checkpoint was due changes nothing (while the reactor is busy, the
-        runner's thread also waits for the GIL after its fsync, and that wait is in the time
-        measured)."""
+    def _judge_sync(self) -> None:
+        """Where the next fsyncs run, from how long this batch's took on the reactor thread.
+
+        Only the fsyncs run here are judged: one timed on the runner's thread includes
+        waiting there for the GIL while the reactor is busy (a 0.3 ms call measured 5.6 ms
+        that way), and it would keep them there under load for no reason of the disk's."""
+        if self._synced != "here":
+            return
         took = self.store.last_sync_seconds
-        quick = 0 < took <= self.inline_sync_limit
-        if self._synced == "here":
-            if took > self.inline_sync_limit:
-                self._sync_inline = False
-            if took >= self.inline_sync_stall:
-                self._inline_not_before = self._clock.seconds() + self.inline_sync_backoff
-        elif self._synced == "runner" and not self._sync_inline:
-            self._sync_inline = quick and self._clock.seconds() >= self._inline_not_before
+        if took >= self.inline_sync_stall:
+            self._inline_not_before = self._clock.seconds() + self.inline_sync_backoff
+        elif took > self.inline_sync_limit:
+            self._inline_not_before = self._clock.seconds() + self.inline_sync_retry
 
     def _batch_failed(self, failure: Failure, batch: list[_Op]) -> None:
         self._busy = False
