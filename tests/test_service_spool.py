@@ -819,7 +819,9 @@ class InlineSyncTests(SynchronousTestCase):
     def spool(self, timer: FsyncTimer) -> Spool:
         store = SpoolStore(temp_dir(self) / "spool.db", timer=timer)
         self.addCleanup(store.close)
-        return Spool(store, self.clock, self.runner)
+        spool = Spool(store, self.clock, self.runner)
+        spool.inline_sync_limit, spool.inline_sync_stall = 0.001, 0.02  # not the defaults
+        return spool
 
     def batch(self, spool: Spool, i: int) -> Deferred[Any]:
         d = spool.add_job("a", [note(i)], now=1, async_=True)

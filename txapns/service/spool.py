@@ -406,14 +406,16 @@ def _storage_failed(e: BaseException) -> bool:
 #: pages by default, would run on the committing thread, the reactor's).
 _CHECKPOINT_CHANGES = 2000
 
-#: Seconds an fsync of the WAL may take on the reactor thread (Spool.inline_sync_limit): a
-#: fraction of a millisecond on an SSD. After a slower one, the fsyncs run on the spool's
-#: thread for INLINE_SYNC_RETRY seconds, then one is tried on the reactor's again; after a
-#: stall (INLINE_SYNC_STALL or more), for INLINE_SYNC_BACKOFF seconds. So a slow disk holds
-#: the reactor up for one fsync a second at most, and a stalling one once in 10 s.
-INLINE_SYNC_LIMIT = 0.001
+#: Seconds an fsync of the WAL may take on the reactor thread (Spool.inline_sync_limit): an
+#: SSD's take a fraction of a millisecond, but the time measured there also holds the wait to
+#: be scheduled again on a busy machine (on a loaded 2-core VM, over 1 ms now and then). After
+#: a slower one, the fsyncs run on the spool's thread for INLINE_SYNC_RETRY seconds, then one
+#: is tried on the reactor's again; after a stall (INLINE_SYNC_STALL or more), for
+#: INLINE_SYNC_BACKOFF seconds. So a slow disk holds the reactor up for one fsync a second at
+#: most, and a stalling one once in 10 s.
+INLINE_SYNC_LIMIT = 0.005
 INLINE_SYNC_RETRY = 1.0
-INLINE_SYNC_STALL = 0.02
+INLINE_SYNC_STALL = 0.05
 INLINE_SYNC_BACKOFF = 10.0
 
 #: ``fdatasync`` where the platform has one (not macOS), else ``fsync``.
@@ -1332,7 +1334,7 @@ class Spool:
             d = self._runner(lambda: self.store.run_batch(ops, volatile=volatile))
         else:
             # A batch's statements take microseconds a row: they run here, on the reactor.
-            # So does the fsync while the fsyncs take at most inline_sync_limit (1 ms): the
+            # So does the fsync while the fsyncs take at most inline_sync_limit (5 ms): the
             # batch's answers wait for it anyway, and handing it to the spool's thread and
             # back cost the process more CPU than the fsync itself (benchmarks/
             # service_throughput.py --h1load). For a second after a slower one here (10 s
