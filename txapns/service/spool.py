@@ -676,7 +676,7 @@ class SpoolStore:
         on the reactor's while the disk's fsyncs are quick: ``Spool.inline_sync_limit``).
         ``synchronous="NORMAL"`` skips the ``fsync``.
         """
-        if self._wal_fd >= 0:
+        if self.syncs_wal:
             start = self._timer()
             try:
                 _fdatasync(self._wal_fd)
@@ -1292,9 +1292,9 @@ class Spool:
         self.inline_sync_backoff = INLINE_SYNC_BACKOFF
         #: The fsyncs run on the reactor thread again from this time (the clock's).
         self._inline_not_before = 0.0
-        #: Where this batch's fsync ran: "here", "runner", or None (none, or part of a long
-        #: batch).
-        self._synced: str | None = None
+        #: This batch's fsync ran here, on the reactor thread (the only ones _judge_sync
+        #: judges).
+        self._synced_here = False
         #: Batches written and operations in them (for metrics and tests).
         self.batches = 0
         self.operations = 0
@@ -1328,7 +1328,7 @@ class Spool:
         # One durable operation makes the whole batch durable (one fsync, as ever).
         volatile = all(v for _, _, v in batch) and (group is None or group.volatile)
         long, self._long = self._long, False
-        self._synced = None
+        self._synced_here = False
         d: Deferred[list[object]]
         if long:
             d = self._runner(lambda: self.store.run_batch(ops, volatile=volatile))
@@ -1348,7 +1348,7 @@ class Spool:
                     and not self.store.checkpoint_due
                     and (not self.store.syncs_wal or self._inline_now())
                 ):
-                    self._synced = "here"
+                    self._synced_here = True
                     self.store.sync_wal()
                     volatile = True  # synced
             except Exception:
@@ -1356,7 +1356,6 @@ class Spool:
             else:
                 d = succeed(values)
                 if not volatile:
-                    self._synced = "runner"
                     d = self._runner(self.store.sync).addCallback(lambda _: values)
         d.addCallbacks(
             self._written, self._batch_failed, callbackArgs=(batch,), errbackArgs=(batch,)
@@ -1382,7 +1381,7 @@ class Spool:
         Only the fsyncs run here are judged: one timed on the runner's thread includes
         waiting there for the GIL while the reactor is busy (a 0.3 ms call measured 5.6 ms
         that way), and it would keep them there under load for no reason of the disk's."""
-        if self._synced != "here":
+        if not self._synced_here:
             return
         took = self.store.last_sync_seconds
         if took >= self.inline_sync_stall:
