@@ -348,6 +348,36 @@ class PerAppInflightTests(SynchronousTestCase):
         self.assertGreaterEqual(BINARY_MAX_INFLIGHT, 20_000)
         self.assertIsNone(apps["h2"].max_inflight)
 
+    def test_http2_apps_get_a_connections_worth_of_streams_per_connection(self) -> None:
+        # The bound is what the client can have on the wire: a single 1,000 held an app to
+        # one connection's worth of streams however many connections its client opens.
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+        from twisted.internet.testing import MemoryReactorClock
+
+        from txapns.http2 import HTTP2Client
+        from txapns.service.config import AppConfig, ServiceConfig, TokenCredentials
+        from txapns.service.engine import HTTP2_INFLIGHT_PER_CONNECTION, engine_apps
+
+        reactor = MemoryReactorClock()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", 443)
+        creds = TokenCredentials(Path("AuthKey_ABCDE12345.p8"), "ABCDE12345", "TEAM012345")
+        config = ServiceConfig(
+            apps=tuple(
+                AppConfig(name, "com.example.app", "sandbox", "http2", creds)
+                for name in ("three", "default")
+            )
+        )
+        senders = {
+            "three": HTTP2Client(reactor, endpoint, max_connections=3),
+            "default": HTTP2Client(reactor, endpoint),
+        }
+        apps = engine_apps(config, senders)
+        self.assertEqual(HTTP2_INFLIGHT_PER_CONNECTION, 1000)
+        self.assertEqual(apps["three"].max_inflight, 3000)
+        default = senders["default"].max_connections
+        self.assertGreater(default, 1)
+        self.assertEqual(apps["default"].max_inflight, 1000 * default)
+
     def test_each_app_is_bounded_by_its_own_limit(self) -> None:
         from twisted.internet.task import Clock
 

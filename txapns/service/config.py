@@ -148,7 +148,8 @@ class AppConfig:
 DEFAULT_CLAIM_AFTER = 120.0
 DEFAULT_MAX_DELIVERIES = 5
 #: Notifications per Redis stream entry, and the most one entry may carry (an instance reads
-#: at most 1,000 notifications at a time; a bigger entry would overrun that bound).
+#: no more than its in-flight bound, 1,000 notifications or more; a bigger entry could
+#: overrun that bound).
 DEFAULT_CHUNK_SIZE = 100
 MAX_CHUNK_SIZE = 1000
 

@@ -165,6 +165,14 @@ OUTCOME_DELAY = 0.02
 #: app go as fast as its client (tens of thousands a second) instead of 1,000/s.
 BINARY_MAX_INFLIGHT = 50_000
 
+#: In-flight bound of an HTTP/2 app, per connection its client may open: the streams APNs
+#: lets a connection have open (its SETTINGS_MAX_CONCURRENT_STREAMS, 500 to 1,000 seen). An
+#: app's rate is at most its bound over APNs' round trip, so the engine's single 1,000 held an
+#: app to one connection's worth whatever its client's ``max_connections`` (10,000/s over a
+#: 100 ms round trip; against the neutral mock on loopback, end to end went from a median of
+#: 0.76 of the library's rate to 0.86 with the client's four connections filled).
+HTTP2_INFLIGHT_PER_CONNECTION = 1000
+
 
 def engine_apps(
     config: ServiceConfig,
@@ -182,10 +190,21 @@ def engine_apps(
             protocol=a.protocol,
             token_auth=a.token_auth,
             health=(health or {}).get(a.name),
-            max_inflight=BINARY_MAX_INFLIGHT if a.protocol == "binary" else None,
+            max_inflight=_max_inflight(a.protocol, senders[a.name]),
         )
         for a in config.apps
     }
+
+
+def _max_inflight(protocol: str, sender: Sender) -> int | None:
+    """An app's in-flight bound: what its client can have on the wire (``None``: the engine's
+    ``max_inflight``, for a Sender that does not say how many connections it opens)."""
+    if protocol == "binary":
+        return BINARY_MAX_INFLIGHT
+    connections = getattr(sender, "max_connections", None)
+    if isinstance(connections, int) and connections > 0:
+        return HTTP2_INFLIGHT_PER_CONNECTION * connections
+    return None
 
 
 @dataclass(frozen=True, slots=True)
