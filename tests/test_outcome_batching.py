@@ -1,6 +1,6 @@
-"""Outcomes nobody waits for join the next submission's transaction (issue 11): one
-connection's asynchronous requests then cost one fsync each, not two (the job's, then its
-outcome's, which the next job had to wait behind). A synchronous request's outcomes are
+"""Outcomes nobody waits for are written together, ``outcome_delay`` after the first of them,
+in a transaction of their own (issue 11): at most one per ``outcome_delay`` whatever the rate,
+and the submissions' transactions carry only their jobs. A synchronous request's outcomes are
 written at once."""
 
 from __future__ import annotations
@@ -60,18 +60,24 @@ class OutcomeBatchingTests(_EngineCase):
     def states(self) -> dict[str, int]:
         return {state: n for (_, state), n in self.store.counts().items()}
 
-    def test_an_outcome_joins_the_next_submission(self) -> None:
+    def test_outcomes_are_written_together_after_the_delay(self) -> None:
         before = self.spool.batches
         self.submit("aa" * 32)
         self.assertEqual(len(self.sender.sent), 1)
         self.assertEqual(self.states(), {"inflight": 1})  # answered, not yet written
         self.assertEqual(self.spool.batches - before, 1)
+        self.clock.advance(DELAY / 2)
         self.submit("bb" * 32)
-        # The second job and the first outcome: one transaction.
+        # The second job's transaction carries the job only.
         self.assertEqual(self.spool.batches - before, 2)
-        self.assertEqual(self.states(), {"accepted": 1, "inflight": 1})
-        self.clock.advance(DELAY)  # nothing more comes: written on its own
+        self.assertEqual(self.states(), {"inflight": 2})
+        self.assertEqual(len(self.sender.sent), 2)  # both answered
+        self.clock.advance(DELAY / 2 - 0.001)
         self.turns()
+        self.assertEqual(self.spool.batches - before, 2)  # not yet: DELAY after the first
+        self.clock.advance(0.001)
+        self.turns()
+        # Both outcomes, in one transaction.
         self.assertEqual(self.spool.batches - before, 3)
         self.assertEqual(self.states(), {"accepted": 2})
 
