@@ -212,7 +212,7 @@ def bare_site(durable: bool = False, inline: bool = False) -> None:
 
     def store(body: bytes) -> None:
         if not db:  # made in the one thread that uses it (the pool's, or the reactor's)
-            c = sqlite3.connect("bare-durable.db", check_same_thread=not inline)
+            c = sqlite3.connect("bare-inline.db" if inline else "bare-durable.db")
             c.execute("PRAGMA journal_mode = WAL")
             c.execute("PRAGMA synchronous = FULL")
             c.execute("CREATE TABLE IF NOT EXISTS jobs (body BLOB)")

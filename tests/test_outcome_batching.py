@@ -13,8 +13,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from txapns.service import spool as spool_module
+from txapns.service.backend import ConsumerHooks
 from txapns.service.engine import Engine, EngineApp, Template
-from txapns.service.spool import JobView, Spool, SpoolStore, inline_runner
+from txapns.service.spool import JobView, Spool, SpooledNotification, SpoolStore, inline_runner
 from txapns.service.testing import FakeSender, accept
 
 from .helpers import temp_dir
@@ -97,10 +98,54 @@ class OutcomeBatchingTests(_EngineCase):
     def test_the_stop_writes_what_waits(self) -> None:
         self.submit("aa" * 32)
         self.turns()
+        self.assertEqual(self.states(), {"inflight": 1})  # its outcome waits for the delay
         stopped = self.engine.stop()
         self.turns()
         self.successResultOf(stopped)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+        reopened = SpoolStore(self.store.path)  # the stop closed the spool
+        self.addCleanup(reopened.close)
+        self.assertEqual({state: n for (_, state), n in reopened.counts().items()}, {"accepted": 1})
+
+
+class _SharedSpool(Spool):
+    """A SQLite spool posing as a shared one: the test feeds the engine through its hooks."""
+
+    shared = True  # type: ignore[assignment]
+    hooks: ConsumerHooks
+
+    def start_consuming(self, hooks: object) -> None:
+        assert isinstance(hooks, ConsumerHooks)
+        self.hooks = hooks
+
+
+class SharedSpoolOutcomeTests(SynchronousTestCase):
+    """On a shared spool another instance may be the one waiting for a job (it polls), and
+    the spool batches its own writes: outcomes are written at the end of the turn."""
+
+    def test_outcomes_are_written_without_the_delay(self) -> None:
+        clock = Clock()
+        store = SpoolStore(temp_dir(self) / "spool.db")
+        self.addCleanup(store.close)
+        spool = _SharedSpool(store, clock, inline_runner)
+        sender = FakeSender(auto=accept, clock=clock)
+        engine = Engine(
+            {"a": EngineApp(sender, bundle_id="com.example.a")},
+            spool,
+            clock,
+            purge_interval=0,
+            outcome_delay=DELAY,
+        )
+        engine.start()
+        for _ in range(5):
+            clock.advance(0)
+        [n] = engine.prepare("a", Template(payload={"aps": {"alert": "x"}}), ["aa" * 32])
+        stored = store.add_job("a", [n], now=clock.seconds(), async_=True)
+        spool.hooks.feed("a", [SpooledNotification(stored.ids[0], stored.job_id, "a", n, None, 0)])
+        for _ in range(5):
+            clock.advance(0)  # no clock time passes
+        self.assertEqual(len(sender.sent), 1)
+        self.assertEqual({state: k for (_, state), k in store.counts().items()}, {"accepted": 1})
 
 
 class _BatchRecordingCase(_EngineCase):

@@ -147,9 +147,9 @@ class AppConfig:
 #: times the HTTP/2 client's 30 s deadline, so a healthy instance's slow sends are never stolen.
 DEFAULT_CLAIM_AFTER = 120.0
 DEFAULT_MAX_DELIVERIES = 5
-#: Notifications per Redis stream entry, and the most one entry may carry (an instance reads
-#: no more than its in-flight bound, 1,000 notifications or more; a bigger entry could
-#: overrun that bound).
+#: Notifications per Redis stream entry, and the most one entry may carry: an instance reads
+#: entries while its in-flight bound (never under the engine's 1,000) has room, one at least,
+#: so a bigger entry could overrun the bound.
 DEFAULT_CHUNK_SIZE = 100
 MAX_CHUNK_SIZE = 1000
 

@@ -9,8 +9,9 @@ One :class:`Engine` serves several apps, each with its own :class:`~txapns.inter
    most ``max_inflight`` at a time per app, backing off when the Sender's queue is full
    (a job that finds the window free and nothing queued is stored as ``inflight`` in the
    same transaction as the job, so it reaches the Sender after one commit, not two),
-4. records each :class:`~txapns.core.result.Result` in the spool as it arrives, and wakes
-   whoever waits for the job (:meth:`Engine.wait`).
+4. records each :class:`~txapns.core.result.Result` in the spool (at once for a job someone
+   waits for, else ``outcome_delay`` after the first of a batch of them), and wakes whoever
+   waits for the job (:meth:`Engine.wait`).
 
 An app that cannot send is *paused*: its work stays in the spool and ``/healthz`` fails until
 it can again (:meth:`Engine.health`). That is the case when APNs refuses its credential or
@@ -1124,15 +1125,17 @@ class Engine:
             else:
                 del self._left[item.job_id]
                 self._complete.append(item.job_id)
-        # Someone waits for this job's outcomes (a synchronous request): written now.
-        # Otherwise they wait outcome_delay for company, and go in a transaction of their
-        # own. They used to join the next submission's transaction instead: one fsync for
-        # both at one connection, but each request's commit then carried the record's six
-        # statements, and the submissions' batches waited for them. Written apart, one
-        # connection's one-notification requests took about 8 % less CPU each
-        # (benchmarks/service_throughput.py --h1load), for at most one more fsync per
-        # outcome_delay.
-        delay = 0.0 if item.job_id in self._waiters else self.outcome_delay
+        # Someone waits for this job's outcomes (a synchronous request): written now. So
+        # on a shared spool, where another instance may be the one waiting (it polls), and
+        # whose writes batch themselves (one in flight at a time). Otherwise they wait
+        # outcome_delay for company, and go in a transaction of their own (or the one the
+        # turn's calls share). They used to join the next submission's transaction
+        # instead: one fsync for both at one connection, but each request's commit then
+        # carried the record's six statements. Written apart, one connection's
+        # one-notification requests took about 8 % less CPU each (benchmarks/
+        # service_throughput.py --h1load), for at most one more fsync per outcome_delay.
+        now_please = item.job_id in self._waiters or self.spool.shared
+        delay = 0.0 if now_please else self.outcome_delay
         when = self._records_timer.when()
         if when is None or (delay == 0.0 and when > self._clock.seconds()):
             self._records_timer.start(delay)
