@@ -171,8 +171,8 @@ BINARY_MAX_INFLIGHT = 50_000
 #: lets a connection have open (its SETTINGS_MAX_CONCURRENT_STREAMS, 500 to 1,000 seen). An
 #: app's rate is at most its bound over APNs' round trip, so the engine's single 1,000 held an
 #: app to one connection's worth whatever its client's ``max_connections`` (10,000/s over a
-#: 100 ms round trip; against the neutral mock on loopback, end to end went from a median of
-#: 0.76 of the library's rate to 0.86 with the client's four connections filled).
+#: 100 ms round trip; even on loopback, end to end was a tenth slower while the machine was
+#: quiet, ``benchmarks/service_throughput.py``).
 HTTP2_INFLIGHT_PER_CONNECTION = 1000
 
 
