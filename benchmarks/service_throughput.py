@@ -23,9 +23,11 @@ Everything runs on loopback, each part in its own process:
      (delivered) and until the service has recorded every outcome (confirmed; for the binary
      protocol that includes its 1 s quiet window).
 
-It prints the figures, the service's peak RSS (``VmHWM``) and the ratio of the end-to-end
-rate to the library's. No assertions: the issue's targets are ≥ 10,000 notifications/s
-accepted durably with batches of 500, and end-to-end delivery at ≥ half the library's rate.
+It prints the figures, the service's peak RSS (``VmHWM``) and the ratio of the end-to-end rate
+to the library's. The library runs again after the service, and the ratio is to the mean of its
+two rates: on a shared machine its rate moves between runs as much as the service's. No
+assertions: the issue's targets are ≥ 10,000 notifications/s accepted durably with batches of
+500, and end-to-end delivery at ≥ half the library's rate.
 
 ``--mock DIR`` (a copy of the neutral Node harness, set up with ``./make-certs.sh && npm ci``)
 starts its ``mock_h2_server.js`` on a free port and sends there instead of to the Python fake
@@ -745,22 +747,27 @@ def main() -> int:
         )
 
         # 1. The library alone, straight to the fake.
-        lib: dict[str, Any] | None = None
-        if not args.skip_library:
-            lib_out = subprocess.run(
+        def library(when: str) -> dict[str, Any]:
+            base = counter.poll() if counter is not None else 0
+            out = subprocess.run(
                 [sys.executable, __file__, "--library", str(config), "--library-n",
                  str(args.library_n), *library_conns],
                 capture_output=True, check=True, cwd=work, env=env,
             )  # fmt: skip
-            lib = json.loads(lib_out.stdout.decode().strip().splitlines()[-1])
+            got: dict[str, Any] = json.loads(out.stdout.decode().strip().splitlines()[-1])
             if counter is not None:
-                counter.wait_for(lib["accepted"], 30)
+                counter.wait_for(base + got["accepted"], 30)
             print(
                 f"library ({'BinaryClient' if args.protocol == 'binary' else 'HTTP2Client'}"
-                f".send_many{', 4 connections' if library_conns else ''}): "
-                f"{lib['accepted']:,}/{lib['n']:,} accepted in {lib['seconds']:.2f} s = "
-                f"{lib['rate']:,.0f} notifications/s (peak RSS {lib['peak_rss_mb']:.0f} MB)"
+                f".send_many{', 4 connections' if library_conns else ''}), {when}: "
+                f"{got['accepted']:,}/{got['n']:,} accepted in {got['seconds']:.2f} s = "
+                f"{got['rate']:,.0f} notifications/s (peak RSS {got['peak_rss_mb']:.0f} MB)"
             )
+            return got
+
+        lib: dict[str, Any] | None = None
+        if not args.skip_library:
+            lib = library("before the service")
 
         # 2. The service.
         log = work / "service.log"
@@ -847,9 +854,13 @@ def main() -> int:
         peak, current = peak_rss_mb(service.pid)
         print(f"service peak RSS {peak:.0f} MB (now {current:.0f} MB)")
         if lib is not None:
+            # The library's rate moves between runs on a shared machine as much as the
+            # service's: measured again after the service, the ratio is to the mean of both.
+            again = library("after the service")
+            rate = (lib["rate"] + again["rate"]) / 2
             print(
-                f"end-to-end / library = {e2e / lib['rate']:.2f} "
-                f"(target ≥ {0.8 if counter is None else 0.5}); "
+                f"end-to-end / library = {e2e / rate:.2f} (to the mean of the library's two "
+                f"runs, {rate:,.0f}/s; target ≥ {0.8 if counter is None else 0.5}); "
                 "requests of 500 accepted durably: target ≥ 10,000/s"
             )
         conn.close()
