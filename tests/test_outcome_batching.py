@@ -1,7 +1,7 @@
-"""Outcomes nobody waits for are written together, ``outcome_delay`` after the first of them,
-in a transaction of their own (issue 11): at most one per ``outcome_delay`` whatever the rate,
-and the submissions' transactions carry only their jobs. A synchronous request's outcomes are
-written at once."""
+"""Outcomes nobody waits for are written together, ``outcome_delay`` after the first of them
+(issue 11): at most one write per ``outcome_delay`` whatever the rate, and the submissions'
+transactions carry only their jobs. A synchronous request's outcomes are written at once, and
+so are a shared spool's."""
 
 from __future__ import annotations
 
