@@ -1292,9 +1292,6 @@ class Spool:
         self.inline_sync_backoff = INLINE_SYNC_BACKOFF
         #: The fsyncs run on the reactor thread again from this time (the clock's).
         self._inline_not_before = 0.0
-        #: This batch's fsync ran here, on the reactor thread (the only ones _judge_sync
-        #: judges).
-        self._synced_here = False
         #: Batches written and operations in them (for metrics and tests).
         self.batches = 0
         self.operations = 0
@@ -1328,7 +1325,6 @@ class Spool:
         # One durable operation makes the whole batch durable (one fsync, as ever).
         volatile = all(v for _, _, v in batch) and (group is None or group.volatile)
         long, self._long = self._long, False
-        self._synced_here = False
         d: Deferred[list[object]]
         if long:
             d = self._runner(lambda: self.store.run_batch(ops, volatile=volatile))
@@ -1341,6 +1337,7 @@ class Spool:
             # after a stall: _judge_sync), and whenever a checkpoint is due (milliseconds),
             # the fsync goes to the runner, with the checkpoint, in one call. A disk that
             # stalls still holds the reactor up for the one fsync that meets the stall.
+            synced = False
             try:
                 values = self.store.commit_batch(ops)
                 if (
@@ -1348,14 +1345,14 @@ class Spool:
                     and not self.store.checkpoint_due
                     and (not self.store.syncs_wal or self._inline_now())
                 ):
-                    self._synced_here = True
                     self.store.sync_wal()
-                    volatile = True  # synced
+                    synced = True
+                    self._judge_sync()
             except Exception:
                 d = fail(Failure())
             else:
                 d = succeed(values)
-                if not volatile:
+                if not volatile and not synced:
                     d = self._runner(self.store.sync).addCallback(lambda _: values)
         d.addCallbacks(
             self._written, self._batch_failed, callbackArgs=(batch,), errbackArgs=(batch,)
@@ -1363,7 +1360,6 @@ class Spool:
 
     def _written(self, values: list[object], batch: list[_Op]) -> None:
         self._busy = False
-        self._judge_sync()
         self._log_store_state()
         for (_, d, _), value in zip(batch, values, strict=True):
             if isinstance(value, _Failed):
@@ -1376,13 +1372,12 @@ class Spool:
         return self.inline_sync_limit > 0 and self._clock.seconds() >= self._inline_not_before
 
     def _judge_sync(self) -> None:
-        """Where the next fsyncs run, from how long this batch's took on the reactor thread.
+        """Where the next fsyncs run, from how long the one just run on the reactor thread
+        took.
 
         Only the fsyncs run here are judged: one timed on the runner's thread includes
         waiting there for the GIL while the reactor is busy (a 0.3 ms call measured 5.6 ms
         that way), and it would keep them there under load for no reason of the disk's."""
-        if not self._synced_here:
-            return
         took = self.store.last_sync_seconds
         if took >= self.inline_sync_stall:
             self._inline_not_before = self._clock.seconds() + self.inline_sync_backoff
