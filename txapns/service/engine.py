@@ -329,8 +329,10 @@ class Engine:
         self.probe_interval = probe_interval
         #: Seconds an outcome nobody waits for may wait to be written with others. A crash
         #: meanwhile resumes those notifications as possible duplicates, as one before the
-        #: outcome arrived would.
-        self.outcome_delay = outcome_delay
+        #: outcome arrived would. 0 on a shared spool: another instance may be the one
+        #: waiting for the job (it polls), and its writes batch themselves (one in flight at
+        #: a time).
+        self.outcome_delay = 0.0 if spool.shared else outcome_delay
         #: Seconds between watchdog rounds (:meth:`_watch`); 0: none (the service sets
         #: :data:`WATCH_INTERVAL`). Without it, an app paused as unavailable is only tried
         #: again when a result arrives, and ``offline_since`` is only noted by ``health()``.
@@ -1125,17 +1127,14 @@ class Engine:
             else:
                 del self._left[item.job_id]
                 self._complete.append(item.job_id)
-        # Someone waits for this job's outcomes (a synchronous request): written now. So
-        # on a shared spool, where another instance may be the one waiting (it polls), and
-        # whose writes batch themselves (one in flight at a time). Otherwise they wait
-        # outcome_delay for company, and go in a transaction of their own (or the one the
-        # turn's calls share). They used to join the next submission's transaction
-        # instead: one fsync for both at one connection, but each request's commit then
-        # carried the record's six statements. Written apart, one connection's
-        # one-notification requests took about 8 % less CPU each (benchmarks/
-        # service_throughput.py --h1load), for at most one more fsync per outcome_delay.
-        now_please = item.job_id in self._waiters or self.spool.shared
-        delay = 0.0 if now_please else self.outcome_delay
+        # Someone waits for this job's outcomes (a synchronous request): written now. Otherwise
+        # they wait outcome_delay for company, and go in a transaction of their own (or the one
+        # the turn's calls share). They used to join the next submission's transaction instead:
+        # one fsync for both at one connection, but each request's commit then carried the
+        # record's six statements. Written apart, one connection's one-notification requests
+        # took about 8 % less CPU each (benchmarks/service_throughput.py --h1load), for at most
+        # one more fsync per outcome_delay.
+        delay = 0.0 if item.job_id in self._waiters else self.outcome_delay
         when = self._records_timer.when()
         if when is None or (delay == 0.0 and when > self._clock.seconds()):
             self._records_timer.start(delay)
