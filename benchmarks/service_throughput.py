@@ -202,6 +202,7 @@ def bare_site(durable: bool = False, inline: bool = False) -> None:
     import sqlite3
 
     from twisted.internet import reactor as _reactor
+    from twisted.internet.defer import maybeDeferred
     from twisted.internet.threads import deferToThreadPool
     from twisted.python.failure import Failure
     from twisted.python.threadpool import ThreadPool
@@ -250,14 +251,10 @@ def bare_site(durable: bool = False, inline: bool = False) -> None:
                     request.finish()
 
             if inline:
-                try:
-                    store(body)
-                except Exception:
-                    failed(Failure())
-                else:
-                    answer(None)
+                d = maybeDeferred(store, body)
             else:
-                deferToThreadPool(reactor, pool, store, body).addCallbacks(answer, failed)
+                d = deferToThreadPool(reactor, pool, store, body)
+            d.addCallbacks(answer, failed)
             return NOT_DONE_YET
 
     if durable and not inline:
