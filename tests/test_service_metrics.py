@@ -13,6 +13,7 @@ from txapns.core import Counters, Notification, Outcome, Result
 from txapns.service.config import AppConfig, ServiceConfig, TokenCredentials
 from txapns.service.engine import Accepted, Engine, JobView, engine_apps
 from txapns.service.metrics import COUNTER_METRICS, AppGauges, Histogram, ServiceMetrics
+from txapns.service.spool import Spool, SpoolStore, inline_runner
 from txapns.service.testing import FakeSender, accept
 from txapns.service.wiring import EngineService, build_engine, client_health, limits_from
 
@@ -111,7 +112,10 @@ class HealthWiringTests(SynchronousTestCase):
         self.assertEqual(list(health), ["shop"])  # nothing to add for a Sender without health
         config = ServiceConfig(apps=(app_config("shop"), app_config("plain")))
         apps = engine_apps(config, {"shop": sender, "plain": plain}, health)
-        engine = Engine(apps, None, Clock(), purge_interval=0)  # type: ignore[arg-type]
+        clock = Clock()
+        store = SpoolStore(temp_dir(self) / "spool.db")
+        self.addCleanup(store.close)
+        engine = Engine(apps, Spool(store, clock, inline_runner), clock, purge_interval=0)
         view = engine.health()["apps"]
         assert isinstance(view, dict)
         self.assertEqual(
