@@ -504,6 +504,14 @@ class SpoolStore:
         self.broken: str | None = None
         try:
             self._db.execute("PRAGMA locking_mode = EXCLUSIVE")
+            # Statement journals in memory. Each operation of a batch runs in a savepoint
+            # (and a multi-row statement in a statement of its own): the pages it changes
+            # are kept in a journal to undo it alone. Past 64 KiB that journal moves to a
+            # temporary file, and under the exclusive lock SQLite keeps the file open: from
+            # then on a one-notification batch also made about 7 writes there (strace).
+            # What else SQLite would put in temporary files stays small: the spool's
+            # queries follow their indexes.
+            self._db.execute("PRAGMA temp_store = MEMORY")
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise SpoolError(f"spool {str(self.path)!r}: WAL journal unavailable ({mode})")
