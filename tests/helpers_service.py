@@ -24,6 +24,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
 
+from txapns.core import Notification
 from txapns.service.config import (
     AppConfig,
     TokenCredentials,
@@ -33,7 +34,7 @@ from txapns.service.engine import (
     EngineApp,
     Template,
 )
-from txapns.service.spool import Spool, SpoolStore, inline_runner
+from txapns.service.spool import OutcomeRecord, Spool, SpoolStore, inline_runner
 from txapns.service.testing import FakeSender, accept
 
 from .helpers import temp_dir, token
@@ -155,6 +156,18 @@ TEAM_ID = "TEAM987654"
 def write_p8(path: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+
+
+def note(i: int, **kw: object) -> Notification:
+    """A notification for the spool's tests: token ``i``, alert ``hello i``."""
+    return Notification.create(token(i), {"aps": {"alert": f"hello {i}"}}, **kw)  # type: ignore[arg-type]
+
+
+def outcome(
+    store_id: int, job_id: str, i: int, state: str = "accepted", **kw: object
+) -> OutcomeRecord:
+    """Spool row ``store_id``'s outcome (job ``job_id``, app ``a``, token ``i``)."""
+    return OutcomeRecord(id=store_id, job_id=job_id, app="a", token=token(i), state=state, **kw)  # type: ignore[arg-type]
 
 
 def app_config(name: str) -> AppConfig:

@@ -19,11 +19,9 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from txapns.core import Notification
 from txapns.service import spool as spool_module
 from txapns.service.spool import (
     NewJob,
-    OutcomeRecord,
     Spool,
     SpoolClosedError,
     SpoolError,
@@ -34,23 +32,10 @@ from txapns.service.spool import (
     thread_runner,
 )
 
-from .helpers import temp_dir
+from .helpers import temp_dir, token
+from .helpers_service import note, outcome
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def token(i: int) -> str:
-    return f"{i:064x}"
-
-
-def note(i: int, **kw: object) -> Notification:
-    return Notification.create(token(i), {"aps": {"alert": f"hello {i}"}}, **kw)  # type: ignore[arg-type]
-
-
-def outcome(
-    store_id: int, job_id: str, i: int, state: str = "accepted", **kw: object
-) -> OutcomeRecord:
-    return OutcomeRecord(id=store_id, job_id=job_id, app="a", token=token(i), state=state, **kw)  # type: ignore[arg-type]
 
 
 def failing_checkpoints(case: SynchronousTestCase, store: SpoolStore) -> list[bool]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from .core.result import Result
@@ -47,3 +48,28 @@ def deliver(handle: object, result: Result, name: str) -> None:
             _log.failure("{name}: result callback raised", name=name)
     elif isinstance(handle, Deferred):
         handle.callback(result)
+
+
+def in_turns(
+    clock: IReactorTime, count: int, per_turn: int, work: Callable[[int, int], None]
+) -> Deferred[None]:
+    """``work(start, stop)`` over ``range(count)`` in slices of ``per_turn``: the first now,
+    each next in a later reactor turn, so that a long job (a big job's view) never keeps
+    the reactor from everything else for long. Fires once the last slice is done; errbacks
+    with the first exception (no later slice runs)."""
+    done: Deferred[None] = Deferred()
+
+    def step(start: int) -> None:
+        stop = min(start + per_turn, count)
+        try:
+            work(start, stop)
+        except Exception:
+            done.errback()
+            return
+        if stop < count:
+            clock.callLater(0, step, stop)
+        else:
+            done.callback(None)
+
+    step(0)
+    return done

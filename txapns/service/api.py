@@ -39,13 +39,13 @@ from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from .._twisted import cancel_call
+from .._twisted import cancel_call, in_turns
 from ..core.errors import PayloadTooLargeError, ValidationError
 from ..core.payload import Alert, build_payload
 from .backend import SpoolUnavailableError
 from .engine import Accepted, Engine, NotAcceptingError, RecipientError, Template, UnknownAppError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .spool import IdempotencyKeyReusedError, InvalidToken, JobView
+from .spool import IdempotencyKeyReusedError, InvalidToken, JobView, NotificationView
 
 log = Logger()
 
@@ -380,6 +380,11 @@ def _iso(ts: float | None) -> str | None:
 
 
 def job_json(view: JobView) -> dict[str, object]:
+    return {**_job_head(view), "results": [_result_json(r) for r in view.results]}
+
+
+def _job_head(view: JobView) -> dict[str, object]:
+    """A job's JSON object but its results (the last member)."""
     return {
         "job_id": view.job_id,
         "app": view.app,
@@ -390,22 +395,44 @@ def job_json(view: JobView) -> dict[str, object]:
         "total": view.total,
         "counts": view.counts,
         "may_duplicate": sum(1 for r in view.results if r.resumed),
-        "results": [
-            {
-                "index": r.index,
-                "token": r.token,
-                "outcome": r.state,
-                "status": r.status,
-                "reason": r.reason,
-                "apns_id": r.apns_id,
-                "timestamp": _iso(r.timestamp),
-                "attempts": r.attempts,
-                "may_duplicate": r.resumed > 0,
-                **({"send_at": _iso(r.send_at)} if r.send_at is not None else {}),
-            }
-            for r in view.results
-        ],
     }
+
+
+def _result_json(r: NotificationView) -> dict[str, object]:
+    return {
+        "index": r.index,
+        "token": r.token,
+        "outcome": r.state,
+        "status": r.status,
+        "reason": r.reason,
+        "apns_id": r.apns_id,
+        "timestamp": _iso(r.timestamp),
+        "attempts": r.attempts,
+        "may_duplicate": r.resumed > 0,
+        **({"send_at": _iso(r.send_at)} if r.send_at is not None else {}),
+    }
+
+
+#: A job's view is encoded this many results a reactor turn (about 3 ms each here, where
+#: 10,000 at once kept everything else waiting 25 to 40 ms: ``benchmarks/job_view.py``).
+RESULTS_PER_TURN = 1_000
+
+
+def encode_job(view: JobView, clock: IReactorTime) -> str | Deferred[str]:
+    """``job_json(view)`` as JSON text (for a :class:`Response`'s body); a view of more than
+    :data:`RESULTS_PER_TURN` results in a Deferred, encoded that many a reactor turn."""
+    if len(view.results) <= RESULTS_PER_TURN:
+        return _ENCODER.encode(job_json(view))
+    # The head's closing brace gives way to the results, the object's last member.
+    parts = [_ENCODER.encode(_job_head(view))[:-1], ',"results":[']
+    results = view.results
+
+    def encode(start: int, stop: int) -> None:
+        chunk = _ENCODER.encode([_result_json(r) for r in results[start:stop]])
+        parts.append(chunk[1:-1] if start == 0 else "," + chunk[1:-1])
+
+    done = in_turns(clock, len(results), RESULTS_PER_TURN, encode)
+    return done.addCallback(lambda _: "".join(parts) + "]}")
 
 
 def invalid_json(app: str, tokens: list[InvalidToken], since: float | None) -> dict[str, object]:
@@ -713,12 +740,20 @@ class Api:
     a :class:`Response` (or a Deferred of one) out. :class:`ApiResource` serves it over
     twisted.web; :mod:`txapns.service.http1` over the lean HTTP/1.1 layer."""
 
-    def __init__(self, engine: Engine, api_key: bytes, limits: Limits = Limits()) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        api_key: bytes,
+        limits: Limits = Limits(),
+        clock: IReactorTime | None = None,
+    ) -> None:
         if len(api_key) < 16:
             raise ValueError("the API key must be at least 16 bytes")
         self.engine = engine
         self._key = api_key
         self.limits = limits
+        #: Turns for encoding big job views (encode_job); the engine's clock by default.
+        self._clock = clock if clock is not None else engine.clock
 
     def authorized(self, path: bytes, header: bytes | None) -> bool:
         """May a request for ``path`` with this ``Authorization`` header go on?"""
@@ -868,8 +903,8 @@ class Api:
                 headers=replay,
             )
 
-        def answer(view: JobView) -> Response:
-            return Response(200 if view.done else 202, job_json(view), headers=replay)
+        def answer(view: JobView) -> _Answer:
+            return self._job_response(200 if view.done else 202, view, replay)
 
         fresh = not accepted.duplicate  # stored just now: its outcomes are all to come
         return self.engine.wait(
@@ -877,12 +912,20 @@ class Api:
         ).addCallback(answer)
 
     def _job(self, request: ApiRequest, job_id: str) -> Deferred[Response]:
-        def answer(view: JobView | None) -> Response:
+        def answer(view: JobView | None) -> _Answer:
             if view is None:
                 raise ApiError(404, "unknown_job", f"no job {job_id!r} (purged or never made)")
-            return Response(200, job_json(view))
+            return self._job_response(200, view, ())
 
         return self.engine.job(job_id).addCallback(answer)
+
+    def _job_response(
+        self, code: int, view: JobView, headers: tuple[tuple[str, str], ...]
+    ) -> _Answer:
+        text = encode_job(view, self._clock)
+        if isinstance(text, str):
+            return Response(code, text, headers=headers)
+        return text.addCallback(lambda body: Response(code, body, headers=headers))
 
     def _invalid_tokens(self, request: ApiRequest, app: str) -> Deferred[Response]:
         query = request.query.decode("latin-1")

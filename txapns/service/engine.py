@@ -495,6 +495,11 @@ class Engine:
         st.paused = st.pause_why = None
         self._pump_soon(app)
 
+    @property
+    def clock(self) -> IReactorTime:
+        """The engine's clock (the reactor in the service)."""
+        return self._clock
+
     def job(self, job_id: str) -> Deferred[JobView | None]:
         return self.spool.job(job_id)
 
