@@ -4,6 +4,7 @@ lines on request, hints in errors a newcomer meets, systemd's readiness protocol
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
@@ -19,7 +20,7 @@ from twisted.logger import ILogObserver, Logger, LogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from txapns.service.application import build_service, describe_app
+from txapns.service.application import GC_THRESHOLDS, TopService, build_service, describe_app
 from txapns.service.logs import hint_for, make_observer
 from txapns.service.systemd import notify
 from txapns.tap import Options
@@ -178,6 +179,34 @@ class SystemdTests(SynchronousTestCase):
         self.assertEqual(sock.recv(4096), b"READY=1")
         self.assertFalse(notify("READY=1", {}))
         self.assertFalse(notify("READY=1", {"NOTIFY_SOCKET": path + ".gone"}))
+
+    def test_the_collector_is_tuned_only_in_the_services_own_process(self) -> None:
+        self.addCleanup(gc.set_threshold, *gc.get_threshold())
+        self.addCleanup(gc.unfreeze)
+        gc.unfreeze()
+        gc.set_threshold(700, 10, 10)
+        directory = tempfile.mkdtemp(prefix="txapns-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        self.patch(tempfile, "tempdir", directory)
+
+        def top(twistd: bool) -> TopService:
+            options = Options()
+            options.environ = {}
+            if twistd:
+                options.parent = {"logfile": "-", "nodaemon": True}  # type: ignore[assignment]
+            options.parseOptions(["--fake", "--listen", "tcp:0"])
+            service = build_service(options)
+            assert isinstance(service, TopService)
+            service.setServiceParent(Application("apns"))
+            return service
+
+        embedded = top(twistd=False)
+        embedded._ready(None)  # what startService calls once the API listens
+        self.assertEqual((gc.get_threshold(), gc.get_freeze_count()), ((700, 10, 10), 0))
+        own = top(twistd=True)
+        own._ready(None)
+        self.assertEqual(gc.get_threshold(), GC_THRESHOLDS)
+        self.assertGreater(gc.get_freeze_count(), 1000)
 
     def test_twistd_run_logs_at_info_says_what_it_runs_and_notifies_systemd(self) -> None:
         sock, path = self.listen()

@@ -12,6 +12,7 @@ The reactor is imported inside :func:`build_service` only.
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import sys
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APP_LINE",
+    "GC_THRESHOLDS",
     "Listener",
     "StartSenders",
     "TopService",
@@ -50,9 +52,30 @@ __all__ = [
     "embedded_app",
     "exit_with_one_line",
     "single_app",
+    "tune_collector",
 ]
 
 log = Logger(namespace="txapns.service")
+
+#: The cyclic garbage collector's thresholds in a process ``twistd apns`` runs (Python's
+#: own are 700, 10, 10): see :func:`tune_collector`.
+GC_THRESHOLDS = (20_000, 20, 10)
+
+
+def tune_collector() -> None:
+    """Tune Python's cyclic garbage collector for the service's process, once it started:
+    collect, set what the start built (modules, configuration, TLS contexts: some 60,000
+    objects) apart for good (``gc.freeze``), and collect less often (:data:`GC_THRESHOLDS`).
+
+    Why: sending 100,000 notifications in requests of 500, the collector took 0.8 to 0.9 s
+    of the service's 5 to 6 s of CPU, full collections (up to 75 ms each) walking the
+    start's objects again and again; so tuned, 0.11 to 0.13 s. What the service allocates
+    is nearly all freed by reference counting, so collecting less often leaves little
+    garbage waiting. Only where the process is the service's (not in a library user's
+    process: that one's collector is its own)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def single_app(options: Mapping[str, Any]) -> AppConfig:
@@ -270,12 +293,15 @@ class TopService(MultiService):
         self.config: ServiceConfig | None = None
         #: The temporary directory of a ``--fake`` run, removed once every child stopped.
         self.workdir: Path | None = None
+        #: Run by twistd: the process is the service's (its log observer, its collector).
+        self.own_process = False
 
     def setServiceParent(self, parent: Any) -> None:
         MultiService.setServiceParent(self, parent)
         twistd = getattr(self.options, "parent", None)
         if twistd is None or not isinstance(parent, Componentized):
-            return  # not run by twistd (tests, embedding): leave logging alone
+            return  # not run by twistd (tests, embedding): leave logging and the GC alone
+        self.own_process = True
         if parent.getComponent(ILogObserver, None) is None:
             from .logs import twistd_observer
 
@@ -320,6 +346,8 @@ class TopService(MultiService):
     def _ready(self, _: object) -> None:
         from .systemd import notify
 
+        if self.own_process:
+            tune_collector()
         notify("READY=1\nSTATUS=sending", self.options.environ)
 
     def privilegedStartService(self) -> None:
