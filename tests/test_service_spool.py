@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import signal
@@ -81,29 +80,6 @@ class StoreTests(SynchronousTestCase):
         self.addCleanup(normal.close)
         self.assertEqual(normal._wal_fd, -1)
         self.assertRaises(ValueError, SpoolStore, self.path.with_name("o.db"), synchronous="OFF")
-
-    def test_statement_journals_stay_in_memory(self) -> None:
-        # A statement journal past 64 KiB moves to a temporary file, which SQLite keeps
-        # open under the exclusive lock, and every later commit wrote to it as well.
-        fds = Path("/proc/self/fd")
-        if not fds.is_dir():
-            raise SkipTest("needs /proc")
-
-        def temp_files() -> set[str]:
-            names = set()
-            for fd in fds.iterdir():
-                # The listing's own descriptor is closed by now.
-                with contextlib.suppress(OSError):
-                    names.add(os.readlink(fd))
-            return {n for n in names if "etilqs" in n}
-
-        before = temp_files()
-        self.assertEqual(self.store._db.execute("PRAGMA temp_store").fetchone()[0], 2)
-        jobs = self.store.add_jobs([NewJob("a", [note(i) for i in range(2000)], 1.0)])
-        # One UPDATE changes far more than 64 KiB of pages written before it.
-        self.store.record_outcomes([outcome(k, jobs[0].job_id, k) for k in jobs[0].ids], now=2.0)
-        self.store.add_jobs([NewJob("a", [note(1)], 3.0)])
-        self.assertEqual(temp_files() - before, set())
 
     def test_add_job_and_view(self) -> None:
         n0 = note(1, priority=5, topic="com.x", push_type="alert", expiry=9, collapse_id="c")
