@@ -8,15 +8,23 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from txapns._twisted import in_turns
 from txapns.service import api as api_module
 from txapns.service import redis_spool
 from txapns.service import spool as spool_module
 from txapns.service.api import _ENCODER, Api, ApiRequest, Response, encode_job, job_json
-from txapns.service.spool import JobView, NewJob, Spool, SpoolStore, inline_runner
+from txapns.service.spool import (
+    JobView,
+    NewJob,
+    Spool,
+    SpoolClosedError,
+    SpoolStore,
+    inline_runner,
+)
 
 from .helpers import temp_dir
 from .helpers_service import accepting_engine, note, outcome
@@ -41,6 +49,7 @@ class SpoolReadTests(SynchronousTestCase):
     def job(self, n: int) -> str:
         stored = self.store.add_jobs([NewJob("a", [note(i) for i in range(n)], 1.0)])[0]
         self.store.record_outcomes([outcome(stored.ids[0], stored.job_id, 0)], now=2.0)
+        self.store_view = self.store.job(stored.job_id)
         return stored.job_id
 
     def read(self, job_id: str, **kw: bool) -> JobView | None:
@@ -72,6 +81,17 @@ class SpoolReadTests(SynchronousTestCase):
         # The first read's fsync, then the long read, which promises nothing more.
         self.assertEqual(self.ran[0], self.store.sync)
         self.assertEqual(len(self.ran), 2)
+
+    def test_a_big_view_asked_before_a_close_is_still_read(self) -> None:
+        job_id = self.job(4)
+        d = self.spool.job(job_id)
+        closed = self.spool.close()
+        for _ in range(3):  # the first read and the barrier; the view; the store's close
+            self.clock.advance(0)
+        self.assertEqual(self.successResultOf(d), self.store_view)
+        self.assertIsNone(self.successResultOf(closed))
+        self.assertTrue(self.store.closed)
+        self.failureResultOf(self.spool.job(job_id), SpoolClosedError)
 
     def test_an_unknown_job_is_none_without_reading_more(self) -> None:
         self.assertIsNone(self.read("nope"))
@@ -158,12 +178,35 @@ class EncodeTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+class InTurnsTests(SynchronousTestCase):
+    def test_cancelled_midway_no_slice_runs_and_nothing_is_left(self) -> None:
+        clock = Turns()
+        ran: list[tuple[int, int]] = []
+        d = in_turns(clock, 5, 2, lambda start, stop: ran.append((start, stop)))
+        clock.turn()
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(1)
+        self.assertEqual(ran, [(0, 2), (2, 4)])
+
+    def test_slices_cover_the_range_once(self) -> None:
+        clock = Turns()
+        ran: list[tuple[int, int]] = []
+        d = in_turns(clock, 5, 2, lambda start, stop: ran.append((start, stop)))
+        while clock.getDelayedCalls():
+            clock.turn()
+        self.successResultOf(d)
+        self.assertEqual(ran, [(0, 2), (2, 4), (4, 5)])
+
+
 class ApiViewTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.engine, self.store, _ = accepting_engine(self, self.clock)
         self.api = Api(self.engine, KEY)
         self.patch(api_module, "RESULTS_PER_TURN", 2)
+        self.patch(spool_module, "VIEW_ROWS_HERE", 3)  # read in two batches
 
     def answer(self, method: str, path: str, body: object = None) -> Response:
         header = {b"authorization": b"Bearer " + KEY}.get

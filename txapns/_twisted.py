@@ -56,10 +56,12 @@ def in_turns(
     """``work(start, stop)`` over ``range(count)`` in slices of ``per_turn``: the first now,
     each next in a later reactor turn, so that a long job (a big job's view) never keeps
     the reactor from everything else for long. Fires once the last slice is done; errbacks
-    with the first exception (no later slice runs)."""
-    done: Deferred[None] = Deferred()
+    with the first exception (no later slice runs). Cancelling it cancels the next slice."""
+    next_slice: list[IDelayedCall] = []
+    done: Deferred[None] = Deferred(lambda _: cancel_call(next_slice.pop() if next_slice else None))
 
     def step(start: int) -> None:
+        next_slice.clear()
         stop = min(start + per_turn, count)
         try:
             work(start, stop)
@@ -67,7 +69,7 @@ def in_turns(
             done.errback()
             return
         if stop < count:
-            clock.callLater(0, step, stop)
+            next_slice.append(clock.callLater(0, step, stop))
         else:
             done.callback(None)
 

@@ -717,7 +717,9 @@ class Engine:
         ``fresh``: the job was stored by this engine in this reactor turn, so none of its
         outcomes can be recorded yet: its view is read once, when they are (not also now).
         ``count`` (with ``fresh``): its notifications; the view is then read in the same spool
-        batch as the last outcome, instead of in a batch of its own after it.
+        batch as the last outcome, instead of in a batch of its own after it (a view of more
+        than ``VIEW_ROWS_HERE`` notifications then takes one more, on the spool's thread:
+        :meth:`txapns.service.spool.Spool.job`).
         """
         d: Deferred[JobView] = Deferred()
         self._waiters.setdefault(job_id, []).append(d)
@@ -1151,7 +1153,8 @@ class Engine:
         if not records:
             return
         # Jobs a request waits for, finished by these records: read in the same batch (one
-        # transaction, after the outcomes), not in a later one of their own.
+        # transaction, after the outcomes), not in a later one of their own; a big one's
+        # view in one more, on the spool's thread (Spool.job).
         complete, self._complete = self._complete, []
         read_now = frozenset(job_id for job_id in complete if job_id in self._waiters)
         d = self.spool.record_outcomes(records, now=self._now())

@@ -1316,11 +1316,18 @@ class Spool:
         self.operations = 0
 
     def _call(
-        self, fn: Callable[[SpoolStore], _T], *, volatile: bool = False, long: bool = False
+        self,
+        fn: Callable[[SpoolStore], _T],
+        *,
+        volatile: bool = False,
+        long: bool = False,
+        closing: bool = False,
     ) -> Deferred[_T]:
         """Queue ``fn`` for this turn's batch. ``long``: it may take long (a whole table's
-        rows), so its batch runs on the runner (the spool's thread), not the reactor."""
-        if self._closing:
+        rows), so its batch runs on the runner (the spool's thread), not the reactor.
+        ``closing``: taken while the spool closes (the rest of a call made before
+        :meth:`close`, queued by its first batch; the store closes after it)."""
+        if self._closing and not closing:
             return fail(SpoolClosedError("the spool is closed"))
         d: Deferred[_T] = Deferred()
         self._queue.append((fn, d, volatile))
@@ -1609,7 +1616,10 @@ class Spool:
             if not isinstance(view, int):
                 return view
             # The first read made the job durable if asked: this one promises nothing more.
-            d: Deferred[Any] = self._call(lambda s: s.job(job_id), volatile=True, long=True)
+            # A close() since the first read waits for this one (close_store).
+            d: Deferred[Any] = self._call(
+                lambda s: s.job(job_id), volatile=True, long=True, closing=True
+            )
             return d
 
         first: Deferred[JobView | int | None] = self._call(
@@ -1640,10 +1650,20 @@ class Spool:
         self._closing = True
 
         def close_store(result: object) -> Deferred[None]:
-            # Closed even when the last batch failed; that failure is still close()'s.
+            # Calls answered by the barrier's batch (or one before it) may have queued the
+            # rest of their work (a big job's view: Spool.job): one more batch takes it.
+            rest: Deferred[None] = self._call(
+                lambda s: None, volatile=True, long=True, closing=True
+            )
+            return rest.addBoth(close_after, result)
+
+        def close_after(rest: object, result: object) -> Deferred[None]:
+            # Closed even when a last batch failed; the first failure is still close()'s.
+            failed = result if isinstance(result, Failure) else rest
+
             def closed(_: None) -> None:
-                if isinstance(result, Failure):
-                    result.raiseException()
+                if isinstance(failed, Failure):
+                    failed.raiseException()
 
             return self._runner(self.store.close).addCallback(closed)
 
