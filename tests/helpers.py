@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
 
@@ -90,3 +90,24 @@ def imported_names(source: str, package: str) -> set[str]:
             names.add(module)
             names.update(f"{module}.{alias.name}" for alias in node.names)
     return names
+
+
+class TurnClock(Clock):
+    """A Clock that runs one reactor turn at a time.
+
+    ``Clock.advance`` runs the calls that a due call schedules for "now" in the same advance,
+    so a chain of ``callLater(0, …)`` would run to its end before any byte is moved. A real
+    reactor runs what was due when the turn began, then does I/O, then the next turn: that is
+    :meth:`turn`. :meth:`forward` moves time without running anything.
+    """
+
+    def turn(self) -> None:
+        now = self.seconds()
+        for call in [c for c in self.calls if c.getTime() <= now]:
+            if call in self.calls:  # not cancelled by an earlier call of this turn
+                self.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
+
+    def forward(self, seconds: float) -> None:
+        self.rightNow += seconds

@@ -30,7 +30,6 @@ from twisted.internet.error import (
 )
 from twisted.internet.interfaces import IHandshakeListener, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -42,6 +41,8 @@ from txapns.core.binary_channel import SENTINEL_TOKEN, ChannelConfig, UnknownPol
 from txapns.core.notification import Notification
 from txapns.core.result import Outcome, Result
 from txapns.testing.binary_gateway import FakeGateway
+
+from .helpers import TurnClock
 
 # --- the in-memory network -------------------------------------------------------------------
 
@@ -109,27 +110,6 @@ class SimTransport(iosim.FakeTransport):  # type: ignore[misc]
 
     def resumeProducing(self) -> None:
         self.reading_paused = False
-
-
-class TurnClock(Clock):
-    """A Clock that runs one reactor turn at a time.
-
-    ``Clock.advance`` runs the calls that a due call schedules for "now" in the same advance,
-    so a chain of ``callLater(0, …)`` would run to its end before any byte is moved. A real
-    reactor runs what was due when the turn began, then does I/O, then the next turn: that is
-    :meth:`turn`. :meth:`forward` moves time without running anything.
-    """
-
-    def turn(self) -> None:
-        now = self.seconds()
-        for call in [c for c in self.calls if c.getTime() <= now]:
-            if call in self.calls:  # not cancelled by an earlier call of this turn
-                self.calls.remove(call)
-                call.called = 1
-                call.func(*call.args, **call.kw)
-
-    def forward(self, seconds: float) -> None:
-        self.rightNow += seconds
 
 
 class Link:

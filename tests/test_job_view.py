@@ -26,7 +26,7 @@ from txapns.service.spool import (
     inline_runner,
 )
 
-from .helpers import temp_dir
+from .helpers import TurnClock, temp_dir
 from .helpers_service import accepting_engine, note, outcome
 
 KEY = b"k" * 32
@@ -104,20 +104,9 @@ class SpoolReadTests(SynchronousTestCase):
         self.assertIsNone(self.store.small_job("nope", max_rows=3))
 
 
-class Turns(Clock):
-    """A Clock whose ``turn`` runs only the calls due before it began, as a reactor's turn
-    does (``Clock.advance(0)`` also runs the calls they schedule for now)."""
-
-    def turn(self) -> None:
-        due = [c for c in self.getDelayedCalls() if c.getTime() <= self.seconds()]
-        for call in due:
-            self.calls.remove(call)  # type: ignore[arg-type]
-            call.func(*call.args, **call.kw)
-
-
 class EncodeTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.clock = Turns()
+        self.clock = TurnClock()
         self.store = SpoolStore(temp_dir(self) / "spool.db")
         self.addCleanup(self.store.close)
         self.patch(api_module, "RESULTS_PER_TURN", 2)
@@ -180,7 +169,7 @@ class EncodeTests(SynchronousTestCase):
 
 class InTurnsTests(SynchronousTestCase):
     def test_cancelled_midway_no_slice_runs_and_nothing_is_left(self) -> None:
-        clock = Turns()
+        clock = TurnClock()
         ran: list[tuple[int, int]] = []
         d = in_turns(clock, 5, 2, lambda start, stop: ran.append((start, stop)))
         clock.turn()
@@ -191,7 +180,7 @@ class InTurnsTests(SynchronousTestCase):
         self.assertEqual(ran, [(0, 2), (2, 4)])
 
     def test_slices_cover_the_range_once(self) -> None:
-        clock = Turns()
+        clock = TurnClock()
         ran: list[tuple[int, int]] = []
         d = in_turns(clock, 5, 2, lambda start, stop: ran.append((start, stop)))
         while clock.getDelayedCalls():
@@ -251,9 +240,9 @@ class RedisParseTests(SynchronousTestCase):
         outcomes = ["0", json.dumps(accepted), "3", json.dumps(rejected)]
         return [meta, outcomes, ["3", "1"]]
 
-    def parse(self, n: int, per_turn: int) -> tuple[Turns, JobView | Deferred[Any] | None]:
+    def parse(self, n: int, per_turn: int) -> tuple[TurnClock, JobView | Deferred[Any] | None]:
         self.patch(redis_spool, "VIEW_RESULTS_PER_TURN", per_turn)
-        clock = Turns()
+        clock = TurnClock()
         return clock, redis_spool.RedisSpool._job_view(
             SimpleNamespace(_clock=clock),  # type: ignore[arg-type]
             self.reply(n),
